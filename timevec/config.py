@@ -1,0 +1,353 @@
+"""The experiment config: pydantic models loaded from YAML, every field validated.
+
+One file describes a whole study (base model, corpus, periods, tasks, training, store, Ray
+resources, evaluation and the α grids), so any stage can be re-run anywhere from the config and
+the store alone. Unknown keys are errors (``extra="forbid"``) because a misspelt key that is
+silently ignored is how a 300-run fleet trains with the wrong learning rate.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from timevec.periods import Granularity, Period, PeriodError, period_range
+
+Task = Literal["lm", "classification", "summarization"]
+TASKS: tuple[Task, ...] = ("lm", "classification", "summarization")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModel(_Strict):
+    """Sizes of the embedded tiny model (built from a config, no download)."""
+
+    d_model: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    d_ff: int = Field(256, ge=8)
+    max_positions: int = Field(256, ge=16, description="decoder-only context length")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class PretrainConfig(_Strict):
+    """The short 'pretraining' that turns the embedded tiny model into a real base."""
+
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_length: int = Field(128, ge=8)
+
+
+class BaseConfig(_Strict):
+    """The pretrained model θ_pre."""
+
+    source: Literal["embedded", "hub"] = "embedded"
+    arch: Literal["t5", "gpt2"] = Field("t5", description="embedded architecture: encoder-decoder or decoder-only")
+    hub_id: str | None = Field(None, description="Hugging Face model id, e.g. google-t5/t5-small (source: hub)")
+    revision: str | None = None
+    tiny: TinyModel = TinyModel()
+    pretrain: PretrainConfig = PretrainConfig()
+
+    @model_validator(mode="after")
+    def _hub_needs_id(self) -> BaseConfig:
+        if self.source == "hub" and not self.hub_id:
+            raise ValueError("base.hub_id is required when base.source is 'hub'")
+        return self
+
+
+class SplitConfig(_Strict):
+    """Fractions of each period's rows held out; the rest is train."""
+
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _leave_train(self) -> SplitConfig:
+        if self.validation + self.test >= 1.0:
+            raise ValueError(f"split.validation + split.test = {self.validation + self.test} leaves no train rows")
+        return self
+
+
+class CapConfig(_Strict):
+    """Per-period row caps (after splitting); null means no cap."""
+
+    train: int | None = Field(None, ge=1)
+    validation: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+
+
+class CorpusConfig(_Strict):
+    """Where dated records come from and which columns mean what."""
+
+    source: str = Field(..., description="'demo:trump_tweets' or a file URL/path (Parquet, JSONL, CSV; .gz ok)")
+    format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
+    text_column: str = "text"
+    date_column: str = "date"
+    label_column: str | None = None
+    summary_source_column: str | None = Field(None, description="summarisation input column, e.g. body")
+    summary_target_column: str | None = Field(None, description="summarisation target column, e.g. subject")
+    key_column: str | None = Field(None, description="stable row key for the split hash; default: hash of date+text")
+    bad_dates: Literal["report", "reject"] = Field(
+        "report", description="rows with missing/unparseable dates: count and report them, or fail"
+    )
+    min_rows_per_period: int = Field(1, ge=1, description="a period with fewer rows is an error")
+    split: SplitConfig = SplitConfig()
+    caps: CapConfig = CapConfig()
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="default: peft's choice for the architecture")
+
+
+class TrainingConfig(_Strict):
+    """Hyper-parameters of one fine-tune (one per (task, period))."""
+
+    lr: float = Field(8e-4, gt=0)
+    steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(128, ge=8)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "linear"] = "linear"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 42
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (resume points)")
+    lora: LoraConfig | None = None
+    task_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-task overrides of any field above, e.g. {classification: {epochs: 3}}"
+    )
+
+    def for_task(self, task: str) -> TrainingConfig:
+        """The settings of one task: this config with that task's overrides applied."""
+        overrides = self.task_overrides.get(task, {})
+        if not overrides:
+            return self
+        data = self.model_dump()
+        data.update(overrides)
+        data["task_overrides"] = {}
+        return TrainingConfig.model_validate(data)
+
+
+class StoreConfig(_Strict):
+    url: str = "./runs/demo"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    target_shard_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="shard plan: bytes per shard")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://...}; never credentials"
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if re.search(r"secret|token|password|key$", key, re.IGNORECASE):
+                raise ValueError(f"store.storage_options.{key}: credentials come from the AWS chain, never from configs")
+        return value
+
+
+class RayConfig(_Strict):
+    """How the distributed stages use Ray."""
+
+    address: str | None = Field(None, description="None: attach to RAY_ADDRESS or start a local cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster started by timevec")
+    storage_path: str | None = Field(None, description="Train/Tune storage; default <store>/ray")
+    cpus_per_run: float = Field(1.0, gt=0)
+    gpus_per_run: float = Field(0.0, ge=0)
+    workers_per_run: int = Field(0, ge=0, description="0: train inside the Tune trial; >=1: a TorchTrainer per run")
+    max_concurrent_runs: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0)
+    eval_actors: int = Field(2, ge=1)
+    cpus_per_eval_actor: float = Field(1.0, gt=0)
+    gpus_per_eval_actor: float = Field(0.0, ge=0)
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per run/actor on CPU")
+
+
+class EvaluationConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    max_examples: int | None = Field(None, ge=1, description="cap per test split")
+    max_length: int = Field(128, ge=8)
+    summary_max_new_tokens: int = Field(48, ge=1)
+
+
+def _alpha_grid(start: float, stop: float, step: float) -> list[float]:
+    n = int(round((stop - start) / step))
+    return [round(start + i * step, 10) for i in range(n + 1)]
+
+
+class InterpolationConfig(_Strict):
+    alphas: list[float] = Field(default_factory=lambda: _alpha_grid(0.0, 1.0, 0.1))
+
+    @field_validator("alphas")
+    @classmethod
+    def _in_unit(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("interpolation.alphas is empty")
+        bad = [a for a in value if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"interpolation.alphas must lie in [0, 1]; got {bad}")
+        return sorted(set(value))
+
+
+class AnalogyConfig(_Strict):
+    task: Task = "classification"
+    alpha1: list[float] = Field(default_factory=lambda: _alpha_grid(0.6, 2.2, 0.2))
+    alpha2: list[float] = Field(default_factory=lambda: _alpha_grid(0.1, 0.6, 0.1))
+    alpha3: list[float] = Field(default_factory=lambda: _alpha_grid(0.1, 0.6, 0.1))
+    searcher: Literal["grid", "optuna"] = "grid"
+    num_samples: int = Field(40, ge=1, description="trials for the optuna searcher")
+    source_periods: list[str] | None = Field(None, description="j; default: the first period")
+    max_concurrent_trials: int = Field(2, ge=1)
+
+    @field_validator("alpha1", "alpha2", "alpha3")
+    @classmethod
+    def _finite_nonneg(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("an analogy α list is empty")
+        bad = [a for a in value if not (0.0 <= a <= 10.0)]
+        if bad:
+            raise ValueError(f"analogy α values must lie in [0, 10]; got {bad}")
+        return value
+
+
+class PeriodRange(_Strict):
+    start: str
+    end: str
+
+    @field_validator("start", "end")
+    @classmethod
+    def _valid_year(cls, value: str) -> str:
+        try:
+            period = Period.parse(str(value))
+        except PeriodError as exc:
+            raise ValueError(str(exc)) from None
+        if period.granularity != "year":
+            raise ValueError(f"period range bounds are years, got {value!r}")
+        return str(period)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PeriodRange:
+        if Period.parse(self.end) < Period.parse(self.start):
+            raise ValueError(f"periods.end {self.end} is before periods.start {self.start}")
+        return self
+
+    def periods(self, granularity: Granularity) -> list[str]:
+        """Every period of ``granularity`` between the bounds (whole years)."""
+        if granularity == "year":
+            return [str(p) for p in period_range(self.start, self.end)]
+        return [str(p) for p in period_range(f"{self.start}-01", f"{self.end}-12")]
+
+
+class ExperimentConfig(_Strict):
+    """A whole study."""
+
+    name: str = Field("timevec", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 42
+    base: BaseConfig = BaseConfig()
+    corpus: CorpusConfig
+    granularities: list[Granularity] = Field(default_factory=lambda: ["year"])
+    periods: PeriodRange
+    month_periods: PeriodRange | None = Field(None, description="narrower year range for monthly runs")
+    tasks: list[Task] = Field(default_factory=lambda: ["lm"])
+    training: TrainingConfig = TrainingConfig()
+    store: StoreConfig = StoreConfig()
+    ray: RayConfig = RayConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    interpolation: InterpolationConfig = InterpolationConfig()
+    analogy: AnalogyConfig = AnalogyConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if not self.granularities:
+            raise ValueError("granularities is empty")
+        if not self.tasks:
+            raise ValueError("tasks is empty")
+        if "classification" in self.tasks and not self.corpus.label_column:
+            raise ValueError("tasks includes classification but corpus.label_column is not set")
+        if "summarization" in self.tasks and not (
+            self.corpus.summary_source_column and self.corpus.summary_target_column
+        ):
+            raise ValueError("tasks includes summarization but corpus.summary_source/target_column are not set")
+        for task in self.training.task_overrides:
+            if task not in TASKS:
+                raise ValueError(f"training.task_overrides.{task}: unknown task (expected one of {TASKS})")
+            self.training.for_task(task)
+        return self
+
+    def period_list(self, granularity: Granularity) -> list[str]:
+        """The periods of one granularity that this study trains and tests on."""
+        if granularity == "month" and self.month_periods is not None:
+            return self.month_periods.periods("month")
+        return self.periods.periods(granularity)
+
+    def all_periods(self) -> list[str]:
+        return [p for g in self.granularities for p in self.period_list(g)]
+
+    def with_overrides(self, overrides: list[str]) -> ExperimentConfig:
+        """Apply ``dotted.key=value`` overrides (YAML values), re-validating everything."""
+        data = self.model_dump()
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key.path=value")
+            key, raw = item.split("=", 1)
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    if node.get(part) is None and part in node:
+                        node[part] = {}
+                    else:
+                        raise ConfigError(f"override {key!r}: {part!r} is not a section")
+                node = node[part]
+            node[parts[-1]] = yaml.safe_load(raw)
+        return _validate(data, "overrides")
+
+
+def _validate(data: Any, origin: str) -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the config must be a mapping, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"  {where}: {message}")
+        raise ConfigError(f"{origin}: invalid config\n" + "\n".join(problems)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load and validate a YAML config; errors name the file and each bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    config = _validate(data, str(path))
+    return config.with_overrides(overrides) if overrides else config
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The config as YAML (what a run's manifest records to be repeated)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
