@@ -1,0 +1,28 @@
+# The newcomer's two commands: `make demo` and `make test`. Both create the venv on first use,
+# installing the CPU build of torch FIRST (a later, unpinned torch would pull a multi-GB CUDA build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test,s3,plots]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/timevec demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q --runslow
+
+clean:
+	rm -rf $(VENV) runs

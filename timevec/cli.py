@@ -1,0 +1,252 @@
+"""The ``timevec`` command line: one subcommand per stage, the whole pipeline, the demo, the store.
+
+Every stage takes a config file (``--set key=value`` overrides any field) and reads/writes the
+store named in it, so stages can be run one by one, re-run (finished work is skipped) or run on
+another machine. Bad input exits non-zero with a message that names the culprit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+STAGES = ("finetune", "evaluate", "interpolate", "analogy", "analyze", "report")
+
+
+def _config(args: argparse.Namespace):
+    from timevec.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _store(config):
+    from timevec.store import VectorStore
+
+    return VectorStore.from_config(config.store)
+
+
+def _print_table(frame, title: str) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 200, "display.max_columns", 20, "display.width", 160):
+        print(f"\n{title}\n{frame.to_string(index=False)}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from timevec.distributed.pipeline import run_pipeline
+
+    config = _config(args)
+    stages = args.stages.split(",") if args.stages else list(STAGES)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"timevec run: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    summary = run_pipeline(config, stages)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from timevec.config import load_config
+    from timevec.demo import demo_config_path
+    from timevec.distributed.pipeline import run_pipeline
+
+    overrides = list(args.set)
+    if args.store:
+        overrides.append(f"store.url={args.store}")
+    config = load_config(demo_config_path("tiny" if args.tiny else "demo"), overrides)
+    print(f"timevec demo: config '{config.name}', store {config.store.url}")
+    summary = run_pipeline(config, list(STAGES))
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    for name, frame in summary.get("tables", {}).items():
+        _print_table(frame, name)
+    if summary.get("headline"):
+        print("\nHeadline findings")
+        for key, value in summary["headline"].items():
+            print(f"  {key}: {value}")
+    if summary.get("report"):
+        print(f"\nHTML report: {summary['report']}")
+
+
+def _stage(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from timevec.distributed.pipeline import run_pipeline
+
+        summary = run_pipeline(_config(args), [name])
+        _print_summary(summary)
+        return 0
+
+    return run
+
+
+def cmd_vectors(args: argparse.Namespace) -> int:
+    """List the store's vectors with their norms and the cosine to the previous period."""
+    import pandas as pd
+
+    from timevec.periods import Period
+
+    config = _config(args)
+    store = _store(config)
+    keys = store.list_vectors(args.task)
+    if not keys:
+        print(f"no vectors in {store.url}")
+        return 0
+    gram = store.gram(keys)
+    rows = []
+    for i, (task, period) in enumerate(keys):
+        manifest = store.manifest(task, period)
+        prev = next(
+            (j for j in range(i - 1, -1, -1) if keys[j][0] == task and Period.parse(keys[j][1]).granularity == Period.parse(period).granularity),
+            None,
+        )
+        cos_prev = gram[i, prev] / (gram[i, i] * gram[prev, prev]) ** 0.5 if prev is not None else float("nan")
+        run = manifest.get("run", {})
+        rows.append(
+            {
+                "task": task,
+                "period": period,
+                "l2_norm": manifest["l2_norm"],
+                "cos_prev": round(float(cos_prev), 4),
+                "steps": run.get("metrics", {}).get("steps"),
+                "final_loss": run.get("metrics", {}).get("final_loss"),
+                "kind": run.get("kind"),
+            }
+        )
+    _print_table(pd.DataFrame(rows), f"vectors in {store.url}")
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from timevec.store import VectorStore
+
+    store = VectorStore(args.url)
+    if not store.exists():
+        print(f"{args.url}: no store here (no store.json)", file=sys.stderr)
+        return 2
+    if args.action == "info":
+        info = store.info()
+        plan = info.get("shard_plan", {})
+        print(json.dumps({k: v for k, v in info.items() if k not in ("shard_plan", "shapes")}, indent=2))
+        print(f"shards per vector: {plan.get('num_shards')}, tensors: {len(plan.get('tensors', {}))}")
+        print(f"vectors: {len(store.list_vectors())}")
+        return 0
+    if args.action == "ls":
+        rows = []
+        for task, period in store.list_vectors(args.task):
+            manifest = store.manifest(task, period)
+            rows.append(
+                {
+                    "task": task,
+                    "period": period,
+                    "shards": len(manifest["shards"]),
+                    "bytes": sum(s["bytes"] for s in manifest["shards"]),
+                    "l2_norm": manifest["l2_norm"],
+                    "created": manifest["created"],
+                }
+            )
+        _print_table(pd.DataFrame(rows), f"{len(rows)} vectors in {args.url}") if rows else print("no vectors")
+        return 0
+    if args.action == "verify":
+        problems = store.verify(args.task)
+        for problem in problems:
+            print(f"PROBLEM {problem}")
+        print(f"verified {args.url}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 0 if not problems else 1
+    if args.action == "rm":
+        if not args.keys:
+            raise SystemExit("timevec store rm: name vectors as task/period")
+        for key in args.keys:
+            task, _, period = key.partition("/")
+            if not store.has_vector(task, period):
+                print(f"{key}: not in the store", file=sys.stderr)
+                return 2
+            store.delete_vector(task, period)
+            print(f"removed {key}")
+        return 0
+    raise SystemExit(f"unknown store action {args.action}")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="experiment config (YAML); see README 'Config reference'")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. --set training.lr=1e-4 (repeatable)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="timevec",
+        description="Time vectors at cluster scale: fine-tune one model copy per period on Ray, store τ = θ_ft − θ_pre "
+        "on object storage, evaluate the all-pairs matrix, analyse, and adapt by interpolation and task analogies.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the whole pipeline on the embedded default (tiny model, bundled tweets, local store)",
+                          description="Run every stage (pretrain base → fleet by year and month → store → cells → interpolation → "
+                          "analogies → analysis → HTML report) on a local Ray cluster and print the headline findings.")
+    demo.add_argument("--tiny", action="store_true", help="the smallest setting (about a minute; what the tests run)")
+    demo.add_argument("--store", metavar="URL", help="store root (default ./runs/demo, or ./runs/tiny with --tiny); s3:// works")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the demo config (repeatable)")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run the whole pipeline (or --stages) for a config")
+    _add_config_args(run)
+    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
+    run.set_defaults(func=cmd_run)
+
+    helps = {
+        "finetune": "fine-tune one model per (task, period) on Ray and store each time vector (skips finished runs)",
+        "evaluate": "evaluate the all-pairs (train vector × test period) matrix into results/cells.parquet (resumable)",
+        "analyze": "similarity, degradation, decay fits, stripe test and UMAP into results/*.parquet",
+        "interpolate": "evaluate (1−α)·τ_first + α·τ_last on the periods in between",
+        "analogy": "search α1·τ_task(j) + α2·τ_lm(k) − α3·τ_lm(j) with Ray Tune",
+        "report": "figures and a self-contained reports/index.html in the store",
+    }
+    for name in STAGES:
+        stage = sub.add_parser(name, help=helps[name], description=helps[name])
+        _add_config_args(stage)
+        stage.set_defaults(func=_stage(name))
+
+    vectors = sub.add_parser("vectors", help="list the stored vectors with norms and cosine to the previous period")
+    _add_config_args(vectors)
+    vectors.add_argument("--task", help="only this task")
+    vectors.set_defaults(func=cmd_vectors)
+
+    store = sub.add_parser("store", help="inspect or maintain a vector store: ls | info | verify | rm")
+    store.add_argument("action", choices=["ls", "info", "verify", "rm"], help="ls: vectors; info: store.json; verify: re-hash every shard; rm: delete vectors")
+    store.add_argument("url", help="store root: a local folder or s3://bucket/prefix")
+    store.add_argument("keys", nargs="*", help="for rm: vectors as task/period")
+    store.add_argument("--task", help="ls/verify: only this task")
+    store.set_defaults(func=cmd_store)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from timevec.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"timevec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
