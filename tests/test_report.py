@@ -1,0 +1,165 @@
+"""The report end to end on synthetic tables, then rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from timevec.periods import Period
+from timevec.report import build_report
+
+CHROMIUM = "/usr/bin/chromium"
+YEARS = [str(y) for y in range(2012, 2017)]
+MONTHS = [f"{y}-{m:02d}" for y in (2014, 2015) for m in range(1, 13)] + ["2016-01", "2016-02"]
+
+
+def _cells() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    specs = (("lm", "year", YEARS, "perplexity", False),
+             ("classification", "month", MONTHS, "macro_f1", True))
+    for task, gran, periods, metric, higher in specs:
+        for b in periods:
+            for a in [None, *periods]:
+                if a is None:
+                    value = 40.0 if not higher else 0.2
+                else:
+                    gap = abs(Period.parse(a).distance(b))
+                    season = 1.0 if gap % 12 else 0.5
+                    noise = rng.normal(0, 0.05 if higher else 0.3)
+                    value = (20 + 1.5 * gap * season if not higher
+                             else 0.8 - 0.01 * gap * season) + noise
+                rows.append(dict(task=task, granularity=gran,
+                                 vector="base" if a is None else f"{task}/{a}", train_period=a,
+                                 test_period=b, metric=metric, value=float(value),
+                                 higher_is_better=higher, n_examples=50, n_tokens=5000,
+                                 seconds=0.5))
+    return pd.DataFrame(rows)
+
+
+def _gram(keys: list[tuple[str, str]]) -> np.ndarray:
+    """Vectors drifting smoothly in time on top of a shared per-task component."""
+    rng = np.random.default_rng(1)
+    d = 64
+    tasks = sorted({k[0] for k in keys})
+    task_dir = {t: rng.standard_normal(d) * 2 for t in tasks}
+    drift = {t: rng.standard_normal(d) for t in tasks}
+    x = np.stack([task_dir[t] + (_year(p) - 2012) * drift[t] + 0.3 * rng.standard_normal(d)
+                  for t, p in keys])
+    return x @ x.T
+
+
+def _year(period: str) -> float:
+    p = Period.parse(period)
+    return p.year + ((p.month or 1) - 1) / 12
+
+
+def _interpolation() -> pd.DataFrame:
+    rows = []
+    for k, test in enumerate(YEARS):
+        best = k / (len(YEARS) - 1)
+        for a in np.round(np.linspace(0, 1, 11), 1):
+            rows.append(dict(task="lm", granularity="year", first=YEARS[0], last=YEARS[-1],
+                             alpha=float(a), test_period=test, metric="perplexity",
+                             value=19 + 8 * (a - best) ** 2, higher_is_better=False))
+    return pd.DataFrame(rows)
+
+
+def _analogy() -> pd.DataFrame:
+    rows = []
+    for j, k in (("2014-01", "2014-06"), ("2014-06", "2015-01"), ("2015-01", "2015-12")):
+        for split in ("validation", "test"):
+            for m, v in (("base", 0.2), ("task_j", 0.7), ("task_j_scaled", 0.72), ("latest", 0.71),
+                         ("in_period", 0.8), ("analogy", 0.74)):
+                rows.append(dict(task="classification", source_period=j, target_period=k,
+                                 method=m, alpha1=1.4 if m == "analogy" else np.nan,
+                                 alpha2=0.3 if m == "analogy" else np.nan,
+                                 alpha3=0.2 if m == "analogy" else np.nan, split=split,
+                                 metric="macro_f1", value=v))
+    return pd.DataFrame(rows)
+
+
+EXPECTED = {
+    "matrix_lm_year", "pct_change_lm_year", "decay_lm_year",
+    "matrix_classification_month", "pct_change_classification_month",
+    "decay_classification_month", "similarity", "similarity_vs_degradation", "umap",
+    "interpolation_lm_year_2012_2016", "interpolation_gain_lm_year_2012_2016",
+    "analogy_classification",
+}
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+
+    def write_bytes(path: str, data: bytes) -> None:
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def write_table(name: str, df: pd.DataFrame) -> None:
+        target = root / "results" / f"{name}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        df.to_parquet(target)
+
+    keys = [("lm", p) for p in YEARS] + [("classification", p) for p in MONTHS]
+    tables = {"cells": _cells(), "interpolation": _interpolation(), "analogy": _analogy()}
+    paths = build_report(tables, _gram(keys), keys, write_bytes, write_table, "synthetic study")
+    assert paths == [f"reports/{n}.png" for n in _order(paths)]
+    return root
+
+
+def _order(paths: list[str]) -> list[str]:
+    return [Path(p).stem for p in paths]
+
+
+def test_every_figure_has_png_and_table(report_dir: Path) -> None:
+    pngs = {p.stem for p in (report_dir / "reports").glob("*.png")}
+    assert pngs == EXPECTED
+    for name in EXPECTED:
+        png = report_dir / "reports" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        table = pd.read_parquet(report_dir / "results" / f"fig_{name}.parquet")
+        assert len(table) > 0, name
+    html = (report_dir / "reports" / "index.html").read_text()
+    assert html.count("data:image/png;base64,") == len(EXPECTED)
+    for banned in ("http://", "https://", "<script", "<link"):
+        assert banned not in html
+    assert "synthetic study" in html and "Generated " in html
+
+
+def test_html_renders_in_chromium(report_dir: Path) -> None:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed (CI installs it: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    index = report_dir / "reports" / "index.html"
+    requests: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(index.as_uri(), wait_until="load")
+            images = page.evaluate(
+                "() => Array.from(document.images).map(i => "
+                "({alt: i.alt, ok: i.complete, w: i.naturalWidth, h: i.naturalHeight}))")
+            rows = page.locator("#headline-table tbody tr").count()
+            headline_text = page.locator("#headline-table").inner_text()
+        finally:
+            browser.close()
+    assert {i["alt"] for i in images} == EXPECTED
+    bad = [i for i in images if not (i["ok"] and i["w"] > 0 and i["h"] > 0)]
+    assert not bad, f"images that did not render: {bad}"
+    assert rows >= 10
+    assert "lm/year diagonal share" in headline_text
+    assert "cosine vs degradation Pearson r" in headline_text
+    # nothing but the page itself and its data: URIs was requested
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
