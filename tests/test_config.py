@@ -51,7 +51,11 @@ def test_unknown_key_is_named_with_the_file(tmp_path):
         ("ray: {cpus_per_run: 0}\n", "ray.cpus_per_run"),
         ("tasks: [lm, translation]\n", "tasks.1"),
         ("store: {url: s3://b/p, storage_options: {aws_secret_access_key: x}}\n", "store.storage_options"),
+        ("store: {url: s3://b/p, storage_options: {aws_access_key_id: x}}\n", "aws_access_key_id"),
+        ("store: {url: s3://b/p, storage_options: {client_kwargs: {aws_session_token: x}}}\n", "client_kwargs.aws_session_token"),
+        ("store: {url: s3://b/p, storage_options: {key: x}}\n", "storage_options.key"),
         ("corpus: {source: x.jsonl, bad_dates: ignore}\n", "corpus.bad_dates"),
+        ("corpus: {source: s3://b/x.jsonl, storage_options: {secret: x}}\n", "corpus.storage_options"),
         ("granularities: [week]\n", "granularities.0"),
     ],
 )

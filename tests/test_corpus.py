@@ -84,6 +84,9 @@ def test_formats_csv_parquet_gzip_and_non_utf8(tmp_path):
     for name in ("c.csv", "c.parquet", "c.jsonl.gz"):
         corpus = load_corpus(CorpusConfig(source=str(tmp_path / name), label_column="label"))
         assert len(corpus.records) == 10, name
+    frame.iloc[:4].to_parquet(tmp_path / "part-a.parquet")
+    frame.iloc[4:].to_parquet(tmp_path / "part-b.parquet")
+    assert len(load_corpus(CorpusConfig(source=str(tmp_path / "part-*.parquet"))).records) == 10
     (tmp_path / "bad.csv").write_bytes(b"date,text\n2014-01-01,caf\xe9 \xff\n")
     with pytest.raises(CorpusError, match="UTF-8"):
         load_corpus(CorpusConfig(source=str(tmp_path / "bad.csv")))

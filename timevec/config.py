@@ -25,6 +25,21 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the file and the key."""
 
 
+_CREDENTIAL_KEY = re.compile(r"secret|token|password|passwd|credential|(^|_)key(_id)?$|^key$|access_key", re.IGNORECASE)
+
+
+def refuse_credentials(options: dict[str, Any], where: str = "storage_options") -> dict[str, Any]:
+    """Refuse credential-like keys at any depth: credentials come from the AWS chain (env, profile,
+    IAM role), so a config — which is logged, stored in manifests and shipped to workers — never
+    carries one."""
+    for key, value in options.items():
+        if _CREDENTIAL_KEY.search(str(key)):
+            raise ValueError(f"{where}.{key}: credentials come from the standard AWS chain, never from configs")
+        if isinstance(value, dict):
+            refuse_credentials(value, f"{where}.{key}")
+    return options
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -104,7 +119,12 @@ class CorpusConfig(_Strict):
     min_rows_per_period: int = Field(1, ge=1, description="a period with fewer rows is an error")
     split: SplitConfig = SplitConfig()
     caps: CapConfig = CapConfig()
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options; never credentials")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return refuse_credentials(value)
 
 
 class LoraConfig(_Strict):
@@ -156,10 +176,7 @@ class StoreConfig(_Strict):
     @field_validator("storage_options")
     @classmethod
     def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
-            if re.search(r"secret|token|password|key$", key, re.IGNORECASE):
-                raise ValueError(f"store.storage_options.{key}: credentials come from the AWS chain, never from configs")
-        return value
+        return refuse_credentials(value)
 
 
 class RayConfig(_Strict):

@@ -98,20 +98,28 @@ def _read_frame(url: str, fmt: str, storage_options: dict) -> pd.DataFrame:
             fmt = "csv"
         else:
             raise CorpusError(f"{url}: cannot tell the format from the name; set corpus.format")
-    try:
-        with fsspec.open(url, "rb", compression="infer", **storage_options) as handle:
-            if fmt == "parquet":
-                return pd.read_parquet(handle)
-            if fmt == "jsonl":
-                return pd.read_json(handle, lines=True, dtype=False, encoding="utf-8")
-            return pd.read_csv(handle, dtype=str, keep_default_na=False, encoding="utf-8",
-                               sep="\t" if url.lower().removesuffix(".gz").endswith(".tsv") else ",")
-    except FileNotFoundError:
-        raise CorpusError(f"{url}: corpus file not found") from None
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{url}: not valid UTF-8 at byte {exc.start}: {exc.reason}") from None
-    except (ValueError, OSError) as exc:
-        raise CorpusError(f"{url}: cannot read as {fmt}: {exc}") from None
+    files = fsspec.open_files(url, "rb", compression="infer", **storage_options)
+    if not files:
+        raise CorpusError(f"{url}: corpus file not found (no file matches)")
+    frames = []
+    for opened in files:
+        name = opened.full_name if hasattr(opened, "full_name") else url
+        try:
+            with opened as handle:
+                if fmt == "parquet":
+                    frames.append(pd.read_parquet(handle))
+                elif fmt == "jsonl":
+                    frames.append(pd.read_json(handle, lines=True, dtype=False, encoding="utf-8"))
+                else:
+                    sep = "\t" if url.lower().removesuffix(".gz").endswith(".tsv") else ","
+                    frames.append(pd.read_csv(handle, dtype=str, keep_default_na=False, encoding="utf-8", sep=sep))
+        except FileNotFoundError:
+            raise CorpusError(f"{name}: corpus file not found") from None
+        except UnicodeDecodeError as exc:
+            raise CorpusError(f"{name}: not valid UTF-8 at byte {exc.start}: {exc.reason}") from None
+        except (ValueError, OSError) as exc:
+            raise CorpusError(f"{name}: cannot read as {fmt}: {exc}") from None
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def _stable_key(frame: pd.DataFrame, key_column: str | None) -> pd.Series:
@@ -213,7 +221,8 @@ def _apply_caps(frame: pd.DataFrame, cfg: CorpusConfig) -> pd.DataFrame:
 
 
 def load_corpus(cfg: CorpusConfig) -> Corpus:
-    """Read the configured corpus (the embedded demo tweets or a file URL) into a :class:`Corpus`."""
+    """Read the configured corpus (the embedded demo tweets, or a file URL or glob such as
+    ``s3://bucket/news/*.parquet``, whose files are concatenated) into a :class:`Corpus`."""
     if cfg.source.startswith("demo:"):
         from timevec.demo.tweets import load_tweets
 

@@ -76,6 +76,10 @@ def _interpolate(config: ExperimentConfig, store: VectorStore) -> StageResult:
 def _analogy(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.analogy import run_analogy
 
+    if config.analogy.task not in config.tasks or "lm" not in config.tasks:
+        log.warning("analogy skipped: it needs the tasks 'lm' and %r in config.tasks (have %s)", config.analogy.task, config.tasks)
+        return {"headline": {"analogy": "skipped: config.tasks lacks lm or the analogy task"}}
+
     run_analogy(config, store)
     return {"tables": {"task analogies (test split)": store.read_table("analogy_best")}}
 
@@ -93,7 +97,7 @@ def report_location(store: VectorStore) -> str:
     """Where a person opens the report: a local file path, or the object URL on S3."""
     if "://" in store.url and not store.url.startswith("file://"):
         return f"{store.url.rstrip('/')}/reports/index.html"
-    return str(Path(store.url.removeprefix("file://")).resolve() / "reports" / "index.html")
+    return str(Path(store.url.removeprefix("file://")).expanduser().resolve() / "reports" / "index.html")
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[ExperimentConfig, VectorStore], StageResult]] = {
