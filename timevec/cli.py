@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3", "fsspec", "filelock"):
+        # at DEBUG these log request headers (the AWS access key id among them): never let -v do that
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from timevec.errors import USER_ERRORS
 
     try:

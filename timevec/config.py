@@ -153,15 +153,20 @@ class TrainingConfig(_Strict):
     task_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-task overrides of any field above, e.g. {classification: {epochs: 3}}"
     )
+    granularity_overrides: dict[Granularity, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-granularity overrides applied after the task's, e.g. {month: {steps: 40}} (a month has ~1/12 of a year's text)",
+    )
 
-    def for_task(self, task: str) -> TrainingConfig:
-        """The settings of one task: this config with that task's overrides applied."""
-        overrides = self.task_overrides.get(task, {})
+    def for_task(self, task: str, granularity: Granularity | None = None) -> TrainingConfig:
+        """The settings of one run: this config with the task's, then the granularity's overrides."""
+        overrides = {**self.task_overrides.get(task, {}), **(self.granularity_overrides.get(granularity, {}) if granularity else {})}
         if not overrides:
             return self
         data = self.model_dump()
         data.update(overrides)
         data["task_overrides"] = {}
+        data["granularity_overrides"] = {}
         return TrainingConfig.model_validate(data)
 
 
@@ -231,6 +236,16 @@ class AnalogyConfig(_Strict):
     num_samples: int = Field(40, ge=1, description="trials for the optuna searcher")
     source_periods: list[str] | None = Field(None, description="j; default: the first period")
     max_concurrent_trials: int = Field(2, ge=1)
+
+    @field_validator("source_periods")
+    @classmethod
+    def _valid_periods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        try:
+            return [str(Period.parse(str(p))) for p in value]
+        except PeriodError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("alpha1", "alpha2", "alpha3")
     @classmethod
@@ -305,6 +320,8 @@ class ExperimentConfig(_Strict):
             if task not in TASKS:
                 raise ValueError(f"training.task_overrides.{task}: unknown task (expected one of {TASKS})")
             self.training.for_task(task)
+        for granularity in self.training.granularity_overrides:
+            self.training.for_task(self.tasks[0], granularity)
         return self
 
     def period_list(self, granularity: Granularity) -> list[str]:

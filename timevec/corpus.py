@@ -232,6 +232,9 @@ def load_corpus(cfg: CorpusConfig) -> Corpus:
         raw = load_tweets()
     else:
         raw = _read_frame(cfg.source, cfg.format, cfg.storage_options)
-    corpus = canonicalize(raw, cfg, cfg.source)
+    try:
+        corpus = canonicalize(raw, cfg, cfg.source)
+    except UnicodeDecodeError as exc:  # bytes columns (e.g. Parquet binary) decoded while mapping columns
+        raise CorpusError(f"{cfg.source}: a text column is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     log.info("corpus %s: %d rows, %d without a usable date", cfg.source, len(corpus.records), len(corpus.bad_rows))
     return corpus

@@ -304,6 +304,15 @@ def _parse_header(
 # ---------------------------------------------------------------------------- the store
 
 
+def _check_shard_entries(manifest: dict[str, Any], where: str) -> None:
+    """A manifest names only the store's own shard files (``shard-NNNNN.safetensors`` beside it):
+    a forged ``file`` such as ``../../x`` must not make a reader open anything outside the root."""
+    for entry in manifest.get("shards", []):
+        index = entry.get("index")
+        if not isinstance(index, int) or entry.get("file") != _shard_file(index):
+            raise StoreError(f"{where}: shard entry {entry.get('file')!r} is not a shard file of this store")
+
+
 class VectorStore:
     """Time vectors, the base, result tables and report files under one fsspec root URL.
 
@@ -635,9 +644,11 @@ class VectorStore:
     def _base_manifest(self) -> dict[str, Any]:
         path = self._path("base", "manifest.json")
         try:
-            return self._read_json(path, "base")
+            manifest = self._read_json(path, "base")
         except FileNotFoundError:
             raise StoreError(f"base: manifest {self._rel(path)} not found in store {self}") from None
+        _check_shard_entries(manifest, f"base: manifest {self._rel(path)}")
+        return manifest
 
     # ------------------------------------------------------------------ writing vectors
 
@@ -660,10 +671,10 @@ class VectorStore:
         run = _scrub_credentials(dict(manifest or {}), [os.environ.get(v, "") for v in _CREDENTIAL_ENV])
         info = self.info()
         manifest_path = self._path("vectors", task, period, "manifest.json")
-        # Remove an old manifest before touching shards, and leftovers of a killed writer.
+        # An old manifest and a killed writer's leftovers go once the new vector has been validated
+        # (a refused vector leaves the stored one intact) and before any shard is touched.
         stale = [p for p in self._list_files(directory) if p == manifest_path or _TMP_MARK in os.path.basename(p)]
-        self._remove(stale)
-        out = self._write_entry(label, directory, vec, info["dtype"], run, task=task, period=period)
+        out = self._write_entry(label, directory, vec, info["dtype"], run, task=task, period=period, stale=stale)
         logger.info("stored vector %s (%d params, |τ|=%.4g) in %s", label, out["n_params"], out["l2_norm"], self)
         return out
 
@@ -694,8 +705,10 @@ class VectorStore:
         *,
         task: str | None,
         period: str | None,
+        stale: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Validate, cast, check finiteness, write every shard, then the manifest (shared with the base)."""
+        """Validate, cast, check finiteness, remove ``stale`` files, write every shard, then the
+        manifest (shared with the base)."""
         info = self.info()
         self._check_layout(label, vec)
         torch_dtype = STORE_DTYPES[dtype]
@@ -721,6 +734,7 @@ class VectorStore:
                 )
             sumsq += s
             cast[name] = t
+        self._remove(list(stale))
         fp = info["base_fingerprint"]
 
         def write_shard(k: int) -> dict[str, Any]:
@@ -816,6 +830,7 @@ class VectorStore:
                 raise StoreError(f"vector {label}: manifest {self._rel(path)} lacks {field!r}")
         if m["format_version"] != FORMAT_VERSION:
             raise StoreError(f"vector {label}: manifest {self._rel(path)} has format_version {m['format_version']!r}")
+        _check_shard_entries(m, f"vector {label}: manifest {self._rel(path)}")
         return m
 
     def delete_vector(self, task: str, period: str) -> bool:

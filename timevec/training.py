@@ -253,6 +253,16 @@ def pretrain_base(
     return train(model, examples, cfg, tokenizer.pad_token_id)
 
 
+def check_store_base(config: ExperimentConfig, store) -> None:
+    """Refuse a store whose θ_pre is not the config's base: its vectors mean nothing for this model."""
+    from timevec.store import StoreError
+
+    wanted = base_id(config.base)
+    have = store.info()["base_id"]
+    if have != wanted:
+        raise StoreError(f"store {store.url} holds base {have!r}, the config asks for {wanted!r}: use another store.url")
+
+
 def prepare_base(config: ExperimentConfig, corpus: Corpus, store) -> str:
     """Make sure the store holds θ_pre; returns its fingerprint.
 
@@ -260,12 +270,10 @@ def prepare_base(config: ExperimentConfig, corpus: Corpus, store) -> str:
     downloaded again. The embedded base is pretrained on the pooled TRAIN text of every configured
     period (test text never leaks into θ_pre).
     """
-    wanted = base_id(config.base)
     if store.exists():
-        have = store.info()["base_id"]
-        if have != wanted:
-            raise ValueError(f"store {store.url} holds base {have!r}, the config asks for {wanted!r}: use another store.url")
+        check_store_base(config, store)
         return store.base_fingerprint
+    wanted = base_id(config.base)
     tokenizer = load_tokenizer(config.base)
     model = build_model(config.base, tokenizer)
     if config.base.source == "embedded" and config.base.pretrain.steps > 0:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from timevec.config import ExperimentConfig
 from timevec.store import VectorStore
+from timevec.training import check_store_base
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
     its headline includes the interpolation and analogy results.
     """
     store = VectorStore.from_config(config.store)
+    if store.exists():
+        check_store_base(config, store)
     summary: StageResult = {"tables": {}, "headline": {}}
     ordered = [s for s in STAGE_FUNCTIONS if s in stages]
     for name in ordered:

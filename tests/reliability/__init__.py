@@ -1,0 +1,187 @@
+"""Reliability and bad input: faults survived, bad inputs refused, nothing lost.
+
+Shared helpers and fixtures of ``tests/reliability/test_*.py`` (imported by each module; this
+package has no conftest of its own). Every test uses the tiny demo config
+(``timevec/demo/tiny.yaml``) with its store under ``tmp_path``, ``tasks=[lm]``, an un-pretrained
+base (``base.pretrain.steps=0``: nothing here depends on the base being a good model) and at most
+8 training steps, so the whole suite stays within a few minutes on 2 cores.
+
+A training worker killed mid-run is covered by
+``tests/test_fleet.py::test_a_killed_trial_resumes_from_its_checkpoint`` (and on S3 by
+``test_fleet_on_s3_resumes_from_s3_checkpoints``); a writer process killed between shards by
+``tests/test_store.py::test_killed_writer_leaves_no_visible_vector``. They are not repeated here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "timevec" / "demo" / "tiny.yaml"
+
+#: overrides every reliability config starts from (smallest useful setting)
+BASE_OVERRIDES = [
+    "tasks=[lm]",
+    "base.pretrain.steps=0",
+    "training.steps=8",
+    "training.checkpoint_every=4",
+    "evaluation.max_examples=8",
+    "ray.num_cpus=2",
+    "ray.max_failures=0",
+    "ray.max_concurrent_runs=1",
+    "ray.eval_actors=1",
+]
+
+
+def tiny_config(store_url: str | os.PathLike, *overrides: str):
+    """The tiny demo config with the reliability overrides, its store at ``store_url``."""
+    from timevec.config import load_config
+
+    return load_config(TINY, [f"store.url={store_url}", *BASE_OVERRIDES, *overrides])
+
+
+def write_config(path: Path, store_url: str | os.PathLike, *overrides: str) -> Path:
+    """:func:`tiny_config` written as a YAML file for the CLI; returns the path."""
+    from timevec.config import dump_config
+
+    path.write_text(dump_config(tiny_config(store_url, *overrides)))
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """``timevec ARGS`` in this process (the CLI's own ``main``): (exit code, stdout, stderr)."""
+    from timevec.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def cli_subprocess(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m timevec.cli ARGS`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "timevec.cli", *map(str, args)],
+        cwd=cwd or REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def random_vector(store, seed: int, scale: float = 0.02):
+    """A vector with the store's names and shapes (no training needed)."""
+    from timevec.vectors import TimeVector
+
+    g = torch.Generator().manual_seed(seed)
+    return TimeVector({n: scale * torch.randn(tuple(s), generator=g) for n, s in store.shapes.items()})
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """relative path → sha256 of every file under a local store (ignoring Ray's scratch space)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not rel.startswith("ray/"):
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+_BASE_STORE: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local store holding the tiny config's base (built once per process, copied by tests)."""
+    if "path" not in _BASE_STORE:
+        from timevec.corpus import load_corpus
+        from timevec.store import VectorStore
+        from timevec.training import prepare_base
+
+        root = tmp_path_factory.mktemp("reliability-base") / "store"
+        config = tiny_config(root)
+        prepare_base(config, load_corpus(config.corpus), VectorStore.from_config(config.store))
+        _BASE_STORE["path"] = root
+    return _BASE_STORE["path"]
+
+
+def copy_store(base_store: Path, dest: Path) -> Path:
+    shutil.copytree(base_store, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
+    """One local Ray (2 CPUs) for the session; yields its GCS address for driver subprocesses.
+
+    The session S3 server starts first when it can, so that Ray's workers inherit its keys
+    (the standard AWS chain), as in tests/test_fleet.py.
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        with contextlib.suppress(pytest.skip.Exception, pytest.FixtureLookupError):
+            request.getfixturevalue("s3_server")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+def driver_env(gcs_address: str) -> dict[str, str]:
+    """Environment of a driver subprocess that attaches to the session's Ray."""
+    return {**os.environ, "RAY_ADDRESS": gcs_address, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def grep_bytes(data: bytes, needles: list[str]) -> list[str]:
+    """Which of ``needles`` occur in ``data`` (raw, and URL-/JSON-escaped forms)."""
+    found = []
+    for needle in needles:
+        forms = {needle.encode(), needle.replace("/", "\\/").encode()}
+        with contextlib.suppress(Exception):
+            from urllib.parse import quote
+
+            forms.add(quote(needle, safe="").encode())
+        if any(f in data for f in forms):
+            found.append(needle)
+    return found
+
+
+__all__ = [
+    "REPO",
+    "TINY",
+    "BASE_OVERRIDES",
+    "tiny_config",
+    "write_config",
+    "run_cli",
+    "cli_subprocess",
+    "random_vector",
+    "snapshot",
+    "base_store",
+    "copy_store",
+    "ray_session",
+    "driver_env",
+    "read_text",
+    "grep_bytes",
+]

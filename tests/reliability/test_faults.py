@@ -1,0 +1,379 @@
+"""Faults survived: a driver SIGKILLed mid-fleet and mid-evaluation, the S3 server stopped during
+writes and restarted, the disk filling up mid-write.
+
+After each fault: finished work is not redone (manifests' ``created`` and shard bytes unchanged,
+cells not recomputed), no duplicate rows, and nothing half-written is visible
+(``store.verify() == []``, unfinished vectors absent). A killed training worker is covered by
+``tests/test_fleet.py::test_a_killed_trial_resumes_from_its_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.reliability import (
+    base_store,  # noqa: F401  (fixture)
+    copy_store,
+    driver_env,
+    random_vector,
+    ray_session,  # noqa: F401  (fixture)
+    read_text,
+    run_cli,
+    write_config,
+)
+from tests.s3_server import S3Server, S3ServerUnavailable, _wait_ready, start_s3_server
+from timevec.store import StoreError, VectorStore
+from timevec.vectors import TimeVector
+
+PERIODS = ["2014", "2015"]
+# the fleet test needs one more: Ray may let the run in flight finish before it ends the dead
+# driver's trial process, and "some but not all" must still hold then
+FLEET_PERIODS = ["2014", "2015", "2016"]
+CELL_KEY = ["task", "granularity", "vector", "test_period"]
+
+# A small synthetic "model" for store-level faults (4 shards at TARGET bytes per shard).
+SHAPES = {"embed": (40, 16), "attn": (16, 48), "mlp": (16, 32), "norm": (16,)}
+TARGET = 2048
+
+
+def _tensors(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: scale * torch.randn(s, generator=g) for n, s in SHAPES.items()}
+
+
+def _vec(seed: int) -> TimeVector:
+    return TimeVector(_tensors(seed, 0.01))
+
+
+def _vector_files(root: Path, period: str) -> dict[str, bytes]:
+    directory = root / "vectors" / "lm" / period
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def _tmp_leftovers(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+# ---------------------------------------------------------------------------- the driver killed
+
+
+def test_driver_killed_mid_fleet_then_rerun_skips_finished_runs(
+    ray_session: str, base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`timevec finetune` SIGKILLed once some but not all vectors exist; the re-run trains only the rest."""
+    root = copy_store(base_store, tmp_path / "store")
+    config = write_config(tmp_path / "fleet.yaml", root, "periods.start='2014'", "periods.end='2016'")
+    store = VectorStore(str(root))
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "wb") as log:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "timevec.cli", "finetune", str(config)],
+            cwd=tmp_path, env=driver_env(ray_session), stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not store.list_vectors():
+            assert driver.poll() is None, f"driver exited ({driver.returncode}) before any vector: {read_text(log_path)[-3000:]}"
+            assert time.monotonic() < deadline, "no vector after 300 s"
+            time.sleep(0.02)
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.wait(timeout=60)
+    assert driver.returncode == -signal.SIGKILL
+    time.sleep(3)  # Ray ends the dead driver's trial processes; let a write in flight land or die
+
+    before = {p: store.manifest(t, p)["created"] for t, p in store.list_vectors()}
+    assert 1 <= len(before) < len(FLEET_PERIODS), f"not interrupted mid-fleet: {sorted(before)}"
+    files_before = {p: _vector_files(root, p) for p in before}
+    # Nothing half-written is visible: every listed vector verifies, the others are simply absent.
+    assert store.verify() == []
+    for period in FLEET_PERIODS:
+        if period not in before:
+            assert not store.has_vector("lm", period)
+            with pytest.raises(StoreError, match=f"lm/{period} not found"):
+                store.get_vector("lm", period)
+    assert not any(".tmp-" in p for p in store.list_paths(""))
+
+    code, out, err = run_cli(capsys, "finetune", config)
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert "skipped" in out and "done" in out
+    assert store.list_vectors() == [("lm", p) for p in FLEET_PERIODS]
+    assert {p: store.manifest("lm", p)["created"] for p in before} == before  # not retrained
+    assert {p: _vector_files(root, p) for p in before} == files_before  # not rewritten
+    assert store.verify() == []
+    assert _tmp_leftovers(root / "vectors") == []  # a killed writer's temporary files are cleaned up
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    import timevec.distributed.cells as cells
+    from timevec.cli import main
+    from timevec.store import VectorStore
+
+    marker, config = sys.argv[1], sys.argv[2]
+    # Test-side instrumentation only: flush after every finished vector (the default is 256 rows,
+    # i.e. one flush at the end for a tiny study), then hold after the first flush until killed.
+    cells.run_cells.__kwdefaults__["flush_rows"] = 1
+    append = VectorStore.append_table
+
+    def append_then_hold(self, name, data):
+        append(self, name, data)
+        open(marker, "w").close()
+        time.sleep(600)
+
+    VectorStore.append_table = append_then_hold
+    sys.exit(main(["evaluate", config]))
+    """
+)
+
+
+def test_driver_killed_mid_evaluation_then_rerun_computes_only_missing_cells(
+    ray_session: str, base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`timevec evaluate` SIGKILLed after its first rows are stored; the re-run adds only the rest."""
+    root = copy_store(base_store, tmp_path / "store")
+    store = VectorStore(str(root))
+    for i, period in enumerate(PERIODS):
+        store.put_vector("lm", period, random_vector(store, 10 + i))
+    config = write_config(tmp_path / "eval.yaml", root, "periods.start='2014'", "periods.end='2015'")
+    marker = tmp_path / "first-flush"
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "wb") as log:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(marker), str(config)],
+            cwd=tmp_path, env=driver_env(ray_session), stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert driver.poll() is None, f"driver exited ({driver.returncode}): {read_text(log_path)[-3000:]}"
+            assert time.monotonic() < deadline, "no cells stored after 300 s"
+            time.sleep(0.05)
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.wait(timeout=60)
+    assert driver.returncode == -signal.SIGKILL
+
+    total = (len(PERIODS) + 1) * len(PERIODS)  # every vector and the base × every test period
+    first = pd.read_parquet(root / "results" / "cells.parquet")
+    assert 0 < len(first) < total, len(first)
+    assert not first.duplicated(CELL_KEY).any()
+
+    code, out, err = run_cli(capsys, "evaluate", config)
+    assert code == 0, out[-2000:] + err[-2000:]
+    cells = pd.read_parquet(root / "results" / "cells.parquet")  # the raw table: every row ever appended
+    assert len(cells) == total and not cells.duplicated(CELL_KEY).any(), cells.to_string()
+    merged = first.merge(cells, on=CELL_KEY, suffixes=("_before", "_after"))
+    assert len(merged) == len(first)
+    # stored cells were not recomputed: their timing (and value) is the first run's, bit for bit
+    assert (merged["seconds_before"] == merged["seconds_after"]).all()
+    assert (merged["value_before"] == merged["value_after"]).all()
+    assert store.verify() == []
+
+
+# ---------------------------------------------------------------------------- S3 server down
+
+
+def _kill(server: S3Server) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait(timeout=30)
+
+
+def _restart(server: S3Server) -> S3Server:
+    """The same server again: same command line (ports, data directory), same keys."""
+    with open(server.log_path, "ab") as log:
+        process = subprocess.Popen(
+            server.process.args, cwd=server.data_dir, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
+        )
+    again = S3Server(
+        endpoint_url=server.endpoint_url, bucket=server.bucket, process=process, data_dir=server.data_dir,
+        log_path=server.log_path, access_key=server.access_key, secret_key=server.secret_key,
+        _saved_env=server._saved_env,
+    )
+    server._saved_env = {}
+    _wait_ready(again, 60)
+    return again
+
+
+def _assert_clear_connection_error(exc: BaseException, server: S3Server) -> None:
+    """StoreError, or the S3 client's own error that names the endpoint it could not reach."""
+    endpoint = server.endpoint_url.removeprefix("http://")
+    assert isinstance(exc, StoreError) or endpoint in str(exc), f"unclear error: {type(exc).__name__}: {exc}"
+
+
+def test_s3_server_stopped_during_writes_and_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        server = start_s3_server(tmp_path / "s3")
+    except (S3ServerUnavailable, ImportError, OSError) as exc:
+        pytest.skip(f"no local S3 server: {exc}")
+    current = server
+    try:
+        url = server.url(f"rel-{uuid.uuid4().hex[:8]}")
+        store = VectorStore(url, server.storage_options)
+        store.init("tiny-base", _tensors(0), target_shard_bytes=TARGET)
+        assert store.num_shards >= 3
+        store.put_vector("lm", "2014", _vec(1))
+
+        # 1. the server dies while a vector is being written (after its first shard)
+        write = store._write
+        killed = threading.Event()
+
+        def write_then_kill(path: str, data) -> None:
+            write(path, data)
+            if path.endswith("shard-00000.safetensors") and not killed.is_set():
+                killed.set()
+                _kill(server)
+
+        monkeypatch.setattr(store, "_write", write_then_kill)
+        began = time.monotonic()
+        with pytest.raises(Exception) as err:
+            store.put_vector("lm", "2015", _vec(2))
+        assert killed.is_set()
+        _assert_clear_connection_error(err.value, server)
+        monkeypatch.undo()
+
+        # 2. a put while the server is down fails too (and does not hang)
+        with pytest.raises(Exception) as err:
+            store.put_vector("lm", "2016", _vec(3))
+        _assert_clear_connection_error(err.value, server)
+        assert time.monotonic() - began < 120, "writes against a dead endpoint took minutes to fail"
+
+        # 3. restarted: no corrupt vector was published; the old one is intact; a put succeeds
+        current = _restart(server)
+        fresh = VectorStore(url, server.storage_options)
+        assert fresh.list_vectors() == [("lm", "2014")]
+        assert not fresh.has_vector("lm", "2015") and not fresh.has_vector("lm", "2016")
+        assert fresh.get_vector("lm", "2014").equal(_vec(1))
+        assert fresh.verify() == []
+        fresh.put_vector("lm", "2015", _vec(2))
+        assert fresh.get_vector("lm", "2015").equal(_vec(2))
+        assert fresh.list_vectors() == [("lm", "2014"), ("lm", "2015")] and fresh.verify() == []
+    finally:
+        current.stop()
+        server.stop()
+
+
+# ---------------------------------------------------------------------------- disk full
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 256 KiB tmpfs mounted under tmp_path (root only); skipped where mounting is not allowed."""
+    mount_point = tmp_path / "tiny-disk"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the fsspec ENOSPC test covers the path")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def _fill(directory: Path, leave_bytes: int) -> Path:
+    """Fill the file system of ``directory`` until about ``leave_bytes`` are free."""
+    stat = os.statvfs(directory)
+    free = stat.f_bavail * stat.f_frsize
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - leave_bytes))
+    return filler
+
+
+def test_disk_full_on_a_real_tiny_filesystem(tiny_disk: Path) -> None:
+    """ENOSPC half-way through a vector: a clear error, no visible vector, earlier vectors intact."""
+    store = VectorStore(str(tiny_disk / "store"))
+    store.init("tiny-base", _tensors(0), target_shard_bytes=TARGET)
+    store.put_vector("lm", "2014", _vec(1))
+    filler = _fill(tiny_disk, leave_bytes=2 * 4096)  # room for about one shard, not four
+
+    with pytest.raises((OSError, StoreError)) as err:
+        store.put_vector("lm", "2015", _vec(2))
+    assert isinstance(err.value, StoreError) or err.value.errno == errno.ENOSPC, repr(err.value)
+    assert "No space left" in str(err.value) or "ENOSPC" in str(err.value) or "space" in str(err.value).lower()
+    assert not store.has_vector("lm", "2015") and store.list_vectors() == [("lm", "2014")]
+    assert store.get_vector("lm", "2014").equal(_vec(1)) and store.verify() == []
+    assert _tmp_leftovers(tiny_disk / "store") == []  # temporary files are removed on failure
+
+    # An overwrite on the full disk (it may fit: each shard replaces one of the same size) leaves
+    # the old vector, the new one or none, never a hybrid.
+    try:
+        store.put_vector("lm", "2014", _vec(3))
+        overwritten = True
+    except (OSError, StoreError):
+        overwritten = False
+    assert store.verify() == []
+    if store.has_vector("lm", "2014"):
+        assert store.get_vector("lm", "2014").equal(_vec(3) if overwritten else _vec(1))
+    else:
+        assert not overwritten
+
+    filler.unlink()  # space again: the same put now succeeds
+    store.put_vector("lm", "2015", _vec(2))
+    assert store.get_vector("lm", "2015").equal(_vec(2)) and store.verify() == []
+
+
+def test_disk_full_on_an_object_store(tmp_path: Path) -> None:
+    """The same through fsspec: a filesystem whose writes raise ENOSPC once a byte budget is spent."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FullMemoryFileSystem(MemoryFileSystem):
+        protocol = ("fullmem",)
+        store: dict = {}
+        pseudo_dirs = [""]
+        budget: int | None = None  # bytes that may still be written; None: unlimited
+
+        def pipe_file(self, path, value, *args, **kwargs):
+            cls = type(self)
+            if cls.budget is not None:
+                if len(value) > cls.budget:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+                cls.budget -= len(value)
+            return super().pipe_file(path, value, *args, **kwargs)
+
+    fsspec.register_implementation("fullmem", FullMemoryFileSystem, clobber=True)
+    store = VectorStore(f"fullmem://rel-{uuid.uuid4().hex[:8]}", io_threads=1)
+    store.init("tiny-base", _tensors(0), target_shard_bytes=TARGET)
+    store.put_vector("lm", "2014", _vec(1))
+    shard = store.manifest("lm", "2014")["shards"][0]["bytes"]
+    FullMemoryFileSystem.budget = shard + 100  # one shard fits, the second does not
+    try:
+        with pytest.raises((OSError, StoreError)) as err:
+            store.put_vector("lm", "2015", _vec(2))
+        assert isinstance(err.value, StoreError) or err.value.errno == errno.ENOSPC
+        assert "space" in str(err.value).lower()
+        assert any(p.startswith("vectors/lm/2015/shard-") for p in store.list_paths(""))  # it failed mid-vector
+        assert not store.has_vector("lm", "2015") and store.list_vectors() == [("lm", "2014")]
+        assert store.get_vector("lm", "2014").equal(_vec(1)) and store.verify() == []
+        with pytest.raises((OSError, StoreError)):
+            store.write_table("cells", pd.DataFrame({"value": range(10_000)}))
+        assert not store.has_table("cells")
+    finally:
+        FullMemoryFileSystem.budget = None
+    store.put_vector("lm", "2015", _vec(2))
+    assert store.list_vectors() == [("lm", "2014"), ("lm", "2015")] and store.verify() == []
