@@ -98,6 +98,11 @@ def test_overrides_and_task_overrides(tmp_path):
     training = TrainingConfig(epochs=1, task_overrides={"classification": {"epochs": 3}})
     assert training.for_task("classification").epochs == 3
     assert training.for_task("lm").epochs == 1
+    training = TrainingConfig(steps=200, task_overrides={"classification": {"lr": 0.01}}, granularity_overrides={"month": {"steps": 40}})
+    run = training.for_task("classification", "month")
+    assert (run.steps, run.lr) == (40, 0.01) and training.for_task("lm", "year").steps == 200
+    with pytest.raises(ValueError, match="steps"):
+        TrainingConfig(granularity_overrides={"month": {"steps": 0}}).for_task("lm", "month")
 
 
 def test_dump_round_trips(tmp_path):
