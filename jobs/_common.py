@@ -7,7 +7,7 @@ import logging
 import sys
 
 from timevec.config import load_config
-from timevec.distributed.pipeline import run_pipeline, summary_frame
+from timevec.distributed.pipeline import StageFailed, run_pipeline, summary_frame
 from timevec.errors import USER_ERRORS
 
 
@@ -26,6 +26,9 @@ def run_stages(stages: list[str], description: str) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for title, table in summary.get("tables", {}).items():
         logging.info("%s\n%s", title, table.to_string(index=False))
     logging.info("findings\n%s", summary_frame(summary).to_string(index=False))

@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3", "fsspec", "filelock"):
         # at DEBUG these log request headers (the AWS access key id among them): never let -v do that
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from timevec.distributed.pipeline import StageFailed
     from timevec.errors import USER_ERRORS
 
     try:
@@ -249,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"timevec {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except StageFailed as exc:
+        print(f"timevec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -199,6 +199,9 @@ class RayConfig(_Strict):
     cpus_per_eval_actor: float = Field(1.0, gt=0)
     gpus_per_eval_actor: float = Field(0.0, ge=0)
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per run/actor on CPU")
+    autoscaling: bool = Field(
+        False, description="the cluster adds nodes on demand: do not fail fast when no current node fits a run or actor"
+    )
 
 
 class EvaluationConfig(_Strict):

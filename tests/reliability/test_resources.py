@@ -88,8 +88,6 @@ def _outcome(proc: subprocess.Popen, log: Path, ready: str) -> tuple[bool, int |
     return hung, proc.returncode, read_text(log), waited
 
 
-@pytest.mark.xfail(strict=True, reason="bug: run_fleet submits trials asking for more GPUs than the cluster has; "
-                                       "Tune only warns every 60 s ('No trial is running ...') and waits forever")
 def test_fleet_with_impossible_gpus_fails_fast(drivers: dict) -> None:
     proc, log = drivers["procs"]["finetune"]
     hung, code, output, waited = _outcome(proc, log, STAGES["finetune"][1])
@@ -97,8 +95,6 @@ def test_fleet_with_impossible_gpus_fails_fast(drivers: dict) -> None:
     assert code == 2 and "gpus_per_run" in output and "Traceback" not in output, output[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: run_cells creates evaluation actors asking for more GPUs than the cluster "
-                                       "has; they stay pending and ActorPool.get_next_unordered blocks forever")
 def test_evaluation_with_impossible_gpus_fails_fast(drivers: dict) -> None:
     proc, log = drivers["procs"]["evaluate"]
     hung, code, output, waited = _outcome(proc, log, STAGES["evaluate"][1])

@@ -490,9 +490,14 @@ def _compute(
     import ray
     from ray.util import ActorPool
 
-    from timevec.distributed.runtime import ensure_ray
+    from timevec.distributed.runtime import check_fits, ensure_ray
 
     ensure_ray(config.ray)
+    check_fits(
+        config.ray,
+        {"CPU": config.ray.cpus_per_eval_actor, "GPU": config.ray.gpus_per_eval_actor},
+        "an evaluation actor (ray.cpus_per_eval_actor, ray.gpus_per_eval_actor)",
+    )
     n_actors = min(config.ray.eval_actors, len(items))
     actor_cls = ray.remote(_CellActor).options(
         num_cpus=config.ray.cpus_per_eval_actor,

@@ -26,10 +26,18 @@ StageResult = dict[str, Any]
 RESULT_TABLES = ("cells", "interpolation", "analogy_best")
 
 
+class StageFailed(RuntimeError):
+    """A stage finished with some of its work failed (after Ray's retries): exit status 1."""
+
+
 def _finetune(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.fleet import run_fleet
 
     runs = run_fleet(config, store)
+    failed = runs[runs["status"] == "failed"] if len(runs) else runs
+    if len(failed):
+        names = ", ".join(f"{r.task}/{r.period}" for r in failed.itertuples())
+        raise StageFailed(f"{len(failed)} fine-tune run(s) failed after their retries: {names}; re-run to resume them")
     counts = runs["status"].value_counts().to_dict() if len(runs) else {}
     return {"tables": {"fine-tune runs": runs}, "headline": {"runs": counts}}
 

@@ -7,7 +7,7 @@ import os
 
 import ray
 
-from timevec.config import RayConfig
+from timevec.config import ConfigError, RayConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,3 +27,24 @@ def ensure_ray(cfg: RayConfig) -> None:
         return
     log.info("starting a local Ray cluster with %s CPUs", cfg.num_cpus or "all")
     ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def check_fits(cfg: RayConfig, request: dict[str, float], what: str) -> None:
+    """Fail fast when no node of the cluster can ever host one unit of work.
+
+    Ray would otherwise keep such a trial or actor pending forever (Tune only warns). On an
+    autoscaling cluster (``ray.autoscaling: true``) nodes appear on demand, so nothing is checked.
+    ``request`` maps config field names (``gpus_per_run`` …) to (Ray resource, amount) pairs.
+    """
+    if cfg.autoscaling:
+        return
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    needs = {"CPU": request.get("CPU", 0.0), "GPU": request.get("GPU", 0.0)}
+    if any(all(node.get(res, 0.0) >= amount for res, amount in needs.items()) for node in nodes):
+        return
+    best = {res: max((node.get(res, 0.0) for node in nodes), default=0.0) for res in needs}
+    raise ConfigError(
+        f"{what} asks for {needs['CPU']:g} CPU and {needs['GPU']:g} GPU, but the largest node of the cluster has "
+        f"{best['CPU']:g} CPU and {best['GPU']:g} GPU: lower those ray.* settings, or set ray.autoscaling: true "
+        "if the cluster adds nodes on demand"
+    )

@@ -1,0 +1,226 @@
+"""Fleet benchmark: what running fine-tunes as Tune trials costs against the same loop run plainly.
+
+    .venv/bin/python bench/fleet.py [--runs 24] [--steps 400] [--concurrency 2] [--trainer-runs 2]
+
+On a local cluster (``num_cpus = concurrency``, one torch thread per run) it trains N monthly runs
+of the tiny config (24 = every month of 2014–2015) and prints, measured side by side in one go:
+
+(a) training throughput: tokens/s of a run inside the fleet vs the same job (``run_one``: model
+    from the store, examples, the loop, τ, vector write) in plain processes — goal ≥ 0.95×;
+(b) fleet makespan (the Tune run) vs the ideal Σ(single-run train time) / concurrency — goal
+    ≤ 1.2×; also split into the one-time start-up (until the first trial runs) and the rest;
+(c) start-up: a few short runs with ``workers_per_run=0`` (in-trial) and ``=1`` (a Train V2
+    ``TorchTrainer`` per run).
+
+The plain baseline runs with the same concurrency (``concurrency`` processes, one thread each),
+half of the runs BEFORE the fleet and half AFTER it, so that a machine shared with other work
+loads both sides alike; the load average of each phase is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local head without token auth (DESIGN §5)
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import psutil  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray import tune  # noqa: E402
+
+from timevec.config import ExperimentConfig, load_config  # noqa: E402
+from timevec.corpus import load_corpus  # noqa: E402
+from timevec.distributed.fleet import RunSpec, plan_runs, run_fleet, run_one  # noqa: E402
+from timevec.store import VectorStore  # noqa: E402
+from timevec.training import prepare_base  # noqa: E402
+
+
+def cpu_of_this_tree() -> float:
+    """CPU seconds of this process and all its descendants (the local Ray cluster: GCS, raylet, workers)."""
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+class Timeline(tune.Callback):
+    """When the Tune run began, when its first trial started, and the CPU the whole cluster used meanwhile."""
+
+    def __init__(self) -> None:
+        self.began: float | None = None
+        self.first_start: float | None = None
+        self.cpu_began = self.cpu_used = 0.0
+
+    def setup(self, **info) -> None:
+        self.began = time.perf_counter()
+        self.cpu_began = cpu_of_this_tree()
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if self.first_start is None:
+            self.first_start = time.perf_counter()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.cpu_used = cpu_of_this_tree() - self.cpu_began
+
+
+# ----------------------------------------------------------------------------- plain processes
+
+_PLAIN: dict = {}
+
+
+def _plain_init(config: ExperimentConfig) -> None:
+    torch.set_num_threads(1)
+    _PLAIN["config"] = config
+    _PLAIN["corpus"] = load_corpus(config.corpus)
+    _PLAIN["store"] = VectorStore.from_config(config.store)
+
+
+def _plain_run(run: RunSpec) -> dict:
+    began = time.time()
+    metrics = run_one(_PLAIN["config"], run, _PLAIN["corpus"], _PLAIN["store"])
+    return {**metrics, "began": began, "ended": time.time(), "total_seconds": time.time() - began}
+
+
+def plain_phase(config: ExperimentConfig, runs: list[RunSpec], concurrency: int) -> tuple[list[dict], float, float]:
+    """``runs`` in ``concurrency`` fresh processes; (per-run metrics, wall from first start to last end, load)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(concurrency, initializer=_plain_init, initargs=(config,)) as pool:
+        out = pool.map(_plain_run, runs, chunksize=1)
+    wall = max(m["ended"] for m in out) - min(m["began"] for m in out)
+    return out, wall, os.getloadavg()[0]
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=24, help="monthly runs (from 2014-01)")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps per run")
+    parser.add_argument("--concurrency", type=int, default=2, help="runs at once = local CPUs")
+    parser.add_argument("--trainer-runs", type=int, default=2, help="runs for the workers_per_run 0 vs 1 comparison (0: skip)")
+    parser.add_argument("--trainer-steps", type=int, default=50, help="steps per run in that comparison (start-up is what it measures)")
+    parser.add_argument("--workdir", help="where stores go (default: a temporary directory)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="timevec-bench-fleet-"))
+    years = max(1, -(-args.runs // 12))
+    overrides = [
+        "tasks=[lm]",
+        "granularities=[month]",
+        "periods.start='2014'",
+        f"periods.end='{2014 + years - 1}'",
+        f"training.steps={args.steps}",
+        f"training.checkpoint_every={max(1, args.steps // 2)}",
+        f"ray.num_cpus={args.concurrency}",
+        f"ray.max_concurrent_runs={args.concurrency}",
+        "ray.cpus_per_run=1",
+        "ray.torch_threads=1",
+    ]
+
+    def config_for(name: str, *extra: str) -> ExperimentConfig:
+        root = work / name
+        if not root.exists():
+            shutil.copytree(work / "base", root)
+        return load_config(REPO / "timevec/demo/tiny.yaml", [*overrides, f"store.url={root}", *extra])
+
+    base_config = load_config(REPO / "timevec/demo/tiny.yaml", [*overrides, f"store.url={work / 'base'}"])
+    runs = plan_runs(base_config)[: args.runs]
+    prepare_base(base_config, load_corpus(base_config.corpus), VectorStore.from_config(base_config.store))
+    print(f"{len(runs)} runs x {args.steps} steps of the tiny config, concurrency {args.concurrency}; work dir {work}")
+
+    half = len(runs) // 2
+    plain_config = config_for("plain")
+    first, wall1, load1 = plain_phase(plain_config, runs[:half], args.concurrency)
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
+    ray_init = time.perf_counter() - t0
+    timeline = Timeline()
+    table = run_fleet(config_for("fleet"), runs=runs, progress=False, callbacks=[timeline])
+    assert set(table["status"]) == {"done"}, table.to_string()
+    fleet_load = os.getloadavg()[0]
+    makespan = table.attrs["makespan_s"]
+
+    second, wall2, load2 = plain_phase(plain_config, runs[half:], args.concurrency)
+    plain = first + second
+
+    plain_tps = statistics.median(m["tokens_per_second"] for m in plain)
+    fleet_tps = statistics.median(table["tokens_per_second"])
+    sum_train = sum(m["train_seconds"] for m in plain)
+    sum_total = sum(m["total_seconds"] for m in plain)
+    ideal_train = sum_train / args.concurrency
+    ideal_total = sum_total / args.concurrency
+    startup = timeline.first_start - timeline.began
+    per_run = (makespan * args.concurrency - float(table["seconds"].sum())) / len(runs)
+    plain_tokens = sum(m["tokens"] for m in plain)
+    fleet_tokens = float(table["tokens"].sum())
+    plain_cpu = 1e6 * sum(m["cpu_seconds"] for m in plain) / plain_tokens
+    trial_cpu = 1e6 * float(table["cpu_seconds"].sum()) / fleet_tokens
+    cluster_cpu = 1e6 * timeline.cpu_used / fleet_tokens
+
+    print()
+    print(f"load average (1 min) after each phase: plain-1 {load1:.1f}, fleet {fleet_load:.1f}, plain-2 {load2:.1f}")
+    print(f"ray.init(num_cpus={args.concurrency}): {ray_init:.1f} s (not in the makespan)")
+    print("(a) tokens/s of a run (median over runs)")
+    print(f"    plain processes, 1 thread each:  {plain_tps:9.0f}")
+    print(f"    fleet trials, 1 thread each:     {fleet_tps:9.0f}   ratio {fleet_tps / plain_tps:.3f}  (goal >= 0.95)")
+    print("    CPU ms per 1000 tokens trained (independent of other load on the machine):")
+    print(f"      plain process while training:  {plain_cpu:7.2f}")
+    print(f"      fleet trial while training:    {trial_cpu:7.2f}   plain/trial {plain_cpu / trial_cpu:.3f}  (the loop + reporting every step)")
+    print(f"      whole cluster, Tune run:       {cluster_cpu:7.2f}   plain/cluster {plain_cpu / cluster_cpu:.3f}  "
+          f"(+ driver, raylet, GCS, start-up, model loads, vector writes)")
+    print("(b) makespan")
+    print(f"    fleet (the Tune run):            {makespan:9.1f} s")
+    print(f"    ideal sum(train) / {args.concurrency}:            {ideal_train:9.1f} s   ratio {makespan / ideal_train:.3f}  (goal <= 1.2)")
+    print(f"    ideal sum(total) / {args.concurrency}:            {ideal_total:9.1f} s   ratio {makespan / ideal_total:.3f}  (total = + model load, examples, vector write)")
+    print(f"    plain processes, wall:           {wall1 + wall2:9.1f} s   ratio {makespan / (wall1 + wall2):.3f}")
+    print(f"    start-up (Tune run begins -> first trial starts): {startup:.1f} s; the rest {makespan - startup:.1f} s "
+          f"= {(makespan - startup) / ideal_train:.3f}x ideal")
+    print(f"    per-run overhead in the fleet (slot time - train time): {per_run:.2f} s/run "
+          f"(plain: {(sum_total - sum_train) / len(runs):.2f} s/run)")
+
+    if args.trainer_runs:
+        few = runs[: args.trainer_runs]
+        print(f"(c) start-up: {len(few)} runs x {args.trainer_steps} steps, workers_per_run 0 (in-trial) vs 1 (TorchTrainer)")
+        for workers in (0, 1):
+            timeline = Timeline()
+            config = config_for(
+                f"workers{workers}", f"ray.workers_per_run={workers}", f"training.steps={args.trainer_steps}",
+                f"training.checkpoint_every={max(1, args.trainer_steps // 2)}",
+            )
+            out = run_fleet(config, runs=few, progress=False, callbacks=[timeline])
+            assert set(out["status"]) == {"done"}, out.to_string()
+            span = out.attrs["makespan_s"]
+            print(
+                f"    workers_per_run={workers}: makespan {span:6.1f} s (first trial after {timeline.first_start - timeline.began:4.1f} s), "
+                f"per run: train {out['seconds'].median():5.2f} s at {out['tokens_per_second'].median():6.0f} tokens/s, "
+                f"job wall {out['wall_seconds'].median():5.1f} s"
+            )
+    ray.shutdown()
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

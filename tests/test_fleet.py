@@ -1,0 +1,297 @@
+"""The fine-tune fleet on a real local Ray cluster (2 CPUs): vectors, retries, resumption, logs.
+
+Every test runs the tiny demo config against its own store under ``tmp_path``; the pretrained
+base is built once per session and copied into each store, so no test pays for pretraining.
+Faults are real: a Tune callback SIGKILLs the trial process (its PID is in every Tune result),
+and a driver subprocess is SIGKILLed mid-fleet.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import json
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from ray import tune
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import timevec.demo
+from timevec.config import ExperimentConfig, dump_config, load_config
+from timevec.corpus import load_corpus
+from timevec.distributed.fleet import RESULT_COLUMNS, RunSpec, experiment_name, plan_runs, run_fleet, run_one
+from timevec.store import VectorStore
+from timevec.training import prepare_base
+
+TINY = Path(timevec.demo.__file__).parent / "tiny.yaml"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_fleet(request: pytest.FixtureRequest) -> str:
+    """One local Ray for the session (num_cpus=2); yields its GCS address for driver subprocesses.
+
+    The S3 server (when it can run) starts first: it puts its keys in the environment, and Ray's
+    worker processes inherit the environment Ray was started with.
+    """
+    started = not ray.is_initialized()
+    if started:
+        try:
+            request.getfixturevalue("s3_server")
+        except pytest.skip.Exception:
+            pass
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding the tiny config's pretrained base (built once, copied by every test)."""
+    root = tmp_path_factory.mktemp("fleet-base") / "store"
+    config = load_config(TINY, [f"store.url={root}"])
+    prepare_base(config, load_corpus(config.corpus), VectorStore.from_config(config.store))
+    return root
+
+
+def tiny(tmp_path: Path, base_store: Path, *overrides: str) -> ExperimentConfig:
+    """The tiny config with its own copy of the base store under ``tmp_path``."""
+    root = tmp_path / "store"
+    shutil.copytree(base_store, root)
+    return load_config(TINY, [f"store.url={root}", "ray.num_cpus=2", *overrides])
+
+
+@pytest.fixture(scope="module")
+def finished(ray_fleet: str, base_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A whole 4-period fleet (2014–2017), run once for the module's tests."""
+    config = tiny(tmp_path_factory.mktemp("fleet"), base_store)
+    began = time.perf_counter()
+    table = run_fleet(config)
+    return config, table, time.perf_counter() - began
+
+
+def test_fleet_writes_a_complete_vector_per_period(finished) -> None:
+    config, table, _seconds = finished
+    store = VectorStore.from_config(config.store)
+    periods = config.period_list("year")
+    assert len(periods) >= 4
+    expected = [(task, p) for task in config.tasks for p in periods]
+    assert list(table.columns) == RESULT_COLUMNS
+    assert [tuple(x) for x in table[["task", "period"]].values.tolist()] == expected
+    assert set(table["status"]) == {"done"}, table.to_string()
+    assert (table["attempts"] == 1).all() and (table["resumed_from_step"] == 0).all()
+    assert (table["steps"] == config.training.steps).all()
+    assert table["final_loss"].map(math.isfinite).all() and (table["tokens_per_second"] > 0).all()
+
+    assert sorted(store.list_vectors()) == sorted(expected)
+    base = store.get_base()
+    for row in table.itertuples():
+        vector = store.get_vector(row.task, row.period)
+        assert sorted(vector.names) == sorted(base)
+        assert all(tuple(vector[n].shape) == tuple(base[n].shape) for n in base)
+        assert vector.norm() > 0
+        run = store.manifest(row.task, row.period)["run"]
+        assert run["task"] == row.task and run["period"] == row.period and run["granularity"] == "year"
+        assert run["kind"] == "full" and run["seed"] == config.training.seed
+        assert run["steps"] == config.training.steps and run["tokens"] == row.tokens > 0
+        assert run["metrics"]["final_loss"] == pytest.approx(row.final_loss)
+        assert run["metrics"]["resumed_from_step"] == 0
+        assert run["config"]["name"] == config.name
+        assert run["training"] == config.training.for_task(row.task, row.granularity).model_dump(mode="json")
+
+
+def test_tensorboard_event_files_under_the_storage_path(finished) -> None:
+    _config, table, _seconds = finished
+    storage = Path(table.attrs["storage_path"]) / table.attrs["experiment"]
+    for row in table.itertuples():
+        trial_dirs = list(storage.glob(f"{row.task}_{row.period}_*"))
+        assert trial_dirs, f"no trial directory for {row.task} {row.period} under {storage}"
+        events = [p for d in trial_dirs for p in d.glob("events.out.tfevents.*")]
+        assert events and all(p.stat().st_size > 0 for p in events), f"no TensorBoard events in {trial_dirs}"
+        # Each run's loss curve, one point per optimizer step.
+        curve = EventAccumulator(str(trial_dirs[0]))
+        curve.Reload()
+        steps = sorted({e.step for e in curve.Scalars("ray/tune/loss")})
+        assert steps == list(range(1, row.steps + 1))
+        # ... while the checkpoints, needed only to resume, are gone once the vector is stored.
+        assert not [c for d in trial_dirs for c in d.glob("checkpoint_*")]
+
+
+def test_a_second_submission_trains_nothing(finished) -> None:
+    config, _table, _seconds = finished
+    store = VectorStore.from_config(config.store)
+    created = {(t, p): store.manifest(t, p)["created"] for t, p in store.list_vectors()}
+    again = run_fleet(config)
+    assert set(again["status"]) == {"skipped"} and (again["attempts"] == 0).all()
+    assert {(t, p): store.manifest(t, p)["created"] for t, p in store.list_vectors()} == created
+
+
+class KillTrialOnce(tune.Callback):
+    """SIGKILLs the real trial process once, when the driver processes the result of step ``at``.
+
+    ``tune.report`` blocks until the driver has processed the result, and the trial reports every
+    step in order before it writes its vector: when this runs for step ``at`` the run cannot be
+    finished, and the newest checkpoint Tune has registered is the last one before ``at``.
+    """
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.killed: dict | None = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if self.killed is None and result.get("run_status") == "training" and result.get("step") == self.at:
+            self.killed = {"run": trial.config["run"], "pid": result["pid"], "step": result["step"]}
+            os.kill(result["pid"], signal.SIGKILL)
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint(ray_fleet: str, base_store: Path, tmp_path: Path) -> None:
+    config = tiny(
+        tmp_path, base_store, "tasks=[lm]",
+        "periods.end='2015'", "training.steps=12", "training.checkpoint_every=4", "ray.max_concurrent_runs=1",
+    )
+    killer = KillTrialOnce(at=6)
+    table = run_fleet(config, callbacks=[killer])
+    assert killer.killed is not None, "the callback never saw step 6"
+    assert set(table["status"]) == {"done"}, table.to_string()
+    killed = RunSpec(**killer.killed["run"])
+    row = table.set_index("period").loc[killed.period]
+    assert row["attempts"] == 2 and row["resumed_from_step"] == 4  # the step-4 checkpoint, not step 0
+    others = table[table["period"] != killed.period]
+    assert (others["attempts"] == 1).all() and (others["resumed_from_step"] == 0).all()
+    store = VectorStore.from_config(config.store)
+    run = store.manifest(killed.task, killed.period)["run"]
+    assert run["metrics"]["resumed_from_step"] == 4 and run["steps"] == 12
+
+    # Resuming is exact: the data order is a function of (seed, step) and the optimizer and
+    # scheduler state are restored, so the result matches an uninterrupted run of the same period.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.ray.torch_threads)
+    try:
+        reference = run_one(config, killed, load_corpus(config.corpus), store, write=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert row["tokens"] == reference["tokens"]
+    assert row["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-5)
+
+
+def _unfinished_checkpoints(storage: Path, store: VectorStore) -> dict[str, int]:
+    """period → newest checkpointed step, for the runs that have checkpoints but no vector yet."""
+    finished = {p for _t, p in store.list_vectors()}
+    out: dict[str, int] = {}
+    for meta in storage.glob("lm_*_*/checkpoint_*/meta.json"):
+        period = meta.parent.parent.name.split("_")[1]
+        if period in finished:
+            continue
+        try:
+            out[period] = max(out.get(period, 0), json.loads(meta.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            continue  # being written right now
+    return out
+
+
+def test_an_interrupted_driver_resubmitted_skips_finished_runs(ray_fleet: str, base_store: Path, tmp_path: Path) -> None:
+    config = tiny(
+        tmp_path, base_store, "tasks=[lm]", "training.steps=200", "training.checkpoint_every=10",
+        "ray.max_concurrent_runs=1",
+    )
+    path = tmp_path / "fleet.yaml"
+    path.write_text(dump_config(config))
+    store = VectorStore.from_config(config.store)
+    storage = Path(store.ray_storage_path()) / experiment_name(config)
+    runs = plan_runs(config)
+    script = f"from timevec.config import load_config; from timevec.distributed.fleet import run_fleet; run_fleet(load_config({str(path)!r}))"
+    env = {**os.environ, "RAY_ADDRESS": ray_fleet, "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Interrupt once one run is finished and a later one is part-way (has a checkpoint).
+        deadline = time.monotonic() + 150
+        while not (store.list_vectors() and _unfinished_checkpoints(storage, store)):
+            assert driver.poll() is None, "the driver exited before it could be interrupted"
+            assert time.monotonic() < deadline, "no finished and no checkpointed run after 150 s"
+            time.sleep(0.05)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    time.sleep(3)  # Ray kills the dead driver's trial processes; let any write in flight land
+    before = {p: store.manifest(t, p)["created"] for t, p in store.list_vectors()}
+    part_way = _unfinished_checkpoints(storage, store)
+    assert 1 <= len(before) < len(runs) and part_way, "the driver was not interrupted mid-fleet"
+
+    table = run_fleet(config)
+    statuses = dict(zip(table["period"], table["status"]))
+    assert len(table) == len(runs) and set(statuses) == {r.period for r in runs}
+    assert all(statuses[p] == "skipped" for p in before), statuses
+    assert all(statuses[r.period] in ("done", "skipped") for r in runs), table.to_string()
+    assert table.loc[table["status"] == "skipped", "attempts"].eq(0).all()
+    # Nothing finished was retrained, and every run has exactly one complete vector.
+    assert {p: store.manifest("lm", p)["created"] for p in before} == before
+    assert store.list_vectors() == [(r.task, r.period) for r in runs]
+    # A run the first driver had checkpointed continued from that checkpoint, not from step 0.
+    resumed = table.set_index("period")["resumed_from_step"]
+    for period in part_way:
+        assert resumed[period] > 0, f"{period} restarted from scratch: {table.to_string()}"
+        assert store.manifest("lm", period)["run"]["metrics"]["resumed_from_step"] == resumed[period]
+
+
+def test_torch_trainer_runs(ray_fleet: str, base_store: Path, tmp_path: Path) -> None:
+    """``workers_per_run=1``: each trial fits a Train V2 ``TorchTrainer`` (the multi-device path)."""
+    config = tiny(tmp_path, base_store, "tasks=[lm]", "periods.end='2014'", "ray.workers_per_run=1")
+    table = run_fleet(config)
+    assert set(table["status"]) == {"done"}, table.to_string()
+    store = VectorStore.from_config(config.store)
+    base = store.get_base()
+    for period in ("2014",):
+        vector = store.get_vector("lm", period)
+        assert sorted(vector.names) == sorted(base) and vector.norm() > 0
+        run = store.manifest("lm", period)["run"]
+        assert run["workers"] == 1 and run["steps"] == config.training.steps
+
+
+@ray.remote(num_cpus=0)
+def _worker_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_fleet_on_s3_resumes_from_s3_checkpoints(ray_fleet: str, base_store: Path, s3_server, tmp_path: Path) -> None:
+    """Store, Tune checkpoints and TensorBoard logs on a real S3 endpoint (SeaweedFS on loopback)."""
+    if ray.get(_worker_env.remote("AWS_ACCESS_KEY_ID")) != os.environ.get("AWS_ACCESS_KEY_ID"):
+        pytest.skip("Ray was started before the S3 server: its workers lack the server's keys")
+    import pyarrow.fs
+
+    from timevec.distributed.fleet import _earlier_checkpoint, _RunJob
+
+    url = s3_server.url(f"fleet-{tmp_path.name}")
+    local = VectorStore(str(base_store))
+    VectorStore(url, s3_server.storage_options).init(local.base_id, local.get_base(), dtype=local.dtype)
+    config = load_config(TINY, [
+        f"store.url={url}", f"store.storage_options.endpoint_url={s3_server.endpoint_url}", "tasks=[lm]",
+        "periods.end='2015'", "training.steps=12", "training.checkpoint_every=4", "ray.max_concurrent_runs=1",
+    ])  # fmt: skip
+    store = VectorStore.from_config(config.store)
+    assert "endpoint_override=" in store.ray_storage_path()
+    killer = KillTrialOnce(at=6)
+    table = run_fleet(config, callbacks=[killer], keep_checkpoints=True)
+    assert set(table["status"]) == {"done"}, table.to_string()
+    killed = RunSpec(**killer.killed["run"])
+    row = table.set_index("period").loc[killed.period]
+    assert row["attempts"] == 2 and row["resumed_from_step"] == 4
+    assert store.list_vectors() == [("lm", "2014"), ("lm", "2015")]
+
+    storage = table.attrs["storage_path"]
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+    files = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{table.attrs['experiment']}", recursive=True))
+    assert any(f.base_name.startswith("events.out.tfevents") for f in files)
+    # A later submission would find the run's newest checkpoint on S3 (the final one, step 12).
+    job = _RunJob(config, store, load_corpus(config.corpus), killed)
+    found = _earlier_checkpoint(storage, table.attrs["experiment"], killed, job.fingerprint)
+    assert found is not None and found[0]["step"] == 12 and found[1]["step"] == 12

@@ -1,0 +1,418 @@
+"""The task-analogy α search on Ray Tune.
+
+θ = θ_pre + α₁·τ_task(j) + α₂·τ_lm(k) − α₃·τ_lm(j) moves a task model from period j to a later
+period k using only unlabeled text of k (DESIGN §1). For each (j, k) one Tune experiment searches
+the α's: ``tune.grid_search`` over the reference grid (``analogy.alpha1 × alpha2 × alpha3``, the
+paper's 9 × 6 × 6 = 324 points) or, with ``analogy.searcher: optuna``, ``analogy.num_samples``
+points proposed by Optuna's TPE over the same grid. Each trial evaluates the VALIDATION and TEST
+splits of k; selection uses validation only, the best point is reported on test.
+
+Design, and why:
+
+- **Trials re-combine weights, nothing else.** A trial is a class :class:`AnalogyTrial` run with
+  ``TuneConfig(reuse_actors=True)``: Tune keeps the actor and calls :meth:`reset_config` for the
+  next point, so θ_pre (in a :class:`~timevec.distributed.cells.CellEvaluator`), the three vectors
+  and the tokenised splits are loaded once per actor. The splits arrive once through
+  ``tune.with_parameters`` (the object store); the weights are read from the vector store by the
+  actor itself (workers need nothing but the store), and are additionally cached at module level
+  by (store, base, task, j, k) so that a re-created trainable in the same worker process does not
+  reload them. A trial writes θ_pre + Σ cᵢ·τᵢ IN PLACE (tensor by tensor) and restores θ_pre after.
+- **A class trainable, with ``checkpoint_at_end=False``.** Ray 2.60 schedules a SAVE after a class
+  trial's last result unless told otherwise; without a ``save_checkpoint`` the trial errors and its
+  actor is never cached — every trial then pays a fresh actor (measured here: seconds per trial
+  instead of tens of milliseconds). A trial has nothing worth checkpointing (it is one
+  evaluation), so checkpoints are off.
+- **Resumable.** Each (j, k) is one experiment under ``ray.storage_path`` (default
+  ``<store>/tune``) whose name includes a signature of the grid, the searcher, the evaluation
+  settings and the three vectors' manifests. A repeated run finds it with ``Tuner.can_restore``
+  and continues it with ``Tuner.restore`` (finished trials are not run again; unfinished and
+  errored ones are). A changed grid or a re-trained vector gets a new experiment.
+- **TensorBoard.** Tune's default callbacks include ``TBXLoggerCallback`` (tensorboardX ships with
+  ``ray[tune]``): every trial directory gets an ``events.out.tfevents.*`` file with the
+  ``ray/tune/validation`` and ``ray/tune/test`` scalars. ``tensorboard --logdir <storage>/<name>``.
+- **Baselines** (base, τ_task(j), the best α₁·τ_task(j) alone, the latest task vector before k,
+  and the in-period oracle τ_task(k)) run as one Ray task beside the search, with the same
+  evaluator code and splits.
+
+Tables: ``results/analogy.parquet`` (:data:`timevec.adapt.ANALOGY_COLUMNS`, the full grid on
+both splits) and ``results/analogy_best.parquet`` (:data:`timevec.adapt.ANALOGY_BEST_COLUMNS` plus
+``experiment``: one row per method and split). Rows of a (task, j, k) are replaced on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from ray import tune
+
+from timevec import adapt
+from timevec.config import ExperimentConfig
+from timevec.evaluation import METRICS, EvalSplit
+from timevec.store import StoreError, VectorStore
+
+log = logging.getLogger(__name__)
+
+ANALOGY_TABLE = "analogy"
+ANALOGY_BEST_TABLE = "analogy_best"
+VALIDATION = "validation"
+TEST = "test"
+
+
+@dataclass(frozen=True)
+class AnalogyPayload:
+    """Everything a trial needs besides its α's: put in the object store once per experiment."""
+
+    config: ExperimentConfig
+    store: VectorStore
+    task: str
+    j: str
+    k: str
+    validation: EvalSplit
+    test: EvalSplit
+    alpha1: tuple[float, ...]
+    alpha2: tuple[float, ...]
+    alpha3: tuple[float, ...]
+
+    @property
+    def key(self) -> str:
+        """What the loaded weights depend on (the module-level cache key)."""
+        return f"{self.store.url}|{self.store.base_fingerprint}|{self.task}|{self.j}|{self.k}"
+
+
+@dataclass
+class _Loaded:
+    evaluator: Any  # CellEvaluator
+    task_j: Any
+    lm_k: Any
+    lm_j: Any
+    load_seconds: float
+
+
+#: Weights loaded in this worker process, by :attr:`AnalogyPayload.key` (at most one entry: a
+#: t5-3b base plus three vectors is ~48 GB, so an actor keeps only the pair it is working on).
+_LOADED: dict[str, _Loaded] = {}
+#: Points this worker has evaluated, by (payload key, α₁, α₂, α₃): evaluation is deterministic, so
+#: a point proposed again (searchers do re-propose on a finite grid) is answered from memory.
+_POINTS: dict[tuple[str, float, float, float], dict[str, float]] = {}
+
+
+def _device(config: ExperimentConfig) -> str:
+    if config.ray.gpus_per_eval_actor > 0 and torch.cuda.is_available():
+        return "cuda"
+    torch.set_num_threads(config.ray.torch_threads)
+    return "cpu"
+
+
+def load_pair(payload: AnalogyPayload) -> _Loaded:
+    """θ_pre on this worker's device and τ_task(j), τ_lm(k), τ_lm(j), loaded once per process."""
+    from timevec.distributed.cells import CellEvaluator
+
+    loaded = _LOADED.get(payload.key)
+    if loaded is not None:
+        return loaded
+    _LOADED.clear()
+    _POINTS.clear()
+    began = time.perf_counter()
+    evaluator = CellEvaluator(payload.config, payload.store, device=_device(payload.config))
+    loaded = _Loaded(
+        evaluator=evaluator,
+        task_j=evaluator.read_vector(payload.task, payload.j),
+        lm_k=evaluator.read_vector("lm", payload.k),
+        lm_j=evaluator.read_vector("lm", payload.j),
+        load_seconds=time.perf_counter() - began,
+    )
+    _LOADED[payload.key] = loaded
+    log.info("analogy %s→%s: base and vectors loaded in %.1f s (pid %d)", payload.j, payload.k, loaded.load_seconds, os.getpid())
+    return loaded
+
+
+def alphas_of(trial_config: dict[str, Any], payload: AnalogyPayload) -> tuple[float, float, float]:
+    """(α₁, α₂, α₃) of a trial: given directly (grid) or as grid indices (Optuna)."""
+    out = []
+    for name, grid in (("alpha1", payload.alpha1), ("alpha2", payload.alpha2), ("alpha3", payload.alpha3)):
+        if name in trial_config:
+            out.append(float(trial_config[name]))
+        else:
+            out.append(float(grid[int(trial_config[f"{name}_index"])]))
+    return out[0], out[1], out[2]
+
+
+def evaluate_point(loaded: _Loaded, payload: AnalogyPayload, a1: float, a2: float, a3: float) -> dict[str, float]:
+    """One analogy point on validation and test: the trial's whole work."""
+    stats = loaded.evaluator.stats
+    patch0, forward0 = stats.patch_seconds, stats.forward_seconds
+    terms = adapt.analogy_terms(a1, loaded.task_j, a2, loaded.lm_k, a3, loaded.lm_j)
+    rows = loaded.evaluator.evaluate_weights(terms, [payload.validation, payload.test])
+    return {
+        "alpha1": a1,
+        "alpha2": a2,
+        "alpha3": a3,
+        VALIDATION: float(rows[0]["value"]),
+        TEST: float(rows[1]["value"]),
+        "patch_seconds": stats.patch_seconds - patch0,
+        "eval_seconds": stats.forward_seconds - forward0,
+    }
+
+
+class AnalogyTrial(tune.Trainable):
+    """One α point per trial; the actor (and its loaded weights) is reused across trials."""
+
+    def setup(self, config: dict[str, Any], payload: AnalogyPayload | None = None) -> None:
+        if payload is None:
+            raise ValueError("AnalogyTrial needs its payload: wrap it with tune.with_parameters(..., payload=...)")
+        self.payload = payload
+        self.loaded = load_pair(payload)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        # The payload is per experiment, so a reused actor keeps everything; only α's change.
+        return True
+
+    def step(self) -> dict[str, Any]:
+        a1, a2, a3 = alphas_of(self.config, self.payload)
+        key = (self.payload.key, a1, a2, a3)
+        cached = _POINTS.get(key)
+        if cached is None:
+            point = _POINTS[key] = evaluate_point(self.loaded, self.payload, a1, a2, a3)
+        else:  # Optuna's TPE re-proposes points (about a third of its trials in bench/analogy.py)
+            point = {**cached, "patch_seconds": 0.0, "eval_seconds": 0.0}
+        return {**point, "cached": int(cached is not None), "pid": os.getpid(), "finished_at": time.time(), "done": True}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        return None  # nothing to save: a trial is one evaluation (checkpoints are off anyway)
+
+    def load_checkpoint(self, checkpoint: Any) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _signature(config: ExperimentConfig, store: VectorStore, task: str, j: str, k: str) -> str:
+    cfg = config.analogy
+    manifests = [store.manifest(t, p) for t, p in ((task, j), ("lm", k), ("lm", j))]
+    shards = [[shard.get("sha256") for shard in m.get("shards", [])] or [m.get("created")] for m in manifests]
+    material = {
+        "grid": [cfg.alpha1, cfg.alpha2, cfg.alpha3],
+        "searcher": cfg.searcher,
+        "num_samples": cfg.num_samples if cfg.searcher == "optuna" else None,
+        "seed": config.seed,
+        "evaluation": config.evaluation.model_dump(),
+        "corpus": config.corpus.model_dump(),
+        "base": store.base_fingerprint,
+        "vectors": shards,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def experiment_name(config: ExperimentConfig, store: VectorStore, task: str, j: str, k: str) -> str:
+    """``analogy-<task>-<j>-<k>-<searcher>-<signature>``: one resumable experiment per pair."""
+    return f"analogy-{task}-{j}-{k}-{config.analogy.searcher}-{_signature(config, store, task, j, k)}"
+
+
+def storage_path(config: ExperimentConfig, store: VectorStore) -> str:
+    """Tune's storage: ``ray.storage_path`` or ``<store>/tune``."""
+    return config.ray.storage_path or store.ray_storage_path("tune")
+
+
+def experiment_path(storage: str, name: str) -> str:
+    """``storage/name``, keeping a URI's query (``?endpoint_override=…``) at the end."""
+    root, sep, query = storage.partition("?")
+    return f"{root.rstrip('/')}/{name}{sep}{query}"
+
+
+def _param_space(config: ExperimentConfig) -> dict[str, Any]:
+    cfg = config.analogy
+    if cfg.searcher == "grid":
+        return {"alpha1": tune.grid_search(list(cfg.alpha1)), "alpha2": tune.grid_search(list(cfg.alpha2)),
+                "alpha3": tune.grid_search(list(cfg.alpha3))}
+    # Optuna searches grid INDICES as ordered integers: its proposals are exactly grid points
+    # (comparable with the grid, and replayable against it in the benchmark) and TPE still
+    # models the order of the α's, which a categorical choice would throw away.
+    return {"alpha1_index": tune.randint(0, len(cfg.alpha1)), "alpha2_index": tune.randint(0, len(cfg.alpha2)),
+            "alpha3_index": tune.randint(0, len(cfg.alpha3))}
+
+
+def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str) -> tune.Tuner:
+    """A new Tuner, or the existing experiment restored (finished trials are not re-run)."""
+    trainable = tune.with_resources(
+        tune.with_parameters(AnalogyTrial, payload=payload),
+        {"cpu": config.ray.cpus_per_eval_actor, "gpu": config.ray.gpus_per_eval_actor},
+    )
+    path = experiment_path(storage, name)
+    if tune.Tuner.can_restore(path):
+        log.info("analogy %s→%s: resuming experiment %s", payload.j, payload.k, path)
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    higher = METRICS[payload.task][1]
+    mode = "max" if higher else "min"
+    cfg = config.analogy
+    search_alg = None
+    num_samples = 1
+    if cfg.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=VALIDATION, mode=mode, seed=config.seed)
+        num_samples = cfg.num_samples
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(config),
+        tune_config=tune.TuneConfig(
+            metric=VALIDATION,
+            mode=mode,
+            search_alg=search_alg,
+            num_samples=num_samples,
+            reuse_actors=True,
+            max_concurrent_trials=cfg.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
+        ),
+    )
+
+
+def search_pair(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str) -> tuple[list[adapt.AnalogyPoint], dict[str, Any]]:
+    """Run (or resume) one pair's Tune experiment; returns its points and run facts."""
+    began = time.perf_counter()
+    results = _tuner(config, payload, storage, name).fit()
+    points: list[adapt.AnalogyPoint] = []
+    errors: list[str] = []
+    for result in results:
+        if result.error is not None:
+            errors.append(f"{result.path}: {result.error}")
+            continue
+        m = result.metrics or {}
+        if VALIDATION not in m:
+            errors.append(f"{result.path}: no result reported")
+            continue
+        points.append(adapt.AnalogyPoint(float(m["alpha1"]), float(m["alpha2"]), float(m["alpha3"]),
+                                         float(m[VALIDATION]), float(m[TEST])))
+    if errors:
+        raise RuntimeError(f"analogy {payload.j}→{payload.k}: {len(errors)} trial(s) failed:\n  " + "\n  ".join(errors[:10]))
+    points.sort(key=lambda p: (p.alpha1, p.alpha2, p.alpha3))
+    facts = {"trials": len(points), "seconds": time.perf_counter() - began, "experiment": experiment_path(storage, name)}
+    return points, facts
+
+
+def _baselines_task(payload: AnalogyPayload, latest: str | None, in_period: bool) -> list[dict[str, Any]]:
+    """The baseline rows of one pair (runs as a Ray task next to the search)."""
+    loaded = load_pair(payload)
+    read = loaded.evaluator.read_vector
+    vectors = adapt.AnalogyVectors(
+        task_j=loaded.task_j, lm_k=loaded.lm_k, lm_j=loaded.lm_j,
+        latest=(latest, loaded.task_j if latest == payload.j else read(payload.task, latest)) if latest else None,
+        in_period=read(payload.task, payload.k) if in_period else None,
+    )
+    try:
+        return adapt.analogy_baselines(loaded.evaluator.evaluate_weights, payload.task, payload.j, payload.k, vectors,
+                                       payload.validation, payload.test, payload.alpha1)
+    finally:
+        # A task worker is pooled and outlives the task: do not leave a base and vectors in it.
+        _LOADED.pop(payload.key, None)
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+def _replace_rows(store: VectorStore, table: str, frame: pd.DataFrame, keys: dict[str, str]) -> None:
+    """Replace the rows of one (task, j, k) in a table (others kept)."""
+    if store.has_table(table):
+        old = store.read_table(table)
+        mask = pd.Series(True, index=old.index)
+        for col, value in keys.items():
+            mask &= old[col].astype(str) == value
+        frame = pd.concat([old.loc[~mask], frame], ignore_index=True) if (~mask).any() else frame
+    store.write_table(table, frame.reset_index(drop=True))
+
+
+def _prepared_splits(config: ExperimentConfig, task: str, periods: list[str]) -> dict[str, tuple[EvalSplit, EvalSplit]]:
+    from timevec.corpus import load_corpus
+    from timevec.distributed.cells import encoder_decoder_of
+    from timevec.models import load_tokenizer
+
+    corpus = load_corpus(config.corpus)
+    tokenizer = load_tokenizer(config.base)
+    encoder_decoder = encoder_decoder_of(config.base)
+    out = {}
+    for k in periods:
+        val, test = (adapt.prepare_eval_split(task, corpus, k, tokenizer, encoder_decoder, config.evaluation, s)
+                     for s in (VALIDATION, TEST))
+        out[k] = (val, test)
+    return out
+
+
+def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame:
+    """Search every (j, k) pair of ``config.analogy``; returns the analogy_best rows of those pairs."""
+    from timevec.distributed.runtime import ensure_ray
+
+    began = time.perf_counter()
+    store = store or VectorStore.from_config(config.store)
+    if not store.exists():
+        raise StoreError(f"store {store} holds no base yet: run the fine-tune stage first")
+    task = config.analogy.task
+    stored = set(store.list_vectors())
+    pairs, skipped = adapt.analogy_pairs(config, stored)
+    for reason in skipped:
+        log.warning("analogy: skipping %s", reason)
+    if not pairs:
+        raise StoreError(f"analogy for task {task!r}: no (j, k) pair has its vectors in {store}: " + "; ".join(skipped))
+    ensure_ray(config.ray)
+    storage = storage_path(config, store)
+    splits = _prepared_splits(config, task, sorted({k for _, k in pairs}, key=adapt._order))
+    best_old = store.read_table(ANALOGY_BEST_TABLE) if store.has_table(ANALOGY_BEST_TABLE) else None
+    baselines_remote = ray.remote(_baselines_task).options(
+        num_cpus=config.ray.cpus_per_eval_actor, num_gpus=config.ray.gpus_per_eval_actor,
+        max_retries=config.ray.max_failures,
+    )
+    out: list[pd.DataFrame] = []
+    for j, k in pairs:
+        validation, test = splits[k]
+        if validation.n_examples == 0 or test.n_examples == 0:
+            log.warning("analogy %s→%s: empty validation or test split of %s, skipped", j, k, k)
+            continue
+        name = experiment_name(config, store, task, j, k)
+        cfg = config.analogy
+        payload = AnalogyPayload(config, store, task, j, k, validation, test,
+                                 tuple(cfg.alpha1), tuple(cfg.alpha2), tuple(cfg.alpha3))
+        keys = {"task": task, "source_period": j, "target_period": k}
+        have = None
+        if best_old is not None and "experiment" in best_old:
+            sel = best_old
+            for col, value in keys.items():
+                sel = sel.loc[sel[col].astype(str) == value]
+            sel = sel.loc[(sel["experiment"] == name) & (sel["method"] != "analogy")]
+            if set(sel["method"]) >= set(adapt.ANALOGY_METHODS) - {"analogy"}:
+                have = sel.drop(columns="experiment")
+        latest = adapt.latest_task_period(task, k, stored)
+        pending = None if have is not None else baselines_remote.remote(payload, latest, (task, k) in stored)
+        points, facts = search_pair(config, payload, storage, name)
+        metric = METRICS[task][0]
+        grid = adapt.analogy_grid_frame(task, j, k, metric, points)
+        _replace_rows(store, ANALOGY_TABLE, grid, keys)
+        baseline_rows = have.to_dict("records") if have is not None else ray.get(pending)
+        best = adapt.analogy_best_frame(baseline_rows + adapt.analogy_best_rows(task, j, k, metric, points))
+        best["experiment"] = name
+        _replace_rows(store, ANALOGY_BEST_TABLE, best, keys)
+        out.append(best)
+        _log_pair(task, j, k, best, facts)
+    log.info("analogy stage done in %.1f s", time.perf_counter() - began)
+    return pd.concat(out, ignore_index=True) if out else adapt.analogy_best_frame([])
+
+
+def _log_pair(task: str, j: str, k: str, best: pd.DataFrame, facts: dict[str, Any]) -> None:
+    test = best.loc[best["split"] == TEST].set_index("method")["value"]
+    parts = ", ".join(f"{m} {test[m]:.4g}" for m in adapt.ANALOGY_METHODS if m in test and not math.isnan(test[m]))
+    log.info("analogy %s %s→%s: %d trials in %.1f s; test: %s (%s)", task, j, k, facts["trials"], facts["seconds"],
+             parts, facts["experiment"])
