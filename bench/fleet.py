@@ -48,37 +48,60 @@ from timevec.store import VectorStore  # noqa: E402
 from timevec.training import prepare_base  # noqa: E402
 
 
-def cpu_of_this_tree() -> float:
-    """CPU seconds of this process and all its descendants (the local Ray cluster: GCS, raylet, workers)."""
-    total = 0.0
+def cpu_by_process() -> dict[int, float]:
+    """CPU seconds of this process and each descendant (the local Ray cluster: GCS, raylet, workers)."""
+    out: dict[int, float] = {}
     me = psutil.Process()
     for proc in [me, *me.children(recursive=True)]:
         try:
             t = proc.cpu_times()
-            total += t.user + t.system
+            out[proc.pid] = t.user + t.system
         except psutil.Error:
             pass
-    return total
+    return out
 
 
 class Timeline(tune.Callback):
-    """When the Tune run began, when its first trial started, and the CPU the whole cluster used meanwhile."""
+    """When the Tune run began, when its first trial started, and the CPU the whole cluster used.
+
+    CPU is sampled per process (at most every second and at each trial's end), so processes that
+    exit before the run ends (trial actors) still count with their last sample.
+    """
 
     def __init__(self) -> None:
         self.began: float | None = None
         self.first_start: float | None = None
-        self.cpu_began = self.cpu_used = 0.0
+        self._base: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._sampled = 0.0
+
+    def _sample(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if force or now - self._sampled >= 1.0:
+            self._sampled = now
+            self._last.update(cpu_by_process())
+
+    @property
+    def cpu_used(self) -> float:
+        return sum(cpu - self._base.get(pid, 0.0) for pid, cpu in self._last.items())
 
     def setup(self, **info) -> None:
         self.began = time.perf_counter()
-        self.cpu_began = cpu_of_this_tree()
+        self._base = cpu_by_process()
+        self._last = dict(self._base)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         if self.first_start is None:
             self.first_start = time.perf_counter()
 
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._sample()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._sample(force=True)
+
     def on_experiment_end(self, trials, **info) -> None:
-        self.cpu_used = cpu_of_this_tree() - self.cpu_began
+        self._sample(force=True)
 
 
 # ----------------------------------------------------------------------------- plain processes

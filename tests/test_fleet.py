@@ -255,6 +255,11 @@ def test_torch_trainer_runs(ray_fleet: str, base_store: Path, tmp_path: Path) ->
         assert sorted(vector.names) == sorted(base) and vector.norm() > 0
         run = store.manifest("lm", period)["run"]
         assert run["workers"] == 1 and run["steps"] == config.training.steps
+        # The Train run is named after the run (stable across submissions, so Train V2 can restore
+        # it); its checkpoints are deleted once the vector is stored.
+        train_dir = Path(table.attrs["storage_path"]) / f"{table.attrs['experiment']}-lm_{period}"
+        assert run["ray"]["train_run"] == train_dir.name and train_dir.is_dir()
+        assert not list(train_dir.glob("checkpoint_*"))
 
 
 @ray.remote(num_cpus=0)

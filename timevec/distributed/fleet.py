@@ -39,8 +39,15 @@ not pick up new periods or a new cluster size; and an experiment whose trials al
 whose vectors are missing would still need a fresh experiment.
 
 Checkpoints are a directory with ``train_state.pt`` (model, optimizer, scheduler and step, saved
-with ``torch.save``) and ``meta.json``. Metrics are reported every step; a checkpoint only when
-the training loop hands a state (every ``checkpoint_every`` steps and at the end).
+with ``torch.save``) and ``meta.json``. Metrics are reported every step, from a thread beside the
+loop (``_Reporter``: Ray's report blocks); a checkpoint only when the training loop hands a state
+(every ``checkpoint_every`` steps and at the end). Once a run's vector is stored its checkpoints
+are deleted (``keep_checkpoints=True`` keeps them).
+
+Watching a fleet: ``FleetProgress`` logs a one-line summary (done / running / pending / failed /
+retried, ETA); ``LossCurves`` (Tune's TensorBoard logger, trimmed) writes each run's loss and lr
+per step under ``<storage>/<experiment>/<task>_<period>_<trial id>/``:
+``tensorboard --logdir <storage>/<experiment>``.
 
 Tests kill the real trial process (its PID is in every Tune result) from a Tune callback: there
 is no fault-injection code path here.
@@ -382,7 +389,11 @@ def _resume_state(checkpoint: "ray.train.Checkpoint | None", job: _RunJob) -> tu
     """
     if checkpoint is None:
         return None, None
-    state, meta = _load_from(checkpoint)
+    try:
+        state, meta = _load_from(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - e.g. deleted after its run finished: start afresh
+        log.warning("run %s: cannot read the checkpoint Ray handed back (%s); starting from step 0", job.run.key, exc)
+        return None, None
     if meta.get("fingerprint") != job.fingerprint:
         log.warning("run %s: ignoring a checkpoint made with other settings or data (step %s)", job.run.key, meta.get("step"))
         return None, None
@@ -431,23 +442,32 @@ def _earlier_checkpoint(storage_path: str, experiment: str, run: RunSpec, finger
 
 
 def _drop_checkpoints(storage_path: str, experiment: str, runs: Sequence[RunSpec]) -> int:
-    """Delete the Tune checkpoints of ``runs`` (whose vectors are stored): they only serve resuming.
+    """Delete the checkpoints of ``runs`` (whose vectors are stored): they only serve resuming.
 
     A t5-3b checkpoint with its optimizer state is tens of GB; kept for every run of a study it
-    would dwarf the vectors. TensorBoard logs and results stay. Returns how many were deleted.
+    would dwarf the vectors. Covers the trials' ``<experiment>/<run>_<trial id>/checkpoint_*`` and
+    the Train runs' ``<experiment>-<run>/checkpoint_*`` (with Train's index of them, so that a
+    later Train run of the same name starts afresh); TensorBoard logs and results stay.
+    Returns how many were deleted.
     """
     try:
         fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
-        exp_dir = f"{root.rstrip('/')}/{experiment}"
-        prefixes = tuple(f"{r.key}_" for r in runs)
+        root = root.rstrip("/")
+        trial_prefixes = tuple(f"{r.key}_" for r in runs)
+        run_dirs = [f"{root}/{experiment}-{r.key}" for r in runs]
+        for trial_dir in fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{experiment}", allow_not_found=True)):
+            if trial_dir.type == pyarrow.fs.FileType.Directory and trial_dir.base_name.startswith(trial_prefixes):
+                run_dirs.append(trial_dir.path)
         removed = 0
-        for trial_dir in fs.get_file_info(pyarrow.fs.FileSelector(exp_dir, allow_not_found=True)):
-            if trial_dir.type != pyarrow.fs.FileType.Directory or not trial_dir.base_name.startswith(prefixes):
-                continue
-            for entry in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir.path, allow_not_found=True)):
-                if entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+        for directory in run_dirs:
+            for entry in fs.get_file_info(pyarrow.fs.FileSelector(directory, allow_not_found=True)):
+                if not entry.base_name.startswith("checkpoint_"):
+                    continue
+                if entry.type == pyarrow.fs.FileType.Directory:
                     fs.delete_dir(entry.path)
                     removed += 1
+                elif entry.base_name == "checkpoint_manager_snapshot.json":
+                    fs.delete_file(entry.path)  # Train V2's index of the deleted checkpoints
         return removed
     except (OSError, pyarrow.ArrowInvalid, ValueError) as exc:
         log.warning("fleet: could not delete finished runs' checkpoints under %s/%s: %s", storage_path, experiment, exc)
