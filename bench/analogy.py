@@ -49,6 +49,7 @@ from timevec import adapt  # noqa: E402
 from timevec.config import ExperimentConfig, TrainingConfig, load_config  # noqa: E402
 from timevec.corpus import load_corpus  # noqa: E402
 from timevec.distributed.cells import CellEvaluator  # noqa: E402
+from timevec.evaluation import prepare_split  # noqa: E402
 from timevec.models import base_id, build_model, float_parameters, load_tokenizer  # noqa: E402
 from timevec.store import VectorStore  # noqa: E402
 from timevec.training import pretrain_base, task_examples, train  # noqa: E402
@@ -104,7 +105,7 @@ def bench_combination(tmp: str, quick: bool) -> list[dict]:
         store = random_store(config, [("classification", "2016"), ("lm", "2017"), ("lm", "2016")])
         corpus = load_corpus(config.corpus)
         tokenizer = load_tokenizer(config.base)
-        splits = [adapt.prepare_eval_split("classification", corpus, "2017", tokenizer, False, config.evaluation, s)
+        splits = [prepare_split("classification", corpus, "2017", tokenizer, False, config.evaluation, split=s)
                   for s in ("validation", "test")]
         torch.set_num_threads(1)  # as in a trial actor (ray.torch_threads)
         evaluator = CellEvaluator(config, store, device="cpu")
@@ -174,7 +175,7 @@ def landscape(config: ExperimentConfig, store: VectorStore, j: str, k: str, cach
     torch.set_num_threads(1)  # as a trial actor does; 2 threads on a shared 2-core machine thrash
     corpus = load_corpus(config.corpus)
     tokenizer = load_tokenizer(config.base)
-    split = adapt.prepare_eval_split("classification", corpus, k, tokenizer, False, config.evaluation, "validation")
+    split = prepare_split("classification", corpus, k, tokenizer, False, config.evaluation, split="validation")
     evaluator = CellEvaluator(config, store, device="cpu")
     tj, lk, lj = (evaluator.read_vector(t, p) for t, p in [("classification", j), ("lm", k), ("lm", j)])
     cfg = config.analogy
@@ -279,7 +280,7 @@ def bench_tune(tmp: str, shape: tuple[int, int, int]) -> list[dict]:
     store = random_store(config, [("classification", "2016"), ("lm", "2017"), ("lm", "2016")])
     corpus = load_corpus(config.corpus)
     tokenizer = load_tokenizer(config.base)
-    val, test = (adapt.prepare_eval_split("classification", corpus, "2017", tokenizer, False, config.evaluation, s)
+    val, test = (prepare_split("classification", corpus, "2017", tokenizer, False, config.evaluation, split=s)
                  for s in ("validation", "test"))
     cfg = config.analogy
     payload = dist.AnalogyPayload(config, store, "classification", "2016", "2017", val, test,

@@ -35,9 +35,16 @@ import torch  # noqa: E402
 
 from timevec.config import load_config  # noqa: E402
 from timevec.corpus import load_corpus  # noqa: E402
-from timevec.distributed.cells import CellEvaluator, prepare_splits, run_cells_with_stats  # noqa: E402
+from timevec.distributed.cells import CellEvaluator, prepare_splits, run_cells  # noqa: E402
 from timevec.evaluation import evaluate  # noqa: E402
-from timevec.models import assign_parameters, base_from_store, base_id, build_model, float_parameters, load_tokenizer  # noqa: E402
+from timevec.models import (  # noqa: E402
+    assign_parameters,
+    base_from_store,
+    base_id,
+    build_model,
+    float_parameters,
+    load_tokenizer,
+)
 from timevec.store import VectorStore  # noqa: E402
 from timevec.vectors import TimeVector  # noqa: E402
 
@@ -147,7 +154,7 @@ def main() -> int:
         ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
         init_s = time.perf_counter() - began
         began = time.perf_counter()
-        frame, stats = run_cells_with_stats(config, store, include_base=False, table="bench_cells")
+        frame, stats = run_cells(config, store, include_base=False, table="bench_cells")
         wall = time.perf_counter() - began
         ray_actor = row("ray: actor pool (run_cells)", len(frame), wall,
                         stats.model_loads, stats.vector_reads, stats.forward_seconds, args.actors)

@@ -1,8 +1,10 @@
-"""Shared pytest set-up: the slow/gpu markers and the real S3 server on loopback."""
+"""Shared pytest set-up: the slow/gpu markers, the real S3 server on loopback, one local Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import pytest
 
@@ -12,6 +14,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
 
 from tests.s3_server import s3_server  # noqa: E402,F401  (session fixture: SeaweedFS on 127.0.0.1)
+
+
+@pytest.fixture(scope="session")
+def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
+    """One local Ray (2 CPUs, DESIGN §4) for the session; yields its GCS address for driver subprocesses.
+
+    The S3 server starts first when it can: it puts its keys in the environment, and Ray's worker
+    processes inherit the environment Ray was started with (the standard AWS chain). Shut down
+    only if this fixture started it.
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        with contextlib.suppress(pytest.skip.Exception, pytest.FixtureLookupError):
+            request.getfixturevalue("s3_server")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -87,7 +87,7 @@ def find_weed() -> str | None:
     return shutil.which("weed")
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     """``n`` distinct ports the kernel reports free on 127.0.0.1 (held open together, then released)."""
     socks = []
     try:
@@ -146,7 +146,7 @@ def start_s3_server(tmp_dir: str | os.PathLike, bucket: str = "timevec-test", ti
             os.environ.pop(var, None)
         os.environ["AWS_ACCESS_KEY_ID"] = access_key
         os.environ["AWS_SECRET_ACCESS_KEY"] = secret_key
-        ports = _free_ports(12)
+        ports = free_ports(12)
         names = [
             "s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
             "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc", "webdav.port", "debug.port",

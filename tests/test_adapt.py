@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 import torch
 
 from timevec import adapt
@@ -29,7 +28,7 @@ from timevec.distributed.interpolate import (
     plan,
     run_interpolation,
 )
-from timevec.evaluation import EvalSplit
+from timevec.evaluation import EvalSplit, prepare_split
 from timevec.models import base_id, build_model, float_parameters, load_tokenizer
 from timevec.periods import Period
 from timevec.store import VectorStore
@@ -39,17 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "timevec" / "demo" / "tiny.yaml"
 YEARS = ["2014", "2015", "2016", "2017"]
 MONTHS = [f"2017-{m:02d}" for m in range(1, 13)]
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the session (2 CPUs, DESIGN §4); shut down only if this fixture started it."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 def tiny_config(root: Path, overrides: list[str]) -> ExperimentConfig:
@@ -156,6 +144,28 @@ def test_greedy_soup_keeps_only_improving_neighbours():
     assert [p for _, p in fake.calls].count("2016") == 1
 
 
+def test_soup_max_distance_limits_the_candidates():
+    vectors = {p: TimeVector({"w": torch.tensor([float(i)])}) for i, p in enumerate(["2012", "2013", "2014", "2015", "2016"])}
+    soup = adapt.greedy_soup(FakeEvaluator(target=2.0), vectors.__getitem__, "2014", list(vectors), _fake_split("2014-v"),
+                             _fake_split("2014"), higher=False, max_distance=1)
+    assert [c for c, _, _ in soup.trace] == ["2013", "2015"]
+
+
+def test_period_baselines_take_known_cells_and_evaluate_only_the_rest():
+    vectors = {p: TimeVector({"w": torch.tensor([x])}) for p, x in {"2014": 1.0, "2015": 2.0, "2016": 3.0, "2017": 5.0}.items()}
+    evaluated = FakeEvaluator(target=0.0)
+    full = adapt.period_baselines(evaluated, vectors.__getitem__, "lm", "2015", list(vectors), _fake_split("2015"))
+    assert full.values == {"base": ("", 0.0), "in_period": ("2015", 4.0), "previous": ("2014", 1.0),
+                           "next": ("2016", 9.0), "latest": ("2017", 25.0)}
+    assert full.metric == "perplexity" and full.higher is False
+    cells = {("base", "2015"): 0.0, ("2015", "2015"): 4.0, ("2017", "2015"): 25.0}  # as the cells table holds them
+    fake = FakeEvaluator(target=0.0)
+    known = adapt.period_baselines(fake, vectors.__getitem__, "lm", "2015", list(vectors), _fake_split("2015"),
+                                   known=lambda source, test: cells.get((source, test)))
+    assert known.values == full.values
+    assert sorted(w for w, _ in fake.calls) == [1.0, 3.0]  # only previous (2014) and next (2016) were evaluated
+
+
 def test_patch_missing_averages_the_two_neighbours():
     vectors = {p: TimeVector({"w": torch.tensor([x])}) for p, x in {"2014": 1.0, "2016": 3.0, "2017": 9.0}.items()}
     fake = FakeEvaluator(target=0.0)
@@ -200,7 +210,7 @@ def _local_values(config: ExperimentConfig, store: VectorStore, granularity: str
     tokenizer = load_tokenizer(config.base)
     encoder_decoder = encoder_decoder_of(config.base)
     periods = config.period_list(granularity)
-    splits = [adapt.prepare_eval_split("lm", corpus, p, tokenizer, encoder_decoder, config.evaluation) for p in periods]
+    splits = [prepare_split("lm", corpus, p, tokenizer, encoder_decoder, config.evaluation) for p in periods]
     threads = torch.get_num_threads()
     torch.set_num_threads(config.ray.torch_threads)
     try:
@@ -211,7 +221,7 @@ def _local_values(config: ExperimentConfig, store: VectorStore, granularity: str
     return {r["test_period"]: r["value"] for r in rows}
 
 
-def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_local, study):
+def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_session, study):
     config, store, _ = study
     table = run_interpolation(config, store)
     assert list(table.columns) == adapt.INTERPOLATION_COLUMNS
@@ -267,7 +277,7 @@ def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_local, study):
     assert p15.loc["latest", "members"] == "2017" and p15.loc["previous", "members"] == "2014"
 
 
-def test_interpolation_stage_resumes(ray_local, study):
+def test_interpolation_stage_resumes(ray_session, study):
     config, store, _ = study
     if not store.has_table(INTERPOLATION_TABLE):
         run_interpolation(config, store)

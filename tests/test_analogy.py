@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from tests.test_adapt import build_store, perturbation, ray_local, tiny_config  # noqa: F401  (ray_local: fixture)
+from tests.test_adapt import build_store, perturbation, tiny_config
 from timevec import adapt
 from timevec.config import AnalogyConfig
 from timevec.distributed.analogy import (
@@ -90,7 +90,7 @@ def _trial_dirs(config, store) -> list[str]:
     return sorted(d for d in glob.glob(os.path.join(path, "AnalogyTrial_*")) if os.path.isdir(d))
 
 
-def test_grid_search_visits_the_reference_grid(ray_local, study):
+def test_grid_search_visits_the_reference_grid(ray_session, study):
     config, store = study
     best = run_analogy(config, store)
     grid = store.read_table(ANALOGY_TABLE)
@@ -136,7 +136,7 @@ def test_grid_search_visits_the_reference_grid(ray_local, study):
     assert len(pids) <= 2 * config.analogy.max_concurrent_trials, len(pids)
 
 
-def test_tensorboard_event_files_have_scalars(ray_local, study):
+def test_tensorboard_event_files_have_scalars(ray_session, study):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config, store = study
@@ -152,7 +152,7 @@ def test_tensorboard_event_files_have_scalars(ray_local, study):
     assert len(acc.Scalars("ray/tune/validation")) == 1
 
 
-def test_repeated_search_resumes(ray_local, study):
+def test_repeated_search_resumes(ray_session, study):
     config, store = study
     if not store.has_table(ANALOGY_TABLE):
         run_analogy(config, store)
@@ -171,7 +171,7 @@ def test_repeated_search_resumes(ray_local, study):
     assert store.read_table(ANALOGY_TABLE).equals(grid_before)
 
 
-def test_optuna_searcher_proposes_grid_points(ray_local, study, tmp_path):
+def test_optuna_searcher_proposes_grid_points(ray_session, study, tmp_path):
     config, store = study
     config = config.with_overrides(["analogy.searcher=optuna", "analogy.num_samples=10",
                                     "analogy.max_concurrent_trials=1",  # one actor to start: Optuna is sequential anyway
@@ -185,7 +185,7 @@ def test_optuna_searcher_proposes_grid_points(ray_local, study, tmp_path):
     assert analogy_val == part["value"].max()
 
 
-def test_missing_vectors_are_a_clear_error(ray_local, tmp_path):
+def test_missing_vectors_are_a_clear_error(ray_session, tmp_path):
     from timevec.store import StoreError
 
     config = tiny_config(tmp_path, ["periods.start='2016'", "periods.end='2017'", "tasks=[lm, classification]"])

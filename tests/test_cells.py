@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 
 from timevec.config import load_config
@@ -18,25 +17,21 @@ from timevec.distributed.cells import (
     cells_table,
     prepare_splits,
     read_cells,
-    run_cells_with_stats,
+    run_cells,
 )
 from timevec.evaluation import evaluate
-from timevec.models import assign_parameters, base_from_store, base_id, build_model, float_parameters, load_tokenizer
+from timevec.models import (
+    assign_parameters,
+    base_from_store,
+    base_id,
+    build_model,
+    float_parameters,
+    load_tokenizer,
+)
 from timevec.store import StoreError, VectorStore
 from timevec.vectors import TimeVector
 
 PERIODS = ["2014", "2015", "2016"]
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the session (2 CPUs, DESIGN §4); shut down only if this fixture started it."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +71,9 @@ def _direct_value(config, store, split, vector: TimeVector | None) -> float:
     return evaluate(model, split, config.evaluation, tokenizer=tokenizer)["value"]
 
 
-def test_matrix_is_complete_and_equals_direct_evaluation(ray_local, study):
+def test_matrix_is_complete_and_equals_direct_evaluation(ray_session, study):
     config, store, _, splits = study
-    cells, stats = run_cells_with_stats(config, store)
+    cells, stats = run_cells(config, store)
     assert list(cells.columns) == COLUMNS
     assert len(cells) == 3 * 3 + 3  # 3 vectors × 3 test periods + the base on each test period
     assert set(cells["vector"]) == {"base", "lm/2014", "lm/2015", "lm/2016"}
@@ -131,12 +126,12 @@ def test_evaluator_restores_the_base_exactly(study):
     assert evaluator.stats.model_loads == 1 and evaluator.stats.vector_reads == 3
 
 
-def test_rerun_computes_only_missing_cells_and_names_a_broken_vector(ray_local, study):
+def test_rerun_computes_only_missing_cells_and_names_a_broken_vector(ray_session, study):
     config, store, _, _ = study
     if not store.has_table(CELLS_TABLE):
-        run_cells_with_stats(config, store)
+        run_cells(config, store)
     first = read_cells(store)
-    again, stats = run_cells_with_stats(config, store)
+    again, stats = run_cells(config, store)
     assert stats.cells_computed == 0 and stats.model_loads == 0 and stats.cells_skipped == 12
     assert len(store.read_table(CELLS_TABLE)) == 12
     assert again.sort_values(CELL_KEY).reset_index(drop=True).equals(first.sort_values(CELL_KEY).reset_index(drop=True))
@@ -155,7 +150,7 @@ def test_rerun_computes_only_missing_cells_and_names_a_broken_vector(ray_local, 
     store.write_bytes(shard, bytes(data))
     try:
         with pytest.raises(StoreError, match="lm/2016"):  # the run fails naming the vector …
-            run_cells_with_stats(config, store)
+            run_cells(config, store)
     finally:
         store.put_vector("lm", "2016", tau_2016)
     redone = read_cells(store)  # … after storing every other cell

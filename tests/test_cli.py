@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
-from timevec.cli import STAGES, build_parser
+from timevec.cli import build_parser
+from timevec.distributed import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,22 @@ def test_bad_override_and_missing_store(tmp_path):
     assert result.returncode == 2 and "training.steps" in result.stderr
     result = timevec("store", "ls", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "no store here" in result.stderr
+
+
+def test_unknown_stage_exits_2_in_the_cli_and_the_job(tmp_path):
+    config = ROOT / "timevec" / "demo" / "tiny.yaml"
+    result = timevec("run", str(config), "--stages", "finetune,evaluat", "--set", f"store.url={tmp_path / 's'}")
+    assert result.returncode == 2 and "unknown stage(s) ['evaluat']" in result.stderr
+    job = subprocess.run(
+        [sys.executable, "jobs/pipeline.py", "--config", str(config), "--stages", "evaluat"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert job.returncode == 2 and "unknown stage(s) ['evaluat']" in job.stderr
+    single = subprocess.run(
+        [sys.executable, "jobs/evaluate.py", "--config", str(config), "--stages", "finetune"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert single.returncode == 2 and "unrecognized arguments: --stages" in single.stderr  # fixed-stage jobs
 
 
 def test_tiny_demo_end_to_end_then_store_tools(tmp_path):

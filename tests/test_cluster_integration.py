@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from tests.s3_server import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SH = REPO / "cluster" / "local.sh"
@@ -95,7 +96,6 @@ def test_ray_up_yaml_passes_rays_schema() -> None:
 
 def test_runtime_env_matches_the_project() -> None:
     import tomllib
-
     import yaml
     from ray.runtime_env import RuntimeEnv
 
@@ -161,19 +161,6 @@ def test_local_sh_usage_errors() -> None:
 # ---------------------------------------------------------------- the end-to-end job
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @dataclass
 class Head:
     address: str  # the dashboard / job-submission URL
@@ -218,7 +205,7 @@ def ray_head(s3_server) -> Iterator[Head]:
     env["RAY_DEDUP_LOGS"] = "0"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    port, dashboard_port = _free_ports(2)
+    port, dashboard_port = free_ports(2)
     started = _local_sh(
         "start", state_dir, env, "--port", str(port), "--dashboard-port", str(dashboard_port), "--num-cpus", "2"
     )

@@ -1,6 +1,12 @@
 import pytest
 
-from timevec.config import ConfigError, ExperimentConfig, TrainingConfig, dump_config, load_config
+from timevec.config import (
+    ConfigError,
+    ExperimentConfig,
+    TrainingConfig,
+    dump_config,
+    load_config,
+)
 from timevec.demo import demo_config_path
 
 

@@ -10,7 +10,17 @@ import torch
 
 from timevec.config import BaseConfig, EvaluationConfig, TinyModel
 from timevec.corpus import Corpus
-from timevec.evaluation import EvalSplit, classify, evaluate, macro_f1, prepare_split, rouge_l, spread
+from timevec.evaluation import (
+    EvalSplit,
+    _score,
+    candidate_logliks,
+    classify,
+    evaluate,
+    macro_f1,
+    prepare_split,
+    rouge_l,
+    spread,
+)
 from timevec.models import IGNORE, build_model, is_encoder_decoder, load_tokenizer
 
 TINY = TinyModel(d_model=32, num_layers=1, num_heads=2, d_ff=64, max_positions=128)
@@ -156,6 +166,21 @@ def test_classification_scores_equal_per_candidate_likelihoods(model_and_tokeniz
                 1 for t in one.examples[0].labels[(0 if encoder_decoder else 1):] if t != IGNORE))
         expected.append(split.candidates[max(range(3), key=lambda k: (scores[k], -k))])
     assert pred == expected
+
+
+def test_shared_prompt_scores_equal_scoring_each_candidate_sequence_alone(model_and_tokenizer):
+    # random weights (no tie), labels of different lengths, texts longer than max_length (truncated)
+    model, tokenizer = model_and_tokenizer
+    encoder_decoder = is_encoder_decoder(model)
+    corpus = make_corpus(9)
+    corpus.records["text"] = [t * (1 + 4 * (i % 3)) for i, t in enumerate(corpus.records["text"])]
+    split = prepare_split("classification", corpus, "2015", tokenizer, encoder_decoder, EVAL, labels=["a", "bbbbbbb", "xx"])
+    assert max(len(e.input_ids) for e in split.examples) == EVAL.max_length  # some prompts were cut
+    with torch.inference_mode():
+        shared, n_tokens = candidate_logliks(model, split, batch_size=5, device=torch.device("cpu"))
+        alone, counts = _score(model, split.examples, split, 1, torch.device("cpu"))
+    assert torch.allclose(shared.flatten(), -alone, rtol=1e-5, atol=1e-4)
+    assert n_tokens == int(counts.sum())
 
 
 def test_evaluation_is_deterministic_and_batch_independent(model_and_tokenizer):

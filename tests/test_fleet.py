@@ -8,13 +8,13 @@ and a driver subprocess is SIGKILLed mid-fleet.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import json
 import time
 from pathlib import Path
 
@@ -27,31 +27,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import timevec.demo
 from timevec.config import ExperimentConfig, dump_config, load_config
 from timevec.corpus import load_corpus
-from timevec.distributed.fleet import RESULT_COLUMNS, RunSpec, experiment_name, plan_runs, run_fleet, run_one
+from timevec.distributed.fleet import (
+    RESULT_COLUMNS,
+    RunSpec,
+    experiment_name,
+    plan_runs,
+    run_fleet,
+    run_one,
+)
 from timevec.store import VectorStore
 from timevec.training import prepare_base
 
 TINY = Path(timevec.demo.__file__).parent / "tiny.yaml"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def ray_fleet(request: pytest.FixtureRequest) -> str:
-    """One local Ray for the session (num_cpus=2); yields its GCS address for driver subprocesses.
-
-    The S3 server (when it can run) starts first: it puts its keys in the environment, and Ray's
-    worker processes inherit the environment Ray was started with.
-    """
-    started = not ray.is_initialized()
-    if started:
-        try:
-            request.getfixturevalue("s3_server")
-        except pytest.skip.Exception:
-            pass
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +59,7 @@ def tiny(tmp_path: Path, base_store: Path, *overrides: str) -> ExperimentConfig:
 
 
 @pytest.fixture(scope="module")
-def finished(ray_fleet: str, base_store: Path, tmp_path_factory: pytest.TempPathFactory):
+def finished(ray_session: str, base_store: Path, tmp_path_factory: pytest.TempPathFactory):
     """A whole 4-period fleet (2014–2017), run once for the module's tests."""
     config = tiny(tmp_path_factory.mktemp("fleet"), base_store)
     began = time.perf_counter()
@@ -153,7 +141,7 @@ class KillTrialOnce(tune.Callback):
             os.kill(result["pid"], signal.SIGKILL)
 
 
-def test_a_killed_trial_resumes_from_its_checkpoint(ray_fleet: str, base_store: Path, tmp_path: Path) -> None:
+def test_a_killed_trial_resumes_from_its_checkpoint(ray_session: str, base_store: Path, tmp_path: Path) -> None:
     config = tiny(
         tmp_path, base_store, "tasks=[lm]",
         "periods.end='2015'", "training.steps=12", "training.checkpoint_every=4", "ray.max_concurrent_runs=1",
@@ -198,7 +186,7 @@ def _unfinished_checkpoints(storage: Path, store: VectorStore) -> dict[str, int]
     return out
 
 
-def test_an_interrupted_driver_resubmitted_skips_finished_runs(ray_fleet: str, base_store: Path, tmp_path: Path) -> None:
+def test_an_interrupted_driver_resubmitted_skips_finished_runs(ray_session: str, base_store: Path, tmp_path: Path) -> None:
     config = tiny(
         tmp_path, base_store, "tasks=[lm]", "training.steps=200", "training.checkpoint_every=10",
         "ray.max_concurrent_runs=1",
@@ -209,7 +197,7 @@ def test_an_interrupted_driver_resubmitted_skips_finished_runs(ray_fleet: str, b
     storage = Path(store.ray_storage_path()) / experiment_name(config)
     runs = plan_runs(config)
     script = f"from timevec.config import load_config; from timevec.distributed.fleet import run_fleet; run_fleet(load_config({str(path)!r}))"
-    env = {**os.environ, "RAY_ADDRESS": ray_fleet, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -243,7 +231,7 @@ def test_an_interrupted_driver_resubmitted_skips_finished_runs(ray_fleet: str, b
         assert store.manifest("lm", period)["run"]["metrics"]["resumed_from_step"] == resumed[period]
 
 
-def test_torch_trainer_runs(ray_fleet: str, base_store: Path, tmp_path: Path) -> None:
+def test_torch_trainer_runs(ray_session: str, base_store: Path, tmp_path: Path) -> None:
     """``workers_per_run=1``: each trial fits a Train V2 ``TorchTrainer`` (the multi-device path)."""
     config = tiny(tmp_path, base_store, "tasks=[lm]", "periods.end='2014'", "ray.workers_per_run=1")
     table = run_fleet(config)
@@ -267,7 +255,7 @@ def _worker_env(name: str) -> str | None:
     return os.environ.get(name)
 
 
-def test_fleet_on_s3_resumes_from_s3_checkpoints(ray_fleet: str, base_store: Path, s3_server, tmp_path: Path) -> None:
+def test_fleet_on_s3_resumes_from_s3_checkpoints(ray_session: str, base_store: Path, s3_server, tmp_path: Path) -> None:
     """Store, Tune checkpoints and TensorBoard logs on a real S3 endpoint (SeaweedFS on loopback)."""
     if ray.get(_worker_env.remote("AWS_ACCESS_KEY_ID")) != os.environ.get("AWS_ACCESS_KEY_ID"):
         pytest.skip("Ray was started before the S3 server: its workers lack the server's keys")

@@ -10,17 +10,17 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from tests.s3_server import S3Server, S3ServerUnavailable, start_s3_server
+from tests.reliability import kill_when
+from tests.s3_server import S3Server
 from timevec.config import StoreConfig
 from timevec.models import fingerprint
 from timevec.store import StoreError, VectorStore, shard_plan
@@ -58,26 +58,6 @@ def _dense(v: TimeVector) -> np.ndarray:
 # ---------------------------------------------------------------------------- backends
 
 
-@pytest.fixture(scope="session")
-def s3(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """The conftest's ``s3_server`` when there is one, else our own (same helper)."""
-    try:
-        server = request.getfixturevalue("s3_server")
-    except pytest.FixtureLookupError:
-        server = None
-    if server is not None:
-        yield server
-        return
-    try:
-        own = start_s3_server(tmp_path_factory.mktemp("s3-own"))
-    except (S3ServerUnavailable, ImportError, OSError) as exc:
-        pytest.skip(f"no local S3 server: {exc}")
-    try:
-        yield own
-    finally:
-        own.stop()
-
-
 @pytest.fixture(params=["local", "s3"])
 def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., VectorStore]:
     """A factory of empty stores on the parametrised backend (a fresh prefix each call)."""
@@ -86,7 +66,7 @@ def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., V
 
 def _store_factory(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Callable[..., VectorStore]:
     if backend == "s3":
-        server: S3Server = request.getfixturevalue("s3")
+        server: S3Server = request.getfixturevalue("s3_server")
 
         def make(**kwargs: Any) -> VectorStore:
             return VectorStore(server.url(f"t-{uuid.uuid4().hex[:10]}"), server.storage_options, **kwargs)
@@ -152,6 +132,20 @@ def test_from_config_and_pickle(tmp_path: Path) -> None:
     s.put_vector("lm", "2014", _vec(1))
     clone = pickle.loads(pickle.dumps(s))
     assert clone.get_vector("lm", "2014").equal(s.get_vector("lm", "2014"))
+
+
+def test_relative_local_url_is_pinned_to_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tune runs trials in their own working directory: a store opened as ./runs/x must stay the same store
+    monkeypatch.chdir(tmp_path)
+    s = VectorStore("./runs/rel")
+    assert s.url == str(tmp_path / "runs" / "rel")
+    s.init("tiny-base", _tensors(0))
+    s.put_vector("lm", "2014", _vec(1))
+    elsewhere = tmp_path / "trial-dir"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone.exists() and clone.get_vector("lm", "2014").equal(_vec(1))
 
 
 # ---------------------------------------------------------------------------- round trips
@@ -423,17 +417,7 @@ def test_killed_writer_leaves_no_visible_vector(
         env=env,
         cwd=REPO,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert child.poll() is None, f"writer exited early with {child.returncode}"
-            assert time.monotonic() < deadline, "writer never reached the kill point"
-            time.sleep(0.05)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            os.kill(child.pid, signal.SIGKILL)
-        child.wait(timeout=30)
+    kill_when(child, marker.exists, "the writer's kill point", timeout=60)
     assert child.returncode == -signal.SIGKILL
     leftovers = store.list_paths("vectors/lm/2014")
     assert any(p.endswith(".safetensors") for p in leftovers) and not any(p.endswith("manifest.json") for p in leftovers)
@@ -451,7 +435,8 @@ def test_killed_writer_leaves_no_visible_vector(
 # ---------------------------------------------------------------------------- credentials
 
 
-def test_no_credentials_anywhere(s3: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_credentials_anywhere(s3_server: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    s3 = s3_server
     caplog.set_level(logging.DEBUG, logger="timevec")
     caplog.set_level(logging.INFO)
     secrets = [s3.secret_key, s3.access_key]

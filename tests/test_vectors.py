@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from timevec.models import fingerprint
-from timevec.vectors import TimeVector, VectorError, WeightPatcher, analogy, combine, interpolate
+from timevec.vectors import (
+    TimeVector,
+    VectorError,
+    WeightPatcher,
+    analogy,
+    combine,
+    interpolate,
+)
 
 
 def _rand(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:

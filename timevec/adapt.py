@@ -30,7 +30,6 @@ evaluated period (what was deployable when that period began).
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import math
@@ -40,11 +39,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from transformers import PreTrainedTokenizerBase
 
-from timevec.config import AnalogyConfig, EvaluationConfig, ExperimentConfig
-from timevec.corpus import Corpus, Split
-from timevec.evaluation import METRICS, EvalSplit, prepare_split
+from timevec.config import AnalogyConfig, ExperimentConfig
+from timevec.evaluation import METRICS, EvalSplit
 from timevec.periods import Period
 from timevec.vectors import TimeVector
 
@@ -56,6 +53,8 @@ Term = tuple[float, TimeVector]
 EvaluateWeights = Callable[[Sequence[Term], Sequence[EvalSplit]], list[dict[str, Any]]]
 #: ``load_vector(period) -> τ`` for one task (callers bind the task and cache as they see fit).
 LoadVector = Callable[[str], TimeVector]
+#: (source: "base" or a train period, test period) -> the cell's value, or None when not computed
+KnownValue = Callable[[str, str], "float | None"]
 
 __all__ = [
     "ANALOGY_BEST_COLUMNS",
@@ -95,14 +94,12 @@ __all__ = [
     "patching_rows",
     "period_baselines",
     "plan_interpolation",
-    "prepare_eval_split",
     "reference_grid",
     "run_interpolation_item",
     "select_best",
     "soup_frame",
     "soup_rows",
     "sort_periods",
-    "split_view",
 ]
 
 
@@ -148,37 +145,6 @@ def _higher(task: str) -> bool:
 
 def _metric(task: str) -> str:
     return METRICS[task][0]
-
-
-def split_view(corpus: Corpus, split: Split) -> Corpus:
-    """The corpus with ``split``'s rows relabelled ``test`` (and the real test rows hidden).
-
-    :func:`timevec.evaluation.prepare_split` tokenises a period's TEST rows; the α searches and the
-    greedy soups must select on VALIDATION rows and report on test rows, with exactly the same
-    formatting, capping and label candidates. A relabelled view gives that without a second copy of
-    the tokenisation code. Labels (classification candidates) are taken from all records, so they
-    are the same in both views.
-    """
-    if split == "test":
-        return corpus
-    column = corpus.records["split"]
-    relabelled = np.where(column == split, "test", np.where(column == "test", "_test", column))
-    return Corpus(source=corpus.source, records=corpus.records.assign(split=relabelled), bad_rows=corpus.bad_rows)
-
-
-def prepare_eval_split(
-    task: str,
-    corpus: Corpus,
-    period: str,
-    tokenizer: PreTrainedTokenizerBase,
-    encoder_decoder: bool,
-    eval_cfg: EvaluationConfig,
-    split: Split = "test",
-) -> EvalSplit:
-    """One period's tokenised ``split`` (test or validation) for ``task``, capped like the cells'."""
-    if "split" in inspect.signature(prepare_split).parameters:  # a newer evaluation module
-        return prepare_split(task, corpus, period, tokenizer, encoder_decoder, eval_cfg, split=split)  # type: ignore[call-arg]
-    return prepare_split(task, split_view(corpus, split), period, tokenizer, encoder_decoder, eval_cfg)
 
 
 def _value(rows: list[dict[str, Any]], i: int = 0) -> float:
@@ -521,29 +487,38 @@ class PeriodBaselines:
 def period_baselines(
     evaluate_weights: EvaluateWeights,
     load_vector: LoadVector,
+    task: str,
     period: str,
     stored: Sequence[str],
     test: EvalSplit,
+    known: KnownValue | None = None,
 ) -> PeriodBaselines:
-    """base, in_period (τ_p, if stored), previous (latest before p), next (p+1) and latest on p's test."""
-    rows = evaluate_weights([], [test])
-    metric, higher = rows[0]["metric"], bool(rows[0]["higher_is_better"])
-    values: dict[str, tuple[str, float]] = {"base": ("", _value(rows))}
+    """base, in_period (τ_p, if stored), previous (latest before p), next (p+1) and latest on p's test.
+
+    Each is a cell of the all-pairs matrix: ``known(source, period)`` (source ``"base"`` or a
+    period) answers from the cells table when it holds it, and only the others are evaluated.
+    """
     ordered = sort_periods(stored)
     wanted = {
+        "base": "base",
         "in_period": period if period in ordered else None,
         "previous": _latest_before(period, ordered),
         "next": str(Period.parse(period).shift(1)) if str(Period.parse(period).shift(1)) in ordered else None,
         "latest": ordered[-1] if ordered else None,
     }
+    values: dict[str, tuple[str, float]] = {}
     seen: dict[str, float] = {}
     for method, source in wanted.items():
         if source is None:
             continue
         if source not in seen:
-            seen[source] = _value(evaluate_weights([(1.0, load_vector(source))], [test]))
-        values[method] = (source, seen[source])
-    return PeriodBaselines(period, metric, higher, values)
+            value = known(source, period) if known is not None else None
+            if value is None:
+                terms = [] if source == "base" else [(1.0, load_vector(source))]
+                value = _value(evaluate_weights(terms, [test]))
+            seen[source] = value
+        values[method] = ("" if source == "base" else source, seen[source])
+    return PeriodBaselines(period, _metric(task), _higher(task), values)
 
 
 def evaluate_period(
@@ -556,6 +531,7 @@ def evaluate_period(
     validation: EvalSplit | None,
     test: EvalSplit,
     max_distance: int | None = None,
+    known: KnownValue | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Soup and patching rows of one period (one work item of the interpolation stage).
 
@@ -563,7 +539,7 @@ def evaluate_period(
     (skipped with a warning without one); patching needs both neighbours stored.
     """
     stored = sort_periods(stored)
-    baselines = period_baselines(evaluate_weights, load_vector, period, stored, test)
+    baselines = period_baselines(evaluate_weights, load_vector, task, period, stored, test, known)
     soup: SoupResult | None = None
     if validation is None or validation.n_examples == 0:
         log.warning("%s/%s: no validation rows, no soup", task, period)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-STAGES = ("finetune", "evaluate", "interpolate", "analogy", "analyze", "report")
+from timevec.distributed import STAGES
 
 
 def _config(args: argparse.Namespace):
@@ -40,10 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from timevec.distributed.pipeline import run_pipeline
 
     config = _config(args)
-    stages = args.stages.split(",") if args.stages else list(STAGES)
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise SystemExit(f"timevec run: unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    stages = [s for s in args.stages.split(",") if s] if args.stages else list(STAGES)
     summary = run_pipeline(config, stages)
     _print_summary(summary)
     return 0
@@ -242,17 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3", "fsspec", "filelock"):
         # at DEBUG these log request headers (the AWS access key id among them): never let -v do that
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from timevec.distributed.pipeline import StageFailed
-    from timevec.errors import USER_ERRORS
+    from timevec.errors import run_with_exit_status
 
-    try:
-        return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"timevec {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except StageFailed as exc:
-        print(f"timevec {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    return run_with_exit_status(lambda: args.func(args), f"timevec {args.command}: ")
 
 
 if __name__ == "__main__":

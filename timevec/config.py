@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from timevec.periods import Granularity, Period, PeriodError, period_range
 
@@ -218,6 +225,9 @@ def _alpha_grid(start: float, stop: float, step: float) -> list[float]:
 
 class InterpolationConfig(_Strict):
     alphas: list[float] = Field(default_factory=lambda: _alpha_grid(0.0, 1.0, 0.1))
+    soup_max_distance: int | None = Field(
+        None, ge=1, description="greedy soups try vectors at most this many periods away; None: every stored vector"
+    )
 
     @field_validator("alphas")
     @classmethod

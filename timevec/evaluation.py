@@ -26,7 +26,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from timevec.config import EvaluationConfig
 from timevec.corpus import Corpus, Split
-from timevec.models import Example, collate, is_encoder_decoder, prompt_examples, token_losses
+from timevec.models import (
+    IGNORE,
+    Example,
+    collate,
+    is_encoder_decoder,
+    prompt_examples,
+    token_losses,
+)
 from timevec.training import task_examples
 
 log = logging.getLogger(__name__)
@@ -184,7 +191,8 @@ def prepare_split(
         texts = rows["text"].tolist()
         sources = [t for t in texts for _ in candidates]
         targets = [c for _ in texts for c in candidates]
-        examples = prompt_examples(sources, targets, tokenizer, encoder_decoder, max_length, "classify")
+        longest = max(len(_ids(tokenizer, c)) for c in candidates) + 1  # + EOS
+        examples = prompt_examples(sources, targets, tokenizer, encoder_decoder, max_length, "classify", longest)
         prepared = EvalSplit(examples=tuple(examples), candidates=candidates, gold=tuple(rows["label"].astype(str)),
                           n_rows=len(rows), **common)
     else:
@@ -291,11 +299,96 @@ def classify(model: PreTrainedModel, split: EvalSplit, batch_size: int, device: 
     maximum), so predictions never depend on batch composition or dictionary order.
     """
     device = device or _model_device(model)
-    sums, counts = _score(model, split.examples, split, batch_size, device)
-    n_labels = len(split.candidates)
-    loglik = (-sums).view(len(split.gold), n_labels)
+    loglik, n_tokens = candidate_logliks(model, split, batch_size, device)
     best = torch.argmax(loglik, dim=1).tolist() if len(split.gold) else []
-    return [split.candidates[i] for i in best], int(counts.sum())
+    return [split.candidates[i] for i in best], n_tokens
+
+
+def _shared_prompts(split: EvalSplit) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """(one prompt per text, one target per example): the prompt that every candidate of a text shares.
+
+    Decoder-only examples are ``prompt + target`` with the prompt masked; encoder-decoder examples
+    have the prompt as encoder input. :func:`prepare_split` truncates a text's prompt once for all
+    of its candidates, which is what lets the prompt run once.
+    """
+    n_labels = len(split.candidates)
+    prompts, targets = [], []
+    for row in range(len(split.gold)):
+        group = split.examples[row * n_labels : (row + 1) * n_labels]
+        cut = [0 if split.encoder_decoder else sum(1 for t in e.labels if t == IGNORE) for e in group]
+        own = [e.input_ids if split.encoder_decoder else e.input_ids[:c] for e, c in zip(group, cut)]
+        if any(p != own[0] for p in own):
+            raise EvaluationError(
+                f"classification/{split.period}: the candidates of text {row} do not share one prompt "
+                "(prepare the split with timevec.evaluation.prepare_split)"
+            )
+        prompts.append(own[0])
+        targets.extend(e.labels if split.encoder_decoder else e.input_ids[c:] for e, c in zip(group, cut))
+    return prompts, targets
+
+
+def candidate_logliks(
+    model: PreTrainedModel, split: EvalSplit, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """``[texts, candidates]`` summed log-likelihoods of every label, and the scored-token count.
+
+    The prompt (a tweet is ~15× longer than its label) runs through the model ONCE per text and
+    only the candidates' few tokens run per candidate: the decoder-only model continues from the
+    prompt's key/value cache, the encoder-decoder model's encoder output is shared. That makes
+    classification about as cheap as one LM pass over the texts instead of one per label. The
+    scores equal scoring each ``prompt + candidate`` sequence alone (up to float rounding; a test
+    checks it). ``batch_size`` counts (text, candidate) sequences, as for the other tasks.
+    """
+    n_labels = len(split.candidates)
+    prompts, targets = _shared_prompts(split)
+    sums = torch.zeros(len(prompts), n_labels, dtype=torch.float64)
+    n_tokens = 0
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts_per_batch = max(1, batch_size // max(n_labels, 1))
+    for start in range(0, len(order), texts_per_batch):
+        idx = order[start : start + texts_per_batch]
+        prompt_ids, prompt_mask = _pad([prompts[i] for i in idx], split.pad_id)
+        target_ids, target_mask = _pad([targets[i * n_labels + c] for i in idx for c in range(n_labels)], split.pad_id)
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        target_ids, target_mask = target_ids.to(device), target_mask.to(device)
+        if split.encoder_decoder:
+            encoded = model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask).last_hidden_state
+            logits = model(
+                encoder_outputs=(encoded.repeat_interleave(n_labels, dim=0),),
+                attention_mask=prompt_mask.repeat_interleave(n_labels, dim=0),
+                labels=target_ids.masked_fill(target_mask == 0, IGNORE),
+            ).logits
+        else:
+            out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+            lengths = prompt_mask.sum(dim=1)
+            last = out.logits[torch.arange(len(idx), device=device), lengths - 1]  # predicts each target's 1st token
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(n_labels)
+            positions = lengths.repeat_interleave(n_labels)[:, None] + torch.arange(target_ids.size(1), device=device)
+            rest = model(
+                input_ids=target_ids,
+                attention_mask=torch.cat([prompt_mask.repeat_interleave(n_labels, dim=0), target_mask], dim=1),
+                position_ids=positions,
+                past_key_values=cache,
+            ).logits
+            logits = torch.cat([last.repeat_interleave(n_labels, dim=0)[:, None], rest[:, :-1]], dim=1)
+        losses = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), target_ids.reshape(-1), reduction="none"
+        ).view(target_ids.shape)
+        sums[torch.tensor(idx)] = -(losses * target_mask).sum(dim=1).double().cpu().view(len(idx), n_labels)
+        n_tokens += int(target_mask.sum())
+    return sums, n_tokens
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
 
 
 def evaluate(

@@ -238,12 +238,15 @@ def prompt_examples(
     encoder_decoder: bool,
     max_length: int,
     prefix: str,
+    target_room: int | None = None,
 ) -> list[Example]:
     """Conditional examples (classification labels, summaries): loss on the target only.
 
     Encoder-decoder: source = ``prefix + text``, target = the target text + EOS. Decoder-only: one
     sequence ``prefix + text + ' => ' + target + EOS`` with the prompt positions masked out; the
-    prompt is truncated from the right so that the target always fits.
+    prompt is truncated from the right so that the target always fits: so that ``target_room``
+    tokens fit when given (label candidates reserve room for the longest, so that every candidate
+    of a text shares one prompt), else this target's own length.
     """
     examples = []
     for source, target in zip(sources, targets, strict=True):
@@ -252,7 +255,7 @@ def prompt_examples(
             source_ids = _ids(tokenizer, f"{prefix}: {source}")[:max_length]
             examples.append(Example(tuple(source_ids), tuple(target_ids)))
         else:
-            room = max(max_length - len(target_ids), 1)
+            room = max(max_length - max(len(target_ids), target_room or 0), 1)
             prompt = _ids(tokenizer, f"{prefix}: {source} => ")[:room]
             examples.append(Example(tuple(prompt + target_ids), (IGNORE,) * len(prompt) + tuple(target_ids)))
     return examples

@@ -20,9 +20,9 @@ import html
 import io
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd

@@ -363,6 +363,10 @@ class VectorStore:
             raise StoreError(f"cannot open store {_safe_url(url)}: {exc} (pip install timevec[s3])") from None
         self.root = self.root.rstrip("/") or self.root
         self._local = isinstance(self.fs, LocalFileSystem)
+        if self._local:
+            # By its absolute path: Tune runs each trial in its own working directory, where a
+            # relative URL like ``./runs/demo`` would name another (empty) folder.
+            self.url = self.root
         # Shards in flight at once: object stores reward concurrent requests, a local disk less so.
         self._io_threads = max(1, int(io_threads if io_threads is not None else (2 if self._local else 8)))
         self._info: dict[str, Any] | None = None
@@ -596,7 +600,9 @@ class VectorStore:
         if dtype not in STORE_DTYPES:
             raise StoreError(f"store dtype {dtype!r} is not one of {sorted(STORE_DTYPES)}")
         target = int(target_shard_bytes or self._default_target)
-        from timevec.models import fingerprint  # deferred: timevec.models imports transformers (seconds)
+        from timevec.models import (
+            fingerprint,  # deferred: timevec.models imports transformers (seconds)
+        )
 
         floats = {n: t for n, t in base_tensors.items() if t.dtype.is_floating_point}
         if not floats:

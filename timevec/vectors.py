@@ -29,7 +29,6 @@ from typing import Union
 import torch
 from torch import nn
 
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -371,7 +370,9 @@ class WeightPatcher:
     def fingerprint(self) -> str:
         """:func:`timevec.models.fingerprint` of the saved base (compare with the store's)."""
         if self._fingerprint is None:
-            from timevec.models import fingerprint  # deferred: timevec.models imports transformers
+            from timevec.models import (
+                fingerprint,  # deferred: timevec.models imports transformers
+            )
 
             self._fingerprint = fingerprint(self._base)
         return self._fingerprint

@@ -1,7 +1,6 @@
 """Reliability and bad input: faults survived, bad inputs refused, nothing lost.
 
-Shared helpers and fixtures of ``tests/reliability/test_*.py`` (imported by each module; this
-package has no conftest of its own). Every test uses the tiny demo config
+Shared helpers of ``tests/reliability/test_*.py`` (the fixtures are in its conftest.py). Every test uses the tiny demo config
 (``timevec/demo/tiny.yaml``) with its store under ``tmp_path``, ``tasks=[lm]``, an un-pretrained
 base (``base.pretrain.steps=0``: nothing here depends on the base being a good model) and at most
 8 training steps, so the whole suite stays within a few minutes on 2 cores.
@@ -18,10 +17,12 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 import pytest
 import torch
@@ -98,48 +99,28 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-# ---------------------------------------------------------------------------- fixtures
-
-_BASE_STORE: dict[str, Path] = {}
-
-
-@pytest.fixture(scope="session")
-def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local store holding the tiny config's base (built once per process, copied by tests)."""
-    if "path" not in _BASE_STORE:
-        from timevec.corpus import load_corpus
-        from timevec.store import VectorStore
-        from timevec.training import prepare_base
-
-        root = tmp_path_factory.mktemp("reliability-base") / "store"
-        config = tiny_config(root)
-        prepare_base(config, load_corpus(config.corpus), VectorStore.from_config(config.store))
-        _BASE_STORE["path"] = root
-    return _BASE_STORE["path"]
-
+# ---------------------------------------------------------------------------- processes
 
 def copy_store(base_store: Path, dest: Path) -> Path:
     shutil.copytree(base_store, dest)
     return dest
 
 
-@pytest.fixture(scope="session")
-def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
-    """One local Ray (2 CPUs) for the session; yields its GCS address for driver subprocesses.
-
-    The session S3 server starts first when it can, so that Ray's workers inherit its keys
-    (the standard AWS chain), as in tests/test_fleet.py.
-    """
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        with contextlib.suppress(pytest.skip.Exception, pytest.FixtureLookupError):
-            request.getfixturevalue("s3_server")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 300, log_path: Path | None = None) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds; fail naming ``what`` if it exits or times out first."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            tail = read_text(log_path)[-3000:] if log_path else ""
+            assert proc.poll() is None, f"process exited ({proc.returncode}) before {what}: {tail}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def driver_env(gcs_address: str) -> dict[str, str]:
@@ -178,9 +159,8 @@ __all__ = [
     "cli_subprocess",
     "random_vector",
     "snapshot",
-    "base_store",
     "copy_store",
-    "ray_session",
+    "kill_when",
     "driver_env",
     "read_text",
     "grep_bytes",

@@ -21,11 +21,9 @@ import torch
 import yaml
 
 from tests.reliability import (
-    base_store,  # noqa: F401  (fixture)
     cli_subprocess,
     copy_store,
     random_vector,
-    ray_session,  # noqa: F401  (fixture)
     run_cli,
     snapshot,
     tiny_config,

@@ -26,12 +26,10 @@ import pytest
 import torch
 
 from tests.reliability import (
-    base_store,  # noqa: F401  (fixture)
     copy_store,
     driver_env,
+    kill_when,
     random_vector,
-    ray_session,  # noqa: F401  (fixture)
-    read_text,
     run_cli,
     write_config,
 )
@@ -84,18 +82,7 @@ def test_driver_killed_mid_fleet_then_rerun_skips_finished_runs(
             [sys.executable, "-m", "timevec.cli", "finetune", str(config)],
             cwd=tmp_path, env=driver_env(ray_session), stdout=log, stderr=subprocess.STDOUT,
         )
-    try:
-        deadline = time.monotonic() + 300
-        while not store.list_vectors():
-            assert driver.poll() is None, f"driver exited ({driver.returncode}) before any vector: {read_text(log_path)[-3000:]}"
-            assert time.monotonic() < deadline, "no vector after 300 s"
-            time.sleep(0.02)
-        os.kill(driver.pid, signal.SIGKILL)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        driver.wait(timeout=60)
-    assert driver.returncode == -signal.SIGKILL
+    kill_when(driver, lambda: bool(store.list_vectors()), "a stored vector", log_path=log_path)
     time.sleep(3)  # Ray ends the dead driver's trial processes; let a write in flight land or die
 
     before = {p: store.manifest(t, p)["created"] for t, p in store.list_vectors()}
@@ -160,18 +147,7 @@ def test_driver_killed_mid_evaluation_then_rerun_computes_only_missing_cells(
             [sys.executable, "-c", DRIVER, str(marker), str(config)],
             cwd=tmp_path, env=driver_env(ray_session), stdout=log, stderr=subprocess.STDOUT,
         )
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert driver.poll() is None, f"driver exited ({driver.returncode}): {read_text(log_path)[-3000:]}"
-            assert time.monotonic() < deadline, "no cells stored after 300 s"
-            time.sleep(0.05)
-        os.kill(driver.pid, signal.SIGKILL)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        driver.wait(timeout=60)
-    assert driver.returncode == -signal.SIGKILL
+    kill_when(driver, marker.exists, "stored cells", log_path=log_path)
 
     total = (len(PERIODS) + 1) * len(PERIODS)  # every vector and the base × every test period
     first = pd.read_parquet(root / "results" / "cells.parquet")

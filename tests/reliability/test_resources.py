@@ -19,11 +19,9 @@ from typing import Iterator
 import pytest
 
 from tests.reliability import (
-    base_store,  # noqa: F401  (fixture)
     copy_store,
     driver_env,
     random_vector,
-    ray_session,  # noqa: F401  (fixture)
     read_text,
     write_config,
 )

@@ -21,12 +21,10 @@ import torch
 
 from tests.reliability import (
     REPO,
-    base_store,  # noqa: F401  (fixture)
     cli_subprocess,
     copy_store,
     grep_bytes,
     random_vector,
-    ray_session,  # noqa: F401  (fixture)
     write_config,
 )
 from timevec.store import StoreError, VectorStore

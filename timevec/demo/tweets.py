@@ -12,7 +12,6 @@ import html
 
 import pandas as pd
 
-
 MAIN_CLIENTS = ("Web Client", "Android", "iPhone")
 
 

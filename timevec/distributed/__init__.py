@@ -4,3 +4,6 @@ Only this package imports Ray. Fleet (Ray Tune trials, Ray Train for multi-worke
 (evaluation actors) and the α search (Ray Tune) each read their inputs from the store and write
 their outputs back to it.
 """
+
+STAGES: tuple[str, ...] = ("finetune", "evaluate", "interpolate", "analogy", "analyze", "report")
+"""The stage names in pipeline order (here, import-light, so that ``timevec --help`` needs no torch)."""

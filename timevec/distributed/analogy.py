@@ -57,7 +57,7 @@ from ray import tune
 
 from timevec import adapt
 from timevec.config import ExperimentConfig
-from timevec.evaluation import METRICS, EvalSplit
+from timevec.evaluation import METRICS, EvalSplit, prepare_split
 from timevec.store import StoreError, VectorStore
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,7 @@ def _prepared_splits(config: ExperimentConfig, task: str, periods: list[str]) ->
     encoder_decoder = encoder_decoder_of(config.base)
     out = {}
     for k in periods:
-        val, test = (adapt.prepare_eval_split(task, corpus, k, tokenizer, encoder_decoder, config.evaluation, s)
+        val, test = (prepare_split(task, corpus, k, tokenizer, encoder_decoder, config.evaluation, split=s)
                      for s in (VALIDATION, TEST))
         out[k] = (val, test)
     return out

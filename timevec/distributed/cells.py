@@ -357,7 +357,7 @@ class _CellActor:
 
 @dataclass
 class CellRunStats:
-    """What a :func:`run_cells` call did (also in ``DataFrame.attrs["cell_stats"]``).
+    """What a :func:`run_cells` call did.
 
     ``startup_seconds``: from creating the actors until the first could evaluate (process start,
     imports, θ_pre load); ``actor_seconds``: the actors' summed time from ready to the end, which
@@ -399,30 +399,12 @@ def run_cells(
     table: str = CELLS_TABLE,
     flush_rows: int = 256,
     flush_seconds: float = 30.0,
-) -> pd.DataFrame:
-    """Evaluate the all-pairs matrix of every configured task and granularity; returns its rows.
-
-    See the module docstring for the design. The returned frame is the table's rows for the
-    configured tasks, granularities and test periods (old and new), sorted; the run's
-    :class:`CellRunStats` are in ``frame.attrs["cell_stats"]``.
-    """
-    frame, stats = run_cells_with_stats(
-        config, store, include_base, table=table, flush_rows=flush_rows, flush_seconds=flush_seconds
-    )
-    frame.attrs["cell_stats"] = stats.as_dict()
-    return frame
-
-
-def run_cells_with_stats(
-    config: ExperimentConfig,
-    store: VectorStore | None = None,
-    include_base: bool = True,
-    *,
-    table: str = CELLS_TABLE,
-    flush_rows: int = 256,
-    flush_seconds: float = 30.0,
 ) -> tuple[pd.DataFrame, CellRunStats]:
-    """:func:`run_cells`, returning the stats next to the frame."""
+    """Evaluate the all-pairs matrix of every configured task and granularity.
+
+    See the module docstring for the design. Returns the table's rows for the configured tasks,
+    granularities and test periods (old and new), sorted, and what this call did.
+    """
     began = time.perf_counter()
     store = store or VectorStore.from_config(config.store)
     if not store.exists():

@@ -74,14 +74,19 @@ import pyarrow.fs
 import ray
 import ray.train
 import torch
-from fsspec.implementations.local import LocalFileSystem
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 from timevec.config import ExperimentConfig, TrainingConfig
 from timevec.corpus import Corpus, load_corpus
 from timevec.distributed.runtime import check_fits, ensure_ray
-from timevec.models import IGNORE, Example, base_from_store, float_parameters, is_encoder_decoder
+from timevec.models import (
+    IGNORE,
+    Example,
+    base_from_store,
+    float_parameters,
+    is_encoder_decoder,
+)
 from timevec.periods import Granularity, Period
 from timevec.store import VectorStore
 from timevec.training import (
@@ -823,17 +828,6 @@ class LossCurves(TBXLoggerCallback):
 # ----------------------------------------------------------------------------- the fleet
 
 
-def _portable_store(store: VectorStore) -> VectorStore:
-    """The store as trials must see it: a local store by its ABSOLUTE root.
-
-    Tune runs each trial in its own working directory, so a relative URL like ``./runs/demo``
-    would point somewhere else inside a trial.
-    """
-    if isinstance(store.fs, LocalFileSystem) and store.url != store.root:
-        return VectorStore(store.root, store.storage_options)
-    return store
-
-
 def _storage_path(config: ExperimentConfig, store: VectorStore) -> str:
     path = config.ray.storage_path or store.ray_storage_path()
     if "://" not in path:
@@ -903,7 +897,7 @@ def run_fleet(
     rc = config.ray
     ctx = _FleetContext(
         config=config,
-        store=_portable_store(store),
+        store=store,
         corpus_ref=ray.put(corpus),
         storage_path=storage_path,
         experiment=experiment,

@@ -37,7 +37,7 @@ import torch
 
 from timevec import adapt
 from timevec.config import ExperimentConfig
-from timevec.evaluation import EvalSplit
+from timevec.evaluation import EvalSplit, prepare_split
 from timevec.periods import Period
 from timevec.store import StoreError, VectorStore
 from timevec.vectors import TimeVector
@@ -51,6 +51,8 @@ PATCHING_TABLE = "patching"
 
 #: (task, granularity) -> period -> split, for "test" and "validation"
 SplitSets = dict[str, dict[tuple[str, str], dict[str, EvalSplit]]]
+#: (task, granularity, "base" or train period, test period) -> value, from the cells table
+KnownCells = dict[tuple[str, str, str, str], float]
 
 
 @dataclass(frozen=True)
@@ -115,31 +117,45 @@ class _AdaptActor:
         self.evaluator = CellEvaluator(config, store, device=device)
         self.cache = VectorCache(self.evaluator.read_vector)
         self._splits: SplitSets | None = None
+        self._known: KnownCells = {}
         self._splits_id: str | None = None
+        self.max_distance = config.interpolation.soup_max_distance
 
     def ready(self) -> bool:
         return True
 
-    def run(self, item: Item, splits_ref: list) -> tuple[Item, list[dict], list[dict], list[dict], str | None]:
-        """(item, interpolation rows, soup rows, patching rows, error text): errors are returned."""
+    def run(self, item: Item, refs: list) -> tuple[Item, list[dict], list[dict], list[dict], str | None]:
+        """(item, interpolation rows, soup rows, patching rows, error text): errors are returned.
+
+        ``refs``: the object refs of the :data:`SplitSets` and of the :data:`KnownCells`, in a
+        list so that Ray passes them as refs (fetched once per actor, not once per item).
+        """
         try:
-            ref = splits_ref[0]
-            if self._splits_id != ref.hex():
+            if self._splits_id != refs[0].hex():
                 import ray
 
-                self._splits = ray.get(ref)
-                self._splits_id = ref.hex()
+                self._splits, self._known = ray.get(refs)
+                self._splits_id = refs[0].hex()
             assert self._splits is not None
-            interp, soups, patches = run_item(self.evaluator.evaluate_weights, self.cache.get, item, self._splits)
+            interp, soups, patches = run_item(self.evaluator.evaluate_weights, self.cache.get, item, self._splits,
+                                              self._known, self.max_distance)
             return item, interp, soups, patches, None
         except Exception as exc:  # noqa: BLE001 — reported by the driver, naming the item
             return item, [], [], [], "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
 def run_item(
-    evaluate_weights: adapt.EvaluateWeights, get_vector: Any, item: Item, splits: SplitSets
+    evaluate_weights: adapt.EvaluateWeights,
+    get_vector: Any,
+    item: Item,
+    splits: SplitSets,
+    known: KnownCells | None = None,
+    max_distance: int | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Evaluate one work item (no Ray): (interpolation rows, soup rows, patching rows)."""
+    """Evaluate one work item (no Ray): (interpolation rows, soup rows, patching rows).
+
+    ``known``: cells already in the all-pairs table, so a soup's baselines are not evaluated twice.
+    """
     tests = splits["test"].get((item.task, item.granularity), {})
     if isinstance(item, PeriodItem):
         if item.period not in tests:
@@ -148,7 +164,8 @@ def run_item(
         validation = splits["validation"].get((item.task, item.granularity), {}).get(item.period)
         soups, patches = adapt.evaluate_period(
             evaluate_weights, lambda p: get_vector(item.task, p), item.task, item.granularity, item.period,
-            list(item.stored), validation, tests[item.period],
+            list(item.stored), validation, tests[item.period], max_distance,
+            known=lambda source, test: (known or {}).get((item.task, item.granularity, source, test)),
         )
         return [], soups, patches
     rows = adapt.run_interpolation_item(
@@ -199,6 +216,16 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[Item], dict
     return items, needed, notes
 
 
+def known_cells(store: VectorStore) -> KnownCells:
+    """The cells table as :data:`KnownCells` (empty before the evaluate stage has run)."""
+    if not store.has_table("cells"):
+        return {}
+    cells = store.read_table("cells")
+    sources = cells["train_period"].where(cells["train_period"].notna(), "base").astype(str)
+    keys = zip(cells["task"].astype(str), cells["granularity"].astype(str), sources, cells["test_period"].astype(str))
+    return dict(zip(keys, cells["value"].astype(float)))
+
+
 def _patchable(period: str, stored: tuple[str, ...]) -> bool:
     parsed = Period.parse(period)
     return str(parsed.shift(-1)) in stored and str(parsed.shift(1)) in stored
@@ -218,7 +245,7 @@ def prepare_split_sets(config: ExperimentConfig, needed: dict[tuple[str, str], s
         for name in ("test", "validation"):
             splits: dict[str, EvalSplit] = {}
             for period in adapt.sort_periods(periods):
-                split = adapt.prepare_eval_split(task, corpus, period, tokenizer, encoder_decoder, config.evaluation, name)
+                split = prepare_split(task, corpus, period, tokenizer, encoder_decoder, config.evaluation, split=name)
                 if split.n_examples == 0:
                     log.warning("no %s %s examples in %s", task, name, period)
                     continue
@@ -288,11 +315,11 @@ def _compute(
         last_flush = time.perf_counter()
 
     try:
-        splits_ref = [ray.put(prepare_split_sets(config, needed))]
+        refs = [ray.put(prepare_split_sets(config, needed)), ray.put(known_cells(store))]
         pool = ActorPool(actors)
         # Period items are the long ones (a soup is many evaluations): start them first.
         for item in sorted(items, key=lambda i: not isinstance(i, PeriodItem)):
-            pool.submit(lambda actor, value: actor.run.remote(value, splits_ref), item)
+            pool.submit(lambda actor, value: actor.run.remote(value, refs), item)
         with tqdm(total=len(items), desc="interpolation", unit="item", disable=None) as progress:
             while pool.has_next():
                 item, interp, soups, patches, error = pool.get_next_unordered()

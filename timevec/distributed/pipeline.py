@@ -15,7 +15,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from timevec.config import ExperimentConfig
+from timevec.config import ConfigError, ExperimentConfig
+from timevec.distributed import STAGES
+from timevec.errors import StageFailed
 from timevec.store import VectorStore
 from timevec.training import check_store_base
 
@@ -24,10 +26,6 @@ log = logging.getLogger(__name__)
 StageResult = dict[str, Any]
 
 RESULT_TABLES = ("cells", "interpolation", "analogy_best")
-
-
-class StageFailed(RuntimeError):
-    """A stage finished with some of its work failed (after Ray's retries): exit status 1."""
 
 
 def _finetune(config: ExperimentConfig, store: VectorStore) -> StageResult:
@@ -45,8 +43,8 @@ def _finetune(config: ExperimentConfig, store: VectorStore) -> StageResult:
 def _evaluate(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.cells import run_cells
 
-    cells = run_cells(config, store)
-    return {"headline": {"cells": len(cells)}}
+    cells, stats = run_cells(config, store)
+    return {"headline": {"cells": len(cells), "cells computed": stats.cells_computed}}
 
 
 def gram_of_store(store: VectorStore) -> tuple[Any, list[tuple[str, str]]]:
@@ -117,6 +115,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[ExperimentConfig, VectorStore], StageResult
     "analyze": _analyze,
     "report": _report,
 }
+assert tuple(STAGE_FUNCTIONS) == STAGES, "STAGES names the pipeline's stages in order"
 
 
 def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
@@ -125,11 +124,14 @@ def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
     The analysis comes after the adaptation stages (which need only vectors and cells) so that
     its headline includes the interpolation and analogy results.
     """
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
     store = VectorStore.from_config(config.store)
     if store.exists():
         check_store_base(config, store)
     summary: StageResult = {"tables": {}, "headline": {}}
-    ordered = [s for s in STAGE_FUNCTIONS if s in stages]
+    ordered = [s for s in STAGES if s in stages]
     for name in ordered:
         began = time.perf_counter()
         log.info("stage %s: starting", name)
