@@ -10,7 +10,9 @@ import glob
 import itertools
 import json
 import os
+import shutil
 
+import pandas as pd
 import pytest
 import torch
 
@@ -169,6 +171,30 @@ def test_repeated_search_resumes(ray_session, study):
     run_analogy(config, store)
     assert lines() == before  # the same 324 trials, none run again (no new result lines, no new trials)
     assert store.read_table(ANALOGY_TABLE).equals(grid_before)
+
+
+def test_an_interrupted_search_runs_only_the_missing_points(ray_session, study):
+    config, store = study
+    if not store.has_table(ANALOGY_TABLE):
+        run_analogy(config, store)
+    grid_before = store.read_table(ANALOGY_TABLE)
+    dirs = _trial_dirs(config, store)
+    lost = dirs[:5]
+    for d in lost[:3]:  # trials that never ran
+        shutil.rmtree(d)
+    for d in lost[3:]:  # a trial killed while writing its result: a cut line
+        with open(os.path.join(d, "result.json"), "r+") as fh:
+            text = fh.read()
+            fh.seek(0)
+            fh.truncate()
+            fh.write(text[: len(text) // 2])
+    run_analogy(config, store)
+    after = _trial_dirs(config, store)
+    assert len(set(after) - set(dirs)) == 5  # exactly the 5 lost points ran again, in new trial directories
+    grid = store.read_table(ANALOGY_TABLE)
+    key = ["split", "alpha1", "alpha2", "alpha3"]
+    pd.testing.assert_frame_equal(grid.sort_values(key).reset_index(drop=True),
+                                  grid_before.sort_values(key).reset_index(drop=True))  # evaluation is deterministic
 
 
 def test_optuna_searcher_proposes_grid_points(ray_session, study, tmp_path):

@@ -200,9 +200,6 @@ def test_source_tree_never_unpickles() -> None:
         assert "pickle.load" not in f.read_text(), f
 
 
-@pytest.mark.xfail(strict=True, reason="bug: timevec/distributed/analogy.py (_tuner) resumes with tune.Tuner.restore, "
-                                       "which pickle.loads tuner.pkl from the storage path (code from storage runs); "
-                                       "the fleet deliberately avoids it for this reason")
 def test_source_tree_never_restores_a_tuner_from_storage() -> None:
     files = [p for d in ("timevec", "jobs") if (REPO / d).exists() for p in (REPO / d).rglob("*.py")]
     restores = []

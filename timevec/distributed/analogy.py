@@ -22,11 +22,15 @@ Design, and why:
   actor is never cached — every trial then pays a fresh actor (measured here: seconds per trial
   instead of tens of milliseconds). A trial has nothing worth checkpointing (it is one
   evaluation), so checkpoints are off.
-- **Resumable.** Each (j, k) is one experiment under ``ray.storage_path`` (default
-  ``<store>/tune``) whose name includes a signature of the grid, the searcher, the evaluation
-  settings and the three vectors' manifests. A repeated run finds it with ``Tuner.can_restore``
-  and continues it with ``Tuner.restore`` (finished trials are not run again; unfinished and
-  errored ones are). A changed grid or a re-trained vector gets a new experiment.
+- **Resumable, without unpickling anything.** Each (j, k) is one experiment under
+  ``ray.storage_path`` (default ``<store>/tune``) whose name includes a signature of the grid, the
+  searcher, the evaluation settings and the three vectors' manifests. A repeated run reads the
+  points its trials already reported from their ``result.json`` files (plain JSON) and starts a
+  new Tuner in the same experiment for the missing points only (grid), or for the missing samples
+  with the finished ones given to Optuna as ``points_to_evaluate``/``evaluated_rewards``.
+  ``Tuner.restore`` is not used: it unpickles ``tuner.pkl`` from the storage path, so whoever can
+  write the bucket could run code in the driver (the fleet avoids it for the same reason). A
+  changed grid or a re-trained vector gets a new experiment.
 - **TensorBoard.** Tune's default callbacks include ``TBXLoggerCallback`` (tensorboardX ships with
   ``ray[tune]``): every trial directory gets an ``events.out.tfevents.*`` file with the
   ``ray/tune/validation`` and ``ray/tune/test`` scalars. ``tensorboard --logdir <storage>/<name>``.
@@ -137,14 +141,13 @@ def load_pair(payload: AnalogyPayload) -> _Loaded:
 
 
 def alphas_of(trial_config: dict[str, Any], payload: AnalogyPayload) -> tuple[float, float, float]:
-    """(α₁, α₂, α₃) of a trial: given directly (grid) or as grid indices (Optuna)."""
-    out = []
-    for name, grid in (("alpha1", payload.alpha1), ("alpha2", payload.alpha2), ("alpha3", payload.alpha3)):
-        if name in trial_config:
-            out.append(float(trial_config[name]))
-        else:
-            out.append(float(grid[int(trial_config[f"{name}_index"])]))
-    return out[0], out[1], out[2]
+    """(α₁, α₂, α₃) of a trial: given as a grid point (grid) or as grid indices (Optuna)."""
+    if "point" in trial_config:
+        point = trial_config["point"]
+        return float(point["alpha1"]), float(point["alpha2"]), float(point["alpha3"])
+    grids = (payload.alpha1, payload.alpha2, payload.alpha3)
+    a1, a2, a3 = (float(grid[int(trial_config[f"alpha{i + 1}_index"])]) for i, grid in enumerate(grids))
+    return a1, a2, a3
 
 
 def evaluate_point(loaded: _Loaded, payload: AnalogyPayload, a1: float, a2: float, a3: float) -> dict[str, float]:
@@ -230,41 +233,85 @@ def experiment_path(storage: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}{sep}{query}"
 
 
-def _param_space(config: ExperimentConfig) -> dict[str, Any]:
+def finished_trials(storage: str, name: str) -> list[dict[str, Any]]:
+    """The last result of every trial of experiment ``name`` that reported one (plain JSON reads).
+
+    Read from each trial directory's ``result.json`` through pyarrow's filesystem (what Tune writes
+    with: local folders and ``s3://…?endpoint_override=…`` alike). A line cut by a crash and a
+    trial that died before reporting are skipped: those points are simply run again.
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(experiment_path(storage, name))
+    trials = []
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory:
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/result.json") as stream:
+                lines = stream.read().decode("utf-8", errors="replace").splitlines()
+        except (FileNotFoundError, OSError):
+            continue
+        for line in reversed(lines):
+            try:
+                result = json.loads(line)
+            except ValueError:
+                continue
+            if VALIDATION in result and TEST in result:
+                trials.append(result)
+                break
+    return trials
+
+
+def _point(result: dict[str, Any]) -> adapt.AnalogyPoint:
+    return adapt.AnalogyPoint(float(result["alpha1"]), float(result["alpha2"]), float(result["alpha3"]),
+                              float(result[VALIDATION]), float(result[TEST]))
+
+
+def _key(alpha: float) -> float:
+    """An α as a lookup key: the value read back from JSON equals the configured one up to rounding."""
+    return round(float(alpha), 9)
+
+
+def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str,
+           done: list[dict[str, Any]]) -> tune.Tuner | None:
+    """A Tuner for what ``done`` (the experiment's finished trials) lacks; None when nothing is left."""
     cfg = config.analogy
+    higher = METRICS[payload.task][1]
+    mode = "max" if higher else "min"
+    search_alg = None
     if cfg.searcher == "grid":
-        return {"alpha1": tune.grid_search(list(cfg.alpha1)), "alpha2": tune.grid_search(list(cfg.alpha2)),
-                "alpha3": tune.grid_search(list(cfg.alpha3))}
-    # Optuna searches grid INDICES as ordered integers: its proposals are exactly grid points
-    # (comparable with the grid, and replayable against it in the benchmark) and TPE still
-    # models the order of the α's, which a categorical choice would throw away.
-    return {"alpha1_index": tune.randint(0, len(cfg.alpha1)), "alpha2_index": tune.randint(0, len(cfg.alpha2)),
-            "alpha3_index": tune.randint(0, len(cfg.alpha3))}
+        seen = {(_key(r["alpha1"]), _key(r["alpha2"]), _key(r["alpha3"])) for r in done}
+        todo = [{"alpha1": a1, "alpha2": a2, "alpha3": a3} for a1, a2, a3 in adapt.reference_grid(cfg)
+                if (_key(a1), _key(a2), _key(a3)) not in seen]
+        if not todo:
+            return None
+        # one grid_search over the points (not three): a resumed run asks for the missing ones only
+        param_space: dict[str, Any] = {"point": tune.grid_search(todo)}
+        num_samples = 1
+    else:
+        from ray.tune.search.optuna import OptunaSearch
 
-
-def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str) -> tune.Tuner:
-    """A new Tuner, or the existing experiment restored (finished trials are not re-run)."""
+        num_samples = cfg.num_samples - len(done)
+        if num_samples <= 0:
+            return None
+        # Optuna searches grid INDICES as ordered integers: its proposals are exactly grid points
+        # (comparable with the grid, and replayable against it in the benchmark) and TPE still
+        # models the order of the α's, which a categorical choice would throw away.
+        grids = (cfg.alpha1, cfg.alpha2, cfg.alpha3)
+        param_space = {f"alpha{i + 1}_index": tune.randint(0, len(g)) for i, g in enumerate(grids)}
+        index = [{_key(a): n for n, a in enumerate(g)} for g in grids]
+        known = [{f"alpha{i + 1}_index": index[i][_key(r[f"alpha{i + 1}"])] for i in range(3)} for r in done]
+        search_alg = OptunaSearch(metric=VALIDATION, mode=mode, seed=config.seed,
+                                  points_to_evaluate=known or None,
+                                  evaluated_rewards=[float(r[VALIDATION]) for r in done] or None)
     trainable = tune.with_resources(
         tune.with_parameters(AnalogyTrial, payload=payload),
         {"cpu": config.ray.cpus_per_eval_actor, "gpu": config.ray.gpus_per_eval_actor},
     )
-    path = experiment_path(storage, name)
-    if tune.Tuner.can_restore(path):
-        log.info("analogy %s→%s: resuming experiment %s", payload.j, payload.k, path)
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    higher = METRICS[payload.task][1]
-    mode = "max" if higher else "min"
-    cfg = config.analogy
-    search_alg = None
-    num_samples = 1
-    if cfg.searcher == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(metric=VALIDATION, mode=mode, seed=config.seed)
-        num_samples = cfg.num_samples
     return tune.Tuner(
         trainable,
-        param_space=_param_space(config),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=VALIDATION,
             mode=mode,
@@ -284,25 +331,27 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
 
 
 def search_pair(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str) -> tuple[list[adapt.AnalogyPoint], dict[str, Any]]:
-    """Run (or resume) one pair's Tune experiment; returns its points and run facts."""
+    """Run one pair's Tune experiment, or only what an earlier run left; returns its points and run facts."""
     began = time.perf_counter()
-    results = _tuner(config, payload, storage, name).fit()
-    points: list[adapt.AnalogyPoint] = []
+    done = finished_trials(storage, name)
+    points = [_point(r) for r in done]
+    tuner = _tuner(config, payload, storage, name, done)
     errors: list[str] = []
-    for result in results:
-        if result.error is not None:
-            errors.append(f"{result.path}: {result.error}")
-            continue
-        m = result.metrics or {}
-        if VALIDATION not in m:
-            errors.append(f"{result.path}: no result reported")
-            continue
-        points.append(adapt.AnalogyPoint(float(m["alpha1"]), float(m["alpha2"]), float(m["alpha3"]),
-                                         float(m[VALIDATION]), float(m[TEST])))
+    if tuner is not None:
+        if done:
+            log.info("analogy %s→%s: %d trial(s) already in %s, running the rest", payload.j, payload.k, len(done), name)
+        for result in tuner.fit():
+            if result.error is not None:
+                errors.append(f"{result.path}: {result.error}")
+            elif VALIDATION not in (result.metrics or {}):
+                errors.append(f"{result.path}: no result reported")
+            else:
+                points.append(_point(result.metrics))
     if errors:
         raise RuntimeError(f"analogy {payload.j}→{payload.k}: {len(errors)} trial(s) failed:\n  " + "\n  ".join(errors[:10]))
     points.sort(key=lambda p: (p.alpha1, p.alpha2, p.alpha3))
-    facts = {"trials": len(points), "seconds": time.perf_counter() - began, "experiment": experiment_path(storage, name)}
+    facts = {"trials": len(points), "resumed": len(done), "seconds": time.perf_counter() - began,
+             "experiment": experiment_path(storage, name)}
     return points, facts
 
 
