@@ -36,6 +36,15 @@ def test_minimal_config_and_period_lists(tmp_path):
     assert months[0] == "2014-01" and months[-1] == "2016-12" and len(months) == 36
 
 
+def test_a_relative_ray_storage_path_is_pinned_where_the_config_loads(tmp_path, monkeypatch):
+    # Tune runs trials in their own working directories: ./tune must keep naming this folder there
+    monkeypatch.chdir(tmp_path)
+    config = load_config(write(tmp_path, MINIMAL + "ray: {storage_path: ./tune}\n"))
+    assert config.ray.storage_path == str(tmp_path / "tune")
+    remote = load_config(write(tmp_path, MINIMAL + "ray: {storage_path: 's3://b/p?endpoint_override=h:1'}\n"))
+    assert remote.ray.storage_path == "s3://b/p?endpoint_override=h:1"
+
+
 def test_unknown_key_is_named_with_the_file(tmp_path):
     path = write(tmp_path, MINIMAL + "training: {lr: 0.001, learning_rate: 0.1}\n")
     with pytest.raises(ConfigError) as err:

@@ -8,6 +8,7 @@ silently ignored is how a 300-run fleet trains with the wrong learning rate.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -209,6 +210,14 @@ class RayConfig(_Strict):
     autoscaling: bool = Field(
         False, description="the cluster adds nodes on demand: do not fail fast when no current node fits a run or actor"
     )
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute_local_path(cls, value: str | None) -> str | None:
+        # Tune runs each trial in its own working directory: a relative folder would name another one there
+        if value is None or "://" in value:
+            return value
+        return os.path.abspath(os.path.expanduser(value))
 
 
 class EvaluationConfig(_Strict):

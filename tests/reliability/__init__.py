@@ -106,6 +106,16 @@ def copy_store(base_store: Path, dest: Path) -> Path:
     return dest
 
 
+def populated_store(base_store: Path, dest: Path, periods: list[str], first_seed: int = 0):
+    """A copy of ``base_store`` at ``dest`` holding a random ``lm`` vector per period (seeds from ``first_seed``)."""
+    from timevec.store import VectorStore
+
+    store = VectorStore(str(copy_store(base_store, dest)))
+    for i, period in enumerate(periods):
+        store.put_vector("lm", period, random_vector(store, first_seed + i))
+    return store
+
+
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 300, log_path: Path | None = None) -> None:
     """SIGKILL ``proc`` as soon as ``ready()`` holds; fail naming ``what`` if it exits or times out first."""
     try:
@@ -160,6 +170,7 @@ __all__ = [
     "random_vector",
     "snapshot",
     "copy_store",
+    "populated_store",
     "kill_when",
     "driver_env",
     "read_text",

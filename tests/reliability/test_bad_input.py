@@ -23,6 +23,7 @@ import yaml
 from tests.reliability import (
     cli_subprocess,
     copy_store,
+    populated_store,
     random_vector,
     run_cli,
     snapshot,
@@ -41,10 +42,8 @@ YEARS = ["2014", "2015"]
 @pytest.fixture(scope="module")
 def populated(base_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store that already holds work: the base, lm/2014 and lm/2015, and a cells table."""
-    root = copy_store(base_store, tmp_path_factory.mktemp("populated") / "store")
-    store = VectorStore(str(root))
-    for i, period in enumerate(YEARS):
-        store.put_vector("lm", period, random_vector(store, i))
+    root = tmp_path_factory.mktemp("populated") / "store"
+    store = populated_store(base_store, root, YEARS)
     rows = [
         {"task": "lm", "granularity": "year", "vector": f"lm/{tr}", "train_period": tr, "test_period": te,
          "metric": "perplexity", "value": 10.0 + i, "higher_is_better": False, "n_examples": 8, "n_tokens": 100,
@@ -289,10 +288,8 @@ def _forge_shard(store: VectorStore, task: str, period: str, k: int, tensors: di
 
 
 def test_store_verify_names_every_corrupt_file(base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    root = copy_store(base_store, tmp_path / "store")
-    store = VectorStore(str(root))
-    for i, period in enumerate(["2012", "2013", "2014", "2015", "2016", "2017"]):
-        store.put_vector("lm", period, random_vector(store, i))
+    root = tmp_path / "store"
+    store = populated_store(base_store, root, ["2012", "2013", "2014", "2015", "2016", "2017"])
     shard = root / "vectors/lm/2013/shard-00000.safetensors"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncated
     manifest = root / "vectors/lm/2014/manifest.json"
@@ -336,10 +333,8 @@ def test_store_verify_names_every_corrupt_file(base_store: Path, tmp_path: Path,
 def test_evaluate_refuses_a_corrupt_vector_and_a_corrupt_base(
     ray_session: str, base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    root = copy_store(base_store, tmp_path / "store")
-    store = VectorStore(str(root))
-    for i, period in enumerate(YEARS):
-        store.put_vector("lm", period, random_vector(store, i))
+    root = tmp_path / "store"
+    store = populated_store(base_store, root, YEARS)
     config = write_config(tmp_path / "c.yaml", root, "periods.end='2015'")
     shard = root / "vectors/lm/2015/shard-00000.safetensors"
     shard.write_bytes(shard.read_bytes()[:-100])

@@ -29,7 +29,7 @@ from tests.reliability import (
     copy_store,
     driver_env,
     kill_when,
-    random_vector,
+    populated_store,
     run_cli,
     write_config,
 )
@@ -135,10 +135,8 @@ def test_driver_killed_mid_evaluation_then_rerun_computes_only_missing_cells(
     ray_session: str, base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """`timevec evaluate` SIGKILLed after its first rows are stored; the re-run adds only the rest."""
-    root = copy_store(base_store, tmp_path / "store")
-    store = VectorStore(str(root))
-    for i, period in enumerate(PERIODS):
-        store.put_vector("lm", period, random_vector(store, 10 + i))
+    root = tmp_path / "store"
+    store = populated_store(base_store, root, PERIODS, first_seed=10)
     config = write_config(tmp_path / "eval.yaml", root, "periods.start='2014'", "periods.end='2015'")
     marker = tmp_path / "first-flush"
     log_path = tmp_path / "driver.log"

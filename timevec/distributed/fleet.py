@@ -828,13 +828,6 @@ class LossCurves(TBXLoggerCallback):
 # ----------------------------------------------------------------------------- the fleet
 
 
-def _storage_path(config: ExperimentConfig, store: VectorStore) -> str:
-    path = config.ray.storage_path or store.ray_storage_path()
-    if "://" not in path:
-        path = os.path.abspath(os.path.expanduser(path))
-    return path
-
-
 def _row(run: RunSpec, status: str, **values: Any) -> dict[str, Any]:
     row = {column: None for column in RESULT_COLUMNS}
     row.update(task=run.task, period=run.period, granularity=run.granularity, status=status)
@@ -892,7 +885,7 @@ def run_fleet(
         {"CPU": config.ray.cpus_per_run / workers, "GPU": config.ray.gpus_per_run / workers},
         "a fine-tune run (ray.cpus_per_run, ray.gpus_per_run, over ray.workers_per_run)",
     )
-    storage_path = _storage_path(config, store)
+    storage_path = config.ray.storage_path or store.ray_storage_path()
     attrs["storage_path"] = storage_path
     rc = config.ray
     ctx = _FleetContext(
