@@ -1,4 +1,4 @@
-"""Shared pytest set-up: the slow/gpu markers, the real S3 server on loopback, one local Ray."""
+"""Shared pytest set-up: the gpu marker (slow tests run by default; `-m "not slow"` skips them), the real S3 server on loopback, one local Ray."""
 
 from __future__ import annotations
 
@@ -36,12 +36,7 @@ def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
         ray.shutdown()
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
     try:
         import torch
 
@@ -50,7 +45,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         has_gpu = False
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")
     for item in items:
-        if "slow" in item.keywords and not config.getoption("--runslow"):
-            item.add_marker(skip_slow)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
