@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from timevec import adapt  # noqa: E402
+from timevec import analogy as task_analogy  # noqa: E402
 from timevec.config import ExperimentConfig, TrainingConfig, load_config  # noqa: E402
 from timevec.corpus import load_corpus  # noqa: E402
 from timevec.distributed.cells import CellEvaluator  # noqa: E402
@@ -112,11 +112,11 @@ def bench_combination(tmp: str, quick: bool) -> list[dict]:
         tj, lk, lj = (evaluator.read_vector(t, p) for t, p in [("classification", "2016"), ("lm", "2017"), ("lm", "2016")])
         n_params = sum(v.numel() for v in tj.tensors.values())
         points = [(1.4, 0.3, 0.2), (2.2, 0.6, 0.6)]
-        evaluator.patcher.apply_combination(adapt.analogy_terms(1.0, tj, 0.1, lk, 0.1, lj))  # warm-up (allocations)
+        evaluator.patcher.apply_combination(task_analogy.analogy_terms(1.0, tj, 0.1, lk, 0.1, lj))  # warm-up (allocations)
         evaluator.patcher.restore()
         evaluator.stats.patch_seconds = evaluator.stats.forward_seconds = 0.0
         for a1, a2, a3 in points:
-            evaluator.evaluate_weights(adapt.analogy_terms(a1, tj, a2, lk, a3, lj), splits)
+            evaluator.evaluate_weights(task_analogy.analogy_terms(a1, tj, a2, lk, a3, lj), splits)
         patch = evaluator.stats.patch_seconds / len(points)
         forward = evaluator.stats.forward_seconds / len(points)
         out.append({"setting": label, "params": n_params, "texts": f"{splits[0].n_examples}+{splits[1].n_examples}",
@@ -181,7 +181,7 @@ def landscape(config: ExperimentConfig, store: VectorStore, j: str, k: str, cach
     cfg = config.analogy
     values = np.zeros((len(cfg.alpha1), len(cfg.alpha2), len(cfg.alpha3)))
     for (i, a1), (m, a2), (n, a3) in itertools.product(enumerate(cfg.alpha1), enumerate(cfg.alpha2), enumerate(cfg.alpha3)):
-        values[i, m, n] = evaluator.evaluate_weights(adapt.analogy_terms(a1, tj, a2, lk, a3, lj), [split])[0]["value"]
+        values[i, m, n] = evaluator.evaluate_weights(task_analogy.analogy_terms(a1, tj, a2, lk, a3, lj), [split])[0]["value"]
     if path:
         np.save(path, values)
     return values
@@ -228,7 +228,7 @@ def real_study(path: str) -> tuple[ExperimentConfig, VectorStore, list[tuple[str
     config = load_config(path, REFERENCE_GRID)
     store = VectorStore.from_config(config.store)
     stored = set(store.list_vectors())
-    pairs, skipped = adapt.analogy_pairs(config, stored)
+    pairs, skipped = task_analogy.analogy_pairs(config, stored)
     for reason in skipped:
         log.warning("study %s: %s", path, reason)
     return config, store, pairs

@@ -16,21 +16,15 @@ import pandas as pd
 import pytest
 import torch
 
-from timevec import adapt
+from timevec import adapt, periods, results, summaries
 from timevec.config import ExperimentConfig, load_config
 from timevec.corpus import load_corpus
 from timevec.distributed.cells import CellEvaluator, encoder_decoder_of
-from timevec.distributed.interpolate import (
-    INTERPOLATION_BEST_TABLE,
-    INTERPOLATION_TABLE,
-    PATCHING_TABLE,
-    SOUPS_TABLE,
-    plan,
-    run_interpolation,
-)
+from timevec.distributed.interpolate import plan, run_interpolation
 from timevec.evaluation import EvalSplit, prepare_split
 from timevec.models import base_id, build_model, float_parameters, load_tokenizer
 from timevec.periods import Period
+from timevec.results import INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
 from timevec.vectors import TimeVector
 
@@ -185,8 +179,8 @@ def test_interpolation_best_gains_and_baselines():
         dict(task="lm", granularity="year", vector="lm/2014", train_period="2014", test_period="2015", value=14.0),
         dict(task="lm", granularity="year", vector="base", train_period=None, test_period="2015", value=30.0),
     ])
-    best = adapt.interpolation_best(adapt.interpolation_frame(rows), cells)
-    assert list(best.columns) == adapt.INTERPOLATION_BEST_COLUMNS
+    best = summaries.interpolation_best(results.interpolation_frame(rows), cells)
+    assert list(best.columns) == results.INTERPOLATION_BEST_COLUMNS
     assert len(best) == 1  # only the middle period
     r = best.iloc[0]
     assert r.test_period == "2015" and r.best_alpha == 0.5 and r.best_value == 11.0
@@ -197,7 +191,7 @@ def test_interpolation_best_gains_and_baselines():
     assert r.base_value == 30.0
     assert r.gain_vs_latest_pct == pytest.approx(2.0 / 13.0 * 100)
     # without cells the oracle columns are NaN, the rest is unchanged
-    bare = adapt.interpolation_best(adapt.interpolation_frame(rows)).iloc[0]
+    bare = summaries.interpolation_best(results.interpolation_frame(rows)).iloc[0]
     assert math.isnan(bare.in_period_value) and bare.best_alpha == 0.5
 
 
@@ -224,7 +218,7 @@ def _local_values(config: ExperimentConfig, store: VectorStore, granularity: str
 def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_session, study):
     config, store, _ = study
     table = run_interpolation(config, store)
-    assert list(table.columns) == adapt.INTERPOLATION_COLUMNS
+    assert list(table.columns) == results.INTERPOLATION_COLUMNS
     years = table[table["granularity"] == "year"]
     months = table[table["granularity"] == "month"]
     assert len(years) == 3 * 4 and len(months) == 3 * 12  # every α on EVERY test period
@@ -242,7 +236,7 @@ def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_session, study):
         assert (mid != part[part["alpha"] == 0.0].set_index("test_period")["value"]).all()
 
     best = store.read_table(INTERPOLATION_BEST_TABLE)
-    assert list(best.columns) == adapt.INTERPOLATION_BEST_COLUMNS
+    assert list(best.columns) == results.INTERPOLATION_BEST_COLUMNS
     assert sorted(best.loc[best["granularity"] == "year", "test_period"]) == ["2015", "2016"]
     assert len(best[best["granularity"] == "month"]) == 10
     assert (best["latest_value"] == best["value_alpha1"]).all()
@@ -251,7 +245,7 @@ def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_session, study):
         assert r.gain_vs_first >= 0 and r.gain_vs_last >= 0  # the best α is at least as good as the ends
 
     soups = store.read_table(SOUPS_TABLE)
-    assert list(soups.columns) == adapt.SOUP_COLUMNS
+    assert list(soups.columns) == results.SOUP_COLUMNS
     soup_periods = set(zip(soups["granularity"], soups["period"]))
     assert {("year", p) for p in YEARS} <= soup_periods
     for (gran, period), grp in soups.groupby(["granularity", "period"]):
@@ -265,7 +259,7 @@ def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_session, study):
         assert val.loc["soup", "value"] <= val.loc["in_period", "value"]  # greedy never gets worse on validation
 
     patching = store.read_table(PATCHING_TABLE)
-    assert list(patching.columns) == adapt.PATCHING_COLUMNS
+    assert list(patching.columns) == results.PATCHING_COLUMNS
     patched = patching[patching["method"] == "patched"]
     assert sorted(patched.loc[patched["granularity"] == "year", "period"]) == ["2015", "2016"]
     assert len(patched[patched["granularity"] == "month"]) == 10
@@ -311,4 +305,4 @@ def test_job_rejects_bad_input(tmp_path, monkeypatch, capsys):
 def test_period_shift_helpers_agree_with_store_periods():
     # patching pairs p−1 and p+1 across a year boundary for months
     assert str(Period.parse("2017-01").shift(-1)) == "2016-12"
-    assert adapt.sort_periods(["2017-02", "2016-12", "2017-01"]) == ["2016-12", "2017-01", "2017-02"]
+    assert periods.sort_periods(["2017-02", "2016-12", "2017-01"]) == ["2016-12", "2017-01", "2017-02"]

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from tests.test_adapt import build_store, perturbation, tiny_config
-from timevec import adapt
+from timevec import analogy as task_analogy
+from timevec import results
 from timevec.config import AnalogyConfig
 from timevec.distributed.analogy import (
     ANALOGY_BEST_TABLE,
@@ -28,7 +29,7 @@ from timevec.distributed.analogy import (
     storage_path,
 )
 from timevec.models import build_model, float_parameters, load_tokenizer
-from timevec.vectors import TimeVector, WeightPatcher, analogy
+from timevec.vectors import TimeVector, WeightPatcher
 
 
 def test_analogy_formula_matches_dense_reference(tmp_path):
@@ -39,31 +40,27 @@ def test_analogy_formula_matches_dense_reference(tmp_path):
     a1, a2, a3 = 1.4, 0.3, 0.5
     dense = {n: base[n] + a1 * task_j[n] + a2 * lm_k[n] - a3 * lm_j[n] for n in base}
     patcher = WeightPatcher(model)
-    patcher.apply_combination(adapt.analogy_terms(a1, task_j, a2, lm_k, a3, lm_j))
+    patcher.apply_combination(task_analogy.analogy_terms(a1, task_j, a2, lm_k, a3, lm_j))
     params = float_parameters(model)
     for name, expected in dense.items():
         torch.testing.assert_close(params[name].detach(), expected, rtol=1e-6, atol=1e-7)
-    # the same point as one combined vector (vectors.analogy) agrees too
-    combined = analogy(a1, task_j, a2, lm_k, a3, lm_j)
-    for name in base:
-        torch.testing.assert_close(base[name] + combined[name], dense[name], rtol=1e-6, atol=1e-7)
     # the sign of α₃: subtracting lm_j, not adding it
-    assert adapt.analogy_terms(a1, task_j, a2, lm_k, a3, lm_j)[2][0] == -a3
+    assert task_analogy.analogy_terms(a1, task_j, a2, lm_k, a3, lm_j)[2][0] == -a3
     patcher.restore()
     assert all(torch.equal(p.detach(), base[n]) for n, p in float_parameters(model).items())
 
 
 def test_reference_grid_is_the_papers():
-    grid = adapt.reference_grid(AnalogyConfig())
+    grid = task_analogy.reference_grid(AnalogyConfig())
     assert len(grid) == 9 * 6 * 6 == 324
     assert sorted({a for a, _, _ in grid}) == pytest.approx([0.6 + 0.2 * i for i in range(9)])
     assert sorted({b for _, b, _ in grid}) == pytest.approx([0.1 * i for i in range(1, 7)])
 
 
 def test_select_best_uses_validation_only():
-    points = [adapt.AnalogyPoint(1.0, 0.1, 0.1, 0.5, 0.9), adapt.AnalogyPoint(1.2, 0.1, 0.1, 0.6, 0.1)]
-    assert adapt.select_best(points, higher=True).alpha1 == 1.2  # best validation, whatever test says
-    assert adapt.select_best(points, higher=False).alpha1 == 1.0
+    points = [task_analogy.AnalogyPoint(1.0, 0.1, 0.1, 0.5, 0.9), task_analogy.AnalogyPoint(1.2, 0.1, 0.1, 0.6, 0.1)]
+    assert task_analogy.select_best(points, higher=True).alpha1 == 1.2  # best validation, whatever test says
+    assert task_analogy.select_best(points, higher=False).alpha1 == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +93,7 @@ def test_grid_search_visits_the_reference_grid(ray_session, study):
     config, store = study
     best = run_analogy(config, store)
     grid = store.read_table(ANALOGY_TABLE)
-    assert list(grid.columns) == adapt.ANALOGY_COLUMNS
+    assert list(grid.columns) == results.ANALOGY_COLUMNS
     for split in ("validation", "test"):
         part = grid[grid["split"] == split]
         assert len(part) == 324
@@ -108,9 +105,9 @@ def test_grid_search_visits_the_reference_grid(ray_session, study):
     assert set(zip(grid["source_period"], grid["target_period"])) == {("2016", "2017")}
 
     stored = store.read_table(ANALOGY_BEST_TABLE)
-    assert list(stored.columns) == [*adapt.ANALOGY_BEST_COLUMNS, "experiment"]
-    assert len(best) == len(stored) == 2 * len(adapt.ANALOGY_METHODS)
-    assert set(zip(stored["method"], stored["split"])) == set(itertools.product(adapt.ANALOGY_METHODS, ["validation", "test"]))
+    assert list(stored.columns) == [*results.ANALOGY_BEST_COLUMNS, "experiment"]
+    assert len(best) == len(stored) == 2 * len(results.ANALOGY_METHODS)
+    assert set(zip(stored["method"], stored["split"])) == set(itertools.product(results.ANALOGY_METHODS, ["validation", "test"]))
     by = stored.set_index(["method", "split"])
     # the analogy row is the grid's best VALIDATION point, and its test value is that point's
     val = grid[grid["split"] == "validation"]

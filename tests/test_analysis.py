@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from timevec import analysis as an
+from timevec import misalignment, similarity, summaries
 from timevec.periods import Period
 
 PERIODS = ["2014", "2015", "2016"]
@@ -48,7 +49,7 @@ def _at(df: pd.DataFrame, task: str, a: str, b: str) -> pd.Series:
 
 
 def test_relative_change_both_directions(cells: pd.DataFrame) -> None:
-    rel = an.relative_change(cells)
+    rel = misalignment.relative_change(cells)
     assert len(rel) == 18 and (rel["vector"] != "base").all()
     # perplexity: column 2014 mean = 34/3; (10 - 34/3) / (34/3) = -4/34
     r = _at(rel, "lm", "2014", "2014")
@@ -73,14 +74,14 @@ def test_relative_change_both_directions(cells: pd.DataFrame) -> None:
 
 def test_relative_change_month_gap() -> None:
     months = ["2014-11", "2015-02"]
-    rel = an.relative_change(_cells("lm", "perplexity", False, np.array([[1.0, 2.0], [3.0, 4.0]]),
+    rel = misalignment.relative_change(_cells("lm", "perplexity", False, np.array([[1.0, 2.0], [3.0, 4.0]]),
                                     months, granularity="month"))
     assert _at(rel, "lm", "2014-11", "2015-02").gap == 3
     assert _at(rel, "lm", "2015-02", "2014-11").gap == -3
 
 
 def test_diagonal_summary(cells: pd.DataFrame) -> None:
-    diag = an.diagonal_summary(an.relative_change(cells)).set_index("task")
+    diag = misalignment.diagonal_summary(misalignment.relative_change(cells)).set_index("task")
     assert diag.loc["lm", "n_diagonal_best"] == 3 and diag.loc["lm", "diagonal_share"] == 1.0
     # F1 column 2015: vector 2016 (0.85) beats the own 0.8
     assert diag.loc["classification", "n_diagonal_best"] == 2
@@ -109,7 +110,7 @@ MONTHS = [f"{y}-{m:02d}" for y in range(2014, 2017) for m in range(1, 13)]
 
 def test_decay_fit_recovers_slope() -> None:
     exact = _synthetic_rel(YEARS, "year", lambda g: -5.0 + 2.5 * abs(g))
-    dec = an.decay_fit(exact)
+    dec = misalignment.decay_fit(exact)
     fit = dec.fit.iloc[0]
     assert fit.slope == pytest.approx(2.5) and fit.intercept == pytest.approx(-5.0)
     assert fit.r2 == pytest.approx(1.0) and fit.n == 100 and fit.n_gaps == 10
@@ -117,14 +118,14 @@ def test_decay_fit_recovers_slope() -> None:
     assert by.loc[3, "mean_degradation_pct"] == pytest.approx(2.5) and by.loc[3, "n"] == 14
 
     noisy = _synthetic_rel(YEARS, "year", lambda g: 1.0 + 2.5 * abs(g), seed=1, noise=1.0)
-    fit = an.decay_fit(noisy).fit.iloc[0]
+    fit = misalignment.decay_fit(noisy).fit.iloc[0]
     assert fit.slope == pytest.approx(2.5, abs=0.15)
     assert fit.r2 > 0.9 and fit.p < 1e-10 and fit.reason == ""
 
 
 def test_decay_fit_insufficient() -> None:
     one = _synthetic_rel(["2014"], "year", lambda g: 0.0)
-    fit = an.decay_fit(one).fit.iloc[0]
+    fit = misalignment.decay_fit(one).fit.iloc[0]
     assert math.isnan(fit.slope) and "at least 3" in fit.reason
 
 
@@ -132,7 +133,7 @@ def test_stripe_test_detects_stripes() -> None:
     striped = _synthetic_rel(MONTHS, "month",
                              lambda g: 0.5 * abs(g) - (5.0 if g != 0 and abs(g) % 12 == 0 else 0),
                              seed=2, noise=0.5)
-    row = an.stripe_test(striped).iloc[0]
+    row = misalignment.stripe_test(striped).iloc[0]
     assert row.stripe_gaps == "12,24" and row.reason == ""
     assert row.difference < -3.0 and row.p < 1e-6
     assert row.n_stripe == 2 * (36 - 12) + 2 * (36 - 24)
@@ -140,16 +141,16 @@ def test_stripe_test_detects_stripes() -> None:
 
 def test_stripe_test_no_stripes() -> None:
     flat = _synthetic_rel(MONTHS, "month", lambda g: 0.5 * abs(g), seed=3, noise=0.5)
-    row = an.stripe_test(flat).iloc[0]
+    row = misalignment.stripe_test(flat).iloc[0]
     assert abs(row.difference) < 0.5 and row.p > 0.05
 
 
 def test_stripe_test_honest_when_insufficient() -> None:
     short = _synthetic_rel(MONTHS[:10], "month", lambda g: abs(g))
-    row = an.stripe_test(short).iloc[0]
+    row = misalignment.stripe_test(short).iloc[0]
     assert math.isnan(row.p) and "multiple of 12" in row.reason
     yearly = _synthetic_rel(YEARS, "year", lambda g: abs(g))
-    row = an.stripe_test(yearly).iloc[0]
+    row = misalignment.stripe_test(yearly).iloc[0]
     assert math.isnan(row.difference) and row.reason == "no monthly cells"
 
 
@@ -162,7 +163,7 @@ def _vectors(n: int, d: int = 40, seed: int = 0) -> np.ndarray:
 def test_similarity_table_matches_numpy() -> None:
     x = _vectors(5)
     keys = [("lm", p) for p in ["2012", "2013", "2014", "2015", "2016"]]
-    sim = an.similarity_table(x @ x.T, keys)
+    sim = similarity.similarity_table(x @ x.T, keys)
     assert len(sim) == 25
     norm = x / np.linalg.norm(x, axis=1, keepdims=True)
     ref = norm @ norm.T
@@ -170,27 +171,27 @@ def test_similarity_table_matches_numpy() -> None:
     np.testing.assert_allclose(got, ref, atol=1e-12)
     xc = x - x.mean(axis=0)
     nc = xc / np.linalg.norm(xc, axis=1, keepdims=True)
-    got = an.similarity_table(x @ x.T, keys, centre=True).pivot(
+    got = similarity.similarity_table(x @ x.T, keys, centre=True).pivot(
         index="period_a", columns="period_b", values="cosine").to_numpy()
     np.testing.assert_allclose(got, nc @ nc.T, atol=1e-12)
     # the shared component inflates raw cosines; centring removes it
     assert ref[0, 1] > 0.5 > abs((nc @ nc.T)[0, 1])
     with pytest.raises(ValueError):
-        an.similarity_table(x @ x.T, keys[:4])
+        similarity.similarity_table(x @ x.T, keys[:4])
 
 
 def test_similarity_vs_degradation_matches_scipy() -> None:
     periods = ["2012", "2013", "2014", "2015"]
     x = _vectors(4, seed=5)
     keys = [("lm", p) for p in periods]
-    sim = an.similarity_table(x @ x.T, keys)
+    sim = similarity.similarity_table(x @ x.T, keys)
     rng = np.random.default_rng(7)
     mat = 20 + rng.random((4, 5)) * 5
     cells = _cells("lm", "perplexity", False, np.pad(mat, ((0, 1), (0, 0)))[:5, :5],
                    periods + ["2016"])
     cells = cells[cells.train_period != "2016"]  # 2016 is a test-only period: no vector
-    rel = an.relative_change(cells)
-    res = an.similarity_vs_degradation(sim, rel)
+    rel = misalignment.relative_change(cells)
+    res = similarity.similarity_vs_degradation(sim, rel)
     norm = x / np.linalg.norm(x, axis=1, keepdims=True)
     cos = norm @ norm.T
     xs, ys = [], []
@@ -211,11 +212,11 @@ def test_similarity_vs_degradation_matches_scipy() -> None:
 def test_umap_embedding_shapes() -> None:
     x = _vectors(8, seed=3)
     keys = [("lm", str(2010 + i)) for i in range(8)]
-    emb = an.umap_embedding(x @ x.T, keys)
+    emb = similarity.umap_embedding(x @ x.T, keys)
     assert len(emb) == 8 and set(emb["method"]) == {"umap"}
     assert np.isfinite(emb[["x", "y"]].to_numpy()).all()
     assert list(emb["period"]) == [k[1] for k in keys]
-    small = an.umap_embedding((x @ x.T)[:3, :3], keys[:3])
+    small = similarity.umap_embedding((x @ x.T)[:3, :3], keys[:3])
     assert len(small) == 3 and set(small["method"]) == {"mds"}
     assert np.isfinite(small[["x", "y"]].to_numpy()).all()
 
@@ -242,7 +243,7 @@ def test_interpolation_summary(higher: bool, metric: str) -> None:
     own = 9.0 if not higher else 0.6
     mat = np.full((4, 4), own)
     cells = _cells("lm", metric, higher, mat, periods)
-    s = an.interpolation_summary(_interp(higher, metric), cells)
+    s = summaries.interpolation_best(_interp(higher, metric), cells)
     assert list(s["test_period"]) == ["2013", "2014"]
     assert list(s["best_alpha"]) == [0.3, 0.7]
     r = s.iloc[0]
@@ -265,12 +266,12 @@ def test_analogy_summary_and_headline(cells: pd.DataFrame) -> None:
                              method=m, alpha1=1.2 if m == "analogy" else None,
                              alpha2=0.2, alpha3=0.1, split="test", metric="macro_f1", value=v)
                         for m, v in methods.items()])
-    s = an.analogy_summary(ana).iloc[0]
+    s = summaries.analogy_summary(ana).iloc[0]
     assert s.gain_vs_task_j == pytest.approx(0.1)
     assert s.gain_vs_task_j_scaled_pct == pytest.approx(0.05 / 0.55 * 100)
     assert s.gain_vs_in_period < 0 and s.alpha1 == 1.2
     ppl = ana.assign(metric="perplexity", value=[20, 15, 14, 14.5, 12, 13])
-    assert an.analogy_summary(ppl).iloc[0].gain_vs_task_j == pytest.approx(2.0)
+    assert summaries.analogy_summary(ppl).iloc[0].gain_vs_task_j == pytest.approx(2.0)
 
     x = _vectors(6, seed=1)
     keys = [("lm", p) for p in PERIODS] + [("classification", p) for p in PERIODS]

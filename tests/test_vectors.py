@@ -7,15 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from timevec.adapt import interpolation_terms
+from timevec.analogy import analogy_terms
 from timevec.models import fingerprint
-from timevec.vectors import (
-    TimeVector,
-    VectorError,
-    WeightPatcher,
-    analogy,
-    combine,
-    interpolate,
-)
+from timevec.vectors import TimeVector, VectorError, WeightPatcher
 
 
 def _rand(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
@@ -111,15 +106,21 @@ def test_check_finite_names_the_tensor() -> None:
         v.check_finite("lm/2014")
 
 
-def test_interpolate_and_analogy_formulas() -> None:
+def test_interpolation_and_analogy_terms_are_the_papers_formulas() -> None:
+    """The live paths build coefficient terms; patched into a model they give the dense formulas."""
     a, b, c = _vec(5), _vec(6), _vec(7)
     da, db, dc = _dense(a), _dense(b), _dense(c)
+
+    def dense(terms) -> np.ndarray:
+        return sum(float(coef) * _dense(vec) for coef, vec in terms)
+
     for alpha in (0.0, 0.3, 1.0):
-        np.testing.assert_allclose(_dense(interpolate(a, b, alpha)), (1 - alpha) * da + alpha * db, rtol=1e-6, atol=1e-7)
-    assert interpolate(a, b, 0.0).equal(a) and interpolate(a, b, 1.0).equal(b)
+        terms = interpolation_terms(a, b, alpha)
+        np.testing.assert_allclose(dense(terms), (1 - alpha) * da + alpha * db, rtol=1e-6, atol=1e-7)
+    assert [c for c, _ in interpolation_terms(a, b, 0.0)] == [1.0, 0.0]  # the ends are exact
+    assert [c for c, _ in interpolation_terms(a, b, 1.0)] == [0.0, 1.0]
     ref = 1.4 * da + 0.3 * db - 0.2 * dc
-    np.testing.assert_allclose(_dense(analogy(1.4, a, 0.3, b, 0.2, c)), ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(_dense(combine([(2.0, a), (-1.0, b)])), 2 * da - db, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dense(analogy_terms(1.4, a, 0.3, b, 0.2, c)), ref, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- WeightPatcher
@@ -216,9 +217,9 @@ def test_apply_combination_equals_dense_reference() -> None:
                 - 0.2 * lm_j[name].double()
             )
             assert torch.allclose(p.double(), ref, atol=1e-6), name
-        # same as materialising the analogy vector first
         patched = _params(model)
-    with patcher.applied(analogy(1.4, task_j, 0.3, lm_k, 0.2, lm_j)):
+    combined = {n: 1.4 * task_j[n] + 0.3 * lm_k[n] - 0.2 * lm_j[n] for n in task_j}
+    with patcher.applied(combined):  # same as materialising the analogy vector first
         for name, p in model.named_parameters():
             assert torch.allclose(p, patched[name], atol=1e-6)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

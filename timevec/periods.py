@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import total_ordering
-from typing import Iterator, Literal
+from typing import Literal
 
 Granularity = Literal["year", "month"]
 
@@ -132,6 +133,13 @@ def _iter_range(first: Period, last: Period) -> Iterator[Period]:
         current = current.shift(1)
 
 
-def sort_periods(periods: list[str]) -> list[str]:
-    """Period strings in time order (validated)."""
-    return [str(p) for p in sorted(Period.parse(p) for p in periods)]
+def sort_periods(periods: Iterable[str | Period]) -> list[str]:
+    """The distinct periods as strings, in time order (each validated)."""
+    return [str(p) for p in sorted({Period.parse(p) for p in periods})]
+
+
+def latest_before(period: str | Period, periods: Iterable[str | Period]) -> str | None:
+    """The latest of ``periods`` strictly before ``period`` (what was deployable when it began)."""
+    target = Period.parse(period)
+    earlier = [p for p in (Period.parse(q) for q in periods) if p < target]
+    return str(max(earlier)) if earlier else None

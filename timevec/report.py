@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from timevec import analysis as an
+from timevec import misalignment, periods, similarity, summaries
 from timevec.periods import Period
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,8 @@ def _matrix_figures(cells: pd.DataFrame, rel: pd.DataFrame, out: list[_Figure],
     for (task, gran, metric), grp in rel.groupby(["task", "granularity", "metric"], sort=True):
         tag = f"{task}_{gran}"
         higher = bool(grp["higher_is_better"].iloc[0])
-        rows = an.sorted_periods(grp["train_period"])
-        cols = an.sorted_periods(grp["test_period"])
+        rows = periods.sort_periods(grp["train_period"])
+        cols = periods.sort_periods(grp["test_period"])
         raw = grp.pivot_table(index="train_period", columns="test_period", values="value",
                               aggfunc="first").reindex(index=rows, columns=cols)
         base_sel = cells.loc[(cells["task"] == task) & (cells["granularity"] == gran)
@@ -237,7 +238,7 @@ def _matrix_figures(cells: pd.DataFrame, rel: pd.DataFrame, out: list[_Figure],
                else ".")), _png(fig)))
 
 
-def _decay_figures(decay: an.DecayFit, rel: pd.DataFrame, out: list[_Figure],
+def _decay_figures(decay: misalignment.DecayFit, rel: pd.DataFrame, out: list[_Figure],
                    write_table: WriteTable) -> None:
     for fit in decay.fit.itertuples(index=False):
         tag = f"{fit.task}_{fit.granularity}"
@@ -277,20 +278,20 @@ def _decay_figures(decay: an.DecayFit, rel: pd.DataFrame, out: list[_Figure],
             "R²."), _png(fig)))
 
 
-def _similarity_figures(gram: np.ndarray, keys: Sequence[an.Key], res: an.Analysis,
+def _similarity_figures(gram: np.ndarray, keys: Sequence[similarity.Key], res: an.Analysis,
                         out: list[_Figure], write_table: WriteTable) -> None:
-    groups = an.key_groups(keys)
+    groups = similarity.key_groups(keys)
     order = [i for idx in groups.values() for i in idx]
     okeys = [(str(keys[i][0]), str(keys[i][1])) for i in order]
     g = np.asarray(gram, dtype=float)[np.ix_(order, order)]
     n = len(okeys)
-    cos = an.cosine_from_gram(g)
+    cos = similarity.cosine_from_gram(g)
     # centred per (task, granularity): block-diagonal, NaN (blank) between groups
     cosc = np.full((n, n), np.nan)
     start = 0
     for idx in groups.values():
         sl = slice(start, start + len(idx))
-        cosc[sl, sl] = an.cosine_from_gram(an.centre_gram(g[sl, sl]))
+        cosc[sl, sl] = similarity.cosine_from_gram(similarity.centre_gram(g[sl, sl]))
         start += len(idx)
     multi_task = len({t for t, _ in okeys}) > 1
     labels = [f"{t}/{p}" if multi_task else p for t, p in okeys]
@@ -317,8 +318,8 @@ def _similarity_figures(gram: np.ndarray, keys: Sequence[an.Key], res: an.Analys
             ax.axvline(start - 0.5, color="white", lw=1.5)
         ax.set_title(ttl)
         fig.colorbar(im, ax=ax, shrink=0.8)
-    table = an.similarity_table(g, okeys).merge(
-        an.grouped_similarity(g, okeys).rename(columns={"cosine": "cosine_centred"}),
+    table = similarity.similarity_table(g, okeys).merge(
+        similarity.grouped_similarity(g, okeys).rename(columns={"cosine": "cosine_centred"}),
         on=["task_a", "period_a", "task_b", "period_b"], how="left")
     write_table("fig_similarity", table)
     out.append(_Figure("similarity", "Structure of the time vectors", (
@@ -349,7 +350,7 @@ def _similarity_figures(gram: np.ndarray, keys: Sequence[an.Key], res: an.Analys
             sub = grp.dropna(subset=[col])
             x = sub[col].to_numpy(dtype=float)
             y = sub["degradation_pct"].to_numpy(dtype=float)
-            c = an.correlate(x, y)
+            c = similarity.correlate(x, y)
             if len(sub):
                 sc = ax.scatter(x, y, c=sub["gap"].abs(), cmap="viridis", s=14, alpha=0.8)
             if np.isfinite(c["pearson_r"]):
@@ -372,15 +373,15 @@ def _similarity_figures(gram: np.ndarray, keys: Sequence[an.Key], res: an.Analys
         _png(fig)))
 
 
-def _umap_figure(gram: np.ndarray, keys: Sequence[an.Key], out: list[_Figure],
+def _umap_figure(gram: np.ndarray, keys: Sequence[similarity.Key], out: list[_Figure],
                  write_table: WriteTable) -> None:
     """One UMAP panel per (task, granularity): across tasks the task identity would dominate."""
     g = np.asarray(gram, dtype=float)
     okeys = [(str(t), str(p)) for t, p in keys]
-    groups = an.key_groups(okeys)
+    groups = similarity.key_groups(okeys)
     embs = []
     for (_task, gran), idx in groups.items():
-        emb = an.umap_embedding(g[np.ix_(idx, idx)], [okeys[i] for i in idx])
+        emb = similarity.umap_embedding(g[np.ix_(idx, idx)], [okeys[i] for i in idx])
         emb.insert(1, "granularity", gran)
         embs.append(emb)
     emb = pd.concat(embs, ignore_index=True)
@@ -443,7 +444,7 @@ def _interpolation_figures(interp: pd.DataFrame, summary: pd.DataFrame, out: lis
         first, last = str(first), str(last)
         metric = str(grp["metric"].iloc[0])
         higher = bool(grp["higher_is_better"].iloc[0])
-        tests = an.sorted_periods(grp["test_period"])
+        tests = periods.sort_periods(grp["test_period"])
         summ = summary.loc[(summary["task"] == task) & (summary["granularity"] == gran)
                            & (summary["first"] == first) & (summary["last"] == last)]
         cmap = colormaps["viridis"]
@@ -505,7 +506,7 @@ def _analogy_figures(summary: pd.DataFrame, out: list[_Figure], write_table: Wri
         split = "test" if (grp["split"] == "test").any() else str(grp["split"].iloc[0])
         g = grp.loc[grp["split"] == split].reset_index(drop=True)
         # the base is left out: its gap is an order of magnitude larger and flattens the rest
-        baselines = [b for b in an.ANALOGY_BASELINES
+        baselines = [b for b in summaries.ANALOGY_BASELINES
                      if b != "base" and g[f"gain_vs_{b}_pct"].notna().any()]
         if g.empty or not baselines:
             continue
@@ -596,7 +597,7 @@ def _html(title: str, head: Mapping[str, Any], figures: Sequence[_Figure], gener
 
 
 def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | None,
-                 keys: Sequence[an.Key] | None, write_bytes: WriteBytes,
+                 keys: Sequence[similarity.Key] | None, write_bytes: WriteBytes,
                  write_table: WriteTable, title: str = "timevec report",
                  *, generated: dt.datetime | None = None) -> list[str]:
     """Draw every figure the available tables support and write one self-contained HTML report.

@@ -1,9 +1,11 @@
 """Time vectors and weight arithmetic.
 
 A time vector τ is ``θ_run − θ_pre`` over every floating-point parameter of a model (DESIGN §1).
-This module holds the arithmetic the study needs (sums, scaling, interpolation, the task analogy,
-norms and cosines) and :class:`WeightPatcher`, which puts ``θ_pre + Σ cᵢ·τᵢ`` into a live model in
-place and takes it back out bit for bit.
+This module holds the arithmetic the study needs (sums, scaling, norms and cosines) and
+:class:`WeightPatcher`, which puts ``θ_pre + Σ cᵢ·τᵢ`` into a live model in place and takes it back
+out bit for bit. Interpolation, soups and analogies are coefficient lists over vectors
+(:func:`timevec.adapt.interpolation_terms`, :func:`timevec.analogy.analogy_terms`) that the patcher
+applies; no combined vector is ever materialised.
 
 Design choices, and why:
 
@@ -35,9 +37,6 @@ __all__ = [
     "VectorError",
     "TimeVector",
     "WeightPatcher",
-    "interpolate",
-    "analogy",
-    "combine",
     "dot64",
     "sum_of_squares",
 ]
@@ -294,38 +293,6 @@ def _check_same_layout(a: TensorMap, b: TensorMap, op: str) -> None:
             raise VectorError(
                 f"cannot {op} vectors: tensor {name!r} has shapes {tuple(t.shape)} and {tuple(b[name].shape)}"
             )
-
-
-def combine(terms: Sequence[tuple[Scalar, TimeVector]]) -> TimeVector:
-    """``Σ cᵢ·τᵢ`` as a new vector, computed tensor by tensor (no intermediate vectors)."""
-    if not terms:
-        raise VectorError("combine needs at least one (coefficient, vector) term")
-    first = terms[0][1]
-    for _, vec in terms[1:]:
-        _check_same_layout(first.tensors, vec.tensors, "combine")
-    out: dict[str, torch.Tensor] = {}
-    for name in first.tensors:
-        acc = torch.zeros(first.tensors[name].shape, dtype=torch.float32)
-        for coef, vec in terms:
-            acc.add_(vec.tensors[name], alpha=_as_float(coef))
-        out[name] = acc
-    return TimeVector(out)
-
-
-def interpolate(a: TimeVector, b: TimeVector, alpha: float) -> TimeVector:
-    """``(1−α)·a + α·b``: α is the weight of the LATER vector ``b`` (α=0 → a, α=1 → b).
-
-    The paper's code writes the same line as ``α·τ_first + (1−α)·τ_last``; timevec fixes α to the
-    later vector everywhere so that "best α rises over time" reads naturally.
-    """
-    return combine([(1.0 - alpha, a), (alpha, b)])
-
-
-def analogy(
-    alpha1: float, task_j: TimeVector, alpha2: float, lm_k: TimeVector, alpha3: float, lm_j: TimeVector
-) -> TimeVector:
-    """Task analogy ``α₁·τ_task(j) + α₂·τ_lm(k) − α₃·τ_lm(j)`` (move a task model from j to k)."""
-    return combine([(alpha1, task_j), (alpha2, lm_k), (-alpha3, lm_j)])
 
 
 # ---------------------------------------------------------------------- patching a live model

@@ -38,8 +38,8 @@ Design, and why:
   and the in-period oracle τ_task(k)) run as one Ray task beside the search, with the same
   evaluator code and splits.
 
-Tables: ``results/analogy.parquet`` (:data:`timevec.adapt.ANALOGY_COLUMNS`, the full grid on
-both splits) and ``results/analogy_best.parquet`` (:data:`timevec.adapt.ANALOGY_BEST_COLUMNS` plus
+Tables: ``results/analogy.parquet`` (:data:`timevec.results.ANALOGY_COLUMNS`, the full grid on
+both splits) and ``results/analogy_best.parquet`` (:data:`timevec.results.ANALOGY_BEST_COLUMNS` plus
 ``experiment``: one row per method and split). Rows of a (task, j, k) are replaced on every run.
 """
 
@@ -59,15 +59,16 @@ import ray
 import torch
 from ray import tune
 
-from timevec import adapt
+from timevec import analogy as task_analogy
+from timevec import results
 from timevec.config import ExperimentConfig
 from timevec.evaluation import METRICS, EvalSplit, prepare_split
+from timevec.periods import Period
+from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
 from timevec.store import StoreError, VectorStore
 
 log = logging.getLogger(__name__)
 
-ANALOGY_TABLE = "analogy"
-ANALOGY_BEST_TABLE = "analogy_best"
 VALIDATION = "validation"
 TEST = "test"
 
@@ -154,7 +155,7 @@ def evaluate_point(loaded: _Loaded, payload: AnalogyPayload, a1: float, a2: floa
     """One analogy point on validation and test: the trial's whole work."""
     stats = loaded.evaluator.stats
     patch0, forward0 = stats.patch_seconds, stats.forward_seconds
-    terms = adapt.analogy_terms(a1, loaded.task_j, a2, loaded.lm_k, a3, loaded.lm_j)
+    terms = task_analogy.analogy_terms(a1, loaded.task_j, a2, loaded.lm_k, a3, loaded.lm_j)
     rows = loaded.evaluator.evaluate_weights(terms, [payload.validation, payload.test])
     return {
         "alpha1": a1,
@@ -263,14 +264,14 @@ def finished_trials(storage: str, name: str) -> list[dict[str, Any]]:
     return trials
 
 
-def _point(result: dict[str, Any]) -> adapt.AnalogyPoint:
-    return adapt.AnalogyPoint(float(result["alpha1"]), float(result["alpha2"]), float(result["alpha3"]),
+def _point(result: dict[str, Any]) -> task_analogy.AnalogyPoint:
+    return task_analogy.AnalogyPoint(float(result["alpha1"]), float(result["alpha2"]), float(result["alpha3"]),
                               float(result[VALIDATION]), float(result[TEST]))
 
 
 def _key(alpha: float) -> float:
     """An α as a lookup key: the value read back from JSON equals the configured one up to rounding."""
-    return round(float(alpha), 9)
+    return results.alpha_key(alpha)
 
 
 def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str,
@@ -282,7 +283,7 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
     search_alg = None
     if cfg.searcher == "grid":
         seen = {(_key(r["alpha1"]), _key(r["alpha2"]), _key(r["alpha3"])) for r in done}
-        todo = [{"alpha1": a1, "alpha2": a2, "alpha3": a3} for a1, a2, a3 in adapt.reference_grid(cfg)
+        todo = [{"alpha1": a1, "alpha2": a2, "alpha3": a3} for a1, a2, a3 in task_analogy.reference_grid(cfg)
                 if (_key(a1), _key(a2), _key(a3)) not in seen]
         if not todo:
             return None
@@ -330,7 +331,7 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
     )
 
 
-def search_pair(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str) -> tuple[list[adapt.AnalogyPoint], dict[str, Any]]:
+def search_pair(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str) -> tuple[list[task_analogy.AnalogyPoint], dict[str, Any]]:
     """Run one pair's Tune experiment, or only what an earlier run left; returns its points and run facts."""
     began = time.perf_counter()
     done = finished_trials(storage, name)
@@ -359,13 +360,13 @@ def _baselines_task(payload: AnalogyPayload, latest: str | None, in_period: bool
     """The baseline rows of one pair (runs as a Ray task next to the search)."""
     loaded = load_pair(payload)
     read = loaded.evaluator.read_vector
-    vectors = adapt.AnalogyVectors(
+    vectors = task_analogy.AnalogyVectors(
         task_j=loaded.task_j, lm_k=loaded.lm_k, lm_j=loaded.lm_j,
         latest=(latest, loaded.task_j if latest == payload.j else read(payload.task, latest)) if latest else None,
         in_period=read(payload.task, payload.k) if in_period else None,
     )
     try:
-        return adapt.analogy_baselines(loaded.evaluator.evaluate_weights, payload.task, payload.j, payload.k, vectors,
+        return task_analogy.analogy_baselines(loaded.evaluator.evaluate_weights, payload.task, payload.j, payload.k, vectors,
                                        payload.validation, payload.test, payload.alpha1)
     finally:
         # A task worker is pooled and outlives the task: do not leave a base and vectors in it.
@@ -412,14 +413,14 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
         raise StoreError(f"store {store} holds no base yet: run the fine-tune stage first")
     task = config.analogy.task
     stored = set(store.list_vectors())
-    pairs, skipped = adapt.analogy_pairs(config, stored)
+    pairs, skipped = task_analogy.analogy_pairs(config, stored)
     for reason in skipped:
         log.warning("analogy: skipping %s", reason)
     if not pairs:
         raise StoreError(f"analogy for task {task!r}: no (j, k) pair has its vectors in {store}: " + "; ".join(skipped))
     ensure_ray(config.ray)
     storage = storage_path(config, store)
-    splits = _prepared_splits(config, task, sorted({k for _, k in pairs}, key=adapt._order))
+    splits = _prepared_splits(config, task, sorted({k for _, k in pairs}, key=Period.parse))
     best_old = store.read_table(ANALOGY_BEST_TABLE) if store.has_table(ANALOGY_BEST_TABLE) else None
     baselines_remote = ray.remote(_baselines_task).options(
         num_cpus=config.ray.cpus_per_eval_actor, num_gpus=config.ray.gpus_per_eval_actor,
@@ -442,26 +443,26 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
             for col, value in keys.items():
                 sel = sel.loc[sel[col].astype(str) == value]
             sel = sel.loc[(sel["experiment"] == name) & (sel["method"] != "analogy")]
-            if set(sel["method"]) >= set(adapt.ANALOGY_METHODS) - {"analogy"}:
+            if set(sel["method"]) >= set(results.ANALOGY_METHODS) - {"analogy"}:
                 have = sel.drop(columns="experiment")
-        latest = adapt.latest_task_period(task, k, stored)
+        latest = task_analogy.latest_task_period(task, k, stored)
         pending = None if have is not None else baselines_remote.remote(payload, latest, (task, k) in stored)
         points, facts = search_pair(config, payload, storage, name)
         metric = METRICS[task][0]
-        grid = adapt.analogy_grid_frame(task, j, k, metric, points)
+        grid = task_analogy.analogy_grid_frame(task, j, k, metric, points)
         _replace_rows(store, ANALOGY_TABLE, grid, keys)
         baseline_rows = have.to_dict("records") if have is not None else ray.get(pending)
-        best = adapt.analogy_best_frame(baseline_rows + adapt.analogy_best_rows(task, j, k, metric, points))
+        best = results.analogy_best_frame(baseline_rows + task_analogy.analogy_best_rows(task, j, k, metric, points))
         best["experiment"] = name
         _replace_rows(store, ANALOGY_BEST_TABLE, best, keys)
         out.append(best)
         _log_pair(task, j, k, best, facts)
     log.info("analogy stage done in %.1f s", time.perf_counter() - began)
-    return pd.concat(out, ignore_index=True) if out else adapt.analogy_best_frame([])
+    return pd.concat(out, ignore_index=True) if out else results.analogy_best_frame([])
 
 
 def _log_pair(task: str, j: str, k: str, best: pd.DataFrame, facts: dict[str, Any]) -> None:
     test = best.loc[best["split"] == TEST].set_index("method")["value"]
-    parts = ", ".join(f"{m} {test[m]:.4g}" for m in adapt.ANALOGY_METHODS if m in test and not math.isnan(test[m]))
+    parts = ", ".join(f"{m} {test[m]:.4g}" for m in results.ANALOGY_METHODS if m in test and not math.isnan(test[m]))
     log.info("analogy %s %s→%s: %d trials in %.1f s; test: %s (%s)", task, j, k, facts["trials"], facts["seconds"],
              parts, facts["experiment"])

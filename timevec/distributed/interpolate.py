@@ -5,8 +5,8 @@ For each configured task and granularity with at least two stored vectors:
 - **interpolation**: τ(α) = (1−α)·τ_first + α·τ_last for every α of ``interpolation.alphas``
   (first/last: the earliest and latest stored period of that granularity), evaluated on the test
   split of EVERY configured period → ``results/interpolation.parquet``
-  (:data:`timevec.adapt.INTERPOLATION_COLUMNS`), summarised per middle period in
-  ``results/interpolation_best.parquet`` (:data:`timevec.adapt.INTERPOLATION_BEST_COLUMNS`, with
+  (:data:`timevec.results.INTERPOLATION_COLUMNS`), summarised per middle period in
+  ``results/interpolation_best.parquet`` (:data:`timevec.results.INTERPOLATION_BEST_COLUMNS`, with
   the in-period and previous-vector baselines from ``cells.parquet`` when present);
 - **soups and patching**, per configured period: a greedy soup of neighbouring vectors selected on
   the period's validation split, and the period's vector rebuilt from its two neighbours, each
@@ -35,19 +35,16 @@ from typing import Any, Union
 import pandas as pd
 import torch
 
-from timevec import adapt
+from timevec import adapt, results, summaries
 from timevec.config import ExperimentConfig
 from timevec.evaluation import EvalSplit, prepare_split
-from timevec.periods import Period
+from timevec.periods import Period, sort_periods
+from timevec.results import INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import StoreError, VectorStore
 from timevec.vectors import TimeVector
 
 log = logging.getLogger(__name__)
 
-INTERPOLATION_TABLE = "interpolation"
-INTERPOLATION_BEST_TABLE = "interpolation_best"
-SOUPS_TABLE = "soups"
-PATCHING_TABLE = "patching"
 
 #: (task, granularity) -> period -> split, for "test" and "validation"
 SplitSets = dict[str, dict[tuple[str, str], dict[str, EvalSplit]]]
@@ -197,7 +194,7 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[Item], dict
         stored_all = {p for _, p in store.list_vectors(task)}
         for granularity in config.granularities:
             periods = config.period_list(granularity)
-            stored = tuple(adapt.sort_periods(p for p in periods if p in stored_all))
+            stored = tuple(sort_periods(p for p in periods if p in stored_all))
             if len(stored) < 2:
                 notes.append(f"{task}/{granularity}: {len(stored)} stored vector(s), nothing to interpolate")
             points = adapt.plan_interpolation(task, granularity, stored, periods, config.interpolation.alphas, done)
@@ -244,7 +241,7 @@ def prepare_split_sets(config: ExperimentConfig, needed: dict[tuple[str, str], s
     for (task, granularity), periods in needed.items():
         for name in ("test", "validation"):
             splits: dict[str, EvalSplit] = {}
-            for period in adapt.sort_periods(periods):
+            for period in sort_periods(periods):
                 split = prepare_split(task, corpus, period, tokenizer, encoder_decoder, config.evaluation, split=name)
                 if split.n_examples == 0:
                     log.warning("no %s %s examples in %s", task, name, period)
@@ -274,9 +271,9 @@ def run_interpolation(config: ExperimentConfig, store: VectorStore | None = None
     log.info("interpolation: %d α points and %d soup/patch periods to evaluate", n_points, len(items) - n_points)
     if items:
         _compute(config, store, items, needed)
-    table = store.read_table(INTERPOLATION_TABLE) if store.has_table(INTERPOLATION_TABLE) else adapt.interpolation_frame([])
+    table = store.read_table(INTERPOLATION_TABLE) if store.has_table(INTERPOLATION_TABLE) else results.interpolation_frame([])
     cells = store.read_table("cells") if store.has_table("cells") else None
-    store.write_table(INTERPOLATION_BEST_TABLE, adapt.interpolation_best(table, cells))
+    store.write_table(INTERPOLATION_BEST_TABLE, summaries.interpolation_best(table, cells))
     table = table[table["task"].isin(config.tasks) & table["granularity"].isin(config.granularities)]
     log.info("interpolation stage done in %.1f s", time.perf_counter() - began)
     return table.reset_index(drop=True)
@@ -301,8 +298,8 @@ def _compute(
     # Actors load θ_pre while the driver tokenises.
     actors = [actor_cls.remote(config, store) for _ in range(min(config.ray.eval_actors, len(items)))]
     buffers: dict[str, list[dict]] = {INTERPOLATION_TABLE: [], SOUPS_TABLE: [], PATCHING_TABLE: []}
-    frames = {INTERPOLATION_TABLE: adapt.interpolation_frame, SOUPS_TABLE: adapt.soup_frame,
-              PATCHING_TABLE: adapt.patching_frame}
+    frames = {INTERPOLATION_TABLE: results.interpolation_frame, SOUPS_TABLE: results.soup_frame,
+              PATCHING_TABLE: results.patching_frame}
     failures: list[str] = []
     last_flush = time.perf_counter()
 

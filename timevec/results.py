@@ -1,0 +1,124 @@
+"""The results contract: every table a stage writes to ``<store>/results/``, its columns and its builder.
+
+One module names the tables and fixes their schemas, so that the stages that write them, the
+analysis and report that read them, and users' notebooks agree on one spelling. A builder turns
+rows (dicts) into a frame with exactly the documented columns and fixed dtypes, so that appended
+batches (resumable stages) always concatenate. Torch-free and Ray-free.
+
+| table | written by | one row is |
+| --- | --- | --- |
+| ``cells`` | evaluate | one (vector or base, test period) evaluation |
+| ``interpolation`` | interpolate | one α of (1−α)·τ_first + α·τ_last on one test period |
+| ``interpolation_best`` | interpolate | the best α of one middle period, against every baseline |
+| ``soups`` / ``patching`` | interpolate | a greedy time soup / a patched period, or one of its baselines |
+| ``analogy`` | analogy | one (α₁, α₂, α₃) grid point on one split |
+| ``analogy_best`` | analogy | the best point, or one baseline, of one (j, k) pair on one split |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+__all__ = [
+    "ANALOGY_BEST_COLUMNS",
+    "ANALOGY_BEST_TABLE",
+    "ANALOGY_COLUMNS",
+    "ANALOGY_METHODS",
+    "ANALOGY_TABLE",
+    "INTERPOLATION_BEST_COLUMNS",
+    "INTERPOLATION_BEST_TABLE",
+    "INTERPOLATION_COLUMNS",
+    "INTERPOLATION_KEY",
+    "INTERPOLATION_TABLE",
+    "PATCHING_COLUMNS",
+    "PATCHING_TABLE",
+    "SOUPS_TABLE",
+    "SOUP_COLUMNS",
+    "alpha_key",
+    "analogy_best_frame",
+    "analogy_frame",
+    "interpolation_frame",
+    "patching_frame",
+    "soup_frame",
+]
+
+INTERPOLATION_TABLE = "interpolation"
+INTERPOLATION_BEST_TABLE = "interpolation_best"
+SOUPS_TABLE = "soups"
+PATCHING_TABLE = "patching"
+ANALOGY_TABLE = "analogy"
+ANALOGY_BEST_TABLE = "analogy_best"
+
+
+def alpha_key(alpha: float) -> float:
+    """A mixing weight as stored in tables and keys: rounded so that 0.30000000000000004 and 0.3
+    are the same point (every stage and every resume compares α through this one function)."""
+    return round(float(alpha), 10)
+
+
+# ----------------------------------------------------------------------------- interpolation
+
+INTERPOLATION_COLUMNS = ["task", "granularity", "first", "last", "alpha", "test_period", "metric", "value", "higher_is_better"]
+INTERPOLATION_KEY = ["task", "granularity", "first", "last", "alpha", "test_period"]
+INTERPOLATION_BEST_COLUMNS = [
+    "task", "granularity", "first", "last", "test_period", "metric", "higher_is_better",
+    "best_alpha", "best_value", "value_alpha0", "value_alpha1",
+    "gain_vs_first", "gain_vs_last", "gain_vs_first_pct", "gain_vs_last_pct", "beats_both_ends",
+    "in_period_value", "gain_vs_in_period", "gain_vs_in_period_pct",
+    "latest_period", "latest_value", "gain_vs_latest", "gain_vs_latest_pct", "beats_latest",
+    "previous_period", "previous_value", "gain_vs_previous", "gain_vs_previous_pct",
+    "base_value",
+]
+
+
+def interpolation_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a frame with exactly :data:`INTERPOLATION_COLUMNS` and fixed dtypes (appendable)."""
+    frame = pd.DataFrame(list(rows), columns=INTERPOLATION_COLUMNS)
+    return frame.astype({"alpha": "float64", "value": "float64", "higher_is_better": "bool"})
+
+
+# ----------------------------------------------------------------------------- soups and patching
+
+SOUP_COLUMNS = [
+    "task", "granularity", "period", "method", "members", "n_members", "split", "metric", "value",
+    "higher_is_better", "gain",
+]
+PATCHING_COLUMNS = [
+    "task", "granularity", "period", "method", "members", "split", "metric", "value", "higher_is_better", "gain",
+]
+
+
+def soup_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows), columns=SOUP_COLUMNS)
+    return frame.astype({"n_members": "int64", "value": "float64", "higher_is_better": "bool", "gain": "float64"})
+
+
+def patching_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows), columns=PATCHING_COLUMNS)
+    return frame.astype({"value": "float64", "higher_is_better": "bool", "gain": "float64"})
+
+
+# ----------------------------------------------------------------------------- task analogy
+
+ANALOGY_COLUMNS = ["task", "source_period", "target_period", "alpha1", "alpha2", "alpha3", "split", "metric", "value"]
+ANALOGY_BEST_COLUMNS = [
+    "task", "source_period", "target_period", "method", "alpha1", "alpha2", "alpha3", "split", "metric", "value",
+    "higher_is_better", "vector", "note",
+]
+#: The methods of ``analogy_best``: the analogy's best point and every baseline it is compared with.
+ANALOGY_METHODS = ("base", "task_j", "task_j_scaled", "latest", "in_period", "analogy")
+
+
+def analogy_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of :data:`ANALOGY_COLUMNS` as a frame with fixed dtypes."""
+    return pd.DataFrame(list(rows), columns=ANALOGY_COLUMNS).astype(
+        {"alpha1": "float64", "alpha2": "float64", "alpha3": "float64", "value": "float64"})
+
+
+def analogy_best_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows), columns=ANALOGY_BEST_COLUMNS)
+    return frame.astype({"alpha1": "float64", "alpha2": "float64", "alpha3": "float64", "value": "float64",
+                         "higher_is_better": "bool"})
