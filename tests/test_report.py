@@ -107,7 +107,7 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         df.to_parquet(target)
 
     keys = [("lm", p) for p in YEARS] + [("classification", p) for p in MONTHS]
-    tables = {"cells": _cells(), "interpolation": _interpolation(), "analogy": _analogy()}
+    tables = {"cells": _cells(), "interpolation": _interpolation(), "analogy_best": _analogy()}
     paths = build_report(tables, _gram(keys), keys, write_bytes, write_table, "synthetic study")
     assert paths == [f"reports/{n}.png" for n in _order(paths)]
     return root

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from timevec import analysis as an
-from timevec import misalignment, periods, similarity, summaries
+from timevec import misalignment, periods, results, similarity, summaries
 from timevec.periods import Period
 
 log = logging.getLogger(__name__)
@@ -602,19 +602,17 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
                  *, generated: dt.datetime | None = None) -> list[str]:
     """Draw every figure the available tables support and write one self-contained HTML report.
 
-    ``tables``: ``"cells"`` (required), optionally ``"interpolation"`` and ``"analogy"`` (or
-    ``"analogy_best"``, the store's file name); absent or empty optional tables just mean fewer
+    ``tables``: by their :mod:`timevec.results` names, ``cells`` (required), optionally
+    ``interpolation`` and ``analogy_best``; absent or empty optional tables just mean fewer
     figures. ``gram``/``keys``: the time vectors' Gram matrix (may be ``None``: no similarity
     figures). Figures go to ``reports/<name>.png``, their tables to ``fig_<name>``, the page to
     ``reports/index.html``. Returns the figure paths in page order.
     """
-    cells = tables.get("cells")
+    cells = tables.get(results.CELLS_TABLE)
     if cells is None:
-        raise ValueError("build_report needs tables['cells'] (results/cells.parquet)")
-    interp = tables.get("interpolation")
-    analogy = tables.get("analogy")
-    if analogy is None:
-        analogy = tables.get("analogy_best")
+        raise ValueError(f"build_report needs tables[{results.CELLS_TABLE!r}] (results/{results.CELLS_TABLE}.parquet)")
+    interp = tables.get(results.INTERPOLATION_TABLE)
+    analogy = tables.get(results.ANALOGY_BEST_TABLE)
     key_list = [(str(t), str(p)) for t, p in keys] if keys is not None else []
     have_gram = gram is not None and len(key_list) > 0
     res = an.analyze(cells, gram if have_gram else None, key_list if have_gram else None,

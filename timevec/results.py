@@ -13,6 +13,9 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 | ``soups`` / ``patching`` | interpolate | a greedy time soup / a patched period, or one of its baselines |
 | ``analogy`` | analogy | one (α₁, α₂, α₃) grid point on one split |
 | ``analogy_best`` | analogy | the best point, or one baseline, of one (j, k) pair on one split |
+| ``relative_change``, ``diagonal``, ``decay_*``, ``stripes`` | analyze | see :mod:`timevec.misalignment` |
+| ``similarity``, ``similarity_centred`` | analyze | one pair of vectors (:mod:`timevec.similarity`) |
+| ``fig_<figure>`` | report | the numbers behind one figure of the report |
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ from typing import Any
 import pandas as pd
 
 __all__ = [
+    "CELLS_TABLE",
+    "DECAY_BY_GAP_TABLE",
+    "DECAY_FIT_TABLE",
+    "DIAGONAL_TABLE",
+    "HEADLINE_FILE",
+    "RELATIVE_CHANGE_TABLE",
+    "REPORT_TABLES",
+    "SIMILARITY_CENTRED_TABLE",
+    "SIMILARITY_TABLE",
+    "STRIPES_TABLE",
     "ANALOGY_BEST_COLUMNS",
     "ANALOGY_BEST_TABLE",
     "ANALOGY_COLUMNS",
@@ -45,12 +58,24 @@ __all__ = [
     "soup_frame",
 ]
 
+CELLS_TABLE = "cells"
 INTERPOLATION_TABLE = "interpolation"
 INTERPOLATION_BEST_TABLE = "interpolation_best"
 SOUPS_TABLE = "soups"
 PATCHING_TABLE = "patching"
 ANALOGY_TABLE = "analogy"
 ANALOGY_BEST_TABLE = "analogy_best"
+# written by the analysis stage (schemas: the frames of timevec.misalignment / timevec.similarity)
+RELATIVE_CHANGE_TABLE = "relative_change"
+DIAGONAL_TABLE = "diagonal"
+DECAY_BY_GAP_TABLE = "decay_by_gap"
+DECAY_FIT_TABLE = "decay_fit"
+STRIPES_TABLE = "stripes"
+SIMILARITY_TABLE = "similarity"
+SIMILARITY_CENTRED_TABLE = "similarity_centred"
+HEADLINE_FILE = "results/headline.json"
+#: What the report reads (figures get their own ``fig_<name>`` tables, written by the report).
+REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, ANALOGY_BEST_TABLE)
 
 
 def alpha_key(alpha: float) -> float:
