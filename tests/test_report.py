@@ -83,12 +83,28 @@ def _analogy() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _soups_and_patching() -> tuple[pd.DataFrame, pd.DataFrame]:
+    from timevec.results import patching_frame, soup_frame
+
+    soups, patches = [], []
+    for i, p in enumerate(YEARS[1:-1]):
+        common = dict(task="lm", granularity="year", period=p, metric="perplexity", higher_is_better=False)
+        soups += [dict(common, method="soup", members=f"{p},{YEARS[i]}", n_members=2, split=s, value=v, gain=np.nan)
+                  for s, v in (("validation", 19.0), ("test", 19.5))]
+        soups += [dict(common, method=m, members=p, n_members=1, split="test", value=v, gain=v - 19.5)
+                  for m, v in (("in_period", 20.0), ("latest", 21.0), ("base", 40.0))]
+        patches.append(dict(common, method="patched", members=f"{YEARS[i]},{YEARS[i + 2]}", split="test", value=20.5, gain=np.nan))
+        patches += [dict(common, method=m, members=p, split="test", value=v, gain=v - 20.5)
+                    for m, v in (("in_period", 20.0), ("latest", 21.0))]
+    return soup_frame(soups), patching_frame(patches)
+
+
 EXPECTED = {
     "matrix_lm_year", "pct_change_lm_year", "decay_lm_year",
     "matrix_classification_month", "pct_change_classification_month",
     "decay_classification_month", "similarity", "similarity_vs_degradation", "umap",
     "interpolation_lm_year_2012_2016", "interpolation_gain_lm_year_2012_2016",
-    "analogy_classification",
+    "analogy_classification", "soups_lm_year", "patching_lm_year",
 }
 
 
@@ -107,7 +123,9 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         df.to_parquet(target)
 
     keys = [("lm", p) for p in YEARS] + [("classification", p) for p in MONTHS]
-    tables = {"cells": _cells(), "interpolation": _interpolation(), "analogy_best": _analogy()}
+    soups, patching = _soups_and_patching()
+    tables = {"cells": _cells(), "interpolation": _interpolation(), "analogy_best": _analogy(),
+              "soups": soups, "patching": patching}
     paths = build_report(tables, _gram(keys), keys, write_bytes, write_table, "synthetic study")
     assert paths == [f"reports/{n}.png" for n in _order(paths)]
     return root
@@ -151,6 +169,10 @@ def test_html_renders_in_chromium(report_dir: Path) -> None:
             images = page.evaluate(
                 "() => Array.from(document.images).map(i => "
                 "({alt: i.alt, ok: i.complete, w: i.naturalWidth, h: i.naturalHeight}))")
+            first_table = page.evaluate("() => document.querySelector('table').id")
+            findings = page.locator("#findings-table tbody tr").count()
+            findings_text = page.locator("#findings-table").inner_text()
+            page.get_by_text("Headline numbers", exact=True).click()  # the raw numbers are folded
             rows = page.locator("#headline-table tbody tr").count()
             headline_text = page.locator("#headline-table").inner_text()
         finally:
@@ -158,6 +180,12 @@ def test_html_renders_in_chromium(report_dir: Path) -> None:
     assert {i["alt"] for i in images} == EXPECTED
     bad = [i for i in images if not (i["ok"] and i["w"] > 0 and i["h"] > 0)]
     assert not bad, f"images that did not render: {bad}"
+    assert first_table == "findings-table", "the findings table comes first"
+    assert findings >= 6
+    for finding in ("own period best", "decay with the gap", "cosine vs degradation", "12-month stripes",
+                    "interpolation beats both ends", "analogy vs τ_task(j) scaled"):
+        assert finding in findings_text, finding
+    assert "yes" in findings_text  # the synthetic study is built to show the paper's decay and stripes
     assert rows >= 10
     assert "lm/year diagonal share" in headline_text
     assert "cosine vs degradation Pearson r" in headline_text

@@ -3,7 +3,8 @@
 :func:`analyze` runs the misalignment (:mod:`timevec.misalignment`), structure
 (:mod:`timevec.similarity`) and adaptation summaries (:mod:`timevec.summaries`) on whatever tables
 exist — a partial study still gets every number it can support — and :func:`headline` flattens
-the key findings for the terminal and the report. Torch-free and Ray-free.
+the key numbers; :mod:`timevec.findings` turns them into one verdict per finding, with intervals,
+for the terminal and the report. Torch-free and Ray-free.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from timevec.findings import findings_table
 from timevec.misalignment import DecayFit, decay_fit, diagonal_summary, relative_change, stripe_test
 from timevec.similarity import Key, grouped_similarity, similarity_table, similarity_vs_degradation
 from timevec.summaries import analogy_summary, interpolation_best
@@ -138,6 +140,7 @@ class Analysis(NamedTuple):
     interpolation: pd.DataFrame
     analogy: pd.DataFrame
     headline: dict[str, Any]
+    findings: pd.DataFrame  # the verdict per finding (timevec.findings)
 
 
 def analyze(cells: pd.DataFrame, gram: np.ndarray | None = None,
@@ -159,4 +162,5 @@ def analyze(cells: pd.DataFrame, gram: np.ndarray | None = None,
     ana = analogy_summary(analogy)
     head = headline(diagonal=diag, decay=decay, similarity=svd, similarity_centred=svdc,
                     stripes=stripes, interpolation=interp, analogy=ana)
-    return Analysis(rel, diag, decay, stripes, sim, simc, svd, svdc, interp, ana, head)
+    partial = Analysis(rel, diag, decay, stripes, sim, simc, svd, svdc, interp, ana, head, pd.DataFrame())
+    return partial._replace(findings=findings_table(partial))

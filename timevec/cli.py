@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     stages = [s for s in args.stages.split(",") if s] if args.stages else list(STAGES)
     summary = run_pipeline(config, stages)
-    _print_summary(summary)
+    _print_summary(summary, args.verbose)
     return 0
 
 
@@ -57,19 +57,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = load_config(demo_config_path("tiny" if args.tiny else "demo"), overrides)
     print(f"timevec demo: config '{config.name}', store {config.store.url}")
     summary = run_pipeline(config, list(STAGES))
-    _print_summary(summary)
+    _print_summary(summary, args.verbose)
     return 0
 
 
-def _print_summary(summary: dict) -> None:
-    for name, frame in summary.get("tables", {}).items():
-        _print_table(frame, name)
-    if summary.get("headline"):
-        print("\nHeadline findings")
-        for key, value in summary["headline"].items():
-            print(f"  {key}: {value}")
-    if summary.get("report"):
-        print(f"\nHTML report: {summary['report']}")
+def _print_summary(summary: dict, verbose: bool = False) -> None:
+    """The verdict per finding and where everything is; ``-v`` adds the wide tables and every number."""
+    from timevec.findings import format_findings
+
+    if verbose:
+        for name, frame in summary.get("tables", {}).items():
+            _print_table(frame, name)
+        if summary.get("headline"):
+            print("\nHeadline numbers")
+            for key, value in summary["headline"].items():
+                print(f"  {key}: {value}")
+    findings = summary.get("findings")
+    if findings is not None:
+        print(f"\nFindings (95 % intervals; holds = the interval is on the paper's side)\n{format_findings(findings)}")
+    elif summary.get("tables") and not verbose:
+        print("\n" + ", ".join(f"{name}: {len(frame)} rows" for name, frame in summary["tables"].items()))
+    for label, key in (("Tables", "results"), ("HTML report", "report"), ("TensorBoard", "tensorboard")):
+        if summary.get(key):
+            print(f"{label}: {summary[key]}")
 
 
 def _stage(name: str) -> Callable[[argparse.Namespace], int]:
@@ -77,7 +87,7 @@ def _stage(name: str) -> Callable[[argparse.Namespace], int]:
         from timevec.distributed.pipeline import run_pipeline
 
         summary = run_pipeline(_config(args), [name])
-        _print_summary(summary)
+        _print_summary(summary, args.verbose)
         return 0
 
     return run
@@ -185,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time vectors at cluster scale: fine-tune one model copy per period on Ray, store τ = θ_ft − θ_pre "
         "on object storage, evaluate the all-pairs matrix, analyse, and adapt by interpolation and task analogies.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, Ray/Tune's own output, and every table and number at the end")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded default (tiny model, bundled tweets, local store)",

@@ -169,7 +169,8 @@ def decay_fit(rel: pd.DataFrame) -> DecayFit:
         x = g["abs_gap"].to_numpy(dtype=float)
         y = g["degradation_pct"].to_numpy(dtype=float)
         row: dict[str, Any] = {"task": task, "granularity": gran, "metric": metric,
-                               "slope": math.nan, "intercept": math.nan, "r2": math.nan,
+                               "slope": math.nan, "slope_low": math.nan, "slope_high": math.nan,
+                               "intercept": math.nan, "r2": math.nan,
                                "r": math.nan, "p": math.nan, "stderr": math.nan,
                                "n": int(len(x)), "n_gaps": int(len(np.unique(x))),
                                "max_gap": int(x.max()) if len(x) else 0, "reason": ""}
@@ -182,11 +183,14 @@ def decay_fit(rel: pd.DataFrame) -> DecayFit:
             row.update(slope=float(res.slope), intercept=float(res.intercept),
                        r=float(res.rvalue), r2=float(res.rvalue ** 2), p=float(res.pvalue),
                        stderr=float(res.stderr))
+            if len(x) > 2:  # the slope's 95 % interval (t with n − 2 degrees of freedom)
+                half = float(stats.t.ppf(0.975, len(x) - 2)) * float(res.stderr)
+                row.update(slope_low=row["slope"] - half, slope_high=row["slope"] + half)
         fit_rows.append(row)
     by_gap = (pd.concat(by_gap_rows, ignore_index=True) if by_gap_rows else pd.DataFrame(
         columns=[*GROUP, "abs_gap", "mean_degradation_pct", "std_degradation_pct", "n"]))
-    fit = pd.DataFrame(fit_rows, columns=[*GROUP, "slope", "intercept", "r2", "r", "p", "stderr",
-                                          "n", "n_gaps", "max_gap", "reason"])
+    fit = pd.DataFrame(fit_rows, columns=[*GROUP, "slope", "slope_low", "slope_high", "intercept", "r2", "r", "p",
+                                          "stderr", "n", "n_gaps", "max_gap", "reason"])
     return DecayFit(by_gap, fit)
 
 
@@ -205,7 +209,7 @@ def stripe_test(rel: pd.DataFrame, window: int = 3, period: int = 12) -> pd.Data
     too little data get NaN and a ``reason``; yearly-only tasks get a row saying so.
     """
     cols = ["task", "granularity", "metric", "stripe_gaps", "n_stripe", "n_other", "mean_stripe",
-            "mean_other", "difference", "t", "p", "window", "reason"]
+            "mean_other", "difference", "low", "high", "t", "p", "window", "reason"]
     rows: list[dict[str, Any]] = []
     if rel.empty:
         return pd.DataFrame(columns=cols)
@@ -214,7 +218,7 @@ def stripe_test(rel: pd.DataFrame, window: int = 3, period: int = 12) -> pd.Data
     for task in sorted(set(rel["task"]) - monthly_tasks):
         rows.append({"task": task, "granularity": "month", "metric": "", "stripe_gaps": "",
                      "n_stripe": 0, "n_other": 0, "mean_stripe": math.nan, "mean_other": math.nan,
-                     "difference": math.nan, "t": math.nan, "p": math.nan, "window": window,
+                     "difference": math.nan, "low": math.nan, "high": math.nan, "t": math.nan, "p": math.nan, "window": window,
                      "reason": "no monthly cells"})
     monthly = data.loc[data["granularity"] == "month"]
     for (task, metric), grp in (monthly.groupby(["task", "metric"], sort=True)
@@ -230,8 +234,8 @@ def stripe_test(rel: pd.DataFrame, window: int = 3, period: int = 12) -> pd.Data
         row: dict[str, Any] = {"task": task, "granularity": "month", "metric": metric,
                                "stripe_gaps": ",".join(map(str, multiples)), "n_stripe": 0,
                                "n_other": 0, "mean_stripe": math.nan, "mean_other": math.nan,
-                               "difference": math.nan, "t": math.nan, "p": math.nan,
-                               "window": window, "reason": ""}
+                               "difference": math.nan, "low": math.nan, "high": math.nan, "t": math.nan,
+                               "p": math.nan, "window": window, "reason": ""}
         if not multiples:
             row["reason"] = (f"no |gap| that is a multiple of {period} with neighbours on both "
                              f"sides (max |gap| {max_gap})")
@@ -252,6 +256,7 @@ def stripe_test(rel: pd.DataFrame, window: int = 3, period: int = 12) -> pd.Data
             row["reason"] = "no variance in either group; t-test undefined"
         else:
             res = stats.ttest_ind(s, o, equal_var=False)
-            row.update(t=float(res.statistic), p=float(res.pvalue))
+            ci = res.confidence_interval(0.95)  # of mean_stripe − mean_other (Welch)
+            row.update(t=float(res.statistic), p=float(res.pvalue), low=float(ci.low), high=float(ci.high))
         rows.append(row)
     return pd.DataFrame(rows, columns=cols)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from timevec import analysis as an
+from timevec import findings as findings_mod
 from timevec import misalignment, periods, results, similarity, summaries
 from timevec.periods import Period
 
@@ -482,23 +483,62 @@ def _interpolation_figures(interp: pd.DataFrame, summary: pd.DataFrame, out: lis
         ax = fig.add_subplot(1, 1, 1)
         x = np.arange(len(summ))
         width = 0.27
-        for j, (col, lbl) in enumerate((("gain_vs_first_pct", f"vs τ_{first} (α=0)"),
-                                         ("gain_vs_last_pct", f"vs τ_{last} (α=1, latest)"),
-                                         ("gain_vs_in_period_pct", "vs in-period vector"))):
-            ax.bar(x + (j - 1) * width, summ[col].astype(float).fillna(0.0), width, label=lbl)
+        suffix, unit = _gain_unit(higher, metric)
+        for j, (col, lbl) in enumerate((("gain_vs_first", f"vs τ_{first} (α=0)"),
+                                         ("gain_vs_last", f"vs τ_{last} (α=1, latest)"),
+                                         ("gain_vs_in_period", "vs in-period vector"))):
+            ax.bar(x + (j - 1) * width, summ[col + suffix].astype(float).fillna(0.0), width, label=lbl)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(x)
         ax.set_xticklabels([f"{t}\nα={a:.1f}" for t, a in
                             zip(summ["test_period"], summ["best_alpha"])], fontsize=7)
-        ax.set_ylabel("gain of best α, % (positive = better)")
+        ax.set_ylabel(f"gain of best α, {unit} (positive = better)")
         ax.set_title(f"{task} ({gran}): gain of the best interpolation per test period")
         ax.legend(fontsize=8)
         name = f"interpolation_gain_{task}_{gran}_{first}_{last}"
         write_table(f"fig_{name}", summ.reset_index(drop=True))
         out.append(_Figure(name, "Interpolation", (
-            "Gain (%) of the best α over each end and over the in-period vector, per period in "
+            f"Gain ({unit}) of the best α over each end and over the in-period vector, per period in "
             "between (positive = interpolation is better). The bar against the latest vector is "
             "the honest test: interpolation is only useful where it is positive."), _png(fig)))
+
+
+def _gain_unit(higher: bool, metric: str) -> tuple[str, str]:
+    """Which gain column to plot and its unit: absolute points for macro-F1 / ROUGE-L (a percentage
+    of a near-zero score means nothing), percent for perplexity (its scale is arbitrary)."""
+    return ("", f"{metric} points") if higher else ("_pct", f"% of {metric}")
+
+
+def _adaptation_figures(table: pd.DataFrame, kind: str, out: list[_Figure], write_table: WriteTable) -> None:
+    """Soups or patching: on each period's test split, how much the method beats each baseline."""
+    method = "soup" if kind == "soups" else "patched"
+    test = table.loc[(table["split"] == "test") & (table["method"] != method) & table["gain"].notna()]
+    for (task, gran), grp in test.groupby(["task", "granularity"], sort=True):
+        metric = str(grp["metric"].iloc[0])
+        pers = periods.sort_periods(grp["period"].astype(str))
+        methods = [m for m in ("in_period", "previous", "next", "latest", "base") if (grp["method"] == m).any()]
+        fig = _new_figure(max(6.0, 1.5 + 0.35 * len(pers) * len(methods) / 2), 4.0)
+        ax = fig.add_subplot(1, 1, 1)
+        x = np.arange(len(pers))
+        width = 0.8 / max(len(methods), 1)
+        for j, m in enumerate(methods):
+            sel = grp.loc[grp["method"] == m].set_index(grp.loc[grp["method"] == m, "period"].astype(str))["gain"]
+            ax.bar(x + (j - (len(methods) - 1) / 2) * width, [float(sel.get(p, np.nan)) for p in pers], width,
+                   label=f"vs {m}")
+        ax.axhline(0, color="black", lw=0.6)
+        _set_ticks(ax, pers, None)
+        ax.set_ylabel(f"gain in {metric} (positive = {method} better)")
+        what = "greedy time soup" if kind == "soups" else "patched vector ½τ(p−1) + ½τ(p+1)"
+        ax.set_title(f"{task} ({gran}): the {what} against each baseline (test)", fontsize=9)
+        ax.legend(fontsize=7)
+        name = f"{kind}_{task}_{gran}"
+        write_table(f"fig_{name}", grp.reset_index(drop=True))
+        caption = ("A greedy soup of neighbouring vectors, chosen on each period's validation split, against the "
+                   "period's own vector, the previous, next and latest vectors and the base."
+                   if kind == "soups" else
+                   "Each period's vector left out and rebuilt from its two neighbours: against the in-period vector "
+                   "it shows what is lost without that period's data; against the latest, whether patching pays.")
+        out.append(_Figure(name, "Time soups" if kind == "soups" else "Patching a missing period", caption, _png(fig)))
 
 
 def _analogy_figures(summary: pd.DataFrame, out: list[_Figure], write_table: WriteTable) -> None:
@@ -506,8 +546,11 @@ def _analogy_figures(summary: pd.DataFrame, out: list[_Figure], write_table: Wri
         split = "test" if (grp["split"] == "test").any() else str(grp["split"].iloc[0])
         g = grp.loc[grp["split"] == split].reset_index(drop=True)
         # the base is left out: its gap is an order of magnitude larger and flattens the rest
+        if g.empty:
+            continue
+        suffix, unit = _gain_unit(bool(g["higher_is_better"].iloc[0]), str(g["metric"].iloc[0]))
         baselines = [b for b in summaries.ANALOGY_BASELINES
-                     if b != "base" and g[f"gain_vs_{b}_pct"].notna().any()]
+                     if b != "base" and g[f"gain_vs_{b}{suffix}"].notna().any()]
         if g.empty or not baselines:
             continue
         fig = _new_figure(max(6.0, 1.2 + 0.9 * len(g) * max(len(baselines), 1) / 3), 4.2)
@@ -516,12 +559,12 @@ def _analogy_figures(summary: pd.DataFrame, out: list[_Figure], write_table: Wri
         width = 0.8 / len(baselines)
         for j, b in enumerate(baselines):
             ax.bar(x + (j - (len(baselines) - 1) / 2) * width,
-                   g[f"gain_vs_{b}_pct"].astype(float).fillna(0.0), width, label=f"vs {b}")
+                   g[f"gain_vs_{b}{suffix}"].astype(float).fillna(0.0), width, label=f"vs {b}")
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(x)
         ax.set_xticklabels([f"{s}→{t}" for s, t in zip(g["source_period"], g["target_period"])],
                            fontsize=8, rotation=45 if len(g) > 8 else 0)
-        ax.set_ylabel(f"analogy gain in {g['metric'].iloc[0]}, % (positive = better)")
+        ax.set_ylabel(f"analogy gain, {unit} (positive = better)")
         ax.set_title(f"{task}: task analogy θ_pre + α₁τ_task(j) + α₂τ_lm(k) − α₃τ_lm(j) ({split})",
                      fontsize=9)
         ax.legend(fontsize=8)
@@ -547,14 +590,41 @@ h1{margin-bottom:0.2em} .meta{color:#666;font-size:0.9em}
 table.headline{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 table.headline td,table.headline th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 table.headline td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.holds-yes td:nth-child(5){color:#1a7f37;font-weight:600} tr.holds-no td:nth-child(5){color:#cf222e;font-weight:600}
+details{margin:0.6em 0} summary{cursor:pointer}
 figure{margin:2em 0;border-top:1px solid #eee;padding-top:1em}
 figure img{max-width:100%;height:auto;display:block}
 figcaption{color:#444;font-size:0.9em;margin-top:0.5em} code{font-size:0.9em}
 """
 
 
-def _html(title: str, head: Mapping[str, Any], figures: Sequence[_Figure], generated: str,
-          notes: Sequence[str]) -> bytes:
+def _findings_html(findings: pd.DataFrame) -> list[str]:
+    e = html.escape
+    parts = ['<h2 id="findings">Findings</h2>',
+             '<p class="meta">Each finding of Nylund et al. (2023) as measured here, with a 95 % interval. '
+             "<b>holds</b>: yes = the whole interval is on the paper's side, no = on the other side, unclear = "
+             "it straddles (or too little data). Intervals are over test periods and cells of this run.</p>",
+             '<table class="headline" id="findings-table"><thead><tr><th>finding</th><th>panel</th>'
+             "<th>measured [95 % interval]</th><th>the paper's</th><th>holds?</th><th>note</th></tr></thead><tbody>"]
+    for r in findings.to_dict("records"):
+        claim = findings_mod.PAPER_CLAIMS[r["finding"]][1]
+        parts.append(f'<tr class="holds-{e(r["holds"])}"><td>{e(r["finding"])}</td><td>{e(r["panel"])}</td>'
+                     f'<td class="num">{e(r["measured"])}</td><td title="{e(claim)}">{e(r["paper"])}</td>'
+                     f'<td>{e(r["holds"])}</td><td>{e(str(r["note"]))}</td></tr>')
+    parts.append("</tbody></table>")
+    if findings.empty:
+        parts.append("<p>No findings yet: the store holds no cells of trained vectors.</p>")
+    return parts
+
+
+def _folded_table(title: str, frame: pd.DataFrame) -> str:
+    e = html.escape
+    body = frame.to_html(index=False, border=0, classes="headline", na_rep="", float_format=lambda v: f"{v:.4g}")
+    return f"<details><summary>{e(title)} ({len(frame)} rows)</summary>{body}</details>"
+
+
+def _html(title: str, findings: pd.DataFrame, head: Mapping[str, Any], figures: Sequence[_Figure], generated: str,
+          notes: Sequence[str], folded: Mapping[str, pd.DataFrame]) -> bytes:
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -562,20 +632,15 @@ def _html(title: str, head: Mapping[str, Any], figures: Sequence[_Figure], gener
              f"<h1>{e(title)}</h1>",
              f'<p class="meta">Generated {e(generated)} by timevec. Every figure below has its '
              "data table in the store as <code>fig_&lt;name&gt;</code> (Parquet).</p>"]
-    parts.append('<h2 id="headline">Headline numbers</h2>')
-    parts.append('<table class="headline" id="headline-table"><thead><tr><th>finding</th>'
-                 "<th>value</th></tr></thead><tbody>")
-    for k, v in head.items():
-        num = isinstance(v, (int, float)) and not isinstance(v, bool)
-        cls = ' class="num"' if num else ""
-        parts.append(f"<tr><td>{e(str(k))}</td><td{cls}>{e(_fmt(v))}</td></tr>")
-    parts.append("</tbody></table>")
+    parts.extend(_findings_html(findings))
     if notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     if figures:
         parts.append("<h2>Contents</h2><ul>")
-        parts.extend(f'<li><a href="#fig-{e(f.name)}">{e(f.name)}</a></li>' for f in figures)
-        parts.append("</ul>")
+        for sec in dict.fromkeys(f.section for f in figures):
+            names = ", ".join(f'<a href="#fig-{e(f.name)}">{e(f.name)}</a>' for f in figures if f.section == sec)
+            parts.append(f"<li><b>{e(sec)}</b>: {names}</li>")
+        parts.append('<li><a href="#tables">All numbers and tables</a></li></ul>')
     section = None
     for f in figures:
         if f.section != section:
@@ -587,6 +652,15 @@ def _html(title: str, head: Mapping[str, Any], figures: Sequence[_Figure], gener
                      f"<figcaption><b>{e(f.name)}</b> — {e(f.caption)} "
                      f"<span class=\"meta\">(table: <code>fig_{e(f.name)}</code>)</span>"
                      "</figcaption></figure>")
+    parts.append('<h2 id="tables">All numbers and tables</h2>')
+    parts.append('<details><summary>Headline numbers</summary><table class="headline" id="headline-table">'
+                 "<thead><tr><th>finding</th><th>value</th></tr></thead><tbody>")
+    for k, v in head.items():
+        num = isinstance(v, (int, float)) and not isinstance(v, bool)
+        cls = ' class="num"' if num else ""
+        parts.append(f"<tr><td>{e(str(k))}</td><td{cls}>{e(_fmt(v))}</td></tr>")
+    parts.append("</tbody></table></details>")
+    parts.extend(_folded_table(name, frame) for name, frame in folded.items() if frame is not None and len(frame))
     parts.append("</body></html>")
     return "\n".join(parts).encode("utf-8")
 
@@ -603,7 +677,7 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
     """Draw every figure the available tables support and write one self-contained HTML report.
 
     ``tables``: by their :mod:`timevec.results` names, ``cells`` (required), optionally
-    ``interpolation`` and ``analogy_best``; absent or empty optional tables just mean fewer
+    ``interpolation``, ``soups``, ``patching`` and ``analogy_best``; absent or empty optional tables just mean fewer
     figures. ``gram``/``keys``: the time vectors' Gram matrix (may be ``None``: no similarity
     figures). Figures go to ``reports/<name>.png``, their tables to ``fig_<name>``, the page to
     ``reports/index.html``. Returns the figure paths in page order.
@@ -633,6 +707,10 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
         _interpolation_figures(interp, res.interpolation, figures, write_table)
     else:
         notes.append("No interpolation table: no interpolation figures.")
+    for kind in (results.SOUPS_TABLE, results.PATCHING_TABLE):
+        table = tables.get(kind)
+        if table is not None and not table.empty:
+            _adaptation_figures(table, kind, figures, write_table)
     if not res.analogy.empty:
         _analogy_figures(res.analogy, figures, write_table)
     else:
@@ -644,6 +722,9 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
         write_bytes(path, f.png)
         paths.append(path)
     when = (generated or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
-    write_bytes("reports/index.html", _html(title, res.headline, figures, when, notes))
+    folded = {"own period best (diagonal)": res.diagonal, "decay fit": res.decay.fit, "stripes": res.stripes,
+              "interpolation: best α per middle period": res.interpolation, "task analogies vs baselines": res.analogy,
+              "time soups": tables.get(results.SOUPS_TABLE), "patching": tables.get(results.PATCHING_TABLE)}
+    write_bytes("reports/index.html", _html(title, res.findings, res.headline, figures, when, notes, folded))
     log.info("report: %d figures and reports/index.html written", len(figures))
     return paths

@@ -30,6 +30,7 @@ __all__ = [
     "DECAY_BY_GAP_TABLE",
     "DECAY_FIT_TABLE",
     "DIAGONAL_TABLE",
+    "FINDINGS_TABLE",
     "HEADLINE_FILE",
     "RELATIVE_CHANGE_TABLE",
     "REPORT_TABLES",
@@ -73,9 +74,10 @@ DECAY_FIT_TABLE = "decay_fit"
 STRIPES_TABLE = "stripes"
 SIMILARITY_TABLE = "similarity"
 SIMILARITY_CENTRED_TABLE = "similarity_centred"
+FINDINGS_TABLE = "findings"  # the verdict per finding (timevec.findings)
 HEADLINE_FILE = "results/headline.json"
 #: What the report reads (figures get their own ``fig_<name>`` tables, written by the report).
-REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, ANALOGY_BEST_TABLE)
+REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE)
 
 
 def alpha_key(alpha: float) -> float:

@@ -117,9 +117,12 @@ def grouped_similarity(gram: np.ndarray, keys: Sequence[Key], centre: bool = Tru
 
 
 def correlate(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Pearson and Spearman with their p-values; NaN plus a ``reason`` where undefined (n < 3 or
-    a constant variable), so a tiny study reports "cannot say" instead of raising."""
+    """Pearson (with its 95 % interval, Fisher z as scipy computes it) and Spearman with their
+    p-values; NaN plus a ``reason`` where undefined (n < 3 or a constant variable), so a tiny study
+    reports "cannot say" instead of raising. The cells paired here share vectors and test periods,
+    so they are not independent draws: read the interval as a lower bound on the uncertainty."""
     out: dict[str, Any] = {"n": int(len(x)), "pearson_r": math.nan, "pearson_p": math.nan,
+                           "pearson_low": math.nan, "pearson_high": math.nan,
                            "spearman_rho": math.nan, "spearman_p": math.nan, "reason": ""}
     if len(x) < 3:
         out["reason"] = f"only {len(x)} pairs; a correlation needs at least 3"
@@ -130,6 +133,9 @@ def correlate(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         sr = stats.spearmanr(x, y)
         out.update(pearson_r=float(pr.statistic), pearson_p=float(pr.pvalue),
                    spearman_rho=float(sr.statistic), spearman_p=float(sr.pvalue))
+        if len(x) > 3 and abs(pr.statistic) < 1:
+            ci = pr.confidence_interval(0.95)
+            out.update(pearson_low=float(ci.low), pearson_high=float(ci.high))
     return out
 
 
@@ -142,8 +148,8 @@ def similarity_vs_degradation(sim: pd.DataFrame, rel: pd.DataFrame) -> dict[str,
     that the expected sign is NEGATIVE for every metric. Cells whose test period has no vector of
     its own are skipped (there is no τ_b to compare with).
 
-    Returns ``{"n", "pearson_r", "pearson_p", "spearman_rho", "spearman_p", "reason", "pairs",
-    "by_group"}``: ``pairs`` is the paired DataFrame (task, granularity, metric, train_period,
+    Returns ``{"n", "pearson_r", "pearson_p", "pearson_low", "pearson_high", "spearman_rho",
+    "spearman_p", "reason", "pairs", "by_group"}``: ``pairs`` is the paired DataFrame (task, granularity, metric, train_period,
     test_period, gap, cosine, degradation_pct) for plotting, ``by_group`` the same statistics per
     (task, granularity, metric).
     """
@@ -166,8 +172,8 @@ def similarity_vs_degradation(sim: pd.DataFrame, rel: pd.DataFrame) -> dict[str,
                       grp["degradation_pct"].to_numpy(dtype=float))
         groups.append({"task": task, "granularity": gran, "metric": metric, **c})
     result["pairs"] = pairs
-    result["by_group"] = pd.DataFrame(groups, columns=[*GROUP, "n", "pearson_r", "pearson_p",
-                                                       "spearman_rho", "spearman_p", "reason"])
+    result["by_group"] = pd.DataFrame(groups, columns=[*GROUP, "n", "pearson_r", "pearson_p", "pearson_low",
+                                                       "pearson_high", "spearman_rho", "spearman_p", "reason"])
     return result
 
 

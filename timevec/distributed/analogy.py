@@ -23,7 +23,7 @@ Design, and why:
   instead of tens of milliseconds). A trial has nothing worth checkpointing (it is one
   evaluation), so checkpoints are off.
 - **Resumable, without unpickling anything.** Each (j, k) is one experiment under
-  ``ray.storage_path`` (default ``<store>/tune``) whose name includes a signature of the grid, the
+  ``ray.storage_path`` (default ``<store>/ray``, beside the fleet's runs) whose name includes a signature of the grid, the
   searcher, the evaluation settings and the three vectors' manifests. A repeated run reads the
   points its trials already reported from their ``result.json`` files (plain JSON) and starts a
   new Tuner in the same experiment for the missing points only (grid), or for the missing samples
@@ -224,8 +224,8 @@ def experiment_name(config: ExperimentConfig, store: VectorStore, task: str, j: 
 
 
 def storage_path(config: ExperimentConfig, store: VectorStore) -> str:
-    """Tune's storage: ``ray.storage_path`` or ``<store>/tune``."""
-    return config.ray.storage_path or store.ray_storage_path("tune")
+    """Tune's storage: ``ray.storage_path`` or ``<store>/ray``, the fleet's too (one place for every Ray run)."""
+    return config.ray.storage_path or store.ray_storage_path()
 
 
 def experiment_path(storage: str, name: str) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
+from timevec import results
 from timevec.config import ConfigError, ExperimentConfig
 from timevec.distributed import STAGES
 from timevec.errors import StageFailed
@@ -24,7 +26,6 @@ log = logging.getLogger(__name__)
 
 StageResult = dict[str, Any]
 
-RESULT_TABLES = ("cells", "interpolation", "analogy_best")
 
 
 def _finetune(config: ExperimentConfig, store: VectorStore) -> StageResult:
@@ -67,9 +68,10 @@ def _analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     if result.similarity is not None:
         store.write_table("similarity", result.similarity)
         store.write_table("similarity_centred", result.similarity_centred)
+    store.write_table(results.FINDINGS_TABLE, result.findings)
     store.write_bytes("results/headline.json", json.dumps(result.headline, indent=2, default=str).encode())
     tables = {"diagonal (own period best?)": result.diagonal, "decay with the gap": result.decay.fit}
-    return {"tables": tables, "headline": result.headline}
+    return {"tables": tables, "headline": result.headline, "findings": result.findings}
 
 
 def _interpolate(config: ExperimentConfig, store: VectorStore) -> StageResult:
@@ -93,7 +95,7 @@ def _analogy(config: ExperimentConfig, store: VectorStore) -> StageResult:
 def _report(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.report import build_report
 
-    tables = {name: store.read_table(name) for name in RESULT_TABLES if store.has_table(name)}
+    tables = {name: store.read_table(name) for name in results.REPORT_TABLES if store.has_table(name)}
     gram, keys = gram_of_store(store)
     build_report(tables, gram, keys, store.write_bytes, store.write_table, title=f"timevec — {config.name}")
     return {"report": report_location(store)}
@@ -135,11 +137,16 @@ def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
         result = STAGE_FUNCTIONS[name](config, store)
         summary["tables"].update(result.get("tables", {}))
         summary["headline"].update(result.get("headline", {}))
-        if "report" in result:
-            summary["report"] = result["report"]
+        for key in ("report", "findings"):
+            if key in result:
+                summary[key] = result[key]
         seconds = time.perf_counter() - began
         summary["headline"][f"seconds_{name}"] = round(seconds, 1)
         log.info("stage %s: done in %.1f s", name, seconds)
+    summary["results"] = f"{store.url.rstrip('/')}/results/*.parquet"
+    ray_storage = config.ray.storage_path or store.ray_storage_path()
+    if "://" not in ray_storage and {"finetune", "analogy"} & set(ordered):
+        summary["tensorboard"] = f"tensorboard --logdir {ray_storage}"  # every fleet run and α-search trial
     return summary
 
 
