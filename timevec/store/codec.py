@@ -1,6 +1,6 @@
 """The safetensors codec of the store: header parsing, encoding, decoding and ranged reads.
 
-safetensors, never pickle: reading a vector runs no code (DESIGN §3). This module turns bytes into
+safetensors, never pickle: reading a vector runs no code. This module turns bytes into
 tensors and back and nothing else — no IO, no layout: every offset is bounds-checked, so a
 truncated or forged file is a :class:`StoreError` naming ``where`` rather than a crash or a
 silent garbage tensor. Decoding is zero-copy (tensors and arrays are views into the buffer).

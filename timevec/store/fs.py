@@ -266,8 +266,8 @@ def ray_storage_uri(files: StoreFiles, sub: str, storage_options: Mapping[str, A
     """The pyarrow URI of ``<root>/<sub>`` for Ray's ``RunConfig(storage_path=…)``.
 
     Local roots give an absolute path. S3 with a custom ``endpoint_url`` gives
-    ``s3://bucket/prefix/sub?endpoint_override=HOST:PORT&scheme=http`` (pyarrow's S3 URI options;
-    DESIGN §5); credentials still come from the AWS chain.
+    ``s3://bucket/prefix/sub?endpoint_override=HOST:PORT&scheme=http`` (pyarrow's S3 URI options);
+    credentials still come from the AWS chain.
     """
     path = f"{files.root}/{sub}"
     if files.local:

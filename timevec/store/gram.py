@@ -1,4 +1,4 @@
-"""The all-pairs Gram matrix of stored vectors, streamed over the shard plan (DESIGN §3).
+"""The all-pairs Gram matrix of stored vectors, streamed over the shard plan.
 
 Why it is here and not in :mod:`timevec.vectors`: the computation follows the store's layout.
 Shard k of every vector holds the same tensors, so for each k the shard-k slices of all N

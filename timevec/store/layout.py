@@ -1,5 +1,5 @@
 """The store's layout: format constants, the shard plan, validated names and paths, and the checks
-that a ``store.json`` or a manifest describes this store (DESIGN §3).
+that a ``store.json`` or a manifest describes this store.
 
 Why it looks like this: one SHARD PLAN per store (parameter name → shard index, balanced by
 bytes) means shard k of every vector holds the same tensors, so the all-pairs Gram matrix is one

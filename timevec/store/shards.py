@@ -1,5 +1,5 @@
 """One entry of the store (a vector, or the base) as shards + manifest: writing it, reading it
-back, and the integrity checks on the way (DESIGN §3).
+back, and the integrity checks on the way.
 
 Why a module of its own: this is where a vector becomes visible or is refused. Writing validates
 the layout, casts, refuses NaN/Inf before any byte is written, removes a stale manifest, writes

@@ -1,5 +1,5 @@
 """Results tables of the store: ``<root>/results/<name>.parquet`` written, appended and read with
-pyarrow (DESIGN §3).
+pyarrow.
 
 Why apart from the vectors: tables are small, whole-file, replaced atomically on every write, and
 need pandas/pyarrow, which are imported here on first use so that workers that only move vectors

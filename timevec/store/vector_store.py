@@ -1,14 +1,5 @@
 """The :class:`VectorStore` façade: time vectors, the base, result tables and report files under
-one fsspec root URL, composed from the store's parts.
-
-Layout (DESIGN §3)::
-
-    <root>/store.json                                 format version, base id + fingerprint, dtype, shard plan
-    <root>/base/shard-00000.safetensors …  manifest.json   the base weights (always fp32)
-    <root>/vectors/<task>/<period>/shard-00000.safetensors …
-    <root>/vectors/<task>/<period>/manifest.json      written LAST
-    <root>/results/<name>.parquet
-    <root>/reports/…
+one fsspec root URL (the layout: :mod:`timevec.store`), composed from the store's parts.
 
 This module holds the public API and the order of operations (what is checked, read and
 written when); the work is done by :mod:`~timevec.store.fs` (IO), :mod:`~timevec.store.layout`
