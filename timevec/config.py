@@ -9,7 +9,6 @@ silently ignored is how a 300-run fleet trains with the wrong learning rate.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from timevec.credentials import refuse_credentials
 from timevec.periods import Granularity, Period, PeriodError, period_range
 
 Task = Literal["lm", "classification", "summarization"]
@@ -31,21 +31,6 @@ TASKS: tuple[Task, ...] = ("lm", "classification", "summarization")
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the file and the key."""
-
-
-_CREDENTIAL_KEY = re.compile(r"secret|token|password|passwd|credential|(^|_)key(_id)?$|^key$|access_key", re.IGNORECASE)
-
-
-def refuse_credentials(options: dict[str, Any], where: str = "storage_options") -> dict[str, Any]:
-    """Refuse credential-like keys at any depth: credentials come from the AWS chain (env, profile,
-    IAM role), so a config — which is logged, stored in manifests and shipped to workers — never
-    carries one."""
-    for key, value in options.items():
-        if _CREDENTIAL_KEY.search(str(key)):
-            raise ValueError(f"{where}.{key}: credentials come from the standard AWS chain, never from configs")
-        if isinstance(value, dict):
-            refuse_credentials(value, f"{where}.{key}")
-    return options
 
 
 class _Strict(BaseModel):

@@ -295,7 +295,7 @@ def test_store_verify_names_every_corrupt_file(base_store: Path, tmp_path: Path,
     manifest = root / "vectors/lm/2014/manifest.json"
     manifest.write_bytes(manifest.read_bytes()[:40])  # truncated manifest: not JSON
     (root / "vectors/lm/2015/shard-00000.safetensors").unlink()  # a shard gone
-    nan = store.get_shard("lm", "2016", 0)
+    nan = store.get_vector("lm", "2016", names=store.shard_names(0)).tensors
     first = next(iter(nan))
     nan[first].view(-1)[0] = float("nan")
     _forge_shard(store, "lm", "2016", 0, nan)  # NaN with valid checksums
@@ -396,7 +396,7 @@ def test_path_like_names_in_cli_and_store_calls(populated: Path, tmp_path: Path,
     store = VectorStore(str(populated))
     for period in ("../x", "2014/..", "2014/../../..", "/etc", "2014\x00", "2014-1", "14", "2014-00"):
         for call in (lambda: store.get_vector("lm", period), lambda: store.manifest("lm", period),
-                     lambda: store.delete_vector("lm", period), lambda: store.get_shard("lm", period, 0),
+                     lambda: store.delete_vector("lm", period), lambda: store.get_vector("lm", period, names=store.shard_names(0)),
                      lambda: store.put_vector("lm", period, random_vector(store, 0))):
             with pytest.raises(StoreError, match="period"):
                 call()

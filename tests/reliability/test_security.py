@@ -237,7 +237,7 @@ def test_shards_and_checkpoints_with_a_pickle_payload_are_refused(base_store: Pa
         store.write_bytes("vectors/lm/2014/shard-00000.safetensors", payload)
         _fix_manifest(store, "lm", "2014", 0, payload)  # the attacker controls the manifest too
         for read in (lambda: store.get_vector("lm", "2014"), lambda: store.get_vector("lm", "2014", verify=False),
-                     lambda: store.get_shard("lm", "2014", 0), lambda: store.gram([("lm", "2014")])):
+                     lambda: store.get_vector("lm", "2014", names=store.shard_names(0)), lambda: store.gram([("lm", "2014")])):
             with pytest.raises(StoreError, match=r"lm/2014.*shard-00000\.safetensors"):
                 read()
         problems = store.verify()

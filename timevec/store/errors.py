@@ -1,0 +1,10 @@
+"""The store's one exception type, in a module of its own so that every part of the store (and
+:mod:`timevec.errors`) can import it without importing the rest."""
+
+from __future__ import annotations
+
+__all__ = ["StoreError"]
+
+
+class StoreError(Exception):
+    """Anything wrong with the store or its contents; the message names the vector and the file."""

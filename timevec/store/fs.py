@@ -1,0 +1,287 @@
+"""The store's filesystem IO over fsspec: atomic publish, whole and ranged reads, listings, JSON,
+bounded concurrency, and the URLs it shows or hands to Ray.
+
+Why a layer of its own: every byte the store reads or writes goes through :class:`StoreFiles`,
+so the two rules that make a store safe to share live in one place — a write is published
+atomically (a local write goes to a temporary name and is renamed; an S3 PUT is atomic), and a
+reader never sees a killed writer's temporary files. A local root is read with plain ``open``
+(fsspec's local layer costs a copy); anything else goes through the fsspec filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+
+from timevec.periods import Period
+from timevec.store.errors import StoreError
+
+__all__ = ["TMP_MARK", "StoreFiles", "bounded_map", "json_default", "ray_storage_uri", "safe_url"]
+
+TMP_MARK = ".tmp-"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def safe_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part, for messages and repr."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.username or parts.password:
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (np.ndarray,)):
+        return obj.tolist()
+    if isinstance(obj, (Period, os.PathLike)):
+        return str(obj)
+    if isinstance(obj, (dt.datetime, dt.date)):
+        return obj.isoformat()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if hasattr(obj, "model_dump"):  # pydantic models (run configs)
+        return obj.model_dump(mode="json")
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def bounded_map(
+    pool: ThreadPoolExecutor | None, fn: Callable[[T], R], items: Iterable[T], window: int
+) -> Iterator[R]:
+    """``map`` in order with at most ``window`` calls in flight (memory stays bounded)."""
+    if pool is None:
+        for item in items:
+            yield fn(item)
+        return
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+class StoreFiles:
+    """The files under one root URL: ``fs`` (fsspec), ``root`` (its path there), ``local``.
+
+    ``options`` go to fsspec unchanged (they are checked for credentials by the caller);
+    ``io_threads`` is how many files are in flight at once in :meth:`map` (default 2 on a local
+    disk, 8 on an object store, which rewards concurrent requests).
+    """
+
+    def __init__(self, url: str, options: Mapping[str, Any], io_threads: int | None = None) -> None:
+        fs_options = dict(options)
+        protocol = urlsplit(url).scheme
+        if protocol in ("s3", "s3a"):
+            # Listings are cached per process by default; another worker's new manifest would be
+            # invisible, so the store always asks the server.
+            fs_options.setdefault("use_listings_cache", False)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url, **fs_options)
+        except ImportError as exc:
+            raise StoreError(f"cannot open store {safe_url(url)}: {exc} (pip install timevec[s3])") from None
+        self.root = self.root.rstrip("/") or self.root
+        self.local = isinstance(self.fs, LocalFileSystem)
+        # Shards in flight at once: object stores reward concurrent requests, a local disk less so.
+        self.io_threads = max(1, int(io_threads if io_threads is not None else (2 if self.local else 8)))
+
+    # ------------------------------------------------------------------ paths
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def rel(self, path: str) -> str:
+        return path[len(self.root) + 1 :] if path.startswith(self.root + "/") else path
+
+    # ------------------------------------------------------------------ bytes
+
+    def read(self, path: str, writable: bool = True) -> bytearray | bytes:
+        """The whole file; ``writable``: as a bytearray (torch tensors become views into it)."""
+        if self.local:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                buf = bytearray(size)
+                view = memoryview(buf)
+                got = 0
+                while got < size:
+                    n = f.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                return buf if got == size else buf[:got]
+        data = self.fs.cat_file(path)
+        return bytearray(data) if writable else data
+
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        if self.local:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        return self.fs.cat_file(path, start=start, end=end)
+
+    def write(self, path: str, data: bytes | bytearray | memoryview) -> None:
+        """Publish ``data`` at ``path`` atomically: readers see the old file, or all of the new one."""
+        if self.local:
+            directory = os.path.dirname(path)
+            os.makedirs(directory, exist_ok=True)
+            tmp = os.path.join(directory, f".{os.path.basename(path)}{TMP_MARK}{uuid.uuid4().hex}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        else:
+            # An object-store PUT (single or multipart) becomes visible only when complete.
+            self.fs.pipe_file(path, bytes(data))
+
+    def exists(self, path: str) -> bool:
+        if self.local:
+            return os.path.exists(path)
+        return bool(self.fs.exists(path))
+
+    def remove(self, paths: Sequence[str]) -> None:
+        if not paths:
+            return
+        if self.local:
+            for p in paths:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+        else:
+            self.fs.rm(list(paths))
+
+    def remove_dir(self, directory: str) -> None:
+        """Remove an emptied local directory (object stores have none); errors are ignored."""
+        if self.local:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+
+    # ------------------------------------------------------------------ listings
+
+    def list_files(self, directory: str) -> list[str]:
+        """Full paths of the files directly inside ``directory`` ([] when absent)."""
+        if self.local:
+            try:
+                return sorted(os.path.join(directory, n) for n in os.listdir(directory))
+            except FileNotFoundError:
+                return []
+        try:
+            entries = self.fs.ls(directory, detail=True)
+        except FileNotFoundError:
+            return []
+        prefix = directory.rstrip("/") + "/"
+        # Some servers (SeaweedFS) list an emptied directory as a zero-byte "dir/" entry: skip it.
+        return sorted(
+            e["name"]
+            for e in entries
+            if e.get("type") == "file" and e["name"].startswith(prefix) and not e["name"].endswith("/")
+        )
+
+    def glob(self, pattern: str) -> list[str]:
+        return [str(p) for p in self.fs.glob(pattern)]
+
+    def find_rel(self, base: str, prefix: str = "") -> list[str]:
+        """Root-relative paths of every file under ``base`` that lie under ``prefix`` (recursive,
+        sorted), without a writer's temporary files; [] when ``base`` is absent."""
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        out = []
+        for path in found:
+            rel = self.rel(str(path))
+            if TMP_MARK in rel.rsplit("/", 1)[-1] or rel == str(path):
+                continue
+            if prefix and not (rel == prefix or rel.startswith(prefix + "/")):
+                continue
+            out.append(rel)
+        return sorted(out)
+
+    # ------------------------------------------------------------------ JSON
+
+    def read_json(self, path: str, what: str) -> dict[str, Any]:
+        """A JSON object; FileNotFoundError passes through, anything else wrong is a StoreError."""
+        raw = self.read(path)
+        try:
+            obj = json.loads(bytes(raw).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{what}: {self.rel(path)} is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise StoreError(f"{what}: {self.rel(path)} is not a JSON object")
+        return obj
+
+    def json_bytes(self, path: str, obj: Mapping[str, Any], what: str) -> bytes:
+        """``obj`` as the bytes :meth:`write_json` writes to ``path`` (indented, NaN refused)."""
+        try:
+            text = json.dumps(obj, indent=2, default=json_default, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{what}: cannot write {self.rel(path)}: {exc}") from None
+        return (text + "\n").encode("utf-8")
+
+    def write_json(self, path: str, obj: Mapping[str, Any], what: str) -> None:
+        self.write(path, self.json_bytes(path, obj, what))
+
+    # ------------------------------------------------------------------ concurrency
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
+        """``fn`` over ``items`` in order, on up to ``io_threads`` threads, ``window`` in flight."""
+        items = list(items)
+        workers = min(self.io_threads, len(items))
+        if workers <= 1:
+            yield from bounded_map(None, fn, items, 1)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="timevec-store") as pool:
+            yield from bounded_map(pool, fn, items, window or workers)
+
+
+def ray_storage_uri(files: StoreFiles, sub: str, storage_options: Mapping[str, Any]) -> str:
+    """The pyarrow URI of ``<root>/<sub>`` for Ray's ``RunConfig(storage_path=…)``.
+
+    Local roots give an absolute path. S3 with a custom ``endpoint_url`` gives
+    ``s3://bucket/prefix/sub?endpoint_override=HOST:PORT&scheme=http`` (pyarrow's S3 URI options);
+    credentials still come from the AWS chain.
+    """
+    path = f"{files.root}/{sub}"
+    if files.local:
+        return path
+    protocol = files.fs.protocol if isinstance(files.fs.protocol, str) else files.fs.protocol[0]
+    if protocol in ("s3", "s3a"):
+        endpoint = storage_options.get("endpoint_url") or (storage_options.get("client_kwargs") or {}).get(
+            "endpoint_url"
+        )
+        if endpoint:
+            parts = urlsplit(endpoint)
+            host = parts.hostname or ""
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            scheme = parts.scheme or "https"
+            return f"s3://{path}?endpoint_override={host}:{port}&scheme={scheme}"
+        return f"s3://{path}"
+    return f"{protocol}://{path}"

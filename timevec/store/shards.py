@@ -1,0 +1,233 @@
+"""One entry of the store (a vector, or the base) as shards + manifest: writing it, reading it
+back, and the integrity checks on the way.
+
+Why a module of its own: this is where a vector becomes visible or is refused. Writing validates
+the layout, casts, refuses NaN/Inf before any byte is written, removes a stale manifest, writes
+every shard and only then publishes the manifest — a writer killed at any point leaves the old
+complete vector or no visible vector, never a visible half. Reading checks each shard's size,
+sha256 and base fingerprint and every tensor's shape, so a truncated or flipped shard, or a
+vector taken against another base, is an error naming the vector and the file.
+
+``files`` is the store's :class:`~timevec.store.fs.StoreFiles`; ``info`` its parsed
+``store.json``; ``directory`` the entry's full path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from timevec.store.codec import (
+    decode_numpy,
+    decode_ranges,
+    decode_safetensors,
+    encode_safetensors,
+)
+from timevec.store.errors import StoreError
+from timevec.store.fs import StoreFiles
+from timevec.store.layout import (
+    FORMAT_VERSION,
+    STORE_DTYPES,
+    check_layout,
+    now,
+    shard_entry,
+    shard_file,
+    shard_names,
+)
+from timevec.vectors import TimeVector, sum_of_squares
+
+__all__ = ["check_shard", "load_shard", "read_entry", "write_entry"]
+
+
+def write_entry(
+    files: StoreFiles,
+    info: Mapping[str, Any],
+    label: str,
+    directory: str,
+    vec: TimeVector,
+    dtype: str,
+    run: dict[str, Any],
+    *,
+    task: str | None,
+    period: str | None,
+    write: Callable[[str, bytes], None],
+    publish: Callable[[str, dict[str, Any], str], None],
+    stale: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Validate, cast, check finiteness, remove ``stale`` files, write every shard (``write``),
+    then the manifest (``publish``, last); returns the manifest. Shared by vectors and the base."""
+    check_layout(info, label, vec)
+    torch_dtype = STORE_DTYPES[dtype]
+    num_shards = int(info["shard_plan"]["num_shards"])
+    plan = info["shard_plan"]["tensors"]
+    # One pass: cast to the stored dtype and take the sum of squares (for the manifest's norm).
+    # NaN/Inf propagate into it, so a non-finite sum means NaN/Inf in the tensor (or overflow
+    # when casting to fp16) — refused before any byte is written.
+    cast: dict[str, torch.Tensor] = {}
+    sumsq = 0.0
+    for name in info["shapes"]:
+        t = vec[name].to(torch_dtype).contiguous()
+        s = sum_of_squares(t) if t.numel() else 0.0
+        if not math.isfinite(s):
+            n_bad = int((~torch.isfinite(t)).sum())
+            if n_bad == 0:  # huge but finite values overflowed fp32 squares: redo in float64
+                s = float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+        if not math.isfinite(s):
+            what = f"as {dtype}" if torch_dtype != torch.float32 else ""
+            raise StoreError(
+                f"vector {label}: tensor {name!r} (shard {shard_file(plan[name])}) has {n_bad} NaN/Inf "
+                f"value(s) {what}".rstrip()
+            )
+        sumsq += s
+        cast[name] = t
+    files.remove(list(stale))
+    fp = info["base_fingerprint"]
+
+    def write_shard(k: int) -> dict[str, Any]:
+        names = [n for n in info["shapes"] if plan[n] == k]
+        meta = {
+            "format": "pt",
+            "timevec_format_version": str(FORMAT_VERSION),
+            "vector": label,
+            "shard": str(k),
+            "base_fingerprint": fp,
+        }
+        data = encode_safetensors({n: cast[n] for n in names}, meta)
+        digest = hashlib.sha256(data).hexdigest()
+        write(f"{directory}/{shard_file(k)}", data)
+        return {"index": k, "file": shard_file(k), "sha256": digest, "bytes": len(data), "tensors": names}
+
+    shards = list(files.map(write_shard, range(num_shards), window=2))
+    out = {
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "period": period,
+        "base_id": info["base_id"],
+        "base_fingerprint": fp,
+        "dtype": dtype,
+        "created": now(),
+        "l2_norm": math.sqrt(sumsq),
+        "n_params": sum(t.numel() for t in cast.values()),
+        "shards": shards,
+        "run": run,
+    }
+    publish(f"{directory}/manifest.json", out, label)
+    return out
+
+
+def load_shard(
+    files: StoreFiles,
+    info: Mapping[str, Any],
+    label: str,
+    directory: str,
+    entry: dict[str, Any],
+    verify: bool,
+    names: Sequence[str] | None = None,
+    as_numpy: bool = False,
+) -> dict[str, Any]:
+    """Read one shard; with ``verify``, check size, sha256, base fingerprint and shapes.
+
+    Returns fp32 torch tensors, or with ``as_numpy`` read-only numpy arrays (fp32/fp16).
+    Without ``verify`` and with ``names`` a strict subset, only those tensors' byte ranges are
+    read (the header first, then one ranged read per tensor).
+    """
+    k = int(entry["index"])
+    path = f"{directory}/{entry['file']}"
+    where = f"vector {label}: shard {files.rel(path)}" if label != "base" else f"base: shard {files.rel(path)}"
+    expected = shard_names(info, k)
+    wanted = list(expected) if names is None else list(names)
+    base_fingerprint = str(info["base_fingerprint"])
+    for name in wanted:
+        if name not in expected:
+            raise StoreError(f"{where}: tensor {name!r} is not in shard {k} of the store's plan")
+    try:
+        if not verify and len(wanted) < len(expected):
+            tensors = decode_ranges(lambda start, end: files.read_range(path, start, end), where, wanted)
+        else:
+            buf = files.read(path, writable=not as_numpy)
+            if verify:
+                if len(buf) != int(entry["bytes"]):
+                    raise StoreError(
+                        f"{where}: truncated or resized: {len(buf)} bytes, the manifest says {entry['bytes']}"
+                    )
+                digest = hashlib.sha256(buf).hexdigest()
+                if digest != entry["sha256"]:
+                    raise StoreError(
+                        f"{where}: sha256 mismatch (file {digest}, manifest {entry['sha256']}): the shard is corrupt"
+                    )
+            decode = decode_numpy if as_numpy else decode_safetensors
+            meta, tensors = decode(buf, where)
+            if verify:
+                shard_fp = meta.get("base_fingerprint")
+                if shard_fp is not None and shard_fp != base_fingerprint:
+                    raise StoreError(
+                        f"{where}: was written against base fingerprint {shard_fp}, "
+                        f"this store's base is {base_fingerprint}"
+                    )
+                if sorted(tensors) != sorted(expected):
+                    missing = sorted(set(expected) - set(tensors)) or sorted(set(tensors) - set(expected))
+                    raise StoreError(f"{where}: holds tensors that differ from the store's plan (e.g. {missing[0]!r})")
+            tensors = {n: tensors[n] for n in wanted if n in tensors}
+    except FileNotFoundError:
+        raise StoreError(f"{where}: file not found (manifest lists it)") from None
+    shapes = info["shapes"]
+    out: dict[str, Any] = {}
+    for name in wanted:
+        if name not in tensors:
+            raise StoreError(f"{where}: tensor {name!r} is missing from the shard")
+        t = tensors[name]
+        if list(t.shape) != list(shapes[name]):
+            raise StoreError(
+                f"{where}: tensor {name!r} has shape {list(t.shape)}, the store's base has {list(shapes[name])}"
+            )
+        out[name] = t if as_numpy or t.dtype == torch.float32 else t.float()
+    return out
+
+
+def read_entry(
+    files: StoreFiles,
+    info: Mapping[str, Any],
+    label: str,
+    directory: str,
+    manifest: dict[str, Any],
+    names: list[str] | None,
+    verify: bool,
+) -> TimeVector:
+    """The entry's tensors as fp32 (all in store order, or ``names`` in the given order), reading
+    only the shards that hold them. ``manifest`` has passed :func:`~timevec.store.layout.check_manifest_base`."""
+    plan = info["shard_plan"]["tensors"]
+    wanted = list(info["shapes"]) if names is None else list(names)
+    by_shard: dict[int, list[str]] = {}
+    for name in wanted:
+        if name not in plan:
+            raise StoreError(f"vector {label}: no tensor {name!r} in the store's plan")
+        by_shard.setdefault(int(plan[name]), []).append(name)
+    full = names is None
+
+    def load(k: int) -> dict[str, torch.Tensor]:
+        entry = shard_entry(label, manifest, k)
+        return load_shard(files, info, label, directory, entry, verify, None if full else by_shard[k])
+
+    tensors: dict[str, torch.Tensor] = {}
+    for part in files.map(load, sorted(by_shard)):
+        tensors.update(part)
+    return TimeVector({n: tensors[n] for n in wanted})
+
+
+def check_shard(
+    files: StoreFiles, info: Mapping[str, Any], label: str, directory: str, manifest: dict[str, Any], k: int
+) -> str | None:
+    """The problem with shard ``k`` of an entry (corrupt, mis-shaped, NaN/Inf), or None."""
+    try:
+        entry = shard_entry(label, manifest, k)
+        tensors = load_shard(files, info, label, directory, entry, True)
+        for name, t in tensors.items():
+            if not bool(torch.isfinite(t).all()):
+                return f"vector {label}: shard {files.rel(directory)}/{entry['file']}: tensor {name!r} has NaN/Inf"
+    except StoreError as exc:
+        return str(exc)
+    return None
