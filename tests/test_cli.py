@@ -86,9 +86,20 @@ def test_tiny_demo_end_to_end_then_store_tools(tmp_path):
     store = tmp_path / "store"
     result = timevec("demo", "--tiny", "--store", str(store))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert "Headline findings" in result.stdout
     report = store / "reports" / "index.html"
     assert report.exists() and f"HTML report: {report}" in result.stdout
+    # the default output is quiet and ends with the verdict: no colour codes, no Ray/Tune chatter,
+    # no deprecation warnings, the findings table last
+    everything = result.stdout + result.stderr
+    assert "\x1b[" not in everything
+    for noise in ("Checkpoint successfully created", "FutureWarning", "Configuration for experiment",
+                  "To visualize your results with TensorBoard", "experiment_state.py"):
+        assert noise not in everything, noise
+    tail = result.stdout.rstrip().split("\n\nFindings (95 % intervals")
+    assert len(tail) == 2, result.stdout[-2000:]
+    table = tail[1].splitlines()[1:]
+    assert table[0].split() == ["finding", "panel", "measured", "paper", "holds"]
+    assert any(line.startswith("own period best") for line in table) and any("decay with the gap" in line for line in table)
     cells = pd.read_parquet(store / "results" / "cells.parquet")
     years = ["2014", "2015", "2016", "2017"]
     lm = cells[cells["task"] == "lm"]
@@ -104,7 +115,7 @@ def test_tiny_demo_end_to_end_then_store_tools(tmp_path):
     # a second run finds everything done and trains nothing
     again = timevec("demo", "--tiny", "--store", str(store))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "skipped" in again.stdout
+    assert "fine-tune runs 8 skipped" in again.stdout and "(0 computed now)" in again.stdout
 
     # corrupt one shard: verify names it and exits 1
     shard = next((store / "vectors" / "lm" / "2015").glob("shard-*.safetensors"))

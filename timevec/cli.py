@@ -51,35 +51,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from timevec.demo import demo_config_path
     from timevec.distributed.pipeline import run_pipeline
 
+    if args.tiny and args.full:
+        raise SystemExit("timevec demo: --tiny and --full exclude each other")
     overrides = list(args.set)
     if args.store:
         overrides.append(f"store.url={args.store}")
-    config = load_config(demo_config_path("tiny" if args.tiny else "demo"), overrides)
+    if args.dashboard:
+        overrides.append("ray.dashboard=true")
+    config = load_config(demo_config_path("tiny" if args.tiny else "full" if args.full else "demo"), overrides)
     print(f"timevec demo: config '{config.name}', store {config.store.url}")
     summary = run_pipeline(config, list(STAGES))
     _print_summary(summary, args.verbose)
     return 0
 
 
+def _stage_line(headline: dict) -> str:
+    """``finetune 8 skipped · evaluate 40 cells (0 computed) · took finetune 12s, evaluate 3s, …``."""
+    from timevec.progress import duration
+
+    parts = []
+    if isinstance(headline.get("runs"), dict):
+        parts.append("fine-tune runs " + ", ".join(f"{n} {status}" for status, n in headline["runs"].items()))
+    if "cells" in headline:
+        parts.append(f"{headline['cells']} cells ({headline.get('cells computed', 0)} computed now)")
+    if isinstance(headline.get("analogy"), str):
+        parts.append(f"analogy {headline['analogy']}")
+    took = [f"{k.removeprefix('seconds_')} {duration(v)}" for k, v in headline.items() if k.startswith("seconds_")]
+    if took:
+        parts.append("took " + ", ".join(took))
+    return " · ".join(parts)
+
+
 def _print_summary(summary: dict, verbose: bool = False) -> None:
-    """The verdict per finding and where everything is; ``-v`` adds the wide tables and every number."""
+    """Where everything is, then the verdict per finding (last, so it is what stays on screen).
+
+    ``-v`` first prints the wide tables and every headline number.
+    """
     from timevec.findings import format_findings
 
+    headline = summary.get("headline", {})
     if verbose:
         for name, frame in summary.get("tables", {}).items():
             _print_table(frame, name)
-        if summary.get("headline"):
+        if headline:
             print("\nHeadline numbers")
-            for key, value in summary["headline"].items():
+            for key, value in headline.items():
                 print(f"  {key}: {value}")
+    line = _stage_line(headline)
+    if line:
+        print(f"\n{line}")
+    for label, key in (("Tables", "results"), ("TensorBoard", "tensorboard"), ("HTML report", "report")):
+        if summary.get(key):
+            print(f"{label}: {summary[key]}")
     findings = summary.get("findings")
     if findings is not None:
         print(f"\nFindings (95 % intervals; holds = the interval is on the paper's side)\n{format_findings(findings)}")
-    elif summary.get("tables") and not verbose:
-        print("\n" + ", ".join(f"{name}: {len(frame)} rows" for name, frame in summary["tables"].items()))
-    for label, key in (("Tables", "results"), ("HTML report", "report"), ("TensorBoard", "tensorboard")):
-        if summary.get(key):
-            print(f"{label}: {summary[key]}")
 
 
 def _stage(name: str) -> Callable[[argparse.Namespace], int]:
@@ -202,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole pipeline on the embedded default (tiny model, bundled tweets, local store)",
                           description="Run every stage (pretrain base → fleet by year and month → store → cells → interpolation → "
                           "analogies → analysis → HTML report) on a local Ray cluster and print the headline findings.")
-    demo.add_argument("--tiny", action="store_true", help="the smallest setting (about a minute; what the tests run)")
+    demo.add_argument("--tiny", action="store_true", help="the smallest setting (a few minutes; what the tests run)")
+    demo.add_argument("--full", action="store_true", help="the full-scale demo (about 24 minutes on 2 cores; store ./runs/demo-full)")
+    demo.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with the local cluster and print its URL")
     demo.add_argument("--store", metavar="URL", help="store root (default ./runs/demo, or ./runs/tiny with --tiny); s3:// works")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the demo config (repeatable)")
     demo.set_defaults(func=cmd_demo)
@@ -250,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3", "fsspec", "filelock"):
         # at DEBUG these log request headers (the AWS access key id among them): never let -v do that
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from timevec.distributed.runtime import set_verbose
     from timevec.errors import run_with_exit_status
+
+    set_verbose(args.verbose)
 
     return run_with_exit_status(lambda: args.func(args), f"timevec {args.command}: ")
 

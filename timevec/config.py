@@ -195,6 +195,7 @@ class RayConfig(_Strict):
     autoscaling: bool = Field(
         False, description="the cluster adds nodes on demand: do not fail fast when no current node fits a run or actor"
     )
+    dashboard: bool = Field(False, description="a local cluster starts Ray's dashboard (its URL is logged); costs seconds at start")
 
     @field_validator("storage_path")
     @classmethod

@@ -11,6 +11,27 @@ from timevec.config import ConfigError, RayConfig
 
 log = logging.getLogger(__name__)
 
+_verbose = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show Ray's and Tune's own output (worker logs, checkpoint lines, Tune's tables) — ``timevec -v``.
+
+    Quiet by default: a local run's terminal then holds timevec's progress lines and the findings,
+    while every worker log stays in Ray's session folder (``/tmp/ray/session_latest/logs``).
+    A job on a cluster always forwards worker logs: they are its only console.
+    """
+    global _verbose
+    _verbose = bool(verbose)
+    if not _verbose:
+        # Tune's new output engine prints its experiment box and a TensorBoard hint into Ray's session
+        # folder whatever RunConfig(verbose=0) says; the legacy engine at verbosity 0 prints nothing.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+
+
+def is_verbose() -> bool:
+    return _verbose
+
 
 def ensure_ray(cfg: RayConfig) -> None:
     """Attach to the configured/ambient cluster, or start a local one sized by ``cfg.num_cpus``.
@@ -26,7 +47,14 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     log.info("starting a local Ray cluster with %s CPUs", cfg.num_cpus or "all")
-    ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+    context = ray.init(
+        num_cpus=cfg.num_cpus,
+        include_dashboard=cfg.dashboard,
+        log_to_driver=_verbose,
+        logging_level=logging.INFO if _verbose else logging.ERROR,
+    )
+    if cfg.dashboard and context.dashboard_url:
+        log.info("Ray dashboard: http://%s", context.dashboard_url)
 
 
 def check_fits(cfg: RayConfig, request: dict[str, float], what: str) -> None:
