@@ -19,7 +19,7 @@ import torch
 from timevec import adapt
 from timevec.config import ExperimentConfig, load_config
 from timevec.corpus import load_corpus
-from timevec.distributed.cells import CellEvaluator, encoder_decoder_of
+from timevec.cells import CellEvaluator, encoder_decoder_of
 from timevec.distributed.interpolate import (
     INTERPOLATION_BEST_TABLE,
     INTERPOLATION_TABLE,

@@ -8,14 +8,13 @@ import torch
 
 from timevec.config import load_config
 from timevec.corpus import load_corpus
+from timevec.cells import CellEvaluator, prepare_splits
 from timevec.distributed.cells import (
     CELL_KEY,
     CELLS_SCHEMA,
     CELLS_TABLE,
     COLUMNS,
-    CellEvaluator,
     cells_table,
-    prepare_splits,
     read_cells,
     run_cells,
 )
