@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from timevec.config import RayConfig
-from timevec.distributed.actor_pool import ActorSetupError, PoolActor, drive, failure_error
+from timevec.distributed.actor_pool import (
+    ActorSetupError,
+    PoolActor,
+    drive,
+    failure_error,
+)
 from timevec.store import StoreError
 
 

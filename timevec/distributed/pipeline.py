@@ -13,7 +13,14 @@ import logging
 
 from timevec.config import ExperimentConfig
 from timevec.errors import StageFailed
-from timevec.pipeline import STAGES, StageFunction, StageResult, analyze, report, run_stages
+from timevec.pipeline import (
+    STAGES,
+    StageFunction,
+    StageResult,
+    analyze,
+    report,
+    run_stages,
+)
 from timevec.store import VectorStore
 
 log = logging.getLogger(__name__)
