@@ -61,9 +61,14 @@ class ActorSetupError(Exception):
 
 
 def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling (how Ray returns it), else a RuntimeError with its text."""
+    """``exc`` if Ray can ship it to the driver, else a RuntimeError with its text.
+
+    An exception is pickled as its class and ``args`` and rebuilt as ``type(exc)(*exc.args)``;
+    both are tried here (without unpickling anything: the project never does).
+    """
     try:
-        pickle.loads(pickle.dumps(exc))
+        pickle.dumps(exc)
+        type(exc)(*exc.args)
         return exc
     except Exception:  # noqa: BLE001 - an exception type that cannot be rebuilt on the driver
         return RuntimeError(_text(exc))
