@@ -46,9 +46,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from timevec import analogy as task_analogy  # noqa: E402
+from timevec.cells import CellEvaluator  # noqa: E402
 from timevec.config import ExperimentConfig, TrainingConfig, load_config  # noqa: E402
 from timevec.corpus import load_corpus  # noqa: E402
-from timevec.distributed.cells import CellEvaluator  # noqa: E402
 from timevec.evaluation import prepare_split  # noqa: E402
 from timevec.models import base_id, build_model, float_parameters, load_tokenizer  # noqa: E402
 from timevec.store import VectorStore  # noqa: E402

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from timevec.cells import CellEvaluator, prepare_splits  # noqa: E402
 from timevec.config import load_config  # noqa: E402
 from timevec.corpus import load_corpus  # noqa: E402
-from timevec.distributed.cells import CellEvaluator, prepare_splits, run_cells  # noqa: E402
+from timevec.distributed.cells import run_cells  # noqa: E402
 from timevec.evaluation import evaluate  # noqa: E402
 from timevec.models import (  # noqa: E402
     assign_parameters,

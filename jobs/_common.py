@@ -6,9 +6,9 @@ import argparse
 import logging
 
 from timevec.config import load_config
-from timevec.distributed import STAGES
-from timevec.distributed.pipeline import run_pipeline, summary_frame
+from timevec.distributed.pipeline import run_pipeline
 from timevec.errors import run_with_exit_status
+from timevec.pipeline import STAGES, summary_frame
 
 
 def run_stages(stages: list[str] | None, description: str) -> int:

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from timevec import adapt, periods, results, summaries
+from timevec.cells import CellEvaluator, encoder_decoder_of
 from timevec.config import ExperimentConfig, load_config
 from timevec.corpus import load_corpus
-from timevec.distributed.cells import CellEvaluator, encoder_decoder_of
 from timevec.distributed.interpolate import plan, run_interpolation
 from timevec.evaluation import EvalSplit, prepare_split
 from timevec.models import base_id, build_model, float_parameters, load_tokenizer

@@ -6,19 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from timevec.cells import CellEvaluator, prepare_splits
 from timevec.config import load_config
 from timevec.corpus import load_corpus
-from timevec.distributed.cells import (
-    CELL_KEY,
-    CELLS_SCHEMA,
-    CELLS_TABLE,
-    COLUMNS,
-    CellEvaluator,
-    cells_table,
-    prepare_splits,
-    read_cells,
-    run_cells,
-)
+from timevec.distributed.cells import read_cells, run_cells
 from timevec.evaluation import evaluate
 from timevec.models import (
     assign_parameters,
@@ -28,6 +19,8 @@ from timevec.models import (
     float_parameters,
     load_tokenizer,
 )
+from timevec.results import CELL_KEY, CELLS_SCHEMA, CELLS_TABLE, cells_table
+from timevec.results import CELLS_COLUMNS as COLUMNS
 from timevec.store import StoreError, VectorStore
 from timevec.vectors import TimeVector
 

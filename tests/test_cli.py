@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from timevec.distributed import STAGES
+from timevec.pipeline import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 

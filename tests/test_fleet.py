@@ -261,7 +261,8 @@ def test_fleet_on_s3_resumes_from_s3_checkpoints(ray_session: str, base_store: P
         pytest.skip("Ray was started before the S3 server: its workers lack the server's keys")
     import pyarrow.fs
 
-    from timevec.distributed.fleet import _earlier_checkpoint, _RunJob
+    from timevec.distributed.checkpoints import earlier_checkpoint
+    from timevec.finetune_run import RunJob
 
     url = s3_server.url(f"fleet-{tmp_path.name}")
     local = VectorStore(str(base_store))
@@ -285,6 +286,6 @@ def test_fleet_on_s3_resumes_from_s3_checkpoints(ray_session: str, base_store: P
     files = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{table.attrs['experiment']}", recursive=True))
     assert any(f.base_name.startswith("events.out.tfevents") for f in files)
     # A later submission would find the run's newest checkpoint on S3 (the final one, step 12).
-    job = _RunJob(config, store, load_corpus(config.corpus), killed)
-    found = _earlier_checkpoint(storage, table.attrs["experiment"], killed, job.fingerprint)
+    job = RunJob(config, store, load_corpus(config.corpus), killed)
+    found = earlier_checkpoint(storage, table.attrs["experiment"], killed, job.fingerprint)
     assert found is not None and found[0]["step"] == 12 and found[1]["step"] == 12

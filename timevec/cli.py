@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from timevec.distributed import STAGES
+from timevec.pipeline import STAGES
 
 
 def _config(args: argparse.Namespace):

@@ -24,8 +24,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 __all__ = [
+    "CELLS_COLUMNS",
+    "CELLS_SCHEMA",
+    "CELL_KEY",
+    "cells_frame",
+    "cells_table",
     "CELLS_TABLE",
     "DECAY_BY_GAP_TABLE",
     "DECAY_FIT_TABLE",
@@ -84,6 +90,41 @@ def alpha_key(alpha: float) -> float:
     """A mixing weight as stored in tables and keys: rounded so that 0.30000000000000004 and 0.3
     are the same point (every stage and every resume compares α through this one function)."""
     return round(float(alpha), 10)
+
+
+# ----------------------------------------------------------------------------- cells
+
+CELL_KEY = ["task", "granularity", "vector", "test_period"]
+CELLS_SCHEMA = pa.schema(
+    [
+        ("task", pa.string()),
+        ("granularity", pa.string()),
+        ("vector", pa.string()),
+        ("train_period", pa.string()),
+        ("test_period", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("higher_is_better", pa.bool_()),
+        ("n_examples", pa.int64()),
+        ("n_tokens", pa.int64()),
+        ("seconds", pa.float64()),
+    ]
+)
+CELLS_COLUMNS = CELLS_SCHEMA.names
+
+
+def cells_frame(rows: Iterable[dict]) -> pd.DataFrame:
+    """Rows as a DataFrame with exactly the cells columns, in order and with their dtypes."""
+    frame = pd.DataFrame(list(rows), columns=CELLS_COLUMNS)
+    return frame.astype(
+        {"value": "float64", "higher_is_better": "bool", "n_examples": "int64", "n_tokens": "int64", "seconds": "float64"}
+    )
+
+
+def cells_table(frame: pd.DataFrame) -> pa.Table:
+    """The fixed Arrow schema, so a first batch of base rows (train_period all None) is not
+    written as a null-typed column that later appends could not extend."""
+    return pa.Table.from_pandas(frame[CELLS_COLUMNS], schema=CELLS_SCHEMA, preserve_index=False)
 
 
 # ----------------------------------------------------------------------------- interpolation

@@ -32,7 +32,7 @@ from tests.reliability import (
 )
 from timevec.config import CorpusConfig, dump_config
 from timevec.corpus import load_corpus
-from timevec.distributed.cells import CELL_KEY, cells_frame, cells_table
+from timevec.results import CELL_KEY, cells_frame, cells_table
 from timevec.store import StoreError, VectorStore
 from timevec.vectors import TimeVector
 

@@ -245,7 +245,8 @@ def test_shards_and_checkpoints_with_a_pickle_payload_are_refused(base_store: Pa
         assert not marker.exists()
 
     # a planted Tune checkpoint: the fleet loads train_state.pt with torch.load(weights_only=True)
-    from timevec.distributed.fleet import RunSpec, _earlier_checkpoint, _load_checkpoint
+    from timevec.distributed.checkpoints import earlier_checkpoint, load_checkpoint
+    from timevec.runs import RunSpec
 
     run = RunSpec("lm", "2014", "year")
     checkpoint = tmp_path / "ray" / "exp" / f"{run.key}_00000" / "checkpoint_000000"
@@ -253,9 +254,9 @@ def test_shards_and_checkpoints_with_a_pickle_payload_are_refused(base_store: Pa
     (checkpoint / "meta.json").write_text(json.dumps({"fingerprint": "f" * 64, "step": 4}))
     (checkpoint / "train_state.pt").write_bytes(zipped.read_bytes())
     with pytest.raises(Exception) as err:
-        _load_checkpoint(str(checkpoint))
+        load_checkpoint(str(checkpoint))
     assert "weights_only" in str(err.value) or "Unpickl" in type(err.value).__name__
-    assert _earlier_checkpoint(str(tmp_path / "ray"), "exp", run, "f" * 64) is None  # skipped, not loaded
+    assert earlier_checkpoint(str(tmp_path / "ray"), "exp", run, "f" * 64) is None  # skipped, not loaded
     assert not marker.exists()
 
 

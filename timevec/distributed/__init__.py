@@ -2,8 +2,5 @@
 
 Only this package imports Ray. Fleet (Ray Tune trials, Ray Train for multi-worker runs), cells
 (evaluation actors) and the α search (Ray Tune) each read their inputs from the store and write
-their outputs back to it.
+their outputs back to it. The stage names and their order are :data:`timevec.pipeline.STAGES`.
 """
-
-STAGES: tuple[str, ...] = ("finetune", "evaluate", "interpolate", "analogy", "analyze", "report")
-"""The stage names in pipeline order (here, import-light, so that ``timevec --help`` needs no torch)."""

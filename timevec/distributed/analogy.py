@@ -11,7 +11,7 @@ Design, and why:
 
 - **Trials re-combine weights, nothing else.** A trial is a class :class:`AnalogyTrial` run with
   ``TuneConfig(reuse_actors=True)``: Tune keeps the actor and calls :meth:`reset_config` for the
-  next point, so θ_pre (in a :class:`~timevec.distributed.cells.CellEvaluator`), the three vectors
+  next point, so θ_pre (in a :class:`~timevec.cells.CellEvaluator`), the three vectors
   and the tokenised splits are loaded once per actor. The splits arrive once through
   ``tune.with_parameters`` (the object store); the weights are read from the vector store by the
   actor itself (workers need nothing but the store), and are additionally cached at module level
@@ -61,7 +61,9 @@ from ray import tune
 
 from timevec import analogy as task_analogy
 from timevec import results
+from timevec.cells import CellEvaluator, encoder_decoder_of, require_base
 from timevec.config import ExperimentConfig
+from timevec.devices import pick_device
 from timevec.evaluation import METRICS, EvalSplit, prepare_split
 from timevec.periods import Period
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
@@ -111,17 +113,16 @@ _LOADED: dict[str, _Loaded] = {}
 _POINTS: dict[tuple[str, float, float, float], dict[str, float]] = {}
 
 
-def _device(config: ExperimentConfig) -> str:
-    if config.ray.gpus_per_eval_actor > 0 and torch.cuda.is_available():
-        return "cuda"
-    torch.set_num_threads(config.ray.torch_threads)
-    return "cpu"
+def _device(config: ExperimentConfig) -> torch.device:
+    """The trial's device; on the CPU with the configured torch threads."""
+    device = pick_device(config.ray.gpus_per_eval_actor > 0)
+    if device.type == "cpu":
+        torch.set_num_threads(config.ray.torch_threads)
+    return device
 
 
 def load_pair(payload: AnalogyPayload) -> _Loaded:
     """θ_pre on this worker's device and τ_task(j), τ_lm(k), τ_lm(j), loaded once per process."""
-    from timevec.distributed.cells import CellEvaluator
-
     loaded = _LOADED.get(payload.key)
     if loaded is not None:
         return loaded
@@ -389,7 +390,6 @@ def _replace_rows(store: VectorStore, table: str, frame: pd.DataFrame, keys: dic
 
 def _prepared_splits(config: ExperimentConfig, task: str, periods: list[str]) -> dict[str, tuple[EvalSplit, EvalSplit]]:
     from timevec.corpus import load_corpus
-    from timevec.distributed.cells import encoder_decoder_of
     from timevec.models import load_tokenizer
 
     corpus = load_corpus(config.corpus)
@@ -409,8 +409,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
 
     began = time.perf_counter()
     store = store or VectorStore.from_config(config.store)
-    if not store.exists():
-        raise StoreError(f"store {store} holds no base yet: run the fine-tune stage first")
+    require_base(store)
     task = config.analogy.task
     stored = set(store.list_vectors())
     pairs, skipped = task_analogy.analogy_pairs(config, stored)

@@ -14,10 +14,11 @@ For each configured task and granularity with at least two stored vectors:
   ``results/soups.parquet`` and ``results/patching.parquet``.
 
 Execution reuses the cell machinery: actors each hold one
-:class:`~timevec.distributed.cells.CellEvaluator` (θ_pre loaded once, combinations written in
+:class:`~timevec.cells.CellEvaluator` (θ_pre loaded once, combinations written in
 place by the WeightPatcher, θ_pre restored exactly), a bounded cache of vectors read from the
 store, and the tokenised splits (put in the object store once). Work items are one α point (all its
-test periods) or one period's soup + patching; ``ray.util.ActorPool`` schedules them. Rows are
+test periods) or one period's soup + patching; the pool driver shared with the cells stage
+(:mod:`timevec.distributed.actor_pool`, over ``ray.util.ActorPool``) schedules them. Rows are
 appended to the store as items finish, so the stage is resumable: a re-run skips every
 (task, granularity, first, last, α, test period) already in the interpolation table and every
 (task, granularity, period) already in the soups table.
@@ -27,20 +28,22 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import pandas as pd
 import torch
 
 from timevec import adapt, results, summaries
+from timevec.cells import CellEvaluator, encoder_decoder_of, require_base
 from timevec.config import ExperimentConfig
+from timevec.devices import pick_device
+from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
 from timevec.evaluation import EvalSplit, prepare_split
 from timevec.periods import Period, sort_periods
 from timevec.results import INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
-from timevec.store import StoreError, VectorStore
+from timevec.store import VectorStore
 from timevec.vectors import TimeVector
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ class PeriodItem:
     stored: tuple[str, ...]
 
 
-Item = Union[adapt.InterpolationItem, PeriodItem]
+Item = adapt.InterpolationItem | PeriodItem
 
 
 def _label(item: Item) -> str:
@@ -99,46 +102,27 @@ class VectorCache:
         return vector
 
 
-class _AdaptActor:
-    """A :class:`CellEvaluator` plus a vector cache: runs interpolation points and period items."""
+class _AdaptActor(PoolActor):
+    """A :class:`CellEvaluator` plus a vector cache: runs interpolation points and period items.
 
-    def __init__(self, config: ExperimentConfig, store: VectorStore) -> None:
-        from timevec.distributed.cells import CellEvaluator
+    ``work`` gets the :data:`SplitSets` and the :data:`KnownCells` through the object store, fetched
+    once per actor (:class:`~timevec.distributed.actor_pool.PoolActor`); an item's error is returned.
+    """
 
+    def setup(self, config: ExperimentConfig, store: VectorStore) -> None:
         logging.basicConfig(level=logging.INFO)
-        if config.ray.gpus_per_eval_actor > 0 and torch.cuda.is_available():
-            device = "cuda"
-        else:
-            device = "cpu"
+        device = pick_device(config.ray.gpus_per_eval_actor > 0)
+        if device.type == "cpu":
             torch.set_num_threads(config.ray.torch_threads)
         self.evaluator = CellEvaluator(config, store, device=device)
         self.cache = VectorCache(self.evaluator.read_vector)
-        self._splits: SplitSets | None = None
-        self._known: KnownCells = {}
-        self._splits_id: str | None = None
         self.max_distance = config.interpolation.soup_max_distance
 
-    def ready(self) -> bool:
-        return True
-
-    def run(self, item: Item, refs: list) -> tuple[Item, list[dict], list[dict], list[dict], str | None]:
-        """(item, interpolation rows, soup rows, patching rows, error text): errors are returned.
-
-        ``refs``: the object refs of the :data:`SplitSets` and of the :data:`KnownCells`, in a
-        list so that Ray passes them as refs (fetched once per actor, not once per item).
-        """
-        try:
-            if self._splits_id != refs[0].hex():
-                import ray
-
-                self._splits, self._known = ray.get(refs)
-                self._splits_id = refs[0].hex()
-            assert self._splits is not None
-            interp, soups, patches = run_item(self.evaluator.evaluate_weights, self.cache.get, item, self._splits,
-                                              self._known, self.max_distance)
-            return item, interp, soups, patches, None
-        except Exception as exc:  # noqa: BLE001 — reported by the driver, naming the item
-            return item, [], [], [], "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    def work(self, item: Item, splits: SplitSets, known: KnownCells) -> dict[str, list[dict]]:
+        """Rows of one item per table: interpolation, soups, patching."""
+        interp, soups, patches = run_item(self.evaluator.evaluate_weights, self.cache.get, item, splits, known,
+                                          self.max_distance)
+        return {INTERPOLATION_TABLE: interp, SOUPS_TABLE: soups, PATCHING_TABLE: patches}
 
 
 def run_item(
@@ -231,7 +215,6 @@ def _patchable(period: str, stored: tuple[str, ...]) -> bool:
 def prepare_split_sets(config: ExperimentConfig, needed: dict[tuple[str, str], set[str]]) -> SplitSets:
     """Tokenised test AND validation splits of every needed (task, granularity, period), once."""
     from timevec.corpus import load_corpus
-    from timevec.distributed.cells import encoder_decoder_of
     from timevec.models import load_tokenizer
 
     corpus = load_corpus(config.corpus)
@@ -262,8 +245,7 @@ def run_interpolation(config: ExperimentConfig, store: VectorStore | None = None
     """
     began = time.perf_counter()
     store = store or VectorStore.from_config(config.store)
-    if not store.exists():
-        raise StoreError(f"store {store} holds no base yet: run the fine-tune stage first")
+    require_base(store)
     items, needed, notes = plan(config, store)
     for note in notes:
         log.warning("interpolation: %s", note)
@@ -282,61 +264,24 @@ def run_interpolation(config: ExperimentConfig, store: VectorStore | None = None
 def _compute(
     config: ExperimentConfig, store: VectorStore, items: list[Item], needed: dict[tuple[str, str], set[str]]
 ) -> None:
-    import ray
-    from ray.util import ActorPool
-    from tqdm.auto import tqdm
-
-    from timevec.distributed.runtime import ensure_ray
-
-    ensure_ray(config.ray)
-    actor_cls = ray.remote(_AdaptActor).options(
-        num_cpus=config.ray.cpus_per_eval_actor,
-        num_gpus=config.ray.gpus_per_eval_actor,
-        max_restarts=config.ray.max_failures,
-        max_task_retries=config.ray.max_failures,
-    )
-    # Actors load θ_pre while the driver tokenises.
-    actors = [actor_cls.remote(config, store) for _ in range(min(config.ray.eval_actors, len(items)))]
-    buffers: dict[str, list[dict]] = {INTERPOLATION_TABLE: [], SOUPS_TABLE: [], PATCHING_TABLE: []}
     frames = {INTERPOLATION_TABLE: results.interpolation_frame, SOUPS_TABLE: results.soup_frame,
               PATCHING_TABLE: results.patching_frame}
-    failures: list[str] = []
-    last_flush = time.perf_counter()
 
-    def flush() -> None:
-        nonlocal last_flush
-        for name, rows in buffers.items():
-            if rows:
-                store.append_table(name, frames[name](rows))
-                rows.clear()
-        last_flush = time.perf_counter()
+    def sink(name: str):
+        return lambda rows: store.append_table(name, frames[name](rows))
 
-    try:
-        refs = [ray.put(prepare_split_sets(config, needed)), ray.put(known_cells(store))]
-        pool = ActorPool(actors)
-        # Period items are the long ones (a soup is many evaluations): start them first.
-        for item in sorted(items, key=lambda i: not isinstance(i, PeriodItem)):
-            pool.submit(lambda actor, value: actor.run.remote(value, refs), item)
-        with tqdm(total=len(items), desc="interpolation", unit="item", disable=None) as progress:
-            while pool.has_next():
-                item, interp, soups, patches, error = pool.get_next_unordered()
-                progress.update(1)
-                if error is not None:
-                    log.error("%s failed: %s", _label(item), error)
-                    failures.append(f"{_label(item)}: {error}")
-                    continue
-                buffers[INTERPOLATION_TABLE].extend(interp)
-                buffers[SOUPS_TABLE].extend(soups)
-                buffers[PATCHING_TABLE].extend(patches)
-                if time.perf_counter() - last_flush >= 30.0 or sum(map(len, buffers.values())) >= 512:
-                    flush()
-        flush()
-    finally:
-        flush()  # whatever finished before an error is kept
-        for actor in actors:
-            ray.kill(actor)
-    if failures:
+    def failed(failure: Failure) -> None:
+        log.error("%s failed: %s", _label(failure.item), failure.text)
+
+    # Period items are the long ones (a soup is many evaluations): start them first.
+    ordered = sorted(items, key=lambda i: not isinstance(i, PeriodItem))
+    # Actors load θ_pre while the driver tokenises.
+    outcome = drive(
+        _AdaptActor, (config, store), config.ray, ordered,
+        lambda: [prepare_split_sets(config, needed), known_cells(store)], {name: sink(name) for name in frames},
+        desc="interpolation", unit="item", flush_rows=512, flush_seconds=30.0, on_failure=failed,
+    )
+    if outcome.failures:
+        failures = [f"{_label(f.item)}: {f.text}" for f in outcome.failures]
         message = f"{len(failures)} interpolation item(s) failed:\n  " + "\n  ".join(failures)
-        if any("StoreError" in f or "VectorError" in f for f in failures):
-            raise StoreError(message)
-        raise RuntimeError(message)
+        raise failure_error(message, outcome.failures)

@@ -1,0 +1,124 @@
+"""The whole study as stages: finetune → evaluate → interpolate → analogy → analyze → report.
+
+One job: the stage names and their order, the loop that runs a chosen subset in that order, and
+the stages that need no Ray (analyze, report). Each stage reads its inputs from the store (or the
+corpus) and writes its outputs to the store, so a pipeline is only an ordering of independent,
+resumable steps and any one stage can be re-run alone.
+
+Layering: the core never imports :mod:`timevec.distributed`. Which function runs each stage is
+given to :func:`run_stages`; :mod:`timevec.distributed.pipeline` binds the Ray stages (fleet,
+cells, interpolation, analogy) and the two here into that table and is what the CLI, ``timevec
+demo`` and ``jobs/pipeline.py`` call. Module-level imports stay light, so that ``timevec --help``
+(which lists :data:`STAGES`) needs no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from timevec.config import ExperimentConfig
+    from timevec.store import VectorStore
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("finetune", "evaluate", "interpolate", "analogy", "analyze", "report")
+"""The stage names in pipeline order."""
+
+StageResult = dict[str, Any]
+StageFunction = Callable[["ExperimentConfig", "VectorStore"], StageResult]
+
+def gram_of_store(store: VectorStore) -> tuple[Any, list[tuple[str, str]]]:
+    """The streamed Gram matrix of every stored vector, and the keys in its order."""
+    keys = store.list_vectors()
+    return (store.gram(keys) if keys else None), keys
+
+
+def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
+    """The analyze stage: similarity, degradation, decay, stripes and the headline into the store."""
+    from timevec import analysis
+    from timevec import results as r
+
+    cells = store.read_table(r.CELLS_TABLE)
+    gram, keys = gram_of_store(store)
+    optional = {name: store.read_table(name) for name in (r.INTERPOLATION_TABLE, r.ANALOGY_BEST_TABLE) if store.has_table(name)}
+    result = analysis.analyze(cells, gram, keys, optional.get(r.INTERPOLATION_TABLE), optional.get(r.ANALOGY_BEST_TABLE))
+    store.write_table(r.RELATIVE_CHANGE_TABLE, result.rel)
+    store.write_table(r.DIAGONAL_TABLE, result.diagonal)
+    store.write_table(r.DECAY_BY_GAP_TABLE, result.decay.by_gap)
+    store.write_table(r.DECAY_FIT_TABLE, result.decay.fit)
+    store.write_table(r.STRIPES_TABLE, result.stripes)
+    if result.similarity is not None:
+        store.write_table(r.SIMILARITY_TABLE, result.similarity)
+        store.write_table(r.SIMILARITY_CENTRED_TABLE, result.similarity_centred)
+    store.write_table(r.FINDINGS_TABLE, result.findings)
+    store.write_bytes(r.HEADLINE_FILE, json.dumps(result.headline, indent=2, default=str).encode())
+    tables = {"diagonal (own period best?)": result.diagonal, "decay with the gap": result.decay.fit}
+    return {"tables": tables, "headline": result.headline, "findings": result.findings}
+
+
+def report(config: ExperimentConfig, store: VectorStore) -> StageResult:
+    """The report stage: figures and ``reports/index.html`` in the store."""
+    from timevec.report import build_report
+    from timevec.results import REPORT_TABLES
+
+    tables = {name: store.read_table(name) for name in REPORT_TABLES if store.has_table(name)}
+    gram, keys = gram_of_store(store)
+    build_report(tables, gram, keys, store.write_bytes, store.write_table, title=f"timevec — {config.name}")
+    return {"report": report_location(store)}
+
+
+def report_location(store: VectorStore) -> str:
+    """Where a person opens the report: a local file path, or the object URL on S3."""
+    return f"{store.url.rstrip('/')}/reports/index.html"  # a local store's url is its absolute path
+
+
+def run_stages(config: ExperimentConfig, stages: list[str], functions: Mapping[str, StageFunction]) -> StageResult:
+    """Run ``stages`` in the pipeline's order with ``functions[name]``; returns the tables and findings to print.
+
+    The analysis comes after the adaptation stages (which need only vectors and cells) so that
+    its headline includes the interpolation and analogy results.
+    """
+    from timevec.config import ConfigError
+    from timevec.store import VectorStore
+    from timevec.training import check_store_base
+
+    assert tuple(functions) == STAGES, "the stage table names the pipeline's stages in order"
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    store = VectorStore.from_config(config.store)
+    if store.exists():
+        check_store_base(config, store)
+    summary: StageResult = {"tables": {}, "headline": {}}
+    ordered = [s for s in STAGES if s in stages]
+    for name in ordered:
+        began = time.perf_counter()
+        log.info("stage %s: starting", name)
+        result = functions[name](config, store)
+        summary["tables"].update(result.get("tables", {}))
+        summary["headline"].update(result.get("headline", {}))
+        for key in ("report", "findings"):
+            if key in result:
+                summary[key] = result[key]
+        seconds = time.perf_counter() - began
+        summary["headline"][f"seconds_{name}"] = round(seconds, 1)
+        log.info("stage %s: done in %.1f s", name, seconds)
+    summary["results"] = f"{store.url.rstrip('/')}/results/*.parquet"
+    ray_storage = config.ray.storage_path or store.ray_storage_path()
+    if "://" not in ray_storage and {"finetune", "analogy"} & set(ordered):
+        summary["tensorboard"] = f"tensorboard --logdir {ray_storage}"  # every fleet run and α-search trial
+    return summary
+
+
+def summary_frame(summary: StageResult) -> pd.DataFrame:
+    """The headline as a two-column table (for logs of ``ray job`` runs)."""
+    import pandas as pd
+
+    return pd.DataFrame({"finding": list(summary["headline"]), "value": [str(v) for v in summary["headline"].values()]})
