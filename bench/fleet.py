@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local head without token auth (DESIGN §5)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local head without token auth (ARCHITECTURE §5)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local heads start without token auth (DESIGN §5)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local heads start without token auth (ARCHITECTURE §5)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
@@ -18,7 +18,7 @@ from tests.s3_server import s3_server  # noqa: E402,F401  (session fixture: Seaw
 
 @pytest.fixture(scope="session")
 def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
-    """One local Ray (2 CPUs, DESIGN §4) for the session; yields its GCS address for driver subprocesses.
+    """One local Ray (2 CPUs, ARCHITECTURE §4) for the session; yields its GCS address for driver subprocesses.
 
     The S3 server starts first when it can: it puts its keys in the environment, and Ray's worker
     processes inherit the environment Ray was started with (the standard AWS chain). Shut down

@@ -1,4 +1,4 @@
-"""A real S3 endpoint on loopback for tests and benchmarks: SeaweedFS ``weed mini`` (DESIGN §5).
+"""A real S3 endpoint on loopback for tests and benchmarks: SeaweedFS ``weed mini`` (ARCHITECTURE §5).
 
 ``start_s3_server(tmp_dir)`` starts one server on random free ports bound to 127.0.0.1 and waits
 until its bucket answers; ``S3Server.stop()`` ends it by process group. The access key pair is

@@ -12,14 +12,14 @@ best-α summary is :func:`timevec.summaries.interpolation_best`.
 Design choices, and why:
 
 - **Evaluation is injected.** Functions take ``evaluate_weights(terms, splits) -> rows``, the
-  signature of :meth:`timevec.distributed.cells.CellEvaluator.evaluate_weights`: θ_pre + Σ cᵢ·τᵢ is
+  signature of :meth:`timevec.cells.CellEvaluator.evaluate_weights`: θ_pre + Σ cᵢ·τᵢ is
   written into a live model IN PLACE (:class:`~timevec.vectors.WeightPatcher`), every split is
   evaluated, and θ_pre is restored. No combined vector and no model copy is ever materialised, so
   the same code serves a 189 K-parameter test model and T5-3b.
 - **Combinations are coefficient lists**, not vectors: ``interpolation_terms`` at α = 0 is
   ``[(1.0, τ_first), (0.0, τ_last)]``, and the patcher skips zero coefficients, so the α = 0 and
   α = 1 points are bit-identical to the end vectors' own cells (the tests check this exactly).
-- **Baselines are part of every table** (DESIGN §1): the base, the in-period vector (oracle), the
+- **Baselines are part of every table** (ARCHITECTURE §1): the base, the in-period vector (oracle), the
   LATEST vector, and for analogies the task vector scaled alone. arXiv 2509.23487 found that
   interpolation often fails to beat the latest model, so gains against it are reported as such.
 - **Long tables with a ``method`` column** for soups, patching and analogy baselines: one schema
@@ -131,7 +131,7 @@ def interpolation_ends(stored: Sequence[str]) -> tuple[str, str]:
 
 
 def interpolation_terms(tau_first: TimeVector, tau_last: TimeVector, alpha: float) -> list[Term]:
-    """``[(1−α, τ_first), (α, τ_last)]``: α is the weight of the LATER vector (DESIGN §1).
+    """``[(1−α, τ_first), (α, τ_last)]``: α is the weight of the LATER vector (ARCHITECTURE §1).
 
     At α = 0 and α = 1 one coefficient is exactly 0.0 and the other exactly 1.0, so the patched
     weights are bit-identical to base + τ_first and base + τ_last.

@@ -1,6 +1,6 @@
 """Time vectors and weight arithmetic.
 
-A time vector τ is ``θ_run − θ_pre`` over every floating-point parameter of a model (DESIGN §1).
+A time vector τ is ``θ_run − θ_pre`` over every floating-point parameter of a model (ARCHITECTURE §1).
 This module holds the arithmetic the study needs (sums, scaling, norms and cosines) and
 :class:`WeightPatcher`, which puts ``θ_pre + Σ cᵢ·τᵢ`` into a live model in place and takes it back
 out bit for bit. Interpolation, soups and analogies are coefficient lists over vectors
@@ -204,7 +204,7 @@ class TimeVector:
         return math.sqrt(sum(sum_of_squares(t) for t in self.tensors.values()))
 
     def cosine(self, other: TimeVector) -> float:
-        """Cosine similarity over all tensors flattened and concatenated (DESIGN §1)."""
+        """Cosine similarity over all tensors flattened and concatenated (ARCHITECTURE §1)."""
         na, nb = self.norm(), other.norm()
         if na == 0.0 or nb == 0.0:
             raise VectorError("cosine of a zero vector is undefined")

@@ -1,7 +1,7 @@
 """The task-analogy α search on Ray Tune.
 
 θ = θ_pre + α₁·τ_task(j) + α₂·τ_lm(k) − α₃·τ_lm(j) moves a task model from period j to a later
-period k using only unlabeled text of k (DESIGN §1). For each (j, k) one Tune experiment searches
+period k using only unlabeled text of k (ARCHITECTURE §1). For each (j, k) one Tune experiment searches
 the α's: ``tune.grid_search`` over the reference grid (``analogy.alpha1 × alpha2 × alpha3``, the
 paper's 9 × 6 × 6 = 324 points) or, with ``analogy.searcher: optuna``, ``analogy.num_samples``
 points proposed by Optuna's TPE over the same grid. Each trial evaluates the VALIDATION and TEST

@@ -1,6 +1,6 @@
 """The all-pairs cell matrix on Ray: evaluation actors that hold the base once.
 
-A cell is (weights, test split) → metric (DESIGN §1). For each task and granularity the matrix is
+A cell is (weights, test split) → metric (ARCHITECTURE §1). For each task and granularity the matrix is
 every stored vector of that granularity's periods × every test period, plus the base itself as a
 row (``vector="base"``, ``train_period=None``).
 

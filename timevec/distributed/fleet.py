@@ -7,7 +7,7 @@ the rest as ONE Tune experiment — Ray's documented pattern for many trainings 
 - ``ray.workers_per_run == 0`` (default; one device per run): the trial trains in the trial
   process itself, with ``tune.with_resources({"cpu": cpus_per_run, "gpu": gpus_per_run})``
   (fractional GPUs allowed). This avoids Train's per-run start-up (a worker group, a controller,
-  a process group: ≈ 20 s on the 2-core machine, DESIGN §5), which dominates small runs.
+  a process group: ≈ 20 s on the 2-core machine, ARCHITECTURE §5), which dominates small runs.
 - ``ray.workers_per_run >= 1`` (multi-device runs, e.g. t5-3b): the trial builds and fits a
   ``TorchTrainer`` (``ScalingConfig(num_workers, use_gpu)``, a ``RunConfig`` named after the run,
   ``TuneReportCallback`` forwarding worker metrics to Tune).
@@ -197,7 +197,7 @@ def run_fleet(
         param_space={"run": tune.grid_search([r.as_dict() for r in todo])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=rc.max_concurrent_runs,
-            reuse_actors=True,  # a trial process is reused by the next run: ≈1.5 s less per run (DESIGN §5)
+            reuse_actors=True,  # a trial process is reused by the next run: ≈1.5 s less per run (ARCHITECTURE §5)
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_dirname,
         ),

@@ -1,6 +1,6 @@
 """Forwarding a training loop's metrics and checkpoints to Ray from a thread beside the loop.
 
-One job: ``ray.tune.report`` / ``ray.train.report`` block (DESIGN §5 measured it), so the
+One job: ``ray.tune.report`` / ``ray.train.report`` block (ARCHITECTURE §5 measured it), so the
 training thread only snapshots a handed state and queues it; one reporter thread sends everything
 in order. Used by both kinds of fleet trial (:mod:`timevec.distributed.fleet_trials`).
 """

@@ -1,6 +1,6 @@
 """The vector store: sharded safetensors + JSON manifests + Parquet tables on any fsspec URL.
 
-Layout (DESIGN §3)::
+Layout (ARCHITECTURE §3)::
 
     <root>/store.json                                 format version, base id + fingerprint, dtype, shard plan
     <root>/base/shard-00000.safetensors …  manifest.json   the base weights (always fp32)

@@ -498,6 +498,6 @@ class VectorStore:
 
         Local stores give an absolute path. S3 with a custom ``endpoint_url`` gives
         ``s3://bucket/prefix/sub?endpoint_override=HOST:PORT&scheme=http`` (pyarrow's S3 URI
-        options; DESIGN §5); credentials still come from the AWS chain.
+        options; ARCHITECTURE §5); credentials still come from the AWS chain.
         """
         return ray_storage_uri(self._files, check_relpath(sub), self.storage_options)
