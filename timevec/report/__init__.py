@@ -1,0 +1,94 @@
+"""Figures and one self-contained HTML report from the result tables.
+
+Design choices, and why:
+
+* Output goes through two callables (``write_bytes(path, data)`` and ``write_table(name, df)``)
+  so the report knows nothing about where the store lives (local folder or ``s3://``).
+* Every figure has the table it was drawn from written next to it (``fig_<name>``), so any number
+  in a picture can be checked or re-plotted without re-running the study.
+* ``reports/index.html`` embeds every PNG as a base64 data URI and loads nothing from the network:
+  it can be mailed, attached to a CI run or opened from object storage as one file.
+* Matplotlib is used through :class:`matplotlib.figure.Figure` with the Agg canvas, never pyplot,
+  so building a report neither changes a global backend nor leaks figures in long-lived workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from timevec import analysis as an
+from timevec import results, similarity
+from timevec.report.adaptation import adaptation_figures, analogy_figures, interpolation_figures
+from timevec.report.page import page
+from timevec.report.plotting import Figure, WriteBytes, WriteTable
+from timevec.report.structure import decay_figures, matrix_figures, similarity_figures, umap_figure
+
+__all__ = ["build_report"]
+
+log = logging.getLogger(__name__)
+
+
+def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | None,
+                 keys: Sequence[similarity.Key] | None, write_bytes: WriteBytes,
+                 write_table: WriteTable, title: str = "timevec report",
+                 *, generated: dt.datetime | None = None) -> list[str]:
+    """Draw every figure the available tables support and write one self-contained HTML report.
+
+    ``tables``: by their :mod:`timevec.results` names, ``cells`` (required), optionally
+    ``interpolation``, ``soups``, ``patching`` and ``analogy_best``; absent or empty optional tables just mean fewer
+    figures. ``gram``/``keys``: the time vectors' Gram matrix (may be ``None``: no similarity
+    figures). Figures go to ``reports/<name>.png``, their tables to ``fig_<name>``, the page to
+    ``reports/index.html``. Returns the figure paths in page order.
+    """
+    cells = tables.get(results.CELLS_TABLE)
+    if cells is None:
+        raise ValueError(f"build_report needs tables[{results.CELLS_TABLE!r}] (results/{results.CELLS_TABLE}.parquet)")
+    interp = tables.get(results.INTERPOLATION_TABLE)
+    analogy = tables.get(results.ANALOGY_BEST_TABLE)
+    key_list = [(str(t), str(p)) for t, p in keys] if keys is not None else []
+    have_gram = gram is not None and len(key_list) > 0
+    res = an.analyze(cells, gram if have_gram else None, key_list if have_gram else None,
+                     interp, analogy)
+    figures: list[Figure] = []
+    notes: list[str] = []
+    if not res.rel.empty:
+        matrix_figures(cells, res.rel, figures, write_table)
+        decay_figures(res.decay, res.rel, figures, write_table)
+    else:
+        notes.append("No cells of trained vectors: no misalignment figures.")
+    if have_gram:
+        similarity_figures(np.asarray(gram), key_list, res, figures, write_table)
+        umap_figure(np.asarray(gram), key_list, figures, write_table)
+    else:
+        notes.append("No Gram matrix given: no similarity or UMAP figures.")
+    if interp is not None and not interp.empty:
+        interpolation_figures(interp, res.interpolation, figures, write_table)
+    else:
+        notes.append("No interpolation table: no interpolation figures.")
+    for kind in (results.SOUPS_TABLE, results.PATCHING_TABLE):
+        table = tables.get(kind)
+        if table is not None and not table.empty:
+            adaptation_figures(table, kind, figures, write_table)
+    if not res.analogy.empty:
+        analogy_figures(res.analogy, figures, write_table)
+    else:
+        notes.append("No analogy table: no analogy figures.")
+
+    paths: list[str] = []
+    for f in figures:
+        path = f"reports/{f.name}.png"
+        write_bytes(path, f.png)
+        paths.append(path)
+    when = (generated or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
+    folded = {"own period best (diagonal)": res.diagonal, "decay fit": res.decay.fit, "stripes": res.stripes,
+              "interpolation: best α per middle period": res.interpolation, "task analogies vs baselines": res.analogy,
+              "time soups": tables.get(results.SOUPS_TABLE), "patching": tables.get(results.PATCHING_TABLE)}
+    write_bytes("reports/index.html", page(title, res.findings, res.headline, figures, when, notes, folded))
+    log.info("report: %d figures and reports/index.html written", len(figures))
+    return paths
+
