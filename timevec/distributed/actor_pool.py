@@ -39,6 +39,7 @@ from ray.util import ActorPool
 
 from timevec.config import RayConfig
 from timevec.distributed.runtime import ensure_ray
+from timevec.progress import Progress
 from timevec.store import StoreError
 from timevec.vectors import VectorError
 
@@ -170,8 +171,6 @@ def drive(
     the stage's own error; otherwise Ray's is re-raised). ``collect`` names an actor method whose
     answers (from every actor, after the last item) land in ``PoolOutcome.collected``.
     """
-    from tqdm.auto import tqdm
-
     ensure_ray(ray_config)
     actor_cls = ray.remote(actor_class).options(
         num_cpus=ray_config.cpus_per_eval_actor,
@@ -201,26 +200,27 @@ def drive(
         pool = ActorPool(actors)
         for item in items:
             pool.submit(lambda actor, value: actor.run.remote(value, refs), item)
-        with tqdm(total=len(items), desc=desc, unit=unit, disable=None) as progress:
-            while pool.has_next():
-                try:
-                    item, rows, error, text = pool.get_next_unordered()
-                except ActorSetupError as exc:  # Ray's RayTaskError, also an ActorSetupError
-                    if on_setup_error is not None:
-                        on_setup_error(exc.error)
-                    raise
-                progress.update(1)
-                if error is not None:
-                    failure = Failure(item, error, text or _text(error))
-                    outcome.failures.append(failure)
-                    if on_failure is not None:
-                        on_failure(failure)
-                    continue
-                for name, part in rows.items():
-                    buffers[name].extend(part)
-                    outcome.rows[name] += len(part)
-                if sum(map(len, buffers.values())) >= flush_rows or time.perf_counter() - last_flush >= flush_seconds:
-                    flush()
+        progress = Progress(desc, len(items), unit=unit)
+        while pool.has_next():
+            try:
+                item, rows, error, text = pool.get_next_unordered()
+            except ActorSetupError as exc:  # Ray's RayTaskError, also an ActorSetupError
+                if on_setup_error is not None:
+                    on_setup_error(exc.error)
+                raise
+            if error is not None:
+                failure = Failure(item, error, text or _text(error))
+                outcome.failures.append(failure)
+                progress.advance(1, extra=f"{len(outcome.failures)} failed")
+                if on_failure is not None:
+                    on_failure(failure)
+                continue
+            progress.advance(1, extra=f"{len(outcome.failures)} failed" if outcome.failures else "")
+            for name, part in rows.items():
+                buffers[name].extend(part)
+                outcome.rows[name] += len(part)
+            if sum(map(len, buffers.values())) >= flush_rows or time.perf_counter() - last_flush >= flush_seconds:
+                flush()
         flush()
         outcome.finished = time.time()
         if collect is not None:

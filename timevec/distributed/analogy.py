@@ -66,6 +66,7 @@ from timevec.config import ExperimentConfig
 from timevec.devices import pick_device
 from timevec.evaluation import METRICS, EvalSplit, prepare_split
 from timevec.periods import Period
+from timevec.progress import Progress
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
 from timevec.store import StoreError, VectorStore
 
@@ -426,10 +427,12 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
         max_retries=config.ray.max_failures,
     )
     out: list[pd.DataFrame] = []
+    progress = Progress("analogy", len(pairs), unit="(j, k) pairs", every_s=0.0)
     for j, k in pairs:
         validation, test = splits[k]
         if validation.n_examples == 0 or test.n_examples == 0:
             log.warning("analogy %s→%s: empty validation or test split of %s, skipped", j, k, k)
+            progress.advance(1, extra=f"{j}→{k} skipped")
             continue
         name = experiment_name(config, store, task, j, k)
         cfg = config.analogy
@@ -456,6 +459,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
         _replace_rows(store, ANALOGY_BEST_TABLE, best, keys)
         out.append(best)
         _log_pair(task, j, k, best, facts)
+        progress.advance(1, extra=f"{j}→{k} searched")
     log.info("analogy stage done in %.1f s", time.perf_counter() - began)
     return pd.concat(out, ignore_index=True) if out else results.analogy_best_frame([])
 
