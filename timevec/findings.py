@@ -84,7 +84,9 @@ def _fmt(v: float, unit: str) -> str:
 
 def _row(finding: str, panel: str, estimate: float, low: float, high: float, unit: str, holds: str,
          note: str = "", measured: str | None = None) -> dict[str, Any]:
-    if measured is None:
+    if measured is None and math.isnan(estimate):
+        measured = f"n/a: {note}" if note else "n/a"  # say why there is no number
+    elif measured is None:
         interval = "" if math.isnan(low) else f" [{_fmt(low, unit)}, {_fmt(high, unit)}]"
         suffix = "" if unit in ("share", "r") else f" {unit}"
         measured = f"{_fmt(estimate, unit)}{interval}{suffix}"
