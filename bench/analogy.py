@@ -92,7 +92,8 @@ def bench_combination(tmp: str, quick: bool) -> list[dict]:
     settings = [
         ("demo model, demo splits (300 texts)", "d_model: 128, num_layers: 2, num_heads: 4, d_ff: 512, max_positions: 160", 160, 300),
         ("demo model, small splits (32 texts)", "d_model: 128, num_layers: 2, num_heads: 4, d_ff: 512, max_positions: 160", 160, 32),
-        ("4x wider, 2x deeper (d512, 4 layers), 16 texts", "d_model: 512, num_layers: 4, num_heads: 8, d_ff: 2048, max_positions: 160", 160, 16),
+        ("4x wider, 2x deeper (d512, 4 layers), 16 texts",
+         "d_model: 512, num_layers: 4, num_heads: 8, d_ff: 2048, max_positions: 160", 160, 16),
     ]
     if quick:
         settings = settings[1:2]
@@ -254,7 +255,8 @@ def bench_optuna(tmp: str, seeds: int, quick: bool, trained: str | None, study: 
             opt = evaluations_to_reach(values, order, 0.01)
             rng = np.random.default_rng([seed, pair_index])
             rand = evaluations_to_reach(values, [all_idx[i] for i in rng.permutation(len(all_idx))], 0.01)
-            rows.append({"pair": f"{j}→{k}", "seed": seed, "optuna": opt, "optuna_distinct": len(set(order)) if opt <= grid_size else grid_size + 1, "random": rand})
+            distinct = len(set(order)) if opt <= grid_size else grid_size + 1
+            rows.append({"pair": f"{j}→{k}", "seed": seed, "optuna": opt, "optuna_distinct": distinct, "random": rand})
         best_idx = np.unravel_index(values.argmax(), values.shape)
         near = int((values >= values.max() - 0.01 * abs(values.max())).sum())
         log.info("%s→%s: grid of %d evaluated in %.0f s; best %.4f at α=(%.1f, %.1f, %.1f); %d points within 1%%; "

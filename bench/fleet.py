@@ -209,13 +209,15 @@ def main() -> int:
     print(f"    fleet trials, 1 thread each:     {fleet_tps:9.0f}   ratio {fleet_tps / plain_tps:.3f}  (goal >= 0.95)")
     print("    CPU ms per 1000 tokens trained (independent of other load on the machine):")
     print(f"      plain process while training:  {plain_cpu:7.2f}")
-    print(f"      fleet trial while training:    {trial_cpu:7.2f}   plain/trial {plain_cpu / trial_cpu:.3f}  (the loop + reporting every step)")
+    print(f"      fleet trial while training:    {trial_cpu:7.2f}   plain/trial {plain_cpu / trial_cpu:.3f}"
+          "  (the loop + reporting every step)")
     print(f"      whole cluster, Tune run:       {cluster_cpu:7.2f}   plain/cluster {plain_cpu / cluster_cpu:.3f}  "
           f"(+ driver, raylet, GCS, start-up, model loads, vector writes)")
     print("(b) makespan")
     print(f"    fleet (the Tune run):            {makespan:9.1f} s")
     print(f"    ideal sum(train) / {args.concurrency}:            {ideal_train:9.1f} s   ratio {makespan / ideal_train:.3f}  (goal <= 1.2)")
-    print(f"    ideal sum(total) / {args.concurrency}:            {ideal_total:9.1f} s   ratio {makespan / ideal_total:.3f}  (total = + model load, examples, vector write)")
+    print(f"    ideal sum(total) / {args.concurrency}:            {ideal_total:9.1f} s   ratio {makespan / ideal_total:.3f}"
+          "  (total = + model load, examples, vector write)")
     print(f"    plain processes, wall:           {wall1 + wall2:9.1f} s   ratio {makespan / (wall1 + wall2):.3f}")
     print(f"    start-up (Tune run begins -> first trial starts): {startup:.1f} s; the rest {makespan - startup:.1f} s "
           f"= {(makespan - startup) / ideal_train:.3f}x ideal")
@@ -235,7 +237,8 @@ def main() -> int:
             assert set(out["status"]) == {"done"}, out.to_string()
             span = out.attrs["makespan_s"]
             print(
-                f"    workers_per_run={workers}: makespan {span:6.1f} s (first trial after {timeline.first_start - timeline.began:4.1f} s), "
+                f"    workers_per_run={workers}: makespan {span:6.1f} s "
+                f"(first trial after {timeline.first_start - timeline.began:4.1f} s), "
                 f"per run: train {out['seconds'].median():5.2f} s at {out['tokens_per_second'].median():6.0f} tokens/s, "
                 f"job wall {out['wall_seconds'].median():5.1f} s"
             )

@@ -1,10 +1,11 @@
-"""Shared pytest set-up: the gpu marker (slow tests run by default; `-m "not slow"` skips them), the real S3 server on loopback, one local Ray."""
+"""Shared pytest set-up: the gpu marker (slow tests run by default; `-m "not slow"` skips them),
+the real S3 server on loopback, one local Ray."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

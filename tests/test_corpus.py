@@ -34,7 +34,8 @@ def test_bucketing_by_year_and_month_and_counts(tmp_path):
     assert counts.set_index("period").loc["2013", "total"] == 0
     assert counts.set_index("period").loc["2014", "total"] == 40
     assert set(counts.columns) >= {"period", "granularity", "train", "validation", "test", "total"}
-    assert len(corpus.rows("2014-03")) == len(corpus.rows("2014-03", "train")) + len(corpus.rows("2014-03", "validation")) + len(corpus.rows("2014-03", "test"))
+    splits = ("train", "validation", "test")
+    assert len(corpus.rows("2014-03")) == sum(len(corpus.rows("2014-03", split)) for split in splits)
     ds = corpus.dataset("2014", "train")
     assert set(ds.column_names) >= {"key", "date", "text", "label"}
 

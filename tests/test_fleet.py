@@ -196,7 +196,8 @@ def test_an_interrupted_driver_resubmitted_skips_finished_runs(ray_session: str,
     store = VectorStore.from_config(config.store)
     storage = Path(store.ray_storage_path()) / experiment_name(config)
     runs = plan_runs(config)
-    script = f"from timevec.config import load_config; from timevec.distributed.fleet import run_fleet; run_fleet(load_config({str(path)!r}))"
+    script = (f"from timevec.config import load_config; from timevec.distributed.fleet import run_fleet; "
+              f"run_fleet(load_config({str(path)!r}))")
     env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

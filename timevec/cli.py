@@ -11,8 +11,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from timevec.pipeline import STAGES
 
@@ -136,7 +136,8 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     for i, (task, period) in enumerate(keys):
         manifest = store.manifest(task, period)
         prev = next(
-            (j for j in range(i - 1, -1, -1) if keys[j][0] == task and Period.parse(keys[j][1]).granularity == Period.parse(period).granularity),
+            (j for j in range(i - 1, -1, -1)
+             if keys[j][0] == task and Period.parse(keys[j][1]).granularity == Period.parse(period).granularity),
             None,
         )
         cos_prev = gram[i, prev] / (gram[i, i] * gram[prev, prev]) ** 0.5 if prev is not None else float("nan")
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     vectors.set_defaults(func=cmd_vectors)
 
     store = sub.add_parser("store", help="inspect or maintain a vector store: ls | info | verify | rm")
-    store.add_argument("action", choices=["ls", "info", "verify", "rm"], help="ls: vectors; info: store.json; verify: re-hash every shard; rm: delete vectors")
+    store.add_argument("action", choices=["ls", "info", "verify", "rm"],
+                       help="ls: vectors; info: store.json; verify: re-hash every shard; rm: delete vectors")
     store.add_argument("url", help="store root: a local folder or s3://bucket/prefix")
     store.add_argument("keys", nargs="*", help="for rm: vectors as task/period")
     store.add_argument("--task", help="ls/verify: only this task")

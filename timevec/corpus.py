@@ -179,7 +179,8 @@ def canonicalize(raw: pd.DataFrame, cfg: CorpusConfig, origin: str) -> Corpus:
     if empty.any():
         log.warning("%s: %d rows with empty text are left out", origin, int(empty.sum()))
         bad_rows = pd.concat(
-            [bad_rows, pd.DataFrame({"row": frame.loc[empty, "row"], "date": frame.loc[empty, "date"].astype(str), "reason": "empty text"})],
+            [bad_rows, pd.DataFrame({"row": frame.loc[empty, "row"], "date": frame.loc[empty, "date"].astype(str),
+                                     "reason": "empty text"})],
             ignore_index=True,
         )
         frame = frame.loc[~empty]
@@ -209,7 +210,7 @@ def _apply_caps(frame: pd.DataFrame, cfg: CorpusConfig) -> pd.DataFrame:
         return frame
     frame = frame.assign(_rank=[_rank(k) for k in frame["key"]]).sort_values("_rank")
     kept = []
-    for (year, split), group in frame.groupby(["year", "split"], sort=False):
+    for (_year, split), group in frame.groupby(["year", "split"], sort=False):
         cap = caps.get(split)
         if cap is None or len(group) <= cap:
             kept.append(group)

@@ -7,7 +7,7 @@ that finished with some of its work failed exits 1; anything else is a bug and k
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from timevec.config import ConfigError
 from timevec.corpus import CorpusError

@@ -26,7 +26,6 @@ import logging
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Union
 
 import torch
 from torch import nn
@@ -46,7 +45,7 @@ class VectorError(ValueError):
     """Vectors that cannot be combined (names/shapes differ) or hold NaN/Inf."""
 
 
-Scalar = Union[int, float]
+Scalar = int | float
 TensorMap = Mapping[str, torch.Tensor]
 
 

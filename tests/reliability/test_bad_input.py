@@ -308,7 +308,7 @@ def test_store_verify_names_every_corrupt_file(base_store: Path, tmp_path: Path,
 
     result = cli_subprocess("store", "verify", root)
     assert result.returncode == 1, result.stdout + result.stderr
-    lines = [l for l in result.stdout.splitlines() if l.startswith("PROBLEM")]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("PROBLEM")]
     expected = {
         "lm/2013": ["shard-00000.safetensors", "truncated"],
         "lm/2014": ["manifest.json", "not valid JSON"],
@@ -318,7 +318,7 @@ def test_store_verify_names_every_corrupt_file(base_store: Path, tmp_path: Path,
         "base": ["base/shard-00000.safetensors"],
     }
     for label, words in expected.items():
-        hits = [l for l in lines if f"{label}:" in l or f"{label} " in l or (label == "base" and "base:" in l)]
+        hits = [line for line in lines if f"{label}:" in line or f"{label} " in line or (label == "base" and "base:" in line)]
         assert hits, f"no problem reported for {label}: {lines}"
         assert all(any(w in h for h in hits) for w in words), (label, words, hits)
     assert len(lines) == len(expected), lines

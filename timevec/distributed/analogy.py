@@ -333,7 +333,9 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
     )
 
 
-def search_pair(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str) -> tuple[list[task_analogy.AnalogyPoint], dict[str, Any]]:
+def search_pair(
+    config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str
+) -> tuple[list[task_analogy.AnalogyPoint], dict[str, Any]]:
     """Run one pair's Tune experiment, or only what an earlier run left; returns its points and run facts."""
     began = time.perf_counter()
     done = finished_trials(storage, name)
