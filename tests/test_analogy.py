@@ -89,6 +89,7 @@ def _trial_dirs(config, store) -> list[str]:
     return sorted(d for d in glob.glob(os.path.join(path, "AnalogyTrial_*")) if os.path.isdir(d))
 
 
+@pytest.mark.slow
 def test_grid_search_visits_the_reference_grid(ray_session, study):
     config, store = study
     best = run_analogy(config, store)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from timevec.pipeline import STAGES
 
@@ -82,6 +83,7 @@ def test_unknown_stage_exits_2_in_the_cli_and_the_job(tmp_path):
     assert single.returncode == 2 and "unrecognized arguments: --stages" in single.stderr  # fixed-stage jobs
 
 
+@pytest.mark.slow
 def test_tiny_demo_end_to_end_then_store_tools(tmp_path):
     store = tmp_path / "store"
     result = timevec("demo", "--tiny", "--store", str(store))

@@ -241,6 +241,7 @@ def _wait_for_job(client, submission_id: str, timeout: float) -> str:
     return "TIMEOUT"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(JOB_TIMEOUT_S + 300)
 def test_pipeline_job_on_local_head_with_s3_store(ray_head: Head, s3_server) -> None:
     from ray.job_submission import JobSubmissionClient

@@ -139,6 +139,7 @@ def test_non_utf8_parquet_is_a_corpus_error(populated: Path, tmp_path: Path, cap
 # ---------------------------------------------------------------------------- one period only
 
 
+@pytest.mark.slow
 def test_a_single_period_gives_graceful_tables_or_a_clear_message(
     ray_session: str, base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
     caplog: pytest.LogCaptureFixture,
@@ -330,6 +331,7 @@ def test_store_verify_names_every_corrupt_file(base_store: Path, tmp_path: Path,
     assert code == 2 and "lm/2014" in err and "manifest.json" in err
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_corrupt_vector_and_a_corrupt_base(
     ray_session: str, base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

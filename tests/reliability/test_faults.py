@@ -69,6 +69,7 @@ def _tmp_leftovers(root: Path) -> list[str]:
 # ---------------------------------------------------------------------------- the driver killed
 
 
+@pytest.mark.slow
 def test_driver_killed_mid_fleet_then_rerun_skips_finished_runs(
     ray_session: str, base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -131,6 +132,7 @@ DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_driver_killed_mid_evaluation_then_rerun_computes_only_missing_cells(
     ray_session: str, base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

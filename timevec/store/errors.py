@@ -8,3 +8,7 @@ __all__ = ["StoreError"]
 
 class StoreError(Exception):
     """Anything wrong with the store or its contents; the message names the vector and the file."""
+
+
+# Tracebacks and failure lines name it by its public home, as they did before the store was a package.
+StoreError.__module__ = "timevec.store"
