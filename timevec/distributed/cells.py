@@ -53,7 +53,7 @@ from transformers import PreTrainedTokenizerBase
 from timevec.config import BaseConfig, ExperimentConfig
 from timevec.corpus import Corpus, load_corpus
 from timevec.evaluation import EvalSplit, evaluate, prepare_split
-from timevec.models import base_from_store, base_id, load_tokenizer
+from timevec.models import base_from_store, load_tokenizer
 from timevec.periods import Period
 from timevec.store import StoreError, VectorStore
 from timevec.vectors import TimeVector, WeightPatcher
@@ -147,11 +147,9 @@ def plan_cells(
 
 def encoder_decoder_of(base: BaseConfig) -> bool:
     """Whether the base is encoder-decoder, without building it (a hub t5-3b would cost GBs)."""
-    if base.source == "embedded":
-        return base.arch == "t5"
-    from transformers import AutoConfig
+    from timevec.models import base_is_encoder_decoder
 
-    return bool(getattr(AutoConfig.from_pretrained(base.hub_id, revision=base.revision), "is_encoder_decoder", False))
+    return base_is_encoder_decoder(base)
 
 
 def prepare_splits(
@@ -409,11 +407,9 @@ def run_cells(
     store = store or VectorStore.from_config(config.store)
     if not store.exists():
         raise StoreError(f"store {store} holds no base yet: run the fine-tune stage first")
-    if store.base_id != base_id(config.base):
-        raise StoreError(
-            f"store {store} holds base {store.base_id!r}, the config describes {base_id(config.base)!r}: "
-            "evaluating would pair the store's weights with another architecture or tokenizer"
-        )
+    from timevec.training import check_store_base
+
+    check_store_base(config, store)  # names both bases when the architecture/vocabulary or weights differ
     stats = CellRunStats()
     existing = read_cells(store, table)
     done = set(map(tuple, existing[CELL_KEY].itertuples(index=False, name=None)))
