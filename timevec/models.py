@@ -13,6 +13,9 @@ import copy
 import hashlib
 import logging
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
@@ -56,11 +59,50 @@ def hub_config(base: BaseConfig) -> PretrainedConfig:
 
     where = resolve(base)
     if where.key not in _HUB_CONFIGS:
-        config = AutoConfig.from_pretrained(where.location, **where.kwargs())
+        if where.gguf_file:
+            config = AutoConfig.from_pretrained(gguf_metadata_dir(where))
+        else:
+            config = AutoConfig.from_pretrained(where.location, **where.kwargs())
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         _HUB_CONFIGS[where.key] = config
     return copy.deepcopy(_HUB_CONFIGS[where.key])
+
+
+def gguf_metadata_dir(where) -> str:
+    """A local folder with the GGUF file's model config and tokenizer as ordinary HF files.
+
+    Parsing a GGUF file for them takes seconds (tens on a busy machine) in every process that
+    builds the architecture or the tokenizer: each fleet trial and evaluation actor. They are
+    converted once per machine into ``$TIMEVEC_CACHE`` (default ``~/.cache/timevec``), keyed by
+    the file's path, size and mtime, and written to a temporary folder renamed into place (safe
+    for concurrent processes). The weights are still read from the GGUF file itself.
+    """
+    path = os.path.join(where.location, where.gguf_file)
+    stat = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = os.environ.get("TIMEVEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "timevec")
+    target = os.path.join(root, "gguf", f"{os.path.splitext(where.gguf_file)[0]}-{key}")
+    if os.path.isfile(os.path.join(target, "complete")):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
+    try:
+        config = AutoConfig.from_pretrained(where.location, gguf_file=where.gguf_file)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(where.location, gguf_file=where.gguf_file).save_pretrained(tmp)
+        with open(os.path.join(tmp, "complete"), "w") as handle:
+            handle.write(path + "\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process got there first
+            if not os.path.isfile(os.path.join(target, "complete")):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def base_is_encoder_decoder(base: BaseConfig) -> bool:
@@ -84,7 +126,10 @@ def load_tokenizer(base: BaseConfig) -> PreTrainedTokenizerBase:
 
     where = resolve(base)
     if where.key not in _TOKENIZERS:
-        tokenizer = AutoTokenizer.from_pretrained(where.location, **where.kwargs())
+        if where.gguf_file:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_metadata_dir(where))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(where.location, **where.kwargs())
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"base {where.name!r}: the tokenizer has no EOS token (timevec closes every text with it)")
         if tokenizer.pad_token_id is None:
