@@ -224,3 +224,15 @@ def test_pipeline_end_to_end_on_smollm2(smollm2_dir, tmp_path):
     for name in ("interpolation", "analogy_best", "similarity", "decay_fit"):
         assert (store / "results" / f"{name}.parquet").exists(), name
     assert (store / "reports" / "index.html").exists()
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_eos(smollm2_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "nopad")
+    (tmp_path / "nopad" / "config.json").write_text((smollm2_dir / "config.json").read_text())
+    assert AutoTokenizer.from_pretrained(tmp_path / "nopad").pad_token is None
+    loaded = load_tokenizer(BaseConfig(source="hub", hub_id=str(tmp_path / "nopad")))
+    assert loaded.pad_token_id == loaded.eos_token_id is not None and loaded.padding_side == "right"
