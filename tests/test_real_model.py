@@ -111,9 +111,10 @@ def test_lora_steps_lower_the_loss_and_are_merged_before_tau(finetuned):
 
 
 def test_stored_tau_added_to_the_base_reproduces_the_finetuned_logits(finetuned, smollm2_base, tmp_path):
-    """θ_pre + τ read back from the store gives the fine-tuned model's logits: max |Δlogit| ≤ 1e-3
-    with fp32 storage, ≤ 0.25 with bf16 storage (logits span ≈ 40; bf16 keeps 8 bits of each τ
-    entry), and the same greedy next token at ≥ 95 % of positions (all of them with fp32)."""
+    """θ_pre + τ read back from the store gives the fine-tuned model's logits: max |Δlogit| ≤ 1e-4
+    with fp32 storage (measured: 0, bit-exact), ≤ 0.05 with bf16 storage (measured 2.1e-3 after
+    these 3 steps; bf16 keeps 8 bits of each τ entry, so the error grows with |τ|), and the same
+    greedy next token at every position."""
     from timevec.models import collate
 
     pre, tokenizer, runs = finetuned
@@ -124,7 +125,7 @@ def test_stored_tau_added_to_the_base_reproduces_the_finetuned_logits(finetuned,
     with torch.no_grad():
         want = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[mask]
     tau = TimeVector({k: v.detach().float() - base[k] for k, v in float_parameters(model).items()})
-    for dtype, atol, agree in (("float32", 1e-3, 1.0), ("bfloat16", 0.25, 0.95)):
+    for dtype, atol, agree in (("float32", 1e-4, 1.0), ("bfloat16", 0.05, 1.0)):
         store = VectorStore(str(tmp_path / dtype))
         store.init(base_id(smollm2_base), base, dtype=dtype)
         store.put_vector("lm", "2017", tau, {"kind": "lora_merged"})
@@ -199,6 +200,7 @@ def test_a_store_of_another_base_is_refused_naming_both(tmp_path, smollm2_base):
     assert "vocabulary 384" in message and "vocabulary 49152" in message  # ByT5 bytes vs BPE
 
 
+@pytest.mark.timeout(1800)  # ≈ 4 min on 2 idle cores; far longer on a shared, busy machine
 def test_pipeline_end_to_end_on_smollm2(smollm2_dir, tmp_path):
     """The smoke config (2 years, LM + multi-token labels, LoRA, bf16 store, every stage) on the
     session's save_pretrained directory of the preset (same weights, no 20 s dequantisation)."""
