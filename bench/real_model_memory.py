@@ -44,11 +44,14 @@ def _stage(name: str, config_path: str, url: str) -> dict:
     if name == "store_get":
         store.get_vector(*keys[0])
     elif name == "store_put":
+        import shutil
+
+        root = tempfile.mkdtemp(prefix="tv-put-")  # a scratch copy of the store's base (files only)
+        shutil.copytree(f"{url}/base", f"{root}/base")
+        shutil.copy(f"{url}/store.json", f"{root}/store.json")
         vector = store.get_vector(*keys[0])
-        scratch = VectorStore(tempfile.mkdtemp(prefix="tv-put-"))
-        scratch.init("scratch", store.get_base(), dtype=store.dtype, target_shard_bytes=store.info()["target_shard_bytes"])
-        after_imports = _rss_mb()  # the scratch store's init held θ_pre: count the put alone
-        scratch.put_vector("lm", "2099", vector)
+        VectorStore(root).put_vector("lm", "2099", vector)
+        shutil.rmtree(root)
     elif name == "gram":
         store.gram(keys)
     elif name in ("eval_actor", "analogy_trial"):
