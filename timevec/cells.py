@@ -92,11 +92,9 @@ def plan_cells(
 
 def encoder_decoder_of(base: BaseConfig) -> bool:
     """Whether the base is encoder-decoder, without building it (a hub t5-3b would cost GBs)."""
-    if base.source == "embedded":
-        return base.arch == "t5"
-    from transformers import AutoConfig
+    from timevec.models import base_is_encoder_decoder
 
-    return bool(getattr(AutoConfig.from_pretrained(base.hub_id, revision=base.revision), "is_encoder_decoder", False))
+    return base_is_encoder_decoder(base)
 
 
 def prepare_splits(

@@ -58,19 +58,68 @@ class PretrainConfig(_Strict):
 
 
 class BaseConfig(_Strict):
-    """The pretrained model θ_pre."""
+    """The pretrained model θ_pre.
+
+    ``source: hub`` loads with the Auto classes from ``hub_id``: a Hugging Face model id
+    (``google-t5/t5-small``) or a local directory that ``save_pretrained`` wrote (the same
+    ``from_pretrained`` path either way), optionally one GGUF file in it (``gguf_file``,
+    dequantised on load). ``preset`` names a base that a pip package ships (see
+    :mod:`timevec.presets`; ``smollm2-135m-instruct``) and implies ``source: hub``. The store
+    records the base by its weights' fingerprint and a portable ``name`` (default: the preset's
+    name, the hub id, or a local directory's folder name), never by a local path.
+    """
 
     source: Literal["embedded", "hub"] = "embedded"
     arch: Literal["t5", "gpt2"] = Field("t5", description="embedded architecture: encoder-decoder or decoder-only")
-    hub_id: str | None = Field(None, description="Hugging Face model id, e.g. google-t5/t5-small (source: hub)")
+    hub_id: str | None = Field(
+        None, description="Hugging Face model id (google-t5/t5-small) or a local save_pretrained directory (source: hub)"
+    )
     revision: str | None = None
+    gguf_file: str | None = Field(None, description="a GGUF file inside hub_id to load (dequantised), e.g. model.Q4_1.gguf")
+    preset: str | None = Field(None, description="a packaged base, e.g. smollm2-135m-instruct (implies source: hub)")
+    name: str | None = Field(None, description="portable base name recorded in the store; default from preset/hub_id")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the base is loaded and fine-tuned in (the store keeps its own store.dtype)"
+    )
     tiny: TinyModel = TinyModel()
     pretrain: PretrainConfig = PretrainConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_is_hub(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") and "source" not in data:
+            data = {**data, "source": "hub"}
+        return data
+
+    @field_validator("hub_id")
+    @classmethod
+    def _absolute_local_dir(cls, value: str | None) -> str | None:
+        # Tune runs each trial in its own working directory: a relative folder would name another one there
+        if value is None:
+            return value
+        from timevec.presets import looks_local
+
+        return os.path.abspath(os.path.expanduser(value)) if looks_local(value) else value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        from timevec.presets import PRESETS
+
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r} (known: {', '.join(sorted(PRESETS))})")
+        return value
+
     @model_validator(mode="after")
     def _hub_needs_id(self) -> BaseConfig:
-        if self.source == "hub" and not self.hub_id:
-            raise ValueError("base.hub_id is required when base.source is 'hub'")
+        if self.preset and self.source != "hub":
+            raise ValueError("base.preset needs base.source 'hub' (or leave source out)")
+        if self.preset and (self.hub_id or self.gguf_file):
+            raise ValueError("give base.preset or base.hub_id/gguf_file, not both")
+        if self.source == "hub" and not (self.hub_id or self.preset):
+            raise ValueError("base.hub_id (or base.preset) is required when base.source is 'hub'")
+        if self.source == "embedded" and (self.hub_id or self.gguf_file):
+            raise ValueError("base.hub_id/gguf_file are for base.source 'hub'")
         return self
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -362,14 +362,14 @@ def candidate_logliks(
             out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
             lengths = prompt_mask.sum(dim=1)
             last = out.logits[torch.arange(len(idx), device=device), lengths - 1]  # predicts each target's 1st token
-            cache = out.past_key_values
+            cache = out.cache
             cache.batch_repeat_interleave(n_labels)
             positions = lengths.repeat_interleave(n_labels)[:, None] + torch.arange(target_ids.size(1), device=device)
             rest = model(
                 input_ids=target_ids,
                 attention_mask=torch.cat([prompt_mask.repeat_interleave(n_labels, dim=0), target_mask], dim=1),
                 position_ids=positions,
-                past_key_values=cache,
+                cache=cache,
             ).logits
             logits = torch.cat([last.repeat_interleave(n_labels, dim=0)[:, None], rest[:, :-1]], dim=1)
         losses = torch.nn.functional.cross_entropy(

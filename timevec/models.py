@@ -9,11 +9,16 @@ both architectures: encoder-decoder (T5) and decoder-only (GPT-2 style).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,13 +30,14 @@ from transformers import (
     ByT5Tokenizer,
     GPT2Config,
     GPT2LMHeadModel,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     T5Config,
     T5ForConditionalGeneration,
 )
 
-from timevec.config import BaseConfig
+from timevec.config import BaseConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +45,131 @@ IGNORE = -100
 LmObjective = Literal["next_block", "span_corruption"]
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_CONFIGS: dict[tuple, PretrainedConfig] = {}
+_TOKENIZERS: dict[tuple, PreTrainedTokenizerBase] = {}
+
+
+def hub_config(base: BaseConfig) -> PretrainedConfig:
+    """The hub/local/GGUF base's model config (cached per process: parsing a GGUF file takes seconds).
+
+    A GGUF file's dequantised weights are plain floating-point tensors, so the config it yields is
+    stripped of any ``quantization_config``: models built from it are ordinary, saveable models.
+    """
+    from timevec.presets import resolve
+
+    where = resolve(base)
+    if where.key not in _HUB_CONFIGS:
+        if where.gguf_file:
+            config = AutoConfig.from_pretrained(gguf_metadata_dir(where))
+        else:
+            config = AutoConfig.from_pretrained(where.location, **where.kwargs())
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        _HUB_CONFIGS[where.key] = config
+    return copy.deepcopy(_HUB_CONFIGS[where.key])
+
+
+def gguf_metadata_dir(where) -> str:
+    """A local folder with the GGUF file's model config and tokenizer as ordinary HF files.
+
+    Parsing a GGUF file for them takes seconds (tens on a busy machine) in every process that
+    builds the architecture or the tokenizer: each fleet trial and evaluation actor. They are
+    converted once per machine into ``$TIMEVEC_CACHE`` (default ``~/.cache/timevec``), keyed by
+    the file's path, size and mtime, and written to a temporary folder renamed into place (safe
+    for concurrent processes). The weights are still read from the GGUF file itself.
+    """
+    path = os.path.join(where.location, where.gguf_file)
+    stat = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = os.environ.get("TIMEVEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "timevec")
+    target = os.path.join(root, "gguf", f"{os.path.splitext(where.gguf_file)[0]}-{key}")
+    if os.path.isfile(os.path.join(target, "complete")):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
+    try:
+        config = AutoConfig.from_pretrained(where.location, gguf_file=where.gguf_file)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(where.location, gguf_file=where.gguf_file).save_pretrained(tmp)
+        with open(os.path.join(tmp, "complete"), "w") as handle:
+            handle.write(path + "\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process got there first
+            if not os.path.isfile(os.path.join(target, "complete")):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def base_is_encoder_decoder(base: BaseConfig) -> bool:
+    """Whether the base is encoder-decoder, without building it (a hub t5-3b would cost GBs)."""
+    if base.source == "embedded":
+        return base.arch == "t5"
+    return bool(getattr(hub_config(base), "is_encoder_decoder", False))
+
+
 def load_tokenizer(base: BaseConfig) -> PreTrainedTokenizerBase:
-    """The base's tokenizer: ByT5 bytes for the embedded model, the hub's for a hub id."""
+    """The base's tokenizer: ByT5 bytes for the embedded model, the hub/local/GGUF one otherwise.
+
+    Real tokenizers are made fit for timevec's batching: a missing pad token becomes EOS (padded
+    positions are always masked, so which id pads does not matter) or UNK; padding is on the right
+    (timevec pads its batches itself; generation prompts are left-padded where they are built);
+    a tokenizer without EOS is refused, since every text is closed by it. Cached per process.
+    """
     if base.source == "embedded":
         return ByT5Tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(base.hub_id, revision=base.revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    from timevec.presets import resolve
+
+    where = resolve(base)
+    if where.key not in _TOKENIZERS:
+        if where.gguf_file:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_metadata_dir(where))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(where.location, **where.kwargs())
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"base {where.name!r}: the tokenizer has no EOS token (timevec closes every text with it)")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+        tokenizer.padding_side = "right"
+        tokenizer.truncation_side = "right"
+        _TOKENIZERS[where.key] = tokenizer
+    return _TOKENIZERS[where.key]
+
+
+def _auto_class(config: PretrainedConfig):
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
 def build_model(base: BaseConfig, tokenizer: PreTrainedTokenizerBase, pretrained: bool = True) -> PreTrainedModel:
-    """A fresh model: the embedded tiny model (random init), or the hub model.
+    """A fresh model: the embedded tiny model (random init), or the hub/local/GGUF model.
 
-    ``pretrained=False`` builds a hub model's architecture only (no weight download): the workers
-    of a distributed stage then load θ_pre from the vector store, so they need nothing but it.
+    ``pretrained=False`` builds a hub model's architecture only (no weight download or GGUF
+    dequantisation): the workers of a distributed stage then load θ_pre from the vector store,
+    so they need nothing but it (and the config and tokenizer files).
     """
     if base.source == "hub":
-        hub_config = AutoConfig.from_pretrained(base.hub_id, revision=base.revision)
-        auto = AutoModelForSeq2SeqLM if getattr(hub_config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        from timevec.presets import resolve
+
+        dtype = _DTYPES[base.dtype]
+        config = hub_config(base)
+        auto = _auto_class(config)
         if pretrained:
-            return auto.from_pretrained(base.hub_id, revision=base.revision)
-        return auto.from_config(hub_config)
+            where = resolve(base)
+            log.info("loading base %s from %s%s", where.name, where.location, f" ({where.gguf_file})" if where.gguf_file else "")
+            loaded = auto.from_pretrained(where.location, dtype=dtype, **where.kwargs())
+            if getattr(loaded.config, "quantization_config", None) is None and not where.gguf_file:
+                return loaded
+            # a GGUF-loaded model is marked quantised (save_pretrained refuses it) although its
+            # weights are dequantised floats: rebuild it as the plain model of its config
+            plain = auto.from_config(config, dtype=dtype)
+            plain.load_state_dict(loaded.state_dict())
+            return plain
+        return auto.from_config(config, dtype=dtype)
     tiny = base.tiny
     torch.manual_seed(0)  # the embedded architecture's initial weights are part of its identity
     if base.arch == "t5":
@@ -96,10 +205,43 @@ def build_model(base: BaseConfig, tokenizer: PreTrainedTokenizerBase, pretrained
     return GPT2LMHeadModel(config)
 
 
+def skeleton(base: BaseConfig) -> PreTrainedModel:
+    """The base's architecture on the meta device: parameter names and shapes, no memory, no weights."""
+    with torch.device("meta"):
+        if base.source == "hub":
+            return _auto_class(hub_config(base)).from_config(hub_config(base))
+        return build_model(base, load_tokenizer(base), pretrained=False)
+
+
+def max_positions(model_config: PretrainedConfig) -> int | None:
+    """The longest sequence a decoder-only model's positions allow (None: no fixed limit, e.g. T5)."""
+    for attr in ("max_position_embeddings", "n_positions"):
+        value = getattr(model_config, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def save_pretrained_base(base: BaseConfig, directory: str) -> str:
+    """Write the base (model + tokenizer) as an ordinary ``save_pretrained`` directory.
+
+    The way to turn a GGUF file or a preset into the local-directory form that every
+    ``from_pretrained`` user (and a cluster's shared filesystem) takes.
+    """
+    tokenizer = load_tokenizer(base)
+    model = build_model(base, tokenizer)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def base_id(base: BaseConfig) -> str:
-    """A readable identity of the base for the store: the hub id, or the embedded settings."""
+    """The base's portable name for the store: preset name, hub id@revision, local folder name,
+    or the embedded settings. Never a filesystem path (the fingerprint identifies the weights)."""
     if base.source == "hub":
-        return f"{base.hub_id}@{base.revision or 'main'}"
+        from timevec.presets import resolve
+
+        return resolve(base).name
     t, p = base.tiny, base.pretrain
     return (
         f"embedded-{base.arch}-d{t.d_model}-l{t.num_layers}-h{t.num_heads}-ff{t.d_ff}"

@@ -13,26 +13,29 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from timevec.config import ExperimentConfig, TrainingConfig
+from timevec.config import ConfigError, ExperimentConfig, TrainingConfig
 from timevec.corpus import Corpus, Split
 from timevec.models import (
     Example,
     base_id,
     build_model,
     collate,
+    fingerprint,
     float_parameters,
     is_encoder_decoder,
     lm_examples,
     load_tokenizer,
+    max_positions,
     prompt_examples,
+    skeleton,
     token_losses,
 )
 
@@ -127,12 +130,29 @@ def _lr_lambda(cfg: TrainingConfig, steps: int) -> Callable[[int], float]:
     return factor
 
 
+def check_lora_targets(model: torch.nn.Module, cfg: TrainingConfig) -> None:
+    """Refuse LoRA target modules that the architecture lacks, naming the ones it has.
+
+    peft matches a target name against the last components of every module's dotted name.
+    """
+    if cfg.lora is None or not cfg.lora.target_modules:
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in cfg.lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(
+            f"training.lora.target_modules: {missing} not in {type(model).__name__}; its linear layers are {linear}"
+        )
+
+
 def wrap_lora(model: PreTrainedModel, cfg: TrainingConfig) -> PreTrainedModel:
     """Wrap the model with LoRA adapters (peft) when the config asks for it."""
     if cfg.lora is None:
         return model
     from peft import LoraConfig, get_peft_model
 
+    check_lora_targets(model, cfg)
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
@@ -253,14 +273,54 @@ def pretrain_base(
     return train(model, examples, cfg, tokenizer.pad_token_id)
 
 
+def check_base_fits(config: ExperimentConfig) -> None:
+    """Config errors that the base's architecture reveals, found before any run starts (exit 2):
+    LoRA target modules it lacks, sequence lengths beyond its positions."""
+    model = skeleton(config.base)
+    for task in config.tasks:
+        check_lora_targets(model, config.training.for_task(task))
+    limit = None if is_encoder_decoder(model) else max_positions(model.config)
+    if limit is not None:
+        for key, value in (("training.max_length", config.training.max_length), ("evaluation.max_length", config.evaluation.max_length)):
+            if value > limit:
+                raise ConfigError(f"{key} = {value} exceeds the {limit} positions of base {base_id(config.base)!r}")
+
+
+def _describe(shapes: dict[str, list[int]]) -> str:
+    embedding = max((s for s in shapes.values() if len(s) == 2), key=lambda s: s[0], default=None)
+    vocab = f"vocabulary {embedding[0]}, " if embedding else ""
+    return f"{vocab}{len(shapes)} tensors, {sum(math.prod(s) for s in shapes.values()):,} parameters"
+
+
 def check_store_base(config: ExperimentConfig, store) -> None:
-    """Refuse a store whose θ_pre is not the config's base: its vectors mean nothing for this model."""
+    """Refuse a store whose θ_pre is not the config's base: its vectors mean nothing for this model.
+
+    The architecture (parameter names and shapes, hence the vocabulary) must match, checked on a
+    meta-device skeleton (no weights). Then the portable name: when it differs (say the folder
+    was renamed) the config's weights are loaded and their fingerprint decides.
+    """
     from timevec.store import StoreError
 
     wanted = base_id(config.base)
-    have = store.info()["base_id"]
-    if have != wanted:
-        raise StoreError(f"store {store.url} holds base {have!r}, the config asks for {wanted!r}: use another store.url")
+    info = store.info()
+    have = info["base_id"]
+    mine = {name: list(p.shape) for name, p in float_parameters(skeleton(config.base)).items()}
+    if mine != info["shapes"]:
+        raise StoreError(
+            f"store {store.url} holds base {have!r} ({_describe(info['shapes'])}); the config's base {wanted!r} "
+            f"has another architecture ({_describe(mine)}): use another store.url"
+        )
+    if have == wanted:
+        return
+    tokenizer = load_tokenizer(config.base)
+    model = build_model(config.base, tokenizer)
+    fp = fingerprint({k: v.detach().float().cpu() for k, v in float_parameters(model).items()})
+    if fp != store.base_fingerprint:
+        raise StoreError(
+            f"store {store.url} holds base {have!r} (fingerprint {store.base_fingerprint[:12]}), the config asks for "
+            f"{wanted!r} (fingerprint {fp[:12]}): use another store.url"
+        )
+    log.info("base %r has the fingerprint of the store's base %r: the same weights", wanted, have)
 
 
 def prepare_base(config: ExperimentConfig, corpus: Corpus, store) -> str:
@@ -270,6 +330,7 @@ def prepare_base(config: ExperimentConfig, corpus: Corpus, store) -> str:
     downloaded again. The embedded base is pretrained on the pooled TRAIN text of every configured
     period (test text never leaks into θ_pre).
     """
+    check_base_fits(config)
     if store.exists():
         check_store_base(config, store)
         return store.base_fingerprint
@@ -284,5 +345,6 @@ def prepare_base(config: ExperimentConfig, corpus: Corpus, store) -> str:
         model, result = pretrain_base(model, texts, tokenizer, pre.steps, pre.batch_size, pre.lr, pre.max_length, config.seed)
         log.info("base pretrained: loss %.3f -> %.3f in %.0f s", result.first_loss, result.final_loss, result.seconds)
     tensors = {k: v.detach().float().cpu() for k, v in float_parameters(model).items()}
+    del model
     store.init(wanted, tensors, dtype=config.store.dtype, target_shard_bytes=config.store.target_shard_bytes)
     return store.base_fingerprint

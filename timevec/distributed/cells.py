@@ -61,7 +61,6 @@ from timevec.cells import (
 from timevec.config import ExperimentConfig
 from timevec.devices import pick_device
 from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
-from timevec.models import base_id
 from timevec.periods import Period
 from timevec.results import CELL_KEY, CELLS_TABLE, cells_frame, cells_table
 from timevec.store import StoreError, VectorStore
@@ -152,11 +151,9 @@ def run_cells(
     began = time.perf_counter()
     store = store or VectorStore.from_config(config.store)
     require_base(store)
-    if store.base_id != base_id(config.base):
-        raise StoreError(
-            f"store {store} holds base {store.base_id!r}, the config describes {base_id(config.base)!r}: "
-            "evaluating would pair the store's weights with another architecture or tokenizer"
-        )
+    from timevec.training import check_store_base
+
+    check_store_base(config, store)  # names both bases when the architecture/vocabulary or weights differ
     stats = CellRunStats()
     existing = read_cells(store, table)
     done = set(map(tuple, existing[CELL_KEY].itertuples(index=False, name=None)))
