@@ -267,10 +267,14 @@ def pretrain_base(
     A randomly initialised model has no language to drift from; after this it does, so the
     per-period fine-tunes start from a shared, meaningful θ_pre as in the paper.
     """
+    from timevec.progress import Progress
+
     examples = lm_examples(texts, tokenizer, is_encoder_decoder(model), max_length, seed=seed)
     cfg = TrainingConfig(lr=lr, steps=steps, batch_size=batch_size, max_length=max_length, seed=seed,
                          warmup_ratio=0.05, schedule="linear")
-    return train(model, examples, cfg, tokenizer.pad_token_id)
+    progress = Progress("base pretraining", steps, unit="steps")
+    return train(model, examples, cfg, tokenizer.pad_token_id,
+                 report=lambda metrics, _state: progress.advance(1, extra=f"loss {metrics['loss']:.3f}"))
 
 
 def check_base_fits(config: ExperimentConfig) -> None:
