@@ -86,7 +86,9 @@ def test_unknown_stage_exits_2_in_the_cli_and_the_job(tmp_path):
 @pytest.mark.slow
 def test_tiny_demo_end_to_end_then_store_tools(tmp_path):
     store = tmp_path / "store"
-    result = timevec("demo", "--tiny", "--store", str(store))
+    # a 1 × 2 × 1 analogy grid: the search's own tests cover the grid; this one covers the command
+    small = ("--set", "analogy.alpha1=[1.0]", "--set", "analogy.alpha3=[0.1]")
+    result = timevec("demo", "--tiny", "--store", str(store), *small)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     report = store / "reports" / "index.html"
     assert report.exists() and f"HTML report: {report}" in result.stdout
@@ -115,7 +117,7 @@ def test_tiny_demo_end_to_end_then_store_tools(tmp_path):
     assert timevec("store", "verify", str(store)).returncode == 0
 
     # a second run finds everything done and trains nothing
-    again = timevec("demo", "--tiny", "--store", str(store))
+    again = timevec("demo", "--tiny", "--store", str(store), *small)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "fine-tune runs 8 skipped" in again.stdout and "(0 computed now)" in again.stdout
 
