@@ -29,10 +29,6 @@ def set_verbose(verbose: bool) -> None:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 
 
-def is_verbose() -> bool:
-    return _verbose
-
-
 def ensure_ray(cfg: RayConfig) -> None:
     """Attach to the configured/ambient cluster, or start a local one sized by ``cfg.num_cpus``.
 
