@@ -42,7 +42,7 @@ from timevec.devices import pick_device
 from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
 from timevec.evaluation import EvalSplit, prepare_split
 from timevec.periods import Period, sort_periods
-from timevec.results import INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
+from timevec.results import CELLS_TABLE, INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
 from timevec.vectors import TimeVector
 
@@ -199,9 +199,9 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[Item], dict
 
 def known_cells(store: VectorStore) -> KnownCells:
     """The cells table as :data:`KnownCells` (empty before the evaluate stage has run)."""
-    if not store.has_table("cells"):
+    if not store.has_table(CELLS_TABLE):
         return {}
-    cells = store.read_table("cells")
+    cells = store.read_table(CELLS_TABLE)
     sources = cells["train_period"].where(cells["train_period"].notna(), "base").astype(str)
     keys = zip(cells["task"].astype(str), cells["granularity"].astype(str), sources, cells["test_period"].astype(str))
     return dict(zip(keys, cells["value"].astype(float)))
@@ -254,7 +254,7 @@ def run_interpolation(config: ExperimentConfig, store: VectorStore | None = None
     if items:
         _compute(config, store, items, needed)
     table = store.read_table(INTERPOLATION_TABLE) if store.has_table(INTERPOLATION_TABLE) else results.interpolation_frame([])
-    cells = store.read_table("cells") if store.has_table("cells") else None
+    cells = store.read_table(CELLS_TABLE) if store.has_table(CELLS_TABLE) else None
     store.write_table(INTERPOLATION_BEST_TABLE, summaries.interpolation_best(table, cells))
     table = table[table["task"].isin(config.tasks) & table["granularity"].isin(config.granularities)]
     log.info("interpolation stage done in %.1f s", time.perf_counter() - began)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from timevec import results
 from timevec.config import ExperimentConfig
 from timevec.errors import StageFailed
 from timevec.pipeline import (
@@ -49,7 +50,7 @@ def _interpolate(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.interpolate import run_interpolation
 
     run_interpolation(config, store)
-    return {"tables": {"interpolation: best α per period": store.read_table("interpolation_best")}}
+    return {"tables": {"interpolation: best α per period": store.read_table(results.INTERPOLATION_BEST_TABLE)}}
 
 
 def _analogy(config: ExperimentConfig, store: VectorStore) -> StageResult:
@@ -60,7 +61,7 @@ def _analogy(config: ExperimentConfig, store: VectorStore) -> StageResult:
         return {"headline": {"analogy": "skipped: config.tasks lacks lm or the analogy task"}}
 
     run_analogy(config, store)
-    return {"tables": {"task analogies (test split)": store.read_table("analogy_best")}}
+    return {"tables": {"task analogies (test split)": store.read_table(results.ANALOGY_BEST_TABLE)}}
 
 
 STAGE_FUNCTIONS: dict[str, StageFunction] = {
