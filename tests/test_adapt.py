@@ -86,10 +86,13 @@ def test_interpolation_terms_are_exact_at_the_ends():
 def test_plan_interpolation_skips_done_points():
     items = adapt.plan_interpolation("lm", "year", ["2016", "2014", "2015"], ["2014", "2015", "2016"], [0.0, 0.5, 1.0])
     assert [(i.first, i.last, i.alpha) for i in items] == [("2014", "2016", 0.0), ("2014", "2016", 0.5), ("2014", "2016", 1.0)]
-    done = {("lm", "year", "2014", "2016", 0.5, p) for p in ["2014", "2015"]}
-    done |= {("lm", "year", "2014", "2016", 0.0, p) for p in ["2014", "2015", "2016"]}
+    assert all(i.validation_periods == ("2015",) for i in items)  # validation: the middle period only
+    done = {("lm", "year", "2014", "2016", 0.5, p, "test") for p in ["2014", "2015"]}
+    done |= {("lm", "year", "2014", "2016", 0.5, "2015", "validation")}
+    done |= {("lm", "year", "2014", "2016", 0.0, p, "test") for p in ["2014", "2015", "2016"]}
     items = adapt.plan_interpolation("lm", "year", ["2014", "2015", "2016"], ["2014", "2015", "2016"], [0.0, 0.5, 1.0], done)
-    assert [(i.alpha, i.test_periods) for i in items] == [(0.5, ("2016",)), (1.0, ("2014", "2015", "2016"))]
+    assert [(i.alpha, i.test_periods, i.validation_periods) for i in items] == [
+        (0.0, (), ("2015",)), (0.5, ("2016",), ()), (1.0, ("2014", "2015", "2016"), ("2015",))]
     assert adapt.plan_interpolation("lm", "year", ["2014"], ["2014"], [0.5]) == []
 
 
@@ -150,14 +153,16 @@ def test_period_baselines_take_known_cells_and_evaluate_only_the_rest():
     evaluated = FakeEvaluator(target=0.0)
     full = adapt.period_baselines(evaluated, vectors.__getitem__, "lm", "2015", list(vectors), _fake_split("2015"))
     assert full.values == {"base": ("", 0.0), "in_period": ("2015", 4.0), "previous": ("2014", 1.0),
-                           "next": ("2016", 9.0), "latest": ("2017", 25.0)}
+                           "next": ("2016", 9.0), "latest": ("2017", 25.0),
+                           "uniform_soup": ("2014,2015,2016,2017", pytest.approx(2.75**2))}  # the averaging control
     assert full.metric == "perplexity" and full.higher is False
     cells = {("base", "2015"): 0.0, ("2015", "2015"): 4.0, ("2017", "2015"): 25.0}  # as the cells table holds them
     fake = FakeEvaluator(target=0.0)
     known = adapt.period_baselines(fake, vectors.__getitem__, "lm", "2015", list(vectors), _fake_split("2015"),
                                    known=lambda source, test: cells.get((source, test)))
     assert known.values == full.values
-    assert sorted(w for w, _ in fake.calls) == [1.0, 3.0]  # only previous (2014) and next (2016) were evaluated
+    # only previous (2014), next (2016) and the uniform soup (mean w 2.75) were evaluated
+    assert sorted(w for w, _ in fake.calls) == [1.0, pytest.approx(2.75), 3.0]
 
 
 def test_patch_missing_averages_the_two_neighbours():
@@ -217,8 +222,13 @@ def _local_values(config: ExperimentConfig, store: VectorStore, granularity: str
 
 def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_session, study):
     config, store, _ = study
-    table = run_interpolation(config, store)
-    assert list(table.columns) == results.INTERPOLATION_COLUMNS
+    both = run_interpolation(config, store)
+    assert list(both.columns) == results.INTERPOLATION_COLUMNS
+    validation = both[both["split"] == "validation"]
+    # validation rows: every α on the MIDDLE periods only (where α-selection protocols choose)
+    assert len(validation[validation["granularity"] == "year"]) == 3 * 2
+    assert len(validation[validation["granularity"] == "month"]) == 3 * 10
+    table = both[both["split"] == "test"]
     years = table[table["granularity"] == "year"]
     months = table[table["granularity"] == "month"]
     assert len(years) == 3 * 4 and len(months) == 3 * 12  # every α on EVERY test period
@@ -240,9 +250,14 @@ def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_session, study):
     assert sorted(best.loc[best["granularity"] == "year", "test_period"]) == ["2015", "2016"]
     assert len(best[best["granularity"] == "month"]) == 10
     assert (best["latest_value"] == best["value_alpha1"]).all()
+    assert (best["selected_on"] == "validation").all()
     for r in best.itertuples():
         assert r.best_alpha in (0.0, 0.5, 1.0)
-        assert r.gain_vs_first >= 0 and r.gain_vs_last >= 0  # the best α is at least as good as the ends
+        # the oracle α is the best on the period's VALIDATION split, and reported on its test split
+        val = validation[(validation["granularity"] == r.granularity) & (validation["test_period"] == r.test_period)]
+        assert r.best_alpha == val.loc[val["value"].idxmin(), "alpha"]
+        test_rows = table[(table["granularity"] == r.granularity) & (table["test_period"] == r.test_period)]
+        assert r.best_value == test_rows.loc[test_rows["alpha"] == r.best_alpha, "value"].iloc[0]
 
     soups = store.read_table(SOUPS_TABLE)
     assert list(soups.columns) == results.SOUP_COLUMNS
@@ -266,7 +281,8 @@ def test_interpolation_stage_ends_equal_end_vectors_exactly(ray_session, study):
     row = patched[(patched["granularity"] == "year") & (patched["period"] == "2015")].iloc[0]
     assert row["members"] == "2014,2016"
     p15 = patching[(patching["granularity"] == "year") & (patching["period"] == "2015")].set_index("method")
-    assert set(p15.index) == {"patched", "base", "in_period", "previous", "next", "latest"}
+    assert set(p15.index) == {"patched", "base", "in_period", "previous", "next", "latest", "uniform_soup"}
+    assert p15.loc["uniform_soup", "members"] == ",".join(YEARS)  # the averaging control: every stored year
     assert p15.loc["in_period", "value"] == _local_values(config, store, "year", "2015")["2015"]
     assert p15.loc["latest", "members"] == "2017" and p15.loc["previous", "members"] == "2014"
 

@@ -202,8 +202,9 @@ def test_optuna_searcher_proposes_grid_points(ray_session, study, tmp_path):
                                     f"ray.storage_path={tmp_path / 'tune'}"])
     best = run_analogy(config, store)
     grid = store.read_table(ANALOGY_TABLE)
-    part = grid[grid["split"] == "validation"]
+    part = grid[(grid["split"] == "validation") & (grid["method"] == "analogy")]
     assert len(part) == 10  # the optuna run replaced this pair's rows
+    assert set(grid.loc[grid["method"] == "task_j_scaled", "alpha2"]) == {0.0}  # the scaled-alone points, kept
     assert set(part["alpha1"]) <= set(config.analogy.alpha1) and set(part["alpha3"]) <= set(config.analogy.alpha3)
     analogy_val = best[(best["method"] == "analogy") & (best["split"] == "validation")]["value"].iloc[0]
     assert analogy_val == part["value"].max()

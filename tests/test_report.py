@@ -69,9 +69,25 @@ def _interpolation() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ANALOGY_PAIRS = (("2014-01", "2014-06"), ("2014-01", "2015-01"), ("2014-01", "2015-12"))
+
+
+def _analogy_grid() -> pd.DataFrame:
+    """Every point of a 2-point analogy grid and of the scaled-alone α₁ (the ``analogy`` table)."""
+    rows = []
+    for n, (j, k) in enumerate(ANALOGY_PAIRS):
+        for method, a1, a2, a3 in (("analogy", 1.0, 0.3, 0.2), ("analogy", 1.4, 0.3, 0.2),
+                                   ("task_j_scaled", 1.0, 0.0, 0.0), ("task_j_scaled", 1.4, 0.0, 0.0)):
+            for split in ("validation", "test"):
+                value = 0.7 + 0.02 * a1 * (1 if n % 2 else -1) + (0.03 if method == "analogy" else 0.0)
+                rows.append(dict(task="classification", source_period=j, target_period=k, method=method, alpha1=a1,
+                                 alpha2=a2, alpha3=a3, split=split, metric="macro_f1", value=value))
+    return pd.DataFrame(rows)
+
+
 def _analogy() -> pd.DataFrame:
     rows = []
-    for j, k in (("2014-01", "2014-06"), ("2014-06", "2015-01"), ("2015-01", "2015-12")):
+    for j, k in ANALOGY_PAIRS:
         for split in ("validation", "test"):
             for m, v in (("base", 0.2), ("task_j", 0.7), ("task_j_scaled", 0.72), ("latest", 0.71),
                          ("in_period", 0.8), ("analogy", 0.74)):
@@ -105,6 +121,7 @@ EXPECTED = {
     "decay_classification_month", "similarity", "similarity_vs_degradation", "umap",
     "interpolation_lm_year_2012_2016", "interpolation_gain_lm_year_2012_2016",
     "analogy_classification", "soups_lm_year", "patching_lm_year",
+    "protocols_lm_year_2012_2016", "analogy_protocols_classification",
 }
 
 
@@ -125,7 +142,7 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keys = [("lm", p) for p in YEARS] + [("classification", p) for p in MONTHS]
     soups, patching = _soups_and_patching()
     tables = {"cells": _cells(), "interpolation": _interpolation(), "analogy_best": _analogy(),
-              "soups": soups, "patching": patching}
+              "analogy": _analogy_grid(), "soups": soups, "patching": patching}
     paths = build_report(tables, _gram(keys), keys, write_bytes, write_table, "synthetic study")
     assert paths == [f"reports/{n}.png" for n in _order(paths)]
     return root

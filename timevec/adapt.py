@@ -43,7 +43,7 @@ import pandas as pd
 from timevec.evaluation import METRICS, EvalSplit
 from timevec.gains import better, gain
 from timevec.periods import Period, latest_before, sort_periods
-from timevec.results import INTERPOLATION_KEY, alpha_key
+from timevec.results import INTERPOLATION_KEY, alpha_key, with_split
 from timevec.vectors import TimeVector
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,8 @@ class InterpolationItem:
     last: str
     alpha: float
     test_periods: tuple[str, ...]
+    #: middle periods whose VALIDATION split is still to evaluate (where α-selection protocols choose α)
+    validation_periods: tuple[str, ...] = ()
 
 
 def interpolation_ends(stored: Sequence[str]) -> tuple[str, str]:
@@ -150,18 +152,25 @@ def plan_interpolation(
 ) -> list[InterpolationItem]:
     """The points still to evaluate (resumable: keys in ``done`` are skipped).
 
-    ``done`` holds :data:`~timevec.results.INTERPOLATION_KEY` tuples already in the table. Nothing is planned when
+    Every α is evaluated on the TEST split of every period and on the VALIDATION split of the
+    middle periods (strictly between the ends: where the selection protocols of
+    :mod:`timevec.selection` choose α from labels they are allowed to see). ``done`` holds
+    :data:`~timevec.results.INTERPOLATION_KEY` tuples already in the table. Nothing is planned when
     fewer than two vectors are stored.
     """
     if len(set(stored)) < 2:
         return []
     first, last = interpolation_ends(stored)
+    lo, hi = Period.parse(first), Period.parse(last)
+    middle = [p for p in test_periods if lo < Period.parse(p) < hi]
     done = done or set()
     items = []
     for alpha in sorted(float(a) for a in alphas):
-        missing = tuple(p for p in test_periods if (task, granularity, first, last, alpha_key(alpha), p) not in done)
-        if missing:
-            items.append(InterpolationItem(task, granularity, first, last, alpha, missing))
+        key = (task, granularity, first, last, alpha_key(alpha))
+        tests = tuple(p for p in test_periods if (*key, p, "test") not in done)
+        validations = tuple(p for p in middle if (*key, p, "validation") not in done)
+        if tests or validations:
+            items.append(InterpolationItem(task, granularity, first, last, alpha, tests, validations))
     return items
 
 
@@ -170,7 +179,7 @@ def interpolation_done(table: pd.DataFrame | None) -> set[tuple]:
     """The :data:`~timevec.results.INTERPOLATION_KEY` tuples present in an interpolation table."""
     if table is None or table.empty:
         return set()
-    keys = table[INTERPOLATION_KEY].copy()
+    keys = with_split(table)[INTERPOLATION_KEY].copy()
     keys["alpha"] = keys["alpha"].map(alpha_key)
     return set(map(tuple, keys.astype({"first": str, "last": str, "test_period": str}).itertuples(index=False, name=None)))
 
@@ -185,6 +194,7 @@ def interpolation_rows(item: InterpolationItem, results: Sequence[dict[str, Any]
             "last": item.last,
             "alpha": alpha_key(item.alpha),
             "test_period": str(r["test_period"]),
+            "split": str(r.get("split", "test")),
             "metric": r["metric"],
             "value": float(r["value"]),
             "higher_is_better": bool(r["higher_is_better"]),
@@ -199,12 +209,16 @@ def run_interpolation_item(
     tau_last: TimeVector,
     item: InterpolationItem,
     splits: Mapping[str, EvalSplit],
+    validation_splits: Mapping[str, EvalSplit] | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate one point on its test periods (those with a split); returns table rows."""
+    """Evaluate one point on its test periods and its validation periods (those with a split); returns table rows."""
+    validation_splits = validation_splits or {}
     wanted = [splits[p] for p in item.test_periods if p in splits]
+    wanted += [validation_splits[p] for p in item.validation_periods if p in validation_splits]
     results = evaluate_weights(interpolation_terms(tau_first, tau_last, item.alpha), wanted)
     for split, row in zip(wanted, results, strict=True):
         row.setdefault("test_period", split.period)
+        row["split"] = split.split
     return interpolation_rows(item, results)
 
 
@@ -332,10 +346,13 @@ def period_baselines(
     test: EvalSplit,
     known: KnownValue | None = None,
 ) -> PeriodBaselines:
-    """base, in_period (τ_p, if stored), previous (latest before p), next (p+1) and latest on p's test.
+    """base, in_period (τ_p, if stored), previous (latest before p), next (p+1), latest and the
+    uniform soup of every stored vector on p's test split.
 
-    Each is a cell of the all-pairs matrix: ``known(source, period)`` (source ``"base"`` or a
-    period) answers from the cells table when it holds it, and only the others are evaluated.
+    Each but the uniform soup is a cell of the all-pairs matrix: ``known(source, period)`` (source
+    ``"base"`` or a period) answers from the cells table when it holds it, and only the others are
+    evaluated. The uniform soup (with two or more vectors stored) is the control that separates
+    time from mere averaging: a soup or interpolation that does not beat it has found no time.
     """
     ordered = sort_periods(stored)
     wanted = {
@@ -357,6 +374,9 @@ def period_baselines(
                 value = value_of(evaluate_weights(terms, [test]))
             seen[source] = value
         values[method] = ("" if source == "base" else source, seen[source])
+    if len(ordered) > 1:
+        # The averaging control: does a method beat the plain mean of every vector there is?
+        values["uniform_soup"] = (_members(ordered), value_of(evaluate_weights(_average(load_vector, ordered), [test])))
     return PeriodBaselines(period, task_metric(task), task_higher(task), values)
 
 
@@ -414,7 +434,8 @@ def soup_rows(
         rows.append({**common, "method": "in_period", "members": soup.period, "n_members": 1, "split": "validation",
                      "value": in_period_validation, "gain": gain(soup.validation_value, in_period_validation, baselines.higher)})
     for method, (source, value) in baselines.values.items():
-        rows.append({**common, "method": method, "members": source, "n_members": 1 if source else 0, "split": "test",
+        rows.append({**common, "method": method, "members": source, "n_members": len(source.split(",")) if source else 0,
+                     "split": "test",
                      "value": value, "gain": gain(soup.test_value, value, baselines.higher)})
     return rows
 

@@ -101,11 +101,17 @@ def select_best(points: Sequence[AnalogyPoint], higher: bool) -> AnalogyPoint:
     return best
 
 
-def analogy_grid_frame(task: str, j: str, k: str, metric: str, points: Sequence[AnalogyPoint]) -> pd.DataFrame:
-    """The ``analogy`` table of one (j, k) pair: every grid point on both splits."""
+def analogy_grid_frame(
+    task: str, j: str, k: str, metric: str, points: Sequence[AnalogyPoint], method: str = "analogy"
+) -> pd.DataFrame:
+    """The ``analogy`` table of one (j, k) pair: every point on both splits.
+
+    ``method`` ``analogy`` (the searched grid) or ``task_j_scaled`` (the α₁·τ_task(j) points the
+    baseline evaluates): both are kept so that a point chosen on one pair can be read on another.
+    """
     return analogy_frame(
-        {"task": task, "source_period": j, "target_period": k, "alpha1": p.alpha1, "alpha2": p.alpha2,
-         "alpha3": p.alpha3, "split": split, "metric": metric, "value": float(value)}
+        {"task": task, "source_period": j, "target_period": k, "method": method, "alpha1": p.alpha1,
+         "alpha2": p.alpha2, "alpha3": p.alpha3, "split": split, "metric": metric, "value": float(value)}
         for p in points for split, value in (("validation", p.validation), ("test", p.test))
     )
 
@@ -135,12 +141,14 @@ def analogy_baselines(
     validation: EvalSplit,
     test: EvalSplit,
     alpha1_grid: Sequence[float],
-) -> list[dict[str, Any]]:
-    """Rows of :data:`~timevec.results.ANALOGY_BEST_COLUMNS` for every method but ``analogy`` (both splits each).
+) -> tuple[list[dict[str, Any]], list[AnalogyPoint]]:
+    """Rows of :data:`~timevec.results.ANALOGY_BEST_COLUMNS` for every method but ``analogy`` (both
+    splits each), and the scaled points.
 
     ``task_j_scaled`` evaluates α₁·τ_task(j) for every α₁ of the grid and keeps the best on
     validation: much of the published analogy gain comes from that scaling alone, so the analogy is
-    only credited with what it adds beyond it.
+    only credited with what it adds beyond it. Every scaled point is returned too (the ``analogy``
+    table keeps them) so that past-only selection can apply an α₁ chosen on another pair.
     """
     higher = task_higher(task)
     rows: list[dict[str, Any]] = []
@@ -170,7 +178,7 @@ def analogy_baselines(
         add("in_period", 1.0, v, t, metric, f"{task}/{k}", "oracle: needs labelled data of k")
     else:
         add("in_period", math.nan, math.nan, math.nan, metric, "", f"{task}/{k} not stored")
-    return rows
+    return rows, scaled
 
 
 def analogy_best_rows(task: str, j: str, k: str, metric: str, points: Sequence[AnalogyPoint]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from timevec.findings import findings_table
 from timevec.misalignment import DecayFit, decay_fit, diagonal_summary, relative_change, stripe_test
+from timevec.selection import analogy_protocols, interpolation_protocols
 from timevec.similarity import Key, grouped_similarity, similarity_table, similarity_vs_degradation
 from timevec.summaries import analogy_summary, interpolation_best
 
@@ -141,13 +142,20 @@ class Analysis(NamedTuple):
     analogy: pd.DataFrame
     headline: dict[str, Any]
     findings: pd.DataFrame  # the verdict per finding (timevec.findings)
+    interpolation_protocols: pd.DataFrame | None = None  # timevec.selection, one row per protocol/baseline
+    analogy_protocols: pd.DataFrame | None = None
 
 
 def analyze(cells: pd.DataFrame, gram: np.ndarray | None = None,
             keys: Sequence[Key] | None = None, interpolation: pd.DataFrame | None = None,
-            analogy: pd.DataFrame | None = None) -> Analysis:
+            analogy: pd.DataFrame | None = None, soups: pd.DataFrame | None = None,
+            analogy_grid: pd.DataFrame | None = None) -> Analysis:
     """Run every analysis on the available tables (the Gram matrix and the optional tables may be
-    absent: a partial study still gets every number it can support)."""
+    absent: a partial study still gets every number it can support).
+
+    ``interpolation``/``soups``/``analogy_grid`` (the raw stage tables) feed the selection
+    protocols (:mod:`timevec.selection`); ``analogy`` is ``analogy_best``.
+    """
     rel = relative_change(cells)
     diag = diagonal_summary(rel)
     decay = decay_fit(rel)
@@ -162,5 +170,8 @@ def analyze(cells: pd.DataFrame, gram: np.ndarray | None = None,
     ana = analogy_summary(analogy)
     head = headline(diagonal=diag, decay=decay, similarity=svd, similarity_centred=svdc,
                     stripes=stripes, interpolation=interp, analogy=ana)
-    partial = Analysis(rel, diag, decay, stripes, sim, simc, svd, svdc, interp, ana, head, pd.DataFrame())
+    protocols = interpolation_protocols(interpolation, cells, soups)
+    analogy_protos = analogy_protocols(analogy_grid, analogy)
+    partial = Analysis(rel, diag, decay, stripes, sim, simc, svd, svdc, interp, ana, head, pd.DataFrame(),
+                       protocols, analogy_protos)
     return partial._replace(findings=findings_table(partial))

@@ -12,8 +12,10 @@ not 80 numbers. Each row states an estimate with an interval and a three-valued 
 Intervals: Wilson score intervals for shares (own period best, interpolation beats both ends);
 the regression's t interval for decay slopes; Fisher-z intervals for Pearson r (cells that share
 vectors are not independent, so these are optimistic); Welch intervals for the stripe difference;
-t intervals over (j, k) pairs for analogy gains. They are intervals over test periods and cells of
-ONE run; intervals over seeds need several seeds. Gains in macro-F1 / ROUGE-L are absolute points
+t intervals over middle periods / (j, k) pairs for adaptation gains. Every adaptation finding is
+given per selection protocol (:mod:`timevec.selection`: oracle, time-proportional, leave-one-out,
+past-only) and against the averaging controls (midpoint α, uniform soup). They are intervals over
+test periods and cells of ONE run; :mod:`timevec.replicates` draws intervals over seeds. Gains in macro-F1 / ROUGE-L are absolute points
 (a percentage of a near-zero baseline means nothing); perplexity gains are percent.
 Torch-free and Ray-free; built from :class:`timevec.analysis.Analysis` tables.
 """
@@ -30,7 +32,10 @@ from scipy import stats
 
 __all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "findings_table", "format_findings", "verdict"]
 
-FINDINGS_COLUMNS = ["finding", "panel", "estimate", "low", "high", "unit", "measured", "paper", "holds", "note"]
+#: ``line``/``side``: the verdict's threshold and the paper's side of it (``above``/``below``), kept so
+#: that the same verdict can be drawn again over seeds (:mod:`timevec.replicates`).
+FINDINGS_COLUMNS = ["finding", "panel", "estimate", "low", "high", "unit", "measured", "paper", "holds", "note",
+                    "line", "side"]
 
 #: finding -> (the paper's result in a few words, for the table; the claim in full, for the report's legend)
 PAPER_CLAIMS: dict[str, tuple[str, str]] = {
@@ -44,7 +49,16 @@ PAPER_CLAIMS: dict[str, tuple[str, str]] = {
                                        "Madaan, Chopra & Cho 2025 found it rarely beats the latest model once α is not an oracle"),
     "analogy vs τ_task(j)": ("> 0", "the task analogy improves the task model of period j on period k"),
     "analogy vs τ_task(j) scaled": ("> 0", "the analogy adds something beyond scaling τ_task(j) alone"),
+    "analogy vs latest vector": ("> 0", "the analogy beats simply using the latest task vector before k"),
+    "interpolation vs midpoint": ("not tested",
+                                  "a time-aware α beats the fixed α = 0.5: the gain is time, not averaging"),
+    "interpolation vs uniform soup": ("not tested",
+                                      "a time-aware α beats the plain mean of every vector: the gain is time, not averaging"),
 }
+
+
+#: the side of the line the paper's result lies on, where it is not "above" (gains, slopes, shares)
+_SIDES = {"cosine vs degradation": "below", "12-month stripes": "below"}
 
 
 def verdict(low: float, high: float, line: float, paper_side: str) -> str:
@@ -83,7 +97,7 @@ def _fmt(v: float, unit: str) -> str:
 
 
 def _row(finding: str, panel: str, estimate: float, low: float, high: float, unit: str, holds: str,
-         note: str = "", measured: str | None = None) -> dict[str, Any]:
+         note: str = "", measured: str | None = None, line: float = 0.0, side: str | None = None) -> dict[str, Any]:
     if measured is None and math.isnan(estimate):
         measured = f"n/a: {note}" if note else "n/a"  # say why there is no number
     elif measured is None:
@@ -91,7 +105,8 @@ def _row(finding: str, panel: str, estimate: float, low: float, high: float, uni
         suffix = "" if unit in ("share", "r") else f" {unit}"
         measured = f"{_fmt(estimate, unit)}{interval}{suffix}"
     return {"finding": finding, "panel": panel, "estimate": estimate, "low": low, "high": high, "unit": unit,
-            "measured": measured, "paper": PAPER_CLAIMS[finding][0], "holds": holds, "note": note}
+            "measured": measured, "paper": PAPER_CLAIMS[finding][0], "holds": holds, "note": note,
+            "line": float(line), "side": side or _SIDES.get(finding, "above")}
 
 
 def _diagonal_rows(diagonal: pd.DataFrame) -> list[dict[str, Any]]:
@@ -104,7 +119,7 @@ def _diagonal_rows(diagonal: pd.DataFrame) -> list[dict[str, Any]]:
         chance = 1.0 / n  # one of n vectors at random
         rows.append(_row("own period best", f"{r.task}/{r.granularity}", k / n, low, high, "share",
                          verdict(low, high, chance, "above"), f"chance {chance:.0%}",
-                         measured=f"{k}/{n} [{low:.0%}, {high:.0%}]"))
+                         measured=f"{k}/{n} [{low:.0%}, {high:.0%}]", line=chance))
     return rows
 
 
@@ -148,43 +163,74 @@ def _stripe_rows(stripes: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def _interpolation_rows(best: pd.DataFrame) -> list[dict[str, Any]]:
-    rows = []
-    if best is None or best.empty:
+#: protocol -> the words in a finding's panel
+_PROTOCOL_WORDS = {"oracle": "oracle α", "time_proportional": "time-proportional α", "leave_one_out": "leave-one-out α",
+                   "midpoint": "midpoint α=0.5", "uniform_soup": "uniform soup", "past_only": "past-only α"}
+
+
+def _gains(grp: pd.DataFrame, col: str, higher: bool) -> tuple[list[float], str]:
+    """Absolute points for higher-is-better metrics, percent for perplexity (``col`` / ``col_pct``)."""
+    column = col if higher else f"{col}_pct"
+    return grp[column].astype(float).tolist(), "points" if higher else "%"
+
+
+def _interpolation_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """Per (task, granularity, ends) and selection protocol: beats both ends, vs latest, vs averaging."""
+    rows: list[dict[str, Any]] = []
+    if protocols is None or protocols.empty:
         return rows
-    for (task, gran, first, last), grp in best.groupby(["task", "granularity", "first", "last"], sort=False):
-        panel = f"{task}/{gran} {first}→{last}"
-        k, n = int(grp["beats_both_ends"].sum()), len(grp)
-        low, high = _wilson(k, n)
-        alphas = ", ".join(f"{a:.1f}" for a in grp["best_alpha"])
-        rows.append(_row("interpolation beats both ends", panel, k / n, low, high, "share",
-                         verdict(low, high, 0.5, "above"), f"oracle α (target labels); best α {alphas}",
-                         measured=f"{k}/{n} [{low:.0%}, {high:.0%}]"))
+    for (task, gran, first, last), grp in protocols.groupby(["task", "granularity", "first", "last"], sort=False):
         higher = bool(grp["higher_is_better"].iloc[0])
-        gains = grp["gain_vs_latest"] if higher else grp["gain_vs_latest_pct"]
-        unit = "points" if higher else "%"
-        mean, glow, ghigh = _mean_ci(gains.astype(float).tolist())
-        rows.append(_row("interpolation vs latest vector", panel, mean, glow, ghigh, unit,
-                         verdict(glow, ghigh, 0.0, "above"), "oracle α; mean over middle periods"))
+        base_panel = f"{task}/{gran} {first}→{last}"
+        for method in ("oracle", "time_proportional", "leave_one_out", "midpoint", "uniform_soup"):
+            sel = grp.loc[(grp["method"] == method) & grp["value"].notna()]
+            if sel.empty:
+                continue
+            panel = f"{base_panel} · {_PROTOCOL_WORDS[method]}"
+            n_periods = len(sel)
+            if method != "uniform_soup":
+                k = int(sel["beats_both_ends"].sum())
+                low, high = _wilson(k, n_periods)
+                alphas = ", ".join(f"{a:.1f}" for a in sel["alpha"])
+                rows.append(_row("interpolation beats both ends", panel, k / n_periods, low, high, "share",
+                                 verdict(low, high, 0.5, "above"), f"α {alphas}; {sel['selection'].iloc[0]}",
+                                 measured=f"{k}/{n_periods} [{low:.0%}, {high:.0%}]", line=0.5, side="above"))
+            gains, unit = _gains(sel, "gain_vs_latest", higher)
+            mean, glow, ghigh = _mean_ci(gains)
+            rows.append(_row("interpolation vs latest vector", panel, mean, glow, ghigh, unit,
+                             verdict(glow, ghigh, 0.0, "above"), f"mean over {n_periods} middle periods"))
+            if method in ("oracle", "time_proportional", "leave_one_out"):
+                for control, col in (("midpoint", "gain_vs_midpoint"), ("uniform soup", "gain_vs_uniform_soup")):
+                    gains, unit = _gains(sel, col, higher)
+                    mean, glow, ghigh = _mean_ci(gains)
+                    if math.isnan(mean):
+                        continue
+                    rows.append(_row(f"interpolation vs {control}", panel, mean, glow, ghigh, unit,
+                                     verdict(glow, ghigh, 0.0, "above"),
+                                     "> 0: time-aware α beats averaging; ≤ 0: the gain is averaging"))
     return rows
 
 
-def _analogy_rows(analogy: pd.DataFrame) -> list[dict[str, Any]]:
-    rows = []
-    if analogy is None or analogy.empty:
+def _analogy_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """Per task and selection (oracle, past-only): the analogy vs τ_task(j), τ_task(j) scaled, the latest."""
+    rows: list[dict[str, Any]] = []
+    if protocols is None or protocols.empty:
         return rows
-    test = analogy.loc[analogy["split"] == "test"]
-    for task, grp in test.groupby("task", sort=True):
-        higher = bool(grp["higher_is_better"].iloc[0])
-        for baseline, finding in (("task_j", "analogy vs τ_task(j)"), ("task_j_scaled", "analogy vs τ_task(j) scaled")):
-            col = f"gain_vs_{baseline}" if higher else f"gain_vs_{baseline}_pct"
-            if col not in grp:
+    analogy = protocols.loc[protocols["method"] == "analogy"]
+    for (task, selection), grp in analogy.groupby(["task", "selection"], sort=True):
+        panel = f"{task} · {_PROTOCOL_WORDS[selection]}"
+        how = ("α chosen on k's validation labels (oracle)" if selection == "oracle"
+               else "α chosen on the previous pair (j, k′ < k): k's labels unused")
+        for col, finding in (("gain_vs_task_j", "analogy vs τ_task(j)"),
+                             ("gain_vs_task_j_scaled", "analogy vs τ_task(j) scaled"),
+                             ("gain_vs_latest", "analogy vs latest vector")):
+            values = grp[col].astype(float)
+            n = int(values.notna().sum())
+            if n == 0:
                 continue
-            mean, low, high = _mean_ci(grp[col].astype(float).tolist())
-            n = int(grp[col].notna().sum())
-            rows.append(_row(finding, task, mean, low, high, "points" if higher else "%",
-                             "n/a" if math.isnan(mean) else verdict(low, high, 0.0, "above"),
-                             f"α chosen on k's validation labels (oracle); {n} (j, k) pairs"))
+            mean, low, high = _mean_ci(values.tolist())
+            rows.append(_row(finding, panel, mean, low, high, "points",
+                             "n/a" if math.isnan(mean) else verdict(low, high, 0.0, "above"), f"{how}; {n} (j, k) pairs"))
     return rows
 
 
@@ -195,8 +241,8 @@ def findings_table(analysis: Any) -> pd.DataFrame:
         *_decay_rows(analysis.decay.fit),
         *_similarity_rows(analysis.sim_vs_deg),
         *_stripe_rows(analysis.stripes),
-        *_interpolation_rows(analysis.interpolation),
-        *_analogy_rows(analysis.analogy),
+        *_interpolation_rows(analysis.interpolation_protocols),
+        *_analogy_rows(analysis.analogy_protocols),
     ]
     return pd.DataFrame(rows, columns=FINDINGS_COLUMNS)
 

@@ -47,8 +47,10 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
 
     cells = store.read_table(r.CELLS_TABLE)
     gram, keys = gram_of_store(store)
-    optional = {name: store.read_table(name) for name in (r.INTERPOLATION_TABLE, r.ANALOGY_BEST_TABLE) if store.has_table(name)}
-    result = analysis.analyze(cells, gram, keys, optional.get(r.INTERPOLATION_TABLE), optional.get(r.ANALOGY_BEST_TABLE))
+    names = (r.INTERPOLATION_TABLE, r.ANALOGY_BEST_TABLE, r.SOUPS_TABLE, r.ANALOGY_TABLE)
+    optional = {name: store.read_table(name) for name in names if store.has_table(name)}
+    result = analysis.analyze(cells, gram, keys, optional.get(r.INTERPOLATION_TABLE), optional.get(r.ANALOGY_BEST_TABLE),
+                              soups=optional.get(r.SOUPS_TABLE), analogy_grid=optional.get(r.ANALOGY_TABLE))
     store.write_table(r.RELATIVE_CHANGE_TABLE, result.rel)
     store.write_table(r.DIAGONAL_TABLE, result.diagonal)
     store.write_table(r.DECAY_BY_GAP_TABLE, result.decay.by_gap)
@@ -58,6 +60,8 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
         store.write_table(r.SIMILARITY_TABLE, result.similarity)
         store.write_table(r.SIMILARITY_CENTRED_TABLE, result.similarity_centred)
     store.write_table(r.FINDINGS_TABLE, result.findings)
+    store.write_table(r.INTERPOLATION_PROTOCOLS_TABLE, result.interpolation_protocols)
+    store.write_table(r.ANALOGY_PROTOCOLS_TABLE, result.analogy_protocols)
     store.write_bytes(r.HEADLINE_FILE, json.dumps(result.headline, indent=2, default=str).encode())
     tables = {"diagonal (own period best?)": result.diagonal, "decay with the gap": result.decay.fit}
     return {"tables": tables, "headline": result.headline, "findings": result.findings}

@@ -13,6 +13,8 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 | ``soups`` / ``patching`` | interpolate | a greedy time soup / a patched period, or one of its baselines |
 | ``analogy`` | analogy | one (α₁, α₂, α₃) grid point on one split |
 | ``analogy_best`` | analogy | the best point, or one baseline, of one (j, k) pair on one split |
+| ``interpolation_protocols`` | analyze | one middle period under one α-selection protocol or baseline (:mod:`timevec.selection`) |
+| ``analogy_protocols`` | analyze | one (j, k) pair under one selection protocol or baseline (:mod:`timevec.selection`) |
 | ``relative_change``, ``diagonal``, ``decay_*``, ``stripes`` | analyze | see :mod:`timevec.misalignment` |
 | ``similarity``, ``similarity_centred`` | analyze | one pair of vectors (:mod:`timevec.similarity`) |
 | ``fig_<figure>`` | report | the numbers behind one figure of the report |
@@ -53,6 +55,11 @@ __all__ = [
     "INTERPOLATION_COLUMNS",
     "INTERPOLATION_KEY",
     "INTERPOLATION_TABLE",
+    "INTERPOLATION_PROTOCOLS_TABLE",
+    "INTERPOLATION_PROTOCOL_COLUMNS",
+    "ANALOGY_PROTOCOLS_TABLE",
+    "ANALOGY_PROTOCOL_COLUMNS",
+    "with_split",
     "PATCHING_COLUMNS",
     "PATCHING_TABLE",
     "SOUPS_TABLE",
@@ -72,6 +79,8 @@ SOUPS_TABLE = "soups"
 PATCHING_TABLE = "patching"
 ANALOGY_TABLE = "analogy"
 ANALOGY_BEST_TABLE = "analogy_best"
+INTERPOLATION_PROTOCOLS_TABLE = "interpolation_protocols"
+ANALOGY_PROTOCOLS_TABLE = "analogy_protocols"
 # written by the analysis stage (schemas: the frames of timevec.misalignment / timevec.similarity)
 RELATIVE_CHANGE_TABLE = "relative_change"
 DIAGONAL_TABLE = "diagonal"
@@ -83,7 +92,7 @@ SIMILARITY_CENTRED_TABLE = "similarity_centred"
 FINDINGS_TABLE = "findings"  # the verdict per finding (timevec.findings)
 HEADLINE_FILE = "results/headline.json"
 #: What the report reads (figures get their own ``fig_<name>`` tables, written by the report).
-REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE)
+REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE, ANALOGY_TABLE)
 
 
 def alpha_key(alpha: float) -> float:
@@ -129,8 +138,11 @@ def cells_table(frame: pd.DataFrame) -> pa.Table:
 
 # ----------------------------------------------------------------------------- interpolation
 
-INTERPOLATION_COLUMNS = ["task", "granularity", "first", "last", "alpha", "test_period", "metric", "value", "higher_is_better"]
-INTERPOLATION_KEY = ["task", "granularity", "first", "last", "alpha", "test_period"]
+#: ``split``: ``test`` on every configured period; ``validation`` on the MIDDLE periods (strictly between
+#: the ends), where the α-selection protocols (:mod:`timevec.selection`) choose α.
+INTERPOLATION_COLUMNS = ["task", "granularity", "first", "last", "alpha", "test_period", "split", "metric", "value",
+                         "higher_is_better"]
+INTERPOLATION_KEY = ["task", "granularity", "first", "last", "alpha", "test_period", "split"]
 INTERPOLATION_BEST_COLUMNS = [
     "task", "granularity", "first", "last", "test_period", "metric", "higher_is_better",
     "best_alpha", "best_value", "value_alpha0", "value_alpha1",
@@ -138,14 +150,37 @@ INTERPOLATION_BEST_COLUMNS = [
     "in_period_value", "gain_vs_in_period", "gain_vs_in_period_pct",
     "latest_period", "latest_value", "gain_vs_latest", "gain_vs_latest_pct", "beats_latest",
     "previous_period", "previous_value", "gain_vs_previous", "gain_vs_previous_pct",
-    "base_value",
+    "base_value", "selected_on",
 ]
 
 
 def interpolation_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows as a frame with exactly :data:`INTERPOLATION_COLUMNS` and fixed dtypes (appendable)."""
     frame = pd.DataFrame(list(rows), columns=INTERPOLATION_COLUMNS)
+    frame["split"] = frame["split"].astype(object).fillna("test")  # a row that names no split is a test value
     return frame.astype({"alpha": "float64", "value": "float64", "higher_is_better": "bool"})
+
+
+def with_split(frame: pd.DataFrame | None, default: str = "test") -> pd.DataFrame | None:
+    """A table written before it had a ``split`` column (every row was a test value), with one.
+
+    Interpolation tables before the selection protocols held test rows only; analogy grids before
+    the scaled-alone points were recorded held analogy points only (``method`` filled likewise).
+    """
+    if frame is None or ("split" in frame and frame["split"].notna().all()):
+        return frame
+    if "split" in frame:
+        return frame.assign(split=frame["split"].fillna(default))
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc("metric"), "split", default)
+    return frame
+
+
+INTERPOLATION_PROTOCOL_COLUMNS = [
+    "task", "granularity", "first", "last", "test_period", "method", "selection", "alpha", "metric",
+    "higher_is_better", "value", "gain_vs_latest", "gain_vs_latest_pct", "gain_vs_first", "beats_both_ends",
+    "gain_vs_midpoint", "gain_vs_midpoint_pct", "gain_vs_uniform_soup", "gain_vs_uniform_soup_pct", "note",
+]
 
 
 # ----------------------------------------------------------------------------- soups and patching
@@ -171,7 +206,10 @@ def patching_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- task analogy
 
-ANALOGY_COLUMNS = ["task", "source_period", "target_period", "alpha1", "alpha2", "alpha3", "split", "metric", "value"]
+#: ``method``: ``analogy`` (a grid point) or ``task_j_scaled`` (α₁·τ_task(j) alone, α₂ = α₃ = 0), so that
+#: either can be selected on one pair and applied to another (past-only selection).
+ANALOGY_COLUMNS = ["task", "source_period", "target_period", "method", "alpha1", "alpha2", "alpha3", "split", "metric",
+                   "value"]
 ANALOGY_BEST_COLUMNS = [
     "task", "source_period", "target_period", "method", "alpha1", "alpha2", "alpha3", "split", "metric", "value",
     "higher_is_better", "vector", "note",
@@ -181,9 +219,16 @@ ANALOGY_METHODS = ("base", "task_j", "task_j_scaled", "latest", "in_period", "an
 
 
 def analogy_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Rows of :data:`ANALOGY_COLUMNS` as a frame with fixed dtypes."""
-    return pd.DataFrame(list(rows), columns=ANALOGY_COLUMNS).astype(
-        {"alpha1": "float64", "alpha2": "float64", "alpha3": "float64", "value": "float64"})
+    """Rows of :data:`ANALOGY_COLUMNS` as a frame with fixed dtypes (``method`` defaults to ``analogy``)."""
+    frame = pd.DataFrame(list(rows), columns=ANALOGY_COLUMNS)
+    frame["method"] = frame["method"].fillna("analogy")
+    return frame.astype({"alpha1": "float64", "alpha2": "float64", "alpha3": "float64", "value": "float64"})
+
+
+ANALOGY_PROTOCOL_COLUMNS = [
+    "task", "source_period", "target_period", "method", "selection", "chosen_on", "alpha1", "alpha2", "alpha3",
+    "metric", "higher_is_better", "value", "gain_vs_task_j", "gain_vs_task_j_scaled", "gain_vs_latest", "note",
+]
 
 
 def analogy_best_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

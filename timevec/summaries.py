@@ -15,7 +15,8 @@ import pandas as pd
 
 from timevec.gains import better, gain, gain_pct, higher_is_better
 from timevec.periods import Period, latest_before, sort_periods
-from timevec.results import ANALOGY_METHODS, INTERPOLATION_BEST_COLUMNS
+from timevec.results import ANALOGY_METHODS, INTERPOLATION_BEST_COLUMNS, alpha_key, with_split
+from timevec.selection import best_alpha
 
 __all__ = ["ANALOGY_BASELINES", "analogy_summary", "interpolation_best"]
 
@@ -39,7 +40,11 @@ def _cells_value(cells: pd.DataFrame | None, task: str, granularity: str, vector
 
 
 def interpolation_best(interp: pd.DataFrame | None, cells: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per MIDDLE test period (strictly between the ends): the best α and what it gains.
+    """Per MIDDLE test period (strictly between the ends): the oracle α and what it gains.
+
+    The α is chosen on the period's VALIDATION split (``selected_on``; the target's own labels: the
+    ``oracle`` protocol of :mod:`timevec.selection`) and reported on its test split; a table from
+    before validation rows existed is selected on test (``selected_on`` says so).
 
     Columns :data:`~timevec.results.INTERPOLATION_BEST_COLUMNS`; every ``gain_*`` is positive when
     the best interpolation is better than that baseline. Ends: α = 0 (τ_first) and α = 1 (τ_last).
@@ -57,17 +62,24 @@ def interpolation_best(interp: pd.DataFrame | None, cells: pd.DataFrame | None =
             for (task, gran), grp in trained.groupby(["task", "granularity"]):
                 stored_by[(task, gran)] = sort_periods(grp["train_period"].dropna().astype(str))
         keys = ["task", "granularity", "first", "last", "test_period", "metric"]
-        for (task, gran, first, last, test, metric), grp in interp.groupby(keys, sort=False):
+        for (task, gran, first, last, test, metric), both in with_split(interp).groupby(keys, sort=False):
             first, last, test = str(first), str(last), str(test)
             if not Period.parse(first) < Period.parse(test) < Period.parse(last):
                 continue
-            higher = bool(grp["higher_is_better"].iloc[0]) if "higher_is_better" in grp else higher_is_better(metric)
-            grp = grp.sort_values("alpha")
+            higher = bool(both["higher_is_better"].iloc[0]) if "higher_is_better" in both else higher_is_better(metric)
+            grp = both.loc[both["split"] == "test"].sort_values("alpha")
             alphas = grp["alpha"].to_numpy(dtype=float)
             values = grp["value"].to_numpy(dtype=float)
             if np.isnan(values).all():
                 continue
-            i = int(np.nanargmax(values) if higher else np.nanargmin(values))
+            val = both.loc[both["split"] == "validation"]
+            selected_on = "validation" if val["value"].notna().any() else "test"
+            chooser = val if selected_on == "validation" else grp
+            chosen = best_alpha({alpha_key(a): float(v) for a, v in zip(chooser["alpha"], chooser["value"])}, higher)
+            hits = np.flatnonzero(np.isclose(alphas, chosen))
+            if not len(hits):
+                continue
+            i = int(hits[0])
             best = float(values[i])
 
             def at(alpha: float, alphas: np.ndarray = alphas, values: np.ndarray = values) -> float:
@@ -93,7 +105,7 @@ def interpolation_best(interp: pd.DataFrame | None, cells: pd.DataFrame | None =
                 "previous_period": previous, "previous_value": prev_value,
                 "gain_vs_previous": gain(best, prev_value, higher),
                 "gain_vs_previous_pct": gain_pct(best, prev_value, higher),
-                "base_value": base,
+                "base_value": base, "selected_on": selected_on,
             })
     out = pd.DataFrame(rows, columns=INTERPOLATION_BEST_COLUMNS)
     if not out.empty:

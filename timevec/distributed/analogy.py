@@ -360,7 +360,9 @@ def search_pair(
     return points, facts
 
 
-def _baselines_task(payload: AnalogyPayload, latest: str | None, in_period: bool) -> list[dict[str, Any]]:
+def _baselines_task(
+    payload: AnalogyPayload, latest: str | None, in_period: bool
+) -> tuple[list[dict[str, Any]], list[task_analogy.AnalogyPoint]]:
     """The baseline rows of one pair (runs as a Ray task next to the search)."""
     loaded = load_pair(payload)
     read = loaded.evaluator.read_vector
@@ -378,6 +380,20 @@ def _baselines_task(payload: AnalogyPayload, latest: str | None, in_period: bool
 
 
 # ----------------------------------------------------------------------------- the driver
+
+
+def _scaled_points(grid: pd.DataFrame | None, keys: dict[str, str]) -> list[task_analogy.AnalogyPoint]:
+    """The τ_task(j)-scaled points of one pair already in the ``analogy`` table (none in old tables)."""
+    if grid is None or "method" not in grid:
+        return []
+    sel = grid.loc[grid["method"] == "task_j_scaled"]
+    for col, value in keys.items():
+        sel = sel.loc[sel[col].astype(str) == value]
+    wide = sel.pivot_table(index="alpha1", columns="split", values="value", aggfunc="last")
+    if not {"validation", "test"} <= set(wide.columns):
+        return []
+    return [task_analogy.AnalogyPoint(float(a), 0.0, 0.0, float(r["validation"]), float(r["test"]))
+            for a, r in wide.iterrows()]
 
 
 def _replace_rows(store: VectorStore, table: str, frame: pd.DataFrame, keys: dict[str, str]) -> None:
@@ -424,6 +440,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
     storage = storage_path(config, store)
     splits = _prepared_splits(config, task, sorted({k for _, k in pairs}, key=Period.parse))
     best_old = store.read_table(ANALOGY_BEST_TABLE) if store.has_table(ANALOGY_BEST_TABLE) else None
+    grid_old = store.read_table(ANALOGY_TABLE) if store.has_table(ANALOGY_TABLE) else None
     baselines_remote = ray.remote(_baselines_task).options(
         num_cpus=config.ray.cpus_per_eval_actor, num_gpus=config.ray.gpus_per_eval_actor,
         max_retries=config.ray.max_failures,
@@ -447,15 +464,18 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
             for col, value in keys.items():
                 sel = sel.loc[sel[col].astype(str) == value]
             sel = sel.loc[(sel["experiment"] == name) & (sel["method"] != "analogy")]
-            if set(sel["method"]) >= set(results.ANALOGY_METHODS) - {"analogy"}:
-                have = sel.drop(columns="experiment")
+            scaled = _scaled_points(grid_old, keys)
+            if set(sel["method"]) >= set(results.ANALOGY_METHODS) - {"analogy"} and scaled:
+                have = (sel.drop(columns="experiment"), scaled)
         latest = task_analogy.latest_task_period(task, k, stored)
         pending = None if have is not None else baselines_remote.remote(payload, latest, (task, k) in stored)
         points, facts = search_pair(config, payload, storage, name)
         metric = METRICS[task][0]
-        grid = task_analogy.analogy_grid_frame(task, j, k, metric, points)
+        baseline_rows, scaled = (have[0].to_dict("records"), have[1]) if have is not None else ray.get(pending)
+        grid = pd.concat([task_analogy.analogy_grid_frame(task, j, k, metric, points),
+                          task_analogy.analogy_grid_frame(task, j, k, metric, scaled, method="task_j_scaled")],
+                         ignore_index=True)
         _replace_rows(store, ANALOGY_TABLE, grid, keys)
-        baseline_rows = have.to_dict("records") if have is not None else ray.get(pending)
         best = results.analogy_best_frame(baseline_rows + task_analogy.analogy_best_rows(task, j, k, metric, points))
         best["experiment"] = name
         _replace_rows(store, ANALOGY_BEST_TABLE, best, keys)

@@ -4,12 +4,14 @@ For each configured task and granularity with at least two stored vectors:
 
 - **interpolation**: τ(α) = (1−α)·τ_first + α·τ_last for every α of ``interpolation.alphas``
   (first/last: the earliest and latest stored period of that granularity), evaluated on the test
-  split of EVERY configured period → ``results/interpolation.parquet``
+  split of EVERY configured period and on the validation split of the middle ones (where
+  :mod:`timevec.selection` chooses α without the test labels) → ``results/interpolation.parquet``
   (:data:`timevec.results.INTERPOLATION_COLUMNS`), summarised per middle period in
   ``results/interpolation_best.parquet`` (:data:`timevec.results.INTERPOLATION_BEST_COLUMNS`, with
   the in-period and previous-vector baselines from ``cells.parquet`` when present);
 - **soups and patching**, per configured period: a greedy soup of neighbouring vectors selected on
-  the period's validation split, and the period's vector rebuilt from its two neighbours, each
+  the period's validation split, the uniform soup of ALL stored vectors (the averaging control),
+  and the period's vector rebuilt from its two neighbours, each
   against base / in-period / previous / next / latest on the period's test split →
   ``results/soups.parquet`` and ``results/patching.parquet``.
 
@@ -149,8 +151,9 @@ def run_item(
             known=lambda source, test: (known or {}).get((item.task, item.granularity, source, test)),
         )
         return [], soups, patches
+    validations = splits["validation"].get((item.task, item.granularity), {})
     rows = adapt.run_interpolation_item(
-        evaluate_weights, get_vector(item.task, item.first), get_vector(item.task, item.last), item, tests
+        evaluate_weights, get_vector(item.task, item.first), get_vector(item.task, item.last), item, tests, validations
     )
     return rows, [], []
 
@@ -168,6 +171,9 @@ def _done_periods(store: VectorStore, table: str) -> set[tuple[str, str, str]]:
 def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[Item], dict[tuple[str, str], set[str]], list[str]]:
     """(work items, test periods needed per (task, granularity), notes on what was left out)."""
     existing = store.read_table(INTERPOLATION_TABLE) if store.has_table(INTERPOLATION_TABLE) else None
+    if existing is not None and "split" not in existing:  # written before validation rows existed
+        existing = results.with_split(existing)
+        store.write_table(INTERPOLATION_TABLE, results.interpolation_frame(existing.to_dict("records")))
     done = adapt.interpolation_done(existing)
     soups_done = _done_periods(store, SOUPS_TABLE)
     patches_done = _done_periods(store, PATCHING_TABLE)

@@ -26,6 +26,7 @@ from timevec import results, similarity
 from timevec.report.adaptation import adaptation_figures, analogy_figures, interpolation_figures
 from timevec.report.page import page
 from timevec.report.plotting import Figure, WriteBytes, WriteTable
+from timevec.report.selection import analogy_protocol_figures, interpolation_protocol_figures
 from timevec.report.structure import decay_figures, matrix_figures, similarity_figures, umap_figure
 
 __all__ = ["build_report"]
@@ -40,7 +41,8 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
     """Draw every figure the available tables support and write one self-contained HTML report.
 
     ``tables``: by their :mod:`timevec.results` names, ``cells`` (required), optionally
-    ``interpolation``, ``soups``, ``patching`` and ``analogy_best``; absent or empty optional tables just mean fewer
+    ``interpolation``, ``soups``, ``patching``, ``analogy_best`` and ``analogy`` (the grid, for the
+    selection protocols); absent or empty optional tables just mean fewer
     figures. ``gram``/``keys``: the time vectors' Gram matrix (may be ``None``: no similarity
     figures). Figures go to ``reports/<name>.png``, their tables to ``fig_<name>``, the page to
     ``reports/index.html``. Returns the figure paths in page order.
@@ -53,7 +55,8 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
     key_list = [(str(t), str(p)) for t, p in keys] if keys is not None else []
     have_gram = gram is not None and len(key_list) > 0
     res = an.analyze(cells, gram if have_gram else None, key_list if have_gram else None,
-                     interp, analogy)
+                     interp, analogy, soups=tables.get(results.SOUPS_TABLE),
+                     analogy_grid=tables.get(results.ANALOGY_TABLE))
     figures: list[Figure] = []
     notes: list[str] = []
     if not res.rel.empty:
@@ -78,6 +81,10 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
         analogy_figures(res.analogy, figures, write_table)
     else:
         notes.append("No analogy table: no analogy figures.")
+    if res.interpolation_protocols is not None and not res.interpolation_protocols.empty:
+        interpolation_protocol_figures(res.interpolation_protocols, figures, write_table)
+    if res.analogy_protocols is not None and not res.analogy_protocols.empty:
+        analogy_protocol_figures(res.analogy_protocols, figures, write_table)
 
     paths: list[str] = []
     for f in figures:
@@ -86,7 +93,9 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
         paths.append(path)
     when = (generated or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds")
     folded = {"own period best (diagonal)": res.diagonal, "decay fit": res.decay.fit, "stripes": res.stripes,
-              "interpolation: best α per middle period": res.interpolation, "task analogies vs baselines": res.analogy,
+              "interpolation: oracle α per middle period": res.interpolation, "task analogies vs baselines": res.analogy,
+              "interpolation under each α-selection protocol": res.interpolation_protocols,
+              "task analogies under each selection protocol": res.analogy_protocols,
               "time soups": tables.get(results.SOUPS_TABLE), "patching": tables.get(results.PATCHING_TABLE)}
     write_bytes("reports/index.html", page(title, res.findings, res.headline, figures, when, notes, folded))
     log.info("report: %d figures and reports/index.html written", len(figures))

@@ -15,6 +15,8 @@ def interpolation_figures(interp: pd.DataFrame, summary: pd.DataFrame, out: list
     from matplotlib import colormaps
 
     keys = ["task", "granularity", "first", "last"]
+    if "split" in interp:
+        interp = interp.loc[interp["split"].fillna("test") == "test"]  # the curves are test values
     for (task, gran, first, last), grp in interp.groupby(keys, sort=True):
         first, last = str(first), str(last)
         metric = str(grp["metric"].iloc[0])
@@ -47,7 +49,8 @@ def interpolation_figures(interp: pd.DataFrame, summary: pd.DataFrame, out: list
         write_table(f"fig_{name}", table.reset_index(drop=True))
         out.append(Figure(name, "Interpolation", (
             f"{metric} of θ_pre + (1−α)·τ_{first} + α·τ_{last} on each test period; stars mark "
-            "the best α, dotted lines the in-period vector. Look for intermediate periods peaking "
+            "the oracle α (chosen on the period's validation split), dotted lines the in-period vector. "
+            "Look for intermediate periods peaking "
             "at intermediate α that moves toward 1 for later periods, and whether the best point "
             f"beats α=1 (the latest vector, τ_{last})."), to_png(fig)))
 
