@@ -306,3 +306,90 @@ def test_bad_merge_config_names_the_key(override: str, key: str) -> None:
 def test_tiny_config_loads_with_a_merge_section() -> None:
     config = load_config(REPO / "timevec/demo/tiny.yaml", ["merge.method=ties", "merge.majority_sign_method=frequency"])
     assert MergeMethod.from_config(config) == MergeMethod("ties", 0.5, "frequency", config.seed)
+
+
+# ---------------------------------------------------------------------------- the evaluator and the comparison table
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    """The tiny demo config over 2014–2016 (lm only), a store with the base and 3 random vectors."""
+    from timevec.cells import prepare_splits
+    from timevec.corpus import load_corpus
+    from timevec.models import base_id, build_model, float_parameters, load_tokenizer
+    from timevec.store import VectorStore
+
+    root = tmp_path_factory.mktemp("merge-store")
+    config = load_config(REPO / "timevec/demo/tiny.yaml", [
+        f"store.url={root}", "periods.start='2014'", "periods.end='2016'", "evaluation.max_examples=4", "tasks=[lm]",
+        "granularities=[year]", "merge.method=ties", "merge.density=0.3",
+    ])
+    tokenizer = load_tokenizer(config.base)
+    base = {n: p.detach().clone() for n, p in float_parameters(build_model(config.base, tokenizer)).items()}
+    store = VectorStore.from_config(config.store)
+    store.init(base_id(config.base), base)
+    for i, period in enumerate(["2014", "2015", "2016"]):
+        g = torch.Generator().manual_seed(200 + i)
+        store.put_vector("lm", period, TimeVector({n: 0.05 * torch.randn(t.shape, generator=g) for n, t in base.items()}))
+    splits = prepare_splits(config, corpus=load_corpus(config.corpus), tokenizer=tokenizer)
+    return config, store, splits
+
+
+def test_cell_evaluator_merges_combinations_with_the_configured_method(tiny_store) -> None:
+    from timevec.cells import CellEvaluator
+
+    config, store, splits = tiny_store
+    evaluator = CellEvaluator(config, store, splits, device="cpu")
+    assert evaluator.merge == MergeMethod("ties", 0.3, "total", config.seed)
+    split = splits[("lm", "year")]["2015"]
+    a, b = evaluator.read_vector("lm", "2014"), evaluator.read_vector("lm", "2016")
+    ties = evaluator.evaluate_weights([(0.5, a), (0.5, b)], [split])[0]["value"]
+    single = evaluator.evaluate_weights([(1.0, a), (0.0, b)], [split])[0]["value"]
+    evaluator.merge = MergeMethod()
+    plain = evaluator.evaluate_weights([(0.5, a), (0.5, b)], [split])[0]["value"]
+    assert ties != plain  # the combination is merged by TIES ...
+    assert single == evaluator.evaluate_weights([(1.0, a)], [split])[0]["value"]  # ... a single vector is not
+    stored_base = store.get_base()
+    assert all(torch.equal(p.detach(), stored_base[n]) for n, p in evaluator.model.named_parameters() if n in stored_base)
+
+
+def test_merge_comparison_table(tiny_store) -> None:
+    import math
+
+    from timevec.cells import CellEvaluator
+    from timevec.merge_comparison import compared_methods, merge_comparison
+    from timevec.results import MERGE_METHODS_COLUMNS, MERGE_METHODS_TABLE, merge_methods_frame
+
+    config, store, splits = tiny_store
+    evaluator = CellEvaluator(config, store, device="cpu")
+    methods = compared_methods(config)
+    assert [m.name for m in methods] == list(METHODS) and methods[1] == MergeMethod("ties", 0.3, "total", config.seed)
+    table = merge_comparison(evaluator, config, splits, store.list_vectors(), methods)
+    assert list(table.columns) == MERGE_METHODS_COLUMNS
+    assert len(table) == 2 * len(METHODS) * 3  # 2 combinations × 5 methods × 3 test periods
+    assert set(table["combination"]) == {"uniform_soup", "midpoint"} and set(table["period"]) == {"2014", "2015", "2016"}
+    assert evaluator.merge == MergeMethod.from_config(config)  # put back
+    ta = table[table["method"] == "task_arithmetic"]
+    assert (ta["gain_vs_task_arithmetic"] == 0.0).all()
+    # task arithmetic's rows are the evaluator's own Σ cᵢ·τᵢ; the others are gains against them (perplexity: lower is better)
+    vectors = {p: store.get_vector("lm", p) for p in ("2014", "2015", "2016")}
+    evaluator.merge = MergeMethod()
+    soup = evaluator.evaluate_weights([(1 / 3, vectors[p]) for p in sorted(vectors)], [splits[("lm", "year")]["2015"]])[0]["value"]
+    row = ta[(ta["combination"] == "uniform_soup") & (ta["period"] == "2015")]["value"].item()
+    assert row == soup
+    ties = table[(table["method"] == methods[1].label) & (table["combination"] == "uniform_soup") & (table["period"] == "2015")]
+    assert ties["gain_vs_task_arithmetic"].item() == pytest.approx(soup - ties["value"].item())
+    assert all(math.isfinite(v) for v in table["value"])
+    store.write_table(MERGE_METHODS_TABLE, table)
+    assert merge_methods_frame(store.read_table(MERGE_METHODS_TABLE).to_dict("records")).equals(table)
+
+
+def test_analogy_experiment_name_changes_with_the_merge_method_only(tiny_store) -> None:
+    from timevec.distributed.analogy import experiment_name
+
+    config, store, _ = tiny_store
+    plain = config.with_overrides(["merge.method=task_arithmetic"])
+    default = ExperimentConfig.model_validate({k: v for k, v in plain.model_dump().items() if k != "merge"})
+    names = [experiment_name(c, store, "lm", "2014", "2015") for c in (plain, config, config.with_overrides(["merge.density=0.6"]))]
+    assert experiment_name(default, store, "lm", "2014", "2015") == names[0]  # unchanged for existing studies
+    assert len(set(names)) == 3
