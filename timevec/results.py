@@ -15,6 +15,7 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 | ``analogy_best`` | analogy | the best point, or one baseline, of one (j, k) pair on one split |
 | ``relative_change``, ``diagonal``, ``decay_*``, ``stripes`` | analyze | see :mod:`timevec.misalignment` |
 | ``similarity``, ``similarity_centred`` | analyze | one pair of vectors (:mod:`timevec.similarity`) |
+| ``merge_methods`` | ``bench/merge_methods.py --write`` | one (combination, merge method, test period): :mod:`timevec.merge_comparison` |
 | ``fig_<figure>`` | report | the numbers behind one figure of the report |
 """
 
@@ -53,6 +54,8 @@ __all__ = [
     "INTERPOLATION_COLUMNS",
     "INTERPOLATION_KEY",
     "INTERPOLATION_TABLE",
+    "MERGE_METHODS_COLUMNS",
+    "MERGE_METHODS_TABLE",
     "PATCHING_COLUMNS",
     "PATCHING_TABLE",
     "SOUPS_TABLE",
@@ -61,6 +64,7 @@ __all__ = [
     "analogy_best_frame",
     "analogy_frame",
     "interpolation_frame",
+    "merge_methods_frame",
     "patching_frame",
     "soup_frame",
 ]
@@ -81,6 +85,7 @@ STRIPES_TABLE = "stripes"
 SIMILARITY_TABLE = "similarity"
 SIMILARITY_CENTRED_TABLE = "similarity_centred"
 FINDINGS_TABLE = "findings"  # the verdict per finding (timevec.findings)
+MERGE_METHODS_TABLE = "merge_methods"  # merge methods against task arithmetic (timevec.merge_comparison)
 HEADLINE_FILE = "results/headline.json"
 #: What the report reads (figures get their own ``fig_<name>`` tables, written by the report).
 REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE)
@@ -190,3 +195,18 @@ def analogy_best_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=ANALOGY_BEST_COLUMNS)
     return frame.astype({"alpha1": "float64", "alpha2": "float64", "alpha3": "float64", "value": "float64",
                          "higher_is_better": "bool"})
+
+
+# ----------------------------------------------------------------------------- merge methods
+
+#: One (task, granularity, combination, merge method, test period). ``combination``: ``uniform_soup``
+#: (every stored vector, weight 1/n) or ``midpoint`` (½·τ_first + ½·τ_last); ``method``:
+#: :attr:`timevec.merging.MergeMethod.label`; ``gain_vs_task_arithmetic``: :func:`timevec.gains.gain`
+#: of the value against task arithmetic's on the same combination and period (0 on its own rows).
+MERGE_METHODS_COLUMNS = ["task", "granularity", "combination", "method", "period", "metric", "value", "gain_vs_task_arithmetic"]
+
+
+def merge_methods_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of :data:`MERGE_METHODS_COLUMNS` as a frame with fixed dtypes."""
+    frame = pd.DataFrame(list(rows), columns=MERGE_METHODS_COLUMNS)
+    return frame.astype({"value": "float64", "gain_vs_task_arithmetic": "float64"})
