@@ -24,6 +24,7 @@ from timevec.config import BaseConfig, ExperimentConfig
 from timevec.corpus import Corpus, load_corpus
 from timevec.devices import pick_device
 from timevec.evaluation import EvalSplit, evaluate, prepare_split
+from timevec.merging import MergeMethod
 from timevec.models import base_from_store, load_tokenizer
 from timevec.periods import Period
 from timevec.store import StoreError, VectorStore
@@ -151,6 +152,10 @@ class CellEvaluator:
     Usable without Ray (tests, and the interpolation/analogy stages' trials); the Ray actor of
     :func:`timevec.distributed.cells.run_cells` is a thin wrapper. ``splits`` maps (task, granularity) to test period to
     :class:`EvalSplit`; only :meth:`evaluate_vector`/:meth:`evaluate_base` need it.
+
+    ``merge`` (from the config's ``merge:`` section; may be reassigned) is how every
+    :meth:`evaluate_weights` call merges a combination of ≥ 2 vectors, so soups, interpolation,
+    analogies and forecasts all use it; single vectors and the base are exact (:mod:`timevec.merging`).
     """
 
     def __init__(
@@ -169,9 +174,12 @@ class CellEvaluator:
         model, self.tokenizer = base_from_store(config.base, store)
         self.model = model.to(self.device).eval()
         self.patcher = WeightPatcher(self.model)
+        self.merge = MergeMethod.from_config(config)
         self.stats.model_loads += 1
         self.stats.load_seconds += time.perf_counter() - began
         log.info("evaluator loaded base %s on %s in %.1f s", store.base_id, self.device, self.stats.load_seconds)
+        if not self.merge.is_task_arithmetic:
+            log.info("combinations of 2+ vectors are merged with %s", self.merge.label)
 
     # -------------------------------------------------------------- building blocks
 
@@ -187,14 +195,14 @@ class CellEvaluator:
     def evaluate_weights(
         self, combination: Sequence[tuple[float, TimeVector]], splits: Iterable[EvalSplit]
     ) -> list[dict[str, Any]]:
-        """θ_pre + Σ cᵢ·τᵢ on every split, then θ_pre restored exactly (even on error).
+        """θ_pre + Σ cᵢ·τᵢ (or :attr:`merge` of ≥ 2 terms) on every split, then θ_pre restored exactly (even on error).
 
         Rows carry ``task``, ``test_period`` and the metric columns; the caller adds what names the
         weights (vector, α, …). An empty combination evaluates θ_pre itself.
         """
         splits = list(splits)
         rows: list[dict[str, Any]] = []
-        patched = self.patcher.applied_combination(list(combination)) if combination else nullcontext()
+        patched = self.patcher.applied_combination(list(combination), self.merge) if combination else nullcontext()
         began = time.perf_counter()
         with patched:
             self.stats.patch_seconds += time.perf_counter() - began

@@ -315,6 +315,24 @@ class AnalogyConfig(_Strict):
         return value
 
 
+MergeMethodName = Literal["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+SignMethod = Literal["total", "frequency"]
+
+
+class MergeConfig(_Strict):
+    """How combinations of ≥ 2 vectors are merged (soups, interpolation, analogies, forecasts).
+
+    The methods are ``peft.utils.merge_utils``'s, applied tensor by tensor (:mod:`timevec.merging`);
+    single vectors and the base are never merged. ``density``: fraction of each tensor the
+    pruning methods keep; ``seed``: DARE's seed (default: the experiment's ``seed``).
+    """
+
+    method: MergeMethodName = "task_arithmetic"
+    density: float = Field(0.5, gt=0.0, le=1.0, description="ties / dare_* / magnitude_prune: fraction of each tensor kept")
+    majority_sign_method: SignMethod = Field("total", description="ties / dare_ties: sign election by total mass or by count")
+    seed: int | None = Field(None, description="dare_*: seed of the drop masks; default: the experiment seed")
+
+
 class PeriodRange(_Strict):
     start: str
     end: str
@@ -360,6 +378,7 @@ class ExperimentConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     interpolation: InterpolationConfig = InterpolationConfig()
     analogy: AnalogyConfig = AnalogyConfig()
+    merge: MergeConfig = MergeConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

@@ -17,6 +17,7 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 | ``analogy_protocols`` | analyze | one (j, k) pair under one selection protocol or baseline (:mod:`timevec.selection`) |
 | ``relative_change``, ``diagonal``, ``decay_*``, ``stripes`` | analyze | see :mod:`timevec.misalignment` |
 | ``similarity``, ``similarity_centred`` | analyze | one pair of vectors (:mod:`timevec.similarity`) |
+| ``merge_methods`` | ``bench/merge_methods.py --write`` | one (combination, merge method, test period): :mod:`timevec.merge_comparison` |
 | ``fig_<figure>`` | report | the numbers behind one figure of the report |
 """
 
@@ -60,6 +61,8 @@ __all__ = [
     "ANALOGY_PROTOCOLS_TABLE",
     "ANALOGY_PROTOCOL_COLUMNS",
     "with_split",
+    "MERGE_METHODS_COLUMNS",
+    "MERGE_METHODS_TABLE",
     "PATCHING_COLUMNS",
     "PATCHING_TABLE",
     "SOUPS_TABLE",
@@ -68,6 +71,7 @@ __all__ = [
     "analogy_best_frame",
     "analogy_frame",
     "interpolation_frame",
+    "merge_methods_frame",
     "patching_frame",
     "soup_frame",
 ]
@@ -90,6 +94,7 @@ STRIPES_TABLE = "stripes"
 SIMILARITY_TABLE = "similarity"
 SIMILARITY_CENTRED_TABLE = "similarity_centred"
 FINDINGS_TABLE = "findings"  # the verdict per finding (timevec.findings)
+MERGE_METHODS_TABLE = "merge_methods"  # merge methods against task arithmetic (timevec.merge_comparison)
 HEADLINE_FILE = "results/headline.json"
 #: What the report reads (figures get their own ``fig_<name>`` tables, written by the report).
 REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE, ANALOGY_TABLE)
@@ -235,3 +240,18 @@ def analogy_best_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=ANALOGY_BEST_COLUMNS)
     return frame.astype({"alpha1": "float64", "alpha2": "float64", "alpha3": "float64", "value": "float64",
                          "higher_is_better": "bool"})
+
+
+# ----------------------------------------------------------------------------- merge methods
+
+#: One (task, granularity, combination, merge method, test period). ``combination``: ``uniform_soup``
+#: (every stored vector, weight 1/n) or ``midpoint`` (½·τ_first + ½·τ_last); ``method``:
+#: :attr:`timevec.merging.MergeMethod.label`; ``gain_vs_task_arithmetic``: :func:`timevec.gains.gain`
+#: of the value against task arithmetic's on the same combination and period (0 on its own rows).
+MERGE_METHODS_COLUMNS = ["task", "granularity", "combination", "method", "period", "metric", "value", "gain_vs_task_arithmetic"]
+
+
+def merge_methods_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of :data:`MERGE_METHODS_COLUMNS` as a frame with fixed dtypes."""
+    frame = pd.DataFrame(list(rows), columns=MERGE_METHODS_COLUMNS)
+    return frame.astype({"value": "float64", "gain_vs_task_arithmetic": "float64"})

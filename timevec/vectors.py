@@ -5,7 +5,9 @@ This module holds the arithmetic the study needs (sums, scaling, norms and cosin
 :class:`WeightPatcher`, which puts ``θ_pre + Σ cᵢ·τᵢ`` into a live model in place and takes it back
 out bit for bit. Interpolation, soups and analogies are coefficient lists over vectors
 (:func:`timevec.adapt.interpolation_terms`, :func:`timevec.analogy.analogy_terms`) that the patcher
-applies; no combined vector is ever materialised.
+applies; no combined vector is ever materialised. A combination of two or more vectors can be merged
+by another method instead of summed (TIES, DARE, magnitude pruning: :mod:`timevec.merging`), still
+tensor by tensor.
 
 Design choices, and why:
 
@@ -26,9 +28,13 @@ import logging
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from timevec.merging import MergeMethod
 
 logger = logging.getLogger(__name__)
 
@@ -357,11 +363,18 @@ class WeightPatcher:
         """Set the model to ``base + scale·vector`` (parameters the vector lacks stay at base)."""
         return self.apply_combination([(scale, vector)])
 
-    def apply_combination(self, terms: Sequence[tuple[Scalar, TimeVector | TensorMap]]) -> nn.Module:
+    def apply_combination(
+        self, terms: Sequence[tuple[Scalar, TimeVector | TensorMap]], merge: MergeMethod | None = None
+    ) -> nn.Module:
         """Set the model to ``base + Σ cᵢ·τᵢ`` without materialising the sum.
 
         Each parameter is computed as ``fp32(base) + Σ cᵢ·fp32(τᵢ)`` on its device, one tensor at a
         time, whatever the model was set to before (an earlier patch is overwritten, not added to).
+
+        ``merge`` (:class:`timevec.merging.MergeMethod`) other than task arithmetic replaces the sum
+        by that merge of the terms with a non-zero coefficient, parameter by parameter
+        (:func:`timevec.merging.merge_tensor`, on the CPU, zeros for a term that lacks the tensor),
+        when there are at least two such terms; one term stays exact (why: :mod:`timevec.merging`).
         """
         maps: list[tuple[float, TensorMap]] = []
         for i, (coef, vec) in enumerate(terms):
@@ -372,6 +385,9 @@ class WeightPatcher:
             maps.append((_as_float(coef), tensors))
         touched: list[str] = [n for n in self._params if any(n in m for _, m in maps)]
         touched_set = set(touched)
+        live = [(coef, tensors) for coef, tensors in maps if coef != 0.0]
+        if merge is not None and not merge.is_task_arithmetic and len(live) >= 2:
+            return self._apply_merged(live, touched, merge)
         with torch.no_grad():
             for name in sorted(self._dirty - touched_set):
                 self._params[name].copy_(self._base[name])
@@ -392,6 +408,37 @@ class WeightPatcher:
                 del work
         return self.model
 
+    def _apply_merged(self, maps: list[tuple[float, TensorMap]], touched: list[str], merge: MergeMethod) -> nn.Module:
+        """``base + merge(terms)`` one parameter at a time: n_terms tensors of that parameter in memory."""
+        from timevec.merging import merge_tensor  # deferred: the default path needs no peft
+
+        coefs = [coef for coef, _ in maps]
+        touched_set = set(touched)
+        with torch.no_grad():
+            for name in sorted(self._dirty - touched_set):
+                self._params[name].copy_(self._base[name])
+            self._dirty.clear()
+            for name in touched:
+                param = self._params[name]
+                zeros: torch.Tensor | None = None
+                tensors = []
+                for _, tensor_map in maps:
+                    delta = tensor_map.get(name)
+                    if delta is None:
+                        zeros = torch.zeros(param.shape, dtype=torch.float32) if zeros is None else zeros
+                        delta = zeros
+                    tensors.append(delta)
+                merged = merge_tensor(merge, tensors, coefs, name)
+                del tensors, zeros
+                work = self._base[name].to(device=param.device, dtype=torch.float32, non_blocking=True)
+                if work.data_ptr() == self._base[name].data_ptr():
+                    work = work.clone()
+                work.add_(merged.to(device=param.device))
+                self._dirty.add(name)
+                param.copy_(work)
+                del work, merged
+        return self.model
+
     def restore(self) -> nn.Module:
         """Copy every saved base tensor back into the model (bit-exact)."""
         with torch.no_grad():
@@ -409,9 +456,11 @@ class WeightPatcher:
             self.restore()
 
     @contextlib.contextmanager
-    def applied_combination(self, terms: Sequence[tuple[Scalar, TimeVector | TensorMap]]) -> Iterator[nn.Module]:
+    def applied_combination(
+        self, terms: Sequence[tuple[Scalar, TimeVector | TensorMap]], merge: MergeMethod | None = None
+    ) -> Iterator[nn.Module]:
         """Context-manager form of :meth:`apply_combination`."""
         try:
-            yield self.apply_combination(terms)
+            yield self.apply_combination(terms, merge)
         finally:
             self.restore()

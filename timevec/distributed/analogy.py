@@ -217,6 +217,8 @@ def _signature(config: ExperimentConfig, store: VectorStore, task: str, j: str, 
         "base": store.base_fingerprint,
         "vectors": shards,
     }
+    if config.merge.method != "task_arithmetic":  # another merge method is another experiment (default: names unchanged)
+        material["merge"] = config.merge.model_dump()
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
