@@ -190,6 +190,9 @@ class TrainingConfig(_Strict):
     schedule: Literal["constant", "linear"] = "linear"
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 42
+    seeds: list[int] | None = Field(
+        None, description="seed replicates: the study once per seed, each in <store.url>/seeds/<seed> (timevec.replicates)"
+    )
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (resume points)")
     lora: LoraConfig | None = None
     task_overrides: dict[str, dict[str, Any]] = Field(
@@ -199,6 +202,13 @@ class TrainingConfig(_Strict):
         default_factory=dict,
         description="per-granularity overrides applied after the task's, e.g. {month: {steps: 40}} (a month has ~1/12 of a year's text)",
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"training.seeds must be distinct seeds, at least one (got {seeds})")
+        return seeds
 
     def for_task(self, task: str, granularity: Granularity | None = None) -> TrainingConfig:
         """The settings of one run: this config with the task's, then the granularity's overrides."""

@@ -87,16 +87,57 @@ def run_stages(config: ExperimentConfig, stages: list[str], functions: Mapping[s
     """Run ``stages`` in the pipeline's order with ``functions[name]``; returns the tables and findings to print.
 
     The analysis comes after the adaptation stages (which need only vectors and cells) so that
-    its headline includes the interpolation and analogy results.
+    its headline includes the interpolation and analogy results. With ``training.seeds``, every
+    replicate runs the stages in turn (:mod:`timevec.replicates`) and the findings returned are
+    the ones over seeds.
     """
     from timevec.config import ConfigError
-    from timevec.store import VectorStore
-    from timevec.training import check_store_base
+    from timevec.replicates import replicate_configs
 
     assert tuple(functions) == STAGES, "the stage table names the pipeline's stages in order"
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    replicates = replicate_configs(config)
+    if len(replicates) == 1:
+        return _run_one(replicates[0][1], stages, functions)
+    return _run_replicates(config, replicates, stages, functions)
+
+
+def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, ExperimentConfig]], stages: list[str],
+                    functions: Mapping[str, StageFunction]) -> StageResult:
+    from timevec import results as r
+    from timevec.replicates import FINDINGS_SEEDS_TABLE, findings_over_seeds, share_base
+    from timevec.store import VectorStore
+
+    root = VectorStore.from_config(config.store)
+    first = VectorStore.from_config(replicates[0][1].store)
+    by_seed: dict[int, Any] = {}
+    summary: StageResult = {"tables": {}, "headline": {}}
+    for n, (seed, replica) in enumerate(replicates, 1):
+        log.info("replicate %d/%d: training.seed %d in %s", n, len(replicates), seed, replica.store.url)
+        store = VectorStore.from_config(replica.store)
+        if n > 1 and share_base(first, store, replica.store.target_shard_bytes):
+            log.info("replicate seed %d: base copied from %s (one θ_pre for every seed)", seed, first.url)
+        result = _run_one(replica, stages, functions)
+        for key, value in result.get("headline", {}).items():
+            summary["headline"][f"seed {seed}: {key}"] = value
+        if store.has_table(r.FINDINGS_TABLE):
+            by_seed[seed] = store.read_table(r.FINDINGS_TABLE)
+        summary["report"] = result.get("report", summary.get("report"))
+    summary["results"] = f"{root.url.rstrip('/')}/seeds/*/results/*.parquet"
+    if by_seed:
+        over = findings_over_seeds(by_seed)
+        root.write_table(FINDINGS_SEEDS_TABLE, over)
+        summary["findings"] = over
+        summary["results"] += f"; over seeds: {root.url.rstrip('/')}/results/{FINDINGS_SEEDS_TABLE}.parquet"
+    return summary
+
+
+def _run_one(config: ExperimentConfig, stages: list[str], functions: Mapping[str, StageFunction]) -> StageResult:
+    from timevec.store import VectorStore
+    from timevec.training import check_store_base
+
     store = VectorStore.from_config(config.store)
     if store.exists():
         check_store_base(config, store)
