@@ -114,6 +114,7 @@ def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, Experi
     first = VectorStore.from_config(replicates[0][1].store)
     by_seed: dict[int, Any] = {}
     summary: StageResult = {"tables": {}, "headline": {}}
+    reports: list[str] = []  # one per replicate
     for n, (seed, replica) in enumerate(replicates, 1):
         log.info("replicate %d/%d: training.seed %d in %s", n, len(replicates), seed, replica.store.url)
         store = VectorStore.from_config(replica.store)
@@ -124,8 +125,11 @@ def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, Experi
             summary["headline"][f"seed {seed}: {key}"] = value
         if store.has_table(r.FINDINGS_TABLE):
             by_seed[seed] = store.read_table(r.FINDINGS_TABLE)
-        summary["report"] = result.get("report", summary.get("report"))
+        if result.get("report"):
+            reports.append(result["report"])
     summary["results"] = f"{root.url.rstrip('/')}/seeds/*/results/*.parquet"
+    if reports:
+        summary["report"] = " ".join(reports)
     if by_seed:
         over = findings_over_seeds(by_seed)
         root.write_table(FINDINGS_SEEDS_TABLE, over)
