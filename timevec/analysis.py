@@ -141,11 +141,12 @@ class Analysis(NamedTuple):
     analogy: pd.DataFrame
     headline: dict[str, Any]
     findings: pd.DataFrame  # the verdict per finding (timevec.findings)
+    forecast: pd.DataFrame | None = None  # results/forecast.parquet as given (timevec.forecast)
 
 
 def analyze(cells: pd.DataFrame, gram: np.ndarray | None = None,
             keys: Sequence[Key] | None = None, interpolation: pd.DataFrame | None = None,
-            analogy: pd.DataFrame | None = None) -> Analysis:
+            analogy: pd.DataFrame | None = None, forecast: pd.DataFrame | None = None) -> Analysis:
     """Run every analysis on the available tables (the Gram matrix and the optional tables may be
     absent: a partial study still gets every number it can support)."""
     rel = relative_change(cells)
@@ -162,5 +163,5 @@ def analyze(cells: pd.DataFrame, gram: np.ndarray | None = None,
     ana = analogy_summary(analogy)
     head = headline(diagonal=diag, decay=decay, similarity=svd, similarity_centred=svdc,
                     stripes=stripes, interpolation=interp, analogy=ana)
-    partial = Analysis(rel, diag, decay, stripes, sim, simc, svd, svdc, interp, ana, head, pd.DataFrame())
+    partial = Analysis(rel, diag, decay, stripes, sim, simc, svd, svdc, interp, ana, head, pd.DataFrame(), forecast)
     return partial._replace(findings=findings_table(partial))
