@@ -343,6 +343,44 @@ class MergeConfig(_Strict):
     seed: int | None = Field(None, description="dare_*: seed of the drop masks; default: the experiment seed")
 
 
+#: The forecast methods a config can choose (the baselines base, latest and in_period are always evaluated).
+ForecastMethod = Literal["taylor", "trend", "ema", "scaled_latest", "uniform_soup"]
+FORECAST_METHODS: tuple[ForecastMethod, ...] = ("taylor", "trend", "ema", "scaled_latest", "uniform_soup")
+
+
+class ForecastConfig(_Strict):
+    """The forecast stage: hold out the last ``horizon`` periods, predict their weights from earlier vectors.
+
+    Whether the horizon leaves at least two past periods depends on the periods of each
+    granularity; the forecast stage checks it when it starts (:func:`timevec.forecast.split_history`),
+    so a short study still loads for its other stages.
+    """
+
+    horizon: int = Field(2, ge=1, description="H: the last H periods of each granularity are held out and forecast")
+    trend_window: int = Field(3, ge=2, description="m: the trend is a least-squares line through the last m past vectors")
+    ema_decay: float = Field(0.5, gt=0.0, lt=1.0, description="β: the EMA weighs a vector k periods old by β^k")
+    lambdas: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5],
+                                 description="the grid of λ for scaled_latest (λ·τ_latest), chosen on the past")
+    methods: list[ForecastMethod] = Field(default_factory=lambda: list(FORECAST_METHODS))
+
+    @field_validator("lambdas")
+    @classmethod
+    def _positive_finite(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("forecast.lambdas is empty")
+        bad = [v for v in value if not 0.0 < v <= 10.0]  # NaN fails too
+        if bad:
+            raise ValueError(f"forecast.lambdas must lie in (0, 10]; got {bad}")
+        return sorted(set(value))
+
+    @field_validator("methods")
+    @classmethod
+    def _some_methods(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("forecast.methods is empty")
+        return list(dict.fromkeys(value))
+
+
 class PeriodRange(_Strict):
     start: str
     end: str
@@ -389,6 +427,7 @@ class ExperimentConfig(_Strict):
     interpolation: InterpolationConfig = InterpolationConfig()
     analogy: AnalogyConfig = AnalogyConfig()
     merge: MergeConfig = MergeConfig()
+    forecast: ForecastConfig = ForecastConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

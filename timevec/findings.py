@@ -12,11 +12,12 @@ not 80 numbers. Each row states an estimate with an interval and a three-valued 
 Intervals: Wilson score intervals for shares (own period best, interpolation beats both ends);
 the regression's t interval for decay slopes; Fisher-z intervals for Pearson r (cells that share
 vectors are not independent, so these are optimistic); Welch intervals for the stripe difference;
-t intervals over middle periods / (j, k) pairs for adaptation gains. Every adaptation finding is
-given per selection protocol (:mod:`timevec.selection`: oracle, time-proportional, leave-one-out,
-past-only) and against the averaging controls (midpoint α, uniform soup). They are intervals over
-test periods and cells of ONE run; :mod:`timevec.replicates` draws intervals over seeds. Gains in macro-F1 / ROUGE-L are absolute points
-(a percentage of a near-zero baseline means nothing); perplexity gains are percent.
+t intervals over middle periods / (j, k) pairs for adaptation gains and over held-out targets for
+forecasts. Every adaptation finding is given per selection protocol (:mod:`timevec.selection`:
+oracle, time-proportional, leave-one-out, past-only) and against the averaging controls (midpoint
+α, uniform soup). They are intervals over test periods and cells of ONE run;
+:mod:`timevec.replicates` draws intervals over seeds. Gains in macro-F1 / ROUGE-L are absolute
+points (a percentage of a near-zero baseline means nothing); perplexity gains are percent.
 Torch-free and Ray-free; built from :class:`timevec.analysis.Analysis` tables.
 """
 
@@ -47,6 +48,9 @@ PAPER_CLAIMS: dict[str, tuple[str, str]] = {
                                       "interpolating τ_first→τ_last beats both end vectors on the periods in between"),
     "interpolation vs latest vector": ("> 0; often ≤ 0 (Madaan 2025)",
                                        "Madaan, Chopra & Cho 2025 found it rarely beats the latest model once α is not an oracle"),
+    "forecast vs latest vector": ("≤ 0 (Madaan 2025)",
+                                  "a past-only forecast of a future period's weights is not expected to beat the latest "
+                                  "vector (Madaan, Chopra & Cho 2025: without an oracle, combinations rarely beat the latest model)"),
     "analogy vs τ_task(j)": ("> 0", "the task analogy improves the task model of period j on period k"),
     "analogy vs τ_task(j) scaled": ("> 0", "the analogy adds something beyond scaling τ_task(j) alone"),
     "analogy vs latest vector": ("> 0", "the analogy beats simply using the latest task vector before k"),
@@ -58,7 +62,7 @@ PAPER_CLAIMS: dict[str, tuple[str, str]] = {
 
 
 #: the side of the line the paper's result lies on, where it is not "above" (gains, slopes, shares)
-_SIDES = {"cosine vs degradation": "below", "12-month stripes": "below"}
+_SIDES = {"cosine vs degradation": "below", "12-month stripes": "below", "forecast vs latest vector": "below"}
 
 
 def verdict(low: float, high: float, line: float, paper_side: str) -> str:
@@ -211,6 +215,24 @@ def _interpolation_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
     return rows
 
 
+def _forecast_rows(forecast: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """One row per (task, forecast method) one period ahead: the mean gain over the held-out targets."""
+    rows: list[dict[str, Any]] = []
+    if forecast is None or forecast.empty:
+        return rows
+    ahead = forecast.loc[(forecast["horizon"] == 1) & (forecast["split"] == "test") & (forecast["selection"] == "past-only")
+                         & ~forecast["method"].isin(["latest", "base"])]
+    for (task, method), grp in ahead.groupby(["task", "method"], sort=True):
+        higher = bool(grp["higher_is_better"].iloc[0])
+        gains = grp["gain_vs_latest"] if higher else grp["gain_vs_latest_pct"]
+        mean, low, high = _mean_ci(gains.astype(float).tolist())
+        n = int(gains.notna().sum())
+        rows.append(_row("forecast vs latest vector", f"{task} {method}", mean, low, high, "points" if higher else "%",
+                         "n/a" if math.isnan(mean) else verdict(low, high, 0.0, "below"),
+                         f"past-only; δ = 1; {n} target(s)" + ("" if n > 1 else ": no interval")))
+    return rows
+
+
 def _analogy_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
     """Per task and selection (oracle, past-only): the analogy vs τ_task(j), τ_task(j) scaled, the latest."""
     rows: list[dict[str, Any]] = []
@@ -243,6 +265,7 @@ def findings_table(analysis: Any) -> pd.DataFrame:
         *_stripe_rows(analysis.stripes),
         *_interpolation_rows(analysis.interpolation_protocols),
         *_analogy_rows(analysis.analogy_protocols),
+        *_forecast_rows(getattr(analysis, "forecast", None)),
     ]
     return pd.DataFrame(rows, columns=FINDINGS_COLUMNS)
 

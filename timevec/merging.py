@@ -7,7 +7,7 @@ merges the terms' tensors of one parameter by calling the function of the same n
 ``peft.utils.merge_utils`` (installed with peft; the functions are used, not re-written). The
 :class:`~timevec.vectors.WeightPatcher` calls it tensor by tensor, so memory stays at
 n_terms × the largest tensor and a shard-by-shard merge equals the merge of the whole vectors
-(ARCHITECTURE §9). Ray-free and store-free; peft is imported only when a non-default method runs.
+(ARCHITECTURE §10). Ray-free and store-free; peft is imported only when a non-default method runs.
 
 What each method computes for one parameter, with the peft functions' semantics (``prune`` keeps
 the top-``int(density·numel)`` entries by magnitude of EACH tensor of EACH term, so pruning is per

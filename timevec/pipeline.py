@@ -1,4 +1,4 @@
-"""The whole study as stages: finetune → evaluate → interpolate → analogy → analyze → report.
+"""The whole study as stages: finetune → evaluate → interpolate → forecast → analogy → analyze → report.
 
 One job: the stage names and their order, the loop that runs a chosen subset in that order, and
 the stages that need no Ray (analyze, report). Each stage reads its inputs from the store (or the
@@ -7,7 +7,7 @@ resumable steps and any one stage can be re-run alone.
 
 Layering: the core never imports :mod:`timevec.distributed`. Which function runs each stage is
 given to :func:`run_stages`; :mod:`timevec.distributed.pipeline` binds the Ray stages (fleet,
-cells, interpolation, analogy) and the two here into that table and is what the CLI, ``timevec
+cells, interpolation, forecast, analogy) and the two here into that table and is what the CLI, ``timevec
 demo`` and ``jobs/pipeline.py`` call. Module-level imports stay light, so that ``timevec --help``
 (which lists :data:`STAGES`) needs no torch.
 """
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("finetune", "evaluate", "interpolate", "analogy", "analyze", "report")
+STAGES: tuple[str, ...] = ("finetune", "evaluate", "interpolate", "forecast", "analogy", "analyze", "report")
 """The stage names in pipeline order."""
 
 StageResult = dict[str, Any]
@@ -47,10 +47,11 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
 
     cells = store.read_table(r.CELLS_TABLE)
     gram, keys = gram_of_store(store)
-    names = (r.INTERPOLATION_TABLE, r.ANALOGY_BEST_TABLE, r.SOUPS_TABLE, r.ANALOGY_TABLE)
+    names = (r.INTERPOLATION_TABLE, r.ANALOGY_BEST_TABLE, r.SOUPS_TABLE, r.ANALOGY_TABLE, r.FORECAST_TABLE)
     optional = {name: store.read_table(name) for name in names if store.has_table(name)}
     result = analysis.analyze(cells, gram, keys, optional.get(r.INTERPOLATION_TABLE), optional.get(r.ANALOGY_BEST_TABLE),
-                              soups=optional.get(r.SOUPS_TABLE), analogy_grid=optional.get(r.ANALOGY_TABLE))
+                              soups=optional.get(r.SOUPS_TABLE), analogy_grid=optional.get(r.ANALOGY_TABLE),
+                              forecast=optional.get(r.FORECAST_TABLE))
     store.write_table(r.RELATIVE_CHANGE_TABLE, result.rel)
     store.write_table(r.DIAGONAL_TABLE, result.diagonal)
     store.write_table(r.DECAY_BY_GAP_TABLE, result.decay.by_gap)
@@ -87,9 +88,9 @@ def run_stages(config: ExperimentConfig, stages: list[str], functions: Mapping[s
     """Run ``stages`` in the pipeline's order with ``functions[name]``; returns the tables and findings to print.
 
     The analysis comes after the adaptation stages (which need only vectors and cells) so that
-    its headline includes the interpolation and analogy results. With ``training.seeds``, every
-    replicate runs the stages in turn (:mod:`timevec.replicates`) and the findings returned are
-    the ones over seeds.
+    its headline includes the interpolation, forecast and analogy results. With ``training.seeds``,
+    every replicate runs the stages in turn (:mod:`timevec.replicates`) and the findings returned
+    are the ones over seeds.
     """
     from timevec.config import ConfigError
     from timevec.replicates import replicate_configs

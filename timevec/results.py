@@ -11,6 +11,7 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 | ``interpolation`` | interpolate | one α of (1−α)·τ_first + α·τ_last on one test period |
 | ``interpolation_best`` | interpolate | the best α of one middle period, against every baseline |
 | ``soups`` / ``patching`` | interpolate | a greedy time soup / a patched period, or one of its baselines |
+| ``forecast`` | forecast | one forecast (or baseline) of one held-out period, δ periods ahead |
 | ``analogy`` | analogy | one (α₁, α₂, α₃) grid point on one split |
 | ``analogy_best`` | analogy | the best point, or one baseline, of one (j, k) pair on one split |
 | ``interpolation_protocols`` | analyze | one middle period under one α-selection protocol or baseline (:mod:`timevec.selection`) |
@@ -39,6 +40,9 @@ __all__ = [
     "DECAY_BY_GAP_TABLE",
     "DECAY_FIT_TABLE",
     "DIAGONAL_TABLE",
+    "FORECAST_COLUMNS",
+    "FORECAST_KEY",
+    "FORECAST_TABLE",
     "FINDINGS_TABLE",
     "HEADLINE_FILE",
     "RELATIVE_CHANGE_TABLE",
@@ -70,6 +74,7 @@ __all__ = [
     "alpha_key",
     "analogy_best_frame",
     "analogy_frame",
+    "forecast_frame",
     "interpolation_frame",
     "merge_methods_frame",
     "patching_frame",
@@ -81,6 +86,7 @@ INTERPOLATION_TABLE = "interpolation"
 INTERPOLATION_BEST_TABLE = "interpolation_best"
 SOUPS_TABLE = "soups"
 PATCHING_TABLE = "patching"
+FORECAST_TABLE = "forecast"
 ANALOGY_TABLE = "analogy"
 ANALOGY_BEST_TABLE = "analogy_best"
 INTERPOLATION_PROTOCOLS_TABLE = "interpolation_protocols"
@@ -97,7 +103,8 @@ FINDINGS_TABLE = "findings"  # the verdict per finding (timevec.findings)
 MERGE_METHODS_TABLE = "merge_methods"  # merge methods against task arithmetic (timevec.merge_comparison)
 HEADLINE_FILE = "results/headline.json"
 #: What the report reads (figures get their own ``fig_<name>`` tables, written by the report).
-REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE, ANALOGY_TABLE)
+REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE, ANALOGY_TABLE,
+                 FORECAST_TABLE)
 
 
 def alpha_key(alpha: float) -> float:
@@ -207,6 +214,26 @@ def soup_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def patching_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=PATCHING_COLUMNS)
     return frame.astype({"value": "float64", "higher_is_better": "bool", "gain": "float64"})
+
+
+# ----------------------------------------------------------------------------- forecasting
+
+#: ``selection``: "past-only" (nothing of the held-out periods was seen) or "oracle" (in_period: the
+#: target's own vector). ``horizon``: δ, target − latest past period in periods. ``history``: the
+#: past periods the row's weights were built from, comma-joined. ``param``: λ (scaled_latest),
+#: β (ema), m (trend), NaN otherwise. Gains are against ``latest`` on the same target, positive = better.
+FORECAST_COLUMNS = [
+    "task", "granularity", "method", "selection", "target_period", "horizon", "history", "param", "split",
+    "metric", "value", "higher_is_better", "gain_vs_latest", "gain_vs_latest_pct",
+]
+FORECAST_KEY = ["task", "granularity", "method", "target_period", "horizon", "history"]
+
+
+def forecast_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of :data:`FORECAST_COLUMNS` as a frame with fixed dtypes (appendable)."""
+    frame = pd.DataFrame(list(rows), columns=FORECAST_COLUMNS)
+    return frame.astype({"horizon": "int64", "param": "float64", "value": "float64", "higher_is_better": "bool",
+                         "gain_vs_latest": "float64", "gain_vs_latest_pct": "float64"})
 
 
 # ----------------------------------------------------------------------------- task analogy

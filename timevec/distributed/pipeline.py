@@ -1,8 +1,8 @@
 """The pipeline's stage table: each stage name bound to the function that runs it, Ray stages included.
 
 One job: the composition root of the study. The order, the loop and the Ray-free stages (analyze,
-report) are the core's (:mod:`timevec.pipeline`); the four Ray stages are adapters here that call
-their drivers (fleet, cells, interpolation, analogy) and turn the outcome into a stage result.
+report) are the core's (:mod:`timevec.pipeline`); the five Ray stages are adapters here that call
+their drivers (fleet, cells, interpolation, forecast, analogy) and turn the outcome into a stage result.
 ``run_pipeline`` is what the CLI, ``timevec demo`` and ``jobs/pipeline.py`` call. Each driver is
 imported when its stage runs, so a run of ``analyze`` alone never imports Ray.
 """
@@ -53,6 +53,13 @@ def _interpolate(config: ExperimentConfig, store: VectorStore) -> StageResult:
     return {"tables": {"interpolation: best α per period": store.read_table(results.INTERPOLATION_BEST_TABLE)}}
 
 
+def _forecast(config: ExperimentConfig, store: VectorStore) -> StageResult:
+    from timevec.distributed.forecast import run_forecast
+
+    table = run_forecast(config, store)
+    return {"tables": {"forecast (past-only) vs the latest vector, test": table}}
+
+
 def _analogy(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.analogy import run_analogy
 
@@ -68,6 +75,7 @@ STAGE_FUNCTIONS: dict[str, StageFunction] = {
     "finetune": _finetune,
     "evaluate": _evaluate,
     "interpolate": _interpolate,
+    "forecast": _forecast,
     "analogy": _analogy,
     "analyze": analyze,
     "report": report,
@@ -77,4 +85,8 @@ assert tuple(STAGE_FUNCTIONS) == STAGES, "STAGES names the pipeline's stages in 
 
 def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
     """Run ``stages`` in the pipeline's order; returns the tables and findings to print."""
+    if "forecast" in stages:
+        from timevec.forecast import check_horizon
+
+        check_horizon(config)  # a horizon the periods cannot hold fails now, not after the fine-tunes
     return run_stages(config, stages, STAGE_FUNCTIONS)

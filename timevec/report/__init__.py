@@ -23,7 +23,7 @@ import pandas as pd
 
 from timevec import analysis as an
 from timevec import results, similarity
-from timevec.report.adaptation import adaptation_figures, analogy_figures, interpolation_figures
+from timevec.report.adaptation import adaptation_figures, analogy_figures, forecast_figures, interpolation_figures
 from timevec.report.page import page
 from timevec.report.plotting import Figure, WriteBytes, WriteTable
 from timevec.report.selection import analogy_protocol_figures, interpolation_protocol_figures
@@ -41,8 +41,8 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
     """Draw every figure the available tables support and write one self-contained HTML report.
 
     ``tables``: by their :mod:`timevec.results` names, ``cells`` (required), optionally
-    ``interpolation``, ``soups``, ``patching``, ``analogy_best`` and ``analogy`` (the grid, for the
-    selection protocols); absent or empty optional tables just mean fewer
+    ``interpolation``, ``soups``, ``patching``, ``forecast``, ``analogy_best`` and ``analogy`` (the grid,
+    for the selection protocols); absent or empty optional tables just mean fewer
     figures. ``gram``/``keys``: the time vectors' Gram matrix (may be ``None``: no similarity
     figures). Figures go to ``reports/<name>.png``, their tables to ``fig_<name>``, the page to
     ``reports/index.html``. Returns the figure paths in page order.
@@ -52,11 +52,12 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
         raise ValueError(f"build_report needs tables[{results.CELLS_TABLE!r}] (results/{results.CELLS_TABLE}.parquet)")
     interp = tables.get(results.INTERPOLATION_TABLE)
     analogy = tables.get(results.ANALOGY_BEST_TABLE)
+    forecast = tables.get(results.FORECAST_TABLE)
     key_list = [(str(t), str(p)) for t, p in keys] if keys is not None else []
     have_gram = gram is not None and len(key_list) > 0
     res = an.analyze(cells, gram if have_gram else None, key_list if have_gram else None,
                      interp, analogy, soups=tables.get(results.SOUPS_TABLE),
-                     analogy_grid=tables.get(results.ANALOGY_TABLE))
+                     analogy_grid=tables.get(results.ANALOGY_TABLE), forecast=forecast)
     figures: list[Figure] = []
     notes: list[str] = []
     if not res.rel.empty:
@@ -77,6 +78,8 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
         table = tables.get(kind)
         if table is not None and not table.empty:
             adaptation_figures(table, kind, figures, write_table)
+    if forecast is not None and not forecast.empty:
+        forecast_figures(forecast, figures, write_table)
     if not res.analogy.empty:
         analogy_figures(res.analogy, figures, write_table)
     else:
@@ -96,7 +99,8 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
               "interpolation: oracle α per middle period": res.interpolation, "task analogies vs baselines": res.analogy,
               "interpolation under each α-selection protocol": res.interpolation_protocols,
               "task analogies under each selection protocol": res.analogy_protocols,
-              "time soups": tables.get(results.SOUPS_TABLE), "patching": tables.get(results.PATCHING_TABLE)}
+              "time soups": tables.get(results.SOUPS_TABLE), "patching": tables.get(results.PATCHING_TABLE),
+              "forecasts (past-only) and baselines vs the latest vector": forecast}
     write_bytes("reports/index.html", page(title, res.findings, res.headline, figures, when, notes, folded))
     log.info("report: %d figures and reports/index.html written", len(figures))
     return paths

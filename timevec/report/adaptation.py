@@ -1,5 +1,5 @@
 """Figures of adaptation without training: interpolation curves and gains, time soups, patching a
-missing period, and task analogies against their baselines."""
+missing period, forecasts of held-out future periods, and task analogies against their baselines."""
 
 from __future__ import annotations
 
@@ -155,3 +155,38 @@ def analogy_figures(summary: pd.DataFrame, out: list[Figure], write_table: Write
             to_png(fig)))
 
 
+
+
+def forecast_figures(table: pd.DataFrame, out: list[Figure], write_table: WriteTable) -> None:
+    """Per granularity, one panel per task: each forecast's gain over the latest vector by horizon δ.
+
+    The base is left out of the plot (its gap flattens the rest; its rows are in the table); the
+    in-period vector is drawn dashed and named an oracle.
+    """
+    test = table.loc[table["split"] == "test"]
+    for gran, grp in test.groupby("granularity", sort=True):
+        tasks = sorted(grp["task"].unique())
+        fig = new_figure(max(5.0, 4.2 * len(tasks)), 3.8)
+        for i, task in enumerate(tasks):
+            ax = fig.add_subplot(1, len(tasks), i + 1)
+            g = grp.loc[grp["task"] == task]
+            suffix, unit = gain_unit(bool(g["higher_is_better"].iloc[0]), str(g["metric"].iloc[0]))
+            for method, m in g.loc[~g["method"].isin(["base", "latest"])].groupby("method", sort=True):
+                by = m.groupby("horizon")[f"gain_vs_latest{suffix}"].mean().sort_index()
+                oracle = method == "in_period"
+                ax.plot(by.index, by.to_numpy(dtype=float), "--" if oracle else "-o", ms=4,
+                        label=f"{method} (oracle)" if oracle else method)
+            ax.axhline(0, color="black", lw=0.8, label="latest")
+            ax.set_xticks(sorted(int(h) for h in g["horizon"].unique()))
+            ax.set_xlabel("δ: periods ahead of the latest past vector")
+            ax.set_ylabel(f"gain vs latest, {unit} (positive = better)")
+            ax.set_title(f"{task} ({gran})", fontsize=9)
+            ax.legend(fontsize=7)
+        name = f"forecast_{gran}"
+        write_table(f"fig_{name}", grp.reset_index(drop=True))
+        out.append(Figure(name, "Forecasting future periods", (
+            "The last periods held out and their weights predicted from earlier vectors only (Taylor step, "
+            "least-squares trend, EMA, λ·τ_latest with λ chosen on the past, uniform soup), as the gain over "
+            "deploying the latest vector on each held-out period's test split, by how many periods ahead it is. "
+            "The in-period vector is an oracle (it was trained on the held-out period); the base is in the table."),
+            to_png(fig)))

@@ -1,0 +1,139 @@
+"""The forecast stage on Ray: predict the held-out last periods' weights from past vectors only.
+
+For each configured task and granularity, the last ``forecast.horizon`` periods are held out and
+every method of :mod:`timevec.forecast` (and the baselines base, latest and the in_period oracle)
+is evaluated on each held-out period's test split → ``results/forecast.parquet``
+(:data:`timevec.results.FORECAST_COLUMNS`).
+
+Execution is the interpolation stage's: actors each hold one :class:`~timevec.cells.CellEvaluator`
+and a :class:`~timevec.distributed.interpolate.VectorCache`, the pool driver
+(:mod:`timevec.distributed.actor_pool`) schedules one item per (task, granularity, method), and rows
+are appended as items finish, so a re-run skips every row already in the table. The actors are
+handed only the held-out periods' TEST splits and the last past period's VALIDATION split (what λ
+is chosen on); the held-out vectors are read only for the in_period oracle row, and only when the
+cells table lacks that cell.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from timevec import forecast, results
+from timevec.cells import CellEvaluator, require_base
+from timevec.config import ExperimentConfig
+from timevec.devices import pick_device
+from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
+from timevec.distributed.interpolate import KnownCells, SplitSets, VectorCache, known_cells, prepare_split_sets
+from timevec.periods import sort_periods
+from timevec.results import FORECAST_TABLE
+from timevec.store import VectorStore
+
+log = logging.getLogger(__name__)
+
+#: (task, granularity) -> (held-out periods to test on, the last past period: λ's validation split)
+Needed = dict[tuple[str, str], tuple[set[str], str]]
+
+
+def _label(item: forecast.ForecastItem) -> str:
+    return f"forecast {item.task}/{item.granularity} {item.method}"
+
+
+class _ForecastActor(PoolActor):
+    """A :class:`CellEvaluator` plus a vector cache; ``work`` gets the splits and known cells once."""
+
+    def setup(self, config: ExperimentConfig, store: VectorStore) -> None:
+        logging.basicConfig(level=logging.INFO)
+        device = pick_device(config.ray.gpus_per_eval_actor > 0)
+        if device.type == "cpu":
+            torch.set_num_threads(config.ray.torch_threads)
+        self.evaluator = CellEvaluator(config, store, device=device)
+        self.cache = VectorCache(self.evaluator.read_vector)
+
+    def work(self, item: forecast.ForecastItem, splits: SplitSets, known: KnownCells) -> dict[str, list[dict]]:
+        return {FORECAST_TABLE: run_item(self.evaluator.evaluate_weights, self.cache.get, item, splits, known)}
+
+
+def run_item(
+    evaluate_weights: Any, get_vector: Any, item: forecast.ForecastItem, splits: SplitSets, known: KnownCells | None = None
+) -> list[dict]:
+    """Evaluate one item (no Ray): its forecast rows. ``get_vector(task, period)``."""
+    key = (item.task, item.granularity)
+    return forecast.evaluate_item(
+        evaluate_weights, lambda p: get_vector(item.task, p), item,
+        splits["test"].get(key, {}), splits["validation"].get(key, {}),
+        known=lambda source, test: (known or {}).get((item.task, item.granularity, source, test)),
+        load_oracle=lambda p: get_vector(item.task, p),
+    )
+
+
+def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[forecast.ForecastItem], Needed, list[str]]:
+    """(work items, splits needed per (task, granularity), notes on what was left out)."""
+    forecast.check_horizon(config)
+    existing = store.read_table(FORECAST_TABLE) if store.has_table(FORECAST_TABLE) else None
+    done = forecast.forecast_done(existing)
+    params = forecast.ForecastParams.from_config(config.forecast)
+    items: list[forecast.ForecastItem] = []
+    needed: Needed = {}
+    notes: list[str] = []
+    for task in config.tasks:
+        stored = sort_periods(p for _, p in store.list_vectors(task))
+        for granularity in config.granularities:
+            planned, note = forecast.plan_forecast(task, granularity, config.period_list(granularity), stored,
+                                                   config.forecast.horizon, params, config.forecast.methods, done)
+            if note:
+                notes.append(note)
+            items.extend(planned)
+            for item in planned:
+                targets, _ = needed.setdefault((task, granularity), (set(), item.past[-1]))
+                targets.update(item.targets)
+    return items, needed, notes
+
+
+def _splits(config: ExperimentConfig, needed: Needed) -> SplitSets:
+    """The held-out periods' test splits and the last past period's validation split, nothing else."""
+    prepared = prepare_split_sets(config, {key: targets | {last} for key, (targets, last) in needed.items()})
+    out: SplitSets = {"test": {}, "validation": {}}
+    for key, (targets, last) in needed.items():
+        out["test"][key] = {p: s for p, s in prepared["test"].get(key, {}).items() if p in targets}
+        out["validation"][key] = {p: s for p, s in prepared["validation"].get(key, {}).items() if p == last}
+    return out
+
+
+def run_forecast(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame:
+    """Every forecast of every configured task and granularity; returns their rows (old and new)."""
+    began = time.perf_counter()
+    store = store or VectorStore.from_config(config.store)
+    require_base(store)
+    items, needed, notes = plan(config, store)
+    for note in notes:
+        log.warning("forecast: %s", note)
+    log.info("forecast: %d item(s) to evaluate", len(items))
+    if items:
+        _compute(config, store, items, needed)
+    table = store.read_table(FORECAST_TABLE) if store.has_table(FORECAST_TABLE) else results.forecast_frame([])
+    table = table[table["task"].isin(config.tasks) & table["granularity"].isin(config.granularities)]
+    log.info("forecast stage done in %.1f s", time.perf_counter() - began)
+    return table.reset_index(drop=True)
+
+
+def _compute(config: ExperimentConfig, store: VectorStore, items: list[forecast.ForecastItem], needed: Needed) -> None:
+    def failed(failure: Failure) -> None:
+        log.error("%s failed: %s", _label(failure.item), failure.text)
+
+    # The longest first: scaled_latest chooses λ (one evaluation per λ), taylor/trend evaluate each target alone.
+    cost = {"scaled_latest": 0, "taylor": 1, "trend": 1, "in_period": 1}
+    ordered = sorted(items, key=lambda i: cost.get(i.method, 2))
+    outcome = drive(
+        _ForecastActor, (config, store), config.ray, ordered,
+        lambda: [_splits(config, needed), known_cells(store)],
+        {FORECAST_TABLE: lambda rows: store.append_table(FORECAST_TABLE, results.forecast_frame(rows))},
+        desc="forecast", unit="item", flush_rows=256, flush_seconds=30.0, on_failure=failed,
+    )
+    if outcome.failures:
+        failures = [f"{_label(f.item)}: {f.text}" for f in outcome.failures]
+        raise failure_error(f"{len(failures)} forecast item(s) failed:\n  " + "\n  ".join(failures), outcome.failures)
