@@ -86,7 +86,15 @@ assert tuple(STAGE_FUNCTIONS) == STAGES, "STAGES names the pipeline's stages in 
 def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
     """Run ``stages`` in the pipeline's order; returns the tables and findings to print."""
     if "forecast" in stages:
+        from timevec.config import ConfigError
         from timevec.forecast import check_horizon
 
-        check_horizon(config)  # a horizon the periods cannot hold fails now, not after the fine-tunes
+        try:
+            check_horizon(config)  # a horizon the periods cannot hold fails now, not after the fine-tunes
+        except ConfigError as exc:
+            if set(stages) != set(STAGES):
+                raise  # asked for by name: the user must know
+            # the whole study on a short period range: every other stage still has something to say
+            log.warning("forecast skipped: %s", exc)
+            stages = [s for s in stages if s != "forecast"]
     return run_stages(config, stages, STAGE_FUNCTIONS)
