@@ -1,18 +1,24 @@
-"""Bootstrap intervals of the cell metrics: definitions, determinism, evaluate()."""
+"""Bootstrap intervals of the cell metrics: definitions, determinism, evaluate(), old cells tables."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
 from tests.test_evaluation import EVAL, make_corpus, model_and_tokenizer  # noqa: F401  (fixture)
-from timevec import bootstrap
+from tests.test_store import new_store  # noqa: F401  (fixture: local and S3 stores)
+from timevec import bootstrap, results
 from timevec.config import EvaluationConfig
+from timevec.distributed.cells import append_cells, read_cells
 from timevec.evaluation import evaluate, macro_f1, prepare_split, rouge_l, rouge_l_scores
 from timevec.models import is_encoder_decoder
+from timevec.store import StoreError, VectorStore
 
 RNG = np.random.default_rng(1234)
 
@@ -165,3 +171,50 @@ def test_evaluate_returns_an_interval_around_the_value(model_and_tokenizer):  # 
         none = evaluate(model, split, off, tokenizer=tokenizer)
         assert math.isnan(none["low"]) and math.isnan(none["high"]) and none["value"] == result["value"]
     assert list(result) == ["metric", "value", "low", "high", "higher_is_better", "n_examples", "n_tokens"]
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _row(vector: str, test: str, value: float, low: float = math.nan, high: float = math.nan) -> dict:
+    return dict(task="lm", granularity="year", vector=vector, train_period=None if vector == "base" else vector[3:],
+                test_period=test, metric="perplexity", value=value, low=low, high=high, higher_is_better=False,
+                n_examples=10, n_tokens=100, seconds=0.5)
+
+
+def test_old_cells_table_is_read_and_appended_to(new_store: Callable[..., VectorStore]):  # noqa: F811
+    store = new_store()
+    old_schema = pa.schema([f for f in results.CELLS_SCHEMA if f.name not in results.CELLS_ADDED_COLUMNS])
+    old_rows = results.cells_frame([_row("base", "2014", 30.0), _row("lm/2014", "2014", 20.0)])
+    store.write_table(results.CELLS_TABLE, pa.Table.from_pandas(old_rows[old_schema.names], schema=old_schema,
+                                                                preserve_index=False))
+    read = read_cells(store)
+    assert list(read.columns) == results.CELLS_COLUMNS and read[["low", "high"]].isna().all().all()
+    # the appender the cells stage uses: the old rows get NaN bounds, the table the new schema
+    append_cells(store, [_row("lm/2015", "2014", 25.0, 24.0, 26.5)])
+    stored = store.read_table(results.CELLS_TABLE)
+    assert list(stored.columns) == results.CELLS_COLUMNS and len(stored) == 3
+    assert stored["low"].isna().tolist() == [True, True, False] and stored["high"].iloc[2] == 26.5
+    assert results.cells_table(stored).schema.equals(results.CELLS_SCHEMA)
+    append_cells(store, [_row("lm/2016", "2014", 27.0, 26.0, 28.0)])  # now an ordinary append
+    assert read_cells(store)["high"].tolist()[2:] == [26.5, 28.0]
+    # other columns still must match, and only the declared new columns may be added
+    with pytest.raises(StoreError, match="'extra'"):
+        store.append_table(results.CELLS_TABLE, stored.assign(extra=1.0), new_columns=results.CELLS_ADDED_COLUMNS)
+    store.write_table("old", pd.DataFrame({"value": [1.0]}))
+    with pytest.raises(StoreError, match="'low'"):
+        store.append_table("old", pd.DataFrame({"value": [2.0], "low": [1.5]}))
+
+
+def test_bounds_do_not_leak_into_tables_with_fixed_columns():
+    row = {**_row("lm/2014", "2015", 20.0, 19.0, 21.0), "alpha": 0.5, "first": "2014", "last": "2016",
+           "period": "2015", "method": "soup", "members": "2014", "n_members": 1, "split": "test", "gain": 0.0,
+           "source_period": "2014", "target_period": "2015", "alpha1": 1.0, "alpha2": 0.1, "alpha3": 0.1, "note": ""}
+    for build, columns in ((results.interpolation_frame, results.INTERPOLATION_COLUMNS),
+                           (results.soup_frame, results.SOUP_COLUMNS),
+                           (results.patching_frame, results.PATCHING_COLUMNS),
+                           (results.analogy_frame, results.ANALOGY_COLUMNS),
+                           (results.analogy_best_frame, results.ANALOGY_BEST_COLUMNS)):
+        assert list(build([row]).columns) == columns
+    cells = results.cells_frame([{**row, "foo": 1}])
+    assert list(cells.columns) == results.CELLS_COLUMNS and cells["low"].iloc[0] == 19.0
