@@ -13,7 +13,7 @@ import torch
 
 from tests.test_evaluation import EVAL, make_corpus, model_and_tokenizer  # noqa: F401  (fixture)
 from tests.test_store import new_store  # noqa: F401  (fixture: local and S3 stores)
-from timevec import bootstrap, results
+from timevec import bootstrap, misalignment, results
 from timevec.config import EvaluationConfig
 from timevec.distributed.cells import append_cells, read_cells
 from timevec.evaluation import evaluate, macro_f1, prepare_split, rouge_l, rouge_l_scores
@@ -218,3 +218,38 @@ def test_bounds_do_not_leak_into_tables_with_fixed_columns():
         assert list(build([row]).columns) == columns
     cells = results.cells_frame([{**row, "foo": 1}])
     assert list(cells.columns) == results.CELLS_COLUMNS and cells["low"].iloc[0] == 19.0
+
+
+def test_diagonal_counts_periods_whose_own_interval_clears_the_runner_up():
+    rows = [
+        # 2014: own best, clear of the runner-up; 2015: own best, intervals overlap; 2016: another vector best
+        _row("lm/2014", "2014", 10.0, 9.0, 11.0), _row("lm/2015", "2014", 14.0, 12.0, 16.0),
+        _row("lm/2016", "2014", 20.0, 18.0, 22.0),
+        _row("lm/2014", "2015", 14.0, 12.0, 16.0), _row("lm/2015", "2015", 13.0, 11.0, 15.0),
+        _row("lm/2016", "2015", 20.0, 18.0, 22.0),
+        _row("lm/2014", "2016", 20.0, 18.0, 22.0), _row("lm/2015", "2016", 10.0, 9.0, 11.0),
+        _row("lm/2016", "2016", 14.0, 12.0, 16.0),
+    ]
+    diag = misalignment.diagonal_summary(misalignment.relative_change(results.cells_frame(rows))).iloc[0]
+    assert (diag["n_diagonal_best"], diag["best_not_own"]) == (2, "2016")
+    assert (diag["n_separated"], diag["separated"]) == (1, "2014")
+    # without bounds (a table from before them) nothing is separated
+    old = results.cells_frame(rows).drop(columns=["low", "high"])
+    diag = misalignment.diagonal_summary(misalignment.relative_change(old)).iloc[0]
+    assert (diag["n_diagonal_best"], diag["n_separated"], diag["separated"]) == (2, 0, "")
+
+
+def test_report_matrix_table_carries_the_intervals():
+    from timevec.report.structure import matrix_figures
+
+    rows = [_row("base", "2014", 30.0, 28.0, 32.0), _row("lm/2014", "2014", 10.0, 9.0, 11.0),
+            _row("lm/2015", "2014", 14.0, 12.0, 16.0)]
+    for cells in (results.cells_frame(rows), results.cells_frame(rows).drop(columns=["low", "high"])):
+        written: dict[str, pd.DataFrame] = {}
+        matrix_figures(cells, misalignment.relative_change(cells), [], written.__setitem__)
+        table = written["fig_matrix_lm_year"].set_index("vector")
+        assert {"value", "low", "high"} <= set(table.columns)
+        if "low" in cells:
+            assert (table.loc["lm/2014", "low"], table.loc["base", "high"]) == (9.0, 32.0)
+        else:  # a cells table from before the bounds: NaN
+            assert table[["low", "high"]].isna().all().all()
