@@ -270,6 +270,11 @@ class EvaluationConfig(_Strict):
     max_examples: int | None = Field(None, ge=1, description="cap per test split")
     max_length: int = Field(128, ge=8)
     summary_max_new_tokens: int = Field(48, ge=1)
+    bootstrap_samples: int = Field(
+        1000, ge=0, description="bootstrap resamples of the test examples per cell (timevec.bootstrap); 0: off, NaN bounds"
+    )
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="confidence of the cells' bootstrap intervals")
+    bootstrap_seed: int = Field(0, ge=0, description="seed of the resample indices (shared by every cell of a split)")
 
 
 def _alpha_grid(start: float, stop: float, step: float) -> list[float]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from timevec import bootstrap
 from timevec.config import EvaluationConfig
 from timevec.corpus import Corpus, Split
 from timevec.models import (
@@ -84,17 +85,20 @@ def rouge_l(references: Sequence[str], hypotheses: Sequence[str], use_stemmer: b
     Stemming is on by default, as in Hugging Face's summarisation scripts; an empty hypothesis
     scores 0.
     """
+    scores = rouge_l_scores(references, hypotheses, use_stemmer)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def rouge_l_scores(references: Sequence[str], hypotheses: Sequence[str], use_stemmer: bool = True) -> list[float]:
+    """The ROUGE-L F-measure of each (reference, hypothesis) pair (:func:`rouge_l` is their mean)."""
     if len(references) != len(hypotheses):
         raise ValueError(f"rouge_l: {len(references)} references but {len(hypotheses)} hypotheses")
-    if not references:
-        return 0.0
     scorer = _ROUGE_SCORERS.get(use_stemmer)
     if scorer is None:
         from rouge_score import rouge_scorer
 
         scorer = _ROUGE_SCORERS[use_stemmer] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-    total = sum(scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, hypotheses))
-    return total / len(references)
+    return [scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, hypotheses)]
 
 
 # ----------------------------------------------------------------------------- test splits
@@ -400,12 +404,15 @@ def evaluate(
 ) -> dict:
     """The task metric of ``model`` (as it is now) on ``split``.
 
-    Returns ``{metric, value, higher_is_better, n_examples, n_tokens}``: perplexity =
+    Returns ``{metric, value, low, high, higher_is_better, n_examples, n_tokens}``: perplexity =
     exp(total loss / total tokens) over the whole split (lm); macro-F1 of likelihood-scored labels
     (classification); mean ROUGE-L F of greedy summaries (summarization; needs ``tokenizer`` to
-    decode). ``n_tokens`` counts the tokens the model scored (lm, classification: over every
-    candidate) or generated (summarization). The model is put in eval mode and left on its device;
-    ``device`` defaults to the model's.
+    decode). ``low``/``high``: the percentile bootstrap interval of ``value`` over the split's
+    examples (:mod:`timevec.bootstrap`; ``eval_cfg.bootstrap_samples`` resamples at
+    ``eval_cfg.confidence``), NaN when it is off or the split has fewer than 2 examples.
+    ``n_tokens`` counts the tokens the model scored (lm, classification: over every candidate) or
+    generated (summarization). The model is put in eval mode and left on its device; ``device``
+    defaults to the model's.
     """
     if split.encoder_decoder != is_encoder_decoder(model):
         raise EvaluationError(
@@ -414,6 +421,7 @@ def evaluate(
         )
     device = torch.device(device) if device is not None else _model_device(model)
     metric, higher = METRICS[split.task]
+    resamples = dict(samples=eval_cfg.bootstrap_samples, confidence=eval_cfg.confidence, seed=eval_cfg.bootstrap_seed)
     was_training = model.training
     model.eval()
     try:
@@ -422,20 +430,26 @@ def evaluate(
                 sums, counts = _score(model, split.examples, split, eval_cfg.batch_size, device)
                 n_tokens = int(counts.sum())
                 value = math.exp(float(sums.sum()) / n_tokens) if n_tokens else math.inf
+                interval = bootstrap.perplexity_interval(sums.numpy(), counts.numpy(), **resamples)
             elif split.task == "classification":
                 pred, n_tokens = classify(model, split, eval_cfg.batch_size, device)
                 value = macro_f1(list(split.gold), pred)
+                interval = bootstrap.macro_f1_interval(list(split.gold), pred, **resamples)
             else:
                 if tokenizer is None:
                     raise EvaluationError("summarization needs the tokenizer to decode the generated summaries")
                 hypotheses, n_tokens = _generate(model, split, tokenizer, eval_cfg, device)
-                value = rouge_l(list(split.references), hypotheses)
+                scores = rouge_l_scores(list(split.references), hypotheses)
+                value = sum(scores) / len(scores) if scores else 0.0  # = rouge_l(references, hypotheses)
+                interval = bootstrap.mean_interval(scores, **resamples)
     finally:
         if was_training:
             model.train()
     return {
         "metric": metric,
         "value": float(value),
+        "low": interval.low,
+        "high": interval.high,
         "higher_is_better": higher,
         "n_examples": split.n_examples,
         "n_tokens": n_tokens,

@@ -99,17 +99,22 @@ def diagonal_summary(rel: pd.DataFrame) -> pd.DataFrame:
     periods that HAVE an own-period vector count, so a test-only period cannot dilute the share.
     Columns: ``n_test_periods``, ``n_diagonal_best``, ``diagonal_share``,
     ``mean_diagonal_degradation_pct``, ``mean_offdiagonal_degradation_pct``, ``best_not_own``
-    (comma-separated test periods whose best vector is another period's).
+    (comma-separated test periods whose best vector is another period's), ``n_separated`` and
+    ``separated``: the test periods (count, comma-separated) whose own-period vector is best AND
+    its bootstrap interval (the cells' ``low``/``high``) does not overlap the runner-up's — the
+    win is larger than the test split's sampling error. Cells without bounds (none computed, or a
+    table from before they existed) are never separated.
     """
     rows: list[dict[str, Any]] = []
     if rel.empty:
         return pd.DataFrame(columns=[*GROUP, "n_test_periods", "n_diagonal_best", "diagonal_share",
                                      "mean_diagonal_degradation_pct",
-                                     "mean_offdiagonal_degradation_pct", "best_not_own"])
+                                     "mean_offdiagonal_degradation_pct", "best_not_own", "n_separated", "separated"])
     for (task, gran, metric), grp in rel.groupby(GROUP, sort=True):
         n_test = 0
         n_best = 0
         not_own: list[str] = []
+        separated: list[str] = []
         for test, col in grp.groupby("test_period"):
             col = col.dropna(subset=["degradation_pct"])
             if col.empty or not (col["train_period"] == test).any():
@@ -119,6 +124,8 @@ def diagonal_summary(rel: pd.DataFrame) -> pd.DataFrame:
             # a tie counts for the diagonal: the own vector is (one of) the best
             if own <= float(col["degradation_pct"].min()):
                 n_best += 1
+                if _separated(col.sort_values("degradation_pct", kind="stable")):
+                    separated.append(str(test))
             else:
                 not_own.append(str(test))
         diag = grp.loc[grp["gap"] == 0, "degradation_pct"]
@@ -130,8 +137,19 @@ def diagonal_summary(rel: pd.DataFrame) -> pd.DataFrame:
             "mean_diagonal_degradation_pct": float(diag.mean()) if len(diag) else math.nan,
             "mean_offdiagonal_degradation_pct": float(off.mean()) if len(off) else math.nan,
             "best_not_own": ",".join(sort_periods(not_own)) if not_own else "",
+            "n_separated": len(separated), "separated": ",".join(sort_periods(separated)),
         })
     return pd.DataFrame(rows)
+
+
+def _separated(ranked: pd.DataFrame) -> bool:
+    """Whether the best cell's interval (first row) is disjoint from the runner-up's (second row)."""
+    if len(ranked) < 2 or "low" not in ranked or "high" not in ranked:
+        return False
+    (low1, high1), (low2, high2) = ranked[["low", "high"]].to_numpy(dtype=float)[:2]
+    if np.isnan([low1, high1, low2, high2]).any():
+        return False
+    return bool(high1 < low2 or high2 < low1)
 
 
 class DecayFit(NamedTuple):

@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 __all__ = [
+    "CELLS_ADDED_COLUMNS",
     "CELLS_COLUMNS",
     "CELLS_SCHEMA",
     "CELL_KEY",
@@ -125,6 +126,8 @@ CELLS_SCHEMA = pa.schema(
         ("test_period", pa.string()),
         ("metric", pa.string()),
         ("value", pa.float64()),
+        ("low", pa.float64()),  # the bootstrap interval of value (timevec.bootstrap); NaN: none
+        ("high", pa.float64()),
         ("higher_is_better", pa.bool_()),
         ("n_examples", pa.int64()),
         ("n_tokens", pa.int64()),
@@ -132,13 +135,19 @@ CELLS_SCHEMA = pa.schema(
     ]
 )
 CELLS_COLUMNS = CELLS_SCHEMA.names
+#: Columns added to the cells table after stores were first written (a store written before lacks
+#: them): readers fill them with NaN (:func:`cells_frame`), appends add them to the old rows.
+CELLS_ADDED_COLUMNS = ("low", "high")
 
 
-def cells_frame(rows: Iterable[dict]) -> pd.DataFrame:
-    """Rows as a DataFrame with exactly the cells columns, in order and with their dtypes."""
-    frame = pd.DataFrame(list(rows), columns=CELLS_COLUMNS)
+def cells_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Rows (dicts, or a frame read from a store) as a DataFrame with exactly the cells columns, in
+    order and with their dtypes. Keys outside the schema are dropped; a missing ``low``/``high``
+    (rows of an evaluation without bounds, a table written before they existed) is NaN."""
+    frame = pd.DataFrame(rows if isinstance(rows, pd.DataFrame) else list(rows), columns=CELLS_COLUMNS)
     return frame.astype(
-        {"value": "float64", "higher_is_better": "bool", "n_examples": "int64", "n_tokens": "int64", "seconds": "float64"}
+        {"value": "float64", "low": "float64", "high": "float64", "higher_is_better": "bool", "n_examples": "int64",
+         "n_tokens": "int64", "seconds": "float64"}
     )
 
 

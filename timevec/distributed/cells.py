@@ -35,8 +35,10 @@ Design, and why:
 Cells table schema (``results/cells.parquet``; other stages read it): ``task`` str,
 ``granularity`` str (year|month), ``vector`` str (``"lm/2014"`` or ``"base"``), ``train_period``
 str|None, ``test_period`` str, ``metric`` str (perplexity|macro_f1|rougeL), ``value`` float,
-``higher_is_better`` bool, ``n_examples`` int, ``n_tokens`` int, ``seconds`` float (wall time of
-that cell's forward passes and metric).
+``low``/``high`` float (the bootstrap interval of ``value`` over the test examples,
+:mod:`timevec.bootstrap`; NaN when off, and in rows of a table written before the bounds
+existed), ``higher_is_better`` bool, ``n_examples`` int, ``n_tokens`` int, ``seconds`` float
+(wall time of that cell's forward passes, metric and interval).
 """
 
 from __future__ import annotations
@@ -62,12 +64,12 @@ from timevec.config import ExperimentConfig
 from timevec.devices import pick_device
 from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
 from timevec.periods import Period
-from timevec.results import CELL_KEY, CELLS_TABLE, cells_frame, cells_table
+from timevec.results import CELL_KEY, CELLS_ADDED_COLUMNS, CELLS_TABLE, cells_frame, cells_table
 from timevec.store import StoreError, VectorStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CellRunStats", "read_cells", "run_cells"]
+__all__ = ["CellRunStats", "append_cells", "read_cells", "run_cells"]
 
 # ----------------------------------------------------------------------------- the actor
 
@@ -127,11 +129,18 @@ class CellRunStats:
 
 
 def read_cells(store: VectorStore, table: str = CELLS_TABLE) -> pd.DataFrame:
-    """The cells table (empty with the right columns when absent), one row per key (last wins)."""
+    """The cells table (empty with the right columns when absent), one row per key (last wins);
+    a table written before the ``low``/``high`` columns existed reads with NaN bounds."""
     if not store.has_table(table):
         return cells_frame([])
-    frame = store.read_table(table)
+    frame = cells_frame(store.read_table(table))
     return frame.drop_duplicates(CELL_KEY, keep="last").reset_index(drop=True)
+
+
+def append_cells(store: VectorStore, rows: list[dict[str, Any]], table: str = CELLS_TABLE) -> None:
+    """Append cells rows in the fixed schema; a table written before ``low``/``high`` existed gets
+    them, NaN in its older rows."""
+    store.append_table(table, cells_table(cells_frame(rows)), new_columns=CELLS_ADDED_COLUMNS)
 
 
 def run_cells(
@@ -229,7 +238,7 @@ def _compute(
         return [prepared]
 
     def append(rows: list[dict[str, Any]]) -> None:
-        store.append_table(table, cells_table(cells_frame(rows)))
+        append_cells(store, rows, table)
         log.info("cells: %d rows appended to %s", len(rows), table)
 
     def failed(failure: Failure) -> None:

@@ -74,12 +74,10 @@ def matrix_figures(cells: pd.DataFrame, rel: pd.DataFrame, out: list[Figure],
         ax.set_ylabel("train period (time vector)")
         fig.colorbar(im, ax=fig.axes, label=metric, shrink=0.9)
         name = f"matrix_{tag}"
-        table = pd.concat([
-            grp[["task", "granularity", "vector", "train_period", "test_period", "metric",
-                 "value", "higher_is_better"]],
-            base_sel[["task", "granularity", "vector", "train_period", "test_period", "metric",
-                      "value", "higher_is_better"]],
-        ], ignore_index=True)
+        # with each cell's bootstrap interval (NaN for a cells table from before the bounds)
+        columns = ["task", "granularity", "vector", "train_period", "test_period", "metric", "value", "low", "high",
+                   "higher_is_better"]
+        table = pd.concat([grp.reindex(columns=columns), base_sel.reindex(columns=columns)], ignore_index=True)
         write_table(f"fig_{name}", table)
         out.append(Figure(name, "Temporal misalignment", (
             f"Raw {metric} of every {task} time vector (rows, by training {gran}) on every "

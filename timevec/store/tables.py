@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from timevec.store.errors import StoreError
@@ -37,6 +38,16 @@ def to_arrow(data: pd.DataFrame | pa.Table) -> pa.Table:
     raise StoreError(f"a table must be a pandas DataFrame or a pyarrow Table, got {type(data).__name__}")
 
 
+def _with_null_columns(table: pa.Table, schema: pa.Schema, added: Collection[str]) -> pa.Table:
+    """``table`` in ``schema``'s column order (and metadata), the ``added`` columns all null."""
+    import pyarrow as pa
+
+    columns = [pa.nulls(table.num_rows, schema.field(col).type) if col in added else table.column(col)
+               for col in schema.names]
+    fields = [schema.field(col) if col in added else table.schema.field(col) for col in schema.names]
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema.metadata))
+
+
 class ResultTables:
     """The Parquet tables under ``results/`` of one store; ``owner`` names the store in messages."""
 
@@ -58,8 +69,13 @@ class ResultTables:
         self.files.write(path, sink.getbuffer())
         logger.info("wrote table %s (%d rows) to %s", name, table.num_rows, self.owner)
 
-    def append(self, name: str, data: pd.DataFrame | pa.Table) -> None:
-        """Append rows to a table (read, concatenate, replace); the columns must match."""
+    def append(self, name: str, data: pd.DataFrame | pa.Table, new_columns: Collection[str] = ()) -> None:
+        """Append rows to a table (read, concatenate, replace); the columns must match.
+
+        ``new_columns``: columns the rows may carry although the table lacks them (a table written
+        before they were added to its schema); the table's rows get nulls (NaN) there, and the
+        table takes the rows' column order.
+        """
         import pyarrow as pa
 
         new = to_arrow(data)
@@ -71,9 +87,14 @@ class ResultTables:
         for col in old_cols:
             if col not in new_cols:
                 raise StoreError(f"table {name}: appended rows lack column {col!r}")
-        for col in new_cols:
-            if col not in old_cols:
+        added = [col for col in new_cols if col not in old_cols]
+        for col in added:
+            if col not in new_columns:
                 raise StoreError(f"table {name}: appended rows have column {col!r} that the table lacks")
+        if added:
+            old = _with_null_columns(old, new.schema, added)
+            old_cols = old.schema.names
+            logger.info("table %s: columns %s added, null in its %d earlier rows", name, added, old.num_rows)
         new = new.select(old_cols)
         columns = []
         for col in old_cols:

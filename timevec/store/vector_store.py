@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -458,9 +458,10 @@ class VectorStore:
         """Write ``results/<name>.parquet``, replacing any previous table atomically."""
         self._tables.write(name, data)
 
-    def append_table(self, name: str, data: pd.DataFrame | pa.Table) -> None:
-        """Append rows to a table (read, concatenate, replace); the columns must match."""
-        self._tables.append(name, data)
+    def append_table(self, name: str, data: pd.DataFrame | pa.Table, new_columns: Collection[str] = ()) -> None:
+        """Append rows to a table (read, concatenate, replace); the columns must match, except
+        ``new_columns``, which an older table may lack (its rows get nulls there)."""
+        self._tables.append(name, data, new_columns)
 
     def read_table(self, name: str) -> pd.DataFrame:
         """``results/<name>.parquet`` as a DataFrame; a missing table is a :class:`StoreError`."""
