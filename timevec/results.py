@@ -35,6 +35,7 @@ __all__ = [
     "CELLS_COLUMNS",
     "CELLS_SCHEMA",
     "CELL_KEY",
+    "cell_values",
     "cells_frame",
     "cells_table",
     "CELLS_TABLE",
@@ -149,6 +150,16 @@ def cells_frame(rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
         {"value": "float64", "low": "float64", "high": "float64", "higher_is_better": "bool", "n_examples": "int64",
          "n_tokens": "int64", "seconds": "float64"}
     )
+
+
+def cell_values(cells: pd.DataFrame | None) -> dict[tuple[str, str, str, str], float]:
+    """The cells as ``(task, granularity, source, test period) -> value``; source ``"base"`` or the
+    train period; a cell written twice keeps its last value. Empty for no cells."""
+    if cells is None or cells.empty:
+        return {}
+    sources = cells["train_period"].where(cells["train_period"].notna(), "base").astype(str)
+    keys = zip(cells["task"].astype(str), cells["granularity"].astype(str), sources, cells["test_period"].astype(str))
+    return dict(zip(keys, cells["value"].astype(float)))
 
 
 def cells_table(frame: pd.DataFrame) -> pa.Table:

@@ -52,6 +52,7 @@ from timevec.results import (
     ANALOGY_PROTOCOL_COLUMNS,
     INTERPOLATION_PROTOCOL_COLUMNS,
     alpha_key,
+    cell_values,
     with_split,
 )
 
@@ -139,15 +140,6 @@ def _curves(grp: pd.DataFrame, split: str) -> dict[str, dict[float, float]]:
     return out
 
 
-def _cell_lookup(cells: pd.DataFrame | None) -> dict[tuple[str, str, str, str], float]:
-    """(task, granularity, source: "base" or a train period, test period) -> value (the last written)."""
-    if cells is None or cells.empty:
-        return {}
-    sources = cells["train_period"].where(cells["train_period"].notna(), "base").astype(str)
-    keys = zip(cells["task"].astype(str), cells["granularity"].astype(str), sources, cells["test_period"].astype(str))
-    return dict(zip(keys, cells["value"].astype(float)))
-
-
 def _uniform_lookup(soups: pd.DataFrame | None) -> dict[tuple[str, str, str], float]:
     if soups is None or soups.empty:
         return {}
@@ -170,7 +162,7 @@ def interpolation_protocols(
     interp = with_split(interp)
     if interp is None or interp.empty:
         return pd.DataFrame(columns=INTERPOLATION_PROTOCOL_COLUMNS)
-    known = _cell_lookup(cells)
+    known = cell_values(cells)
     uniform = _uniform_lookup(soups)
     stored_by: dict[tuple[str, str], list[str]] = {}
     for task, gran, source, _ in known:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from timevec.gains import better, gain, gain_pct, higher_is_better
 from timevec.periods import Period, latest_before, sort_periods
-from timevec.results import ANALOGY_METHODS, INTERPOLATION_BEST_COLUMNS, alpha_key, with_split
+from timevec.results import ANALOGY_METHODS, INTERPOLATION_BEST_COLUMNS, alpha_key, cell_values, with_split
 from timevec.selection import best_alpha
 
 __all__ = ["ANALOGY_BASELINES", "analogy_summary", "interpolation_best"]
@@ -26,17 +26,6 @@ ANALOGY_BASELINES = tuple(m for m in ANALOGY_METHODS if m != "analogy")
 
 def _time_key(series: pd.Series) -> pd.Series:
     return series.map(Period.parse) if series.name in ("first", "last", "test_period") else series
-
-
-def _cells_value(cells: pd.DataFrame | None, task: str, granularity: str, vector: str, test: str) -> float:
-    """One cell of the all-pairs table (the last written when repeated); NaN when absent."""
-    if cells is None or cells.empty:
-        return math.nan
-    sel = cells.loc[
-        (cells["task"] == task) & (cells["granularity"] == granularity)
-        & (cells["vector"].astype(str) == vector) & (cells["test_period"].astype(str) == test)
-    ]
-    return float(sel["value"].iloc[-1]) if len(sel) else math.nan
 
 
 def interpolation_best(interp: pd.DataFrame | None, cells: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -55,6 +44,7 @@ def interpolation_best(interp: pd.DataFrame | None, cells: pd.DataFrame | None =
     whose every α is NaN is left out.
     """
     rows: list[dict[str, Any]] = []
+    known = cell_values(cells)
     if interp is not None and not interp.empty:
         stored_by: dict[tuple[str, str], list[str]] = {}
         if cells is not None and not cells.empty:
@@ -87,10 +77,10 @@ def interpolation_best(interp: pd.DataFrame | None, cells: pd.DataFrame | None =
                 return float(values[hit][0]) if hit.any() else math.nan
 
             v0, v1 = at(0.0), at(1.0)
-            own = _cells_value(cells, task, gran, f"{task}/{test}", test)
-            base = _cells_value(cells, task, gran, "base", test)
+            own = known.get((task, gran, test, test), math.nan)
+            base = known.get((task, gran, "base", test), math.nan)
             previous = latest_before(test, stored_by.get((task, gran), []))
-            prev_value = _cells_value(cells, task, gran, f"{task}/{previous}", test) if previous else math.nan
+            prev_value = known.get((task, gran, previous, test), math.nan) if previous else math.nan
             rows.append({
                 "task": task, "granularity": gran, "first": first, "last": last, "test_period": test,
                 "metric": metric, "higher_is_better": higher,

@@ -205,12 +205,7 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[Item], dict
 
 def known_cells(store: VectorStore) -> KnownCells:
     """The cells table as :data:`KnownCells` (empty before the evaluate stage has run)."""
-    if not store.has_table(CELLS_TABLE):
-        return {}
-    cells = store.read_table(CELLS_TABLE)
-    sources = cells["train_period"].where(cells["train_period"].notna(), "base").astype(str)
-    keys = zip(cells["task"].astype(str), cells["granularity"].astype(str), sources, cells["test_period"].astype(str))
-    return dict(zip(keys, cells["value"].astype(float)))
+    return results.cell_values(store.read_table(CELLS_TABLE)) if store.has_table(CELLS_TABLE) else {}
 
 
 def _patchable(period: str, stored: tuple[str, ...]) -> bool:
