@@ -347,12 +347,12 @@ def period_baselines(
     known: KnownValue | None = None,
 ) -> PeriodBaselines:
     """base, in_period (τ_p, if stored), previous (latest before p), next (p+1), latest and the
-    uniform soup of every stored vector on p's test split.
+    uniform soup of every OTHER stored vector on p's test split.
 
     Each but the uniform soup is a cell of the all-pairs matrix: ``known(source, period)`` (source
     ``"base"`` or a period) answers from the cells table when it holds it, and only the others are
-    evaluated. The uniform soup (with two or more vectors stored) is the control that separates
-    time from mere averaging: a soup or interpolation that does not beat it has found no time.
+    evaluated. The uniform soup (with two or more other vectors stored) is the control that
+    separates time from mere averaging: a method that does not beat it has found no time.
     """
     ordered = sort_periods(stored)
     wanted = {
@@ -374,9 +374,11 @@ def period_baselines(
                 value = value_of(evaluate_weights(terms, [test]))
             seen[source] = value
         values[method] = ("" if source == "base" else source, seen[source])
-    if len(ordered) > 1:
-        # The averaging control: does a method beat the plain mean of every vector there is?
-        values["uniform_soup"] = (_members(ordered), value_of(evaluate_weights(_average(load_vector, ordered), [test])))
+    others = [p for p in ordered if p != period]
+    if len(others) > 1:
+        # The averaging control: does a method beat the plain mean of every OTHER vector? (p's own
+        # vector is what interpolation, patching and forecasts are meant to do without.)
+        values["uniform_soup"] = (_members(others), value_of(evaluate_weights(_average(load_vector, others), [test])))
     return PeriodBaselines(period, task_metric(task), task_higher(task), values)
 
 

@@ -17,7 +17,7 @@ interpolation τ(α) = (1−α)·τ_first + α·τ_last, for each MIDDLE period 
 - ``midpoint``: α = 0.5 fixed (the averaging control);
 - baselines ``base``, ``first`` (α = 0), ``latest`` (α = 1: τ_last, the latest vector),
   ``previous`` (the latest vector before t), ``in_period`` (τ_t: an oracle, it needs t's
-  labelled data), ``uniform_soup`` (the mean of every stored vector; the other control).
+  labelled data), ``uniform_soup`` (the mean of every OTHER stored vector; the other control).
 
 On a corpus where the best α is 0.5 for every period and the midpoint beats both ends, "beats both
 ends" is an averaging effect: ``gain_vs_midpoint`` and ``gain_vs_uniform_soup`` say whether a
@@ -78,7 +78,7 @@ INTERPOLATION_SELECTIONS: dict[str, str] = {
     "latest": "baseline: the latest vector τ_last (α = 1)",
     "previous": "baseline: the latest vector before the target",
     "in_period": "oracle: the target's own vector (needs its labelled data)",
-    "uniform_soup": "fixed: the mean of every stored vector (averaging control)",
+    "uniform_soup": "fixed: the mean of every other stored vector (averaging control)",
 }
 ANALOGY_SELECTIONS = ("oracle", "past_only")
 
@@ -194,7 +194,7 @@ def interpolation_protocols(
                 "previous": (math.nan, known.get((task, gran, previous, target), math.nan) if previous else math.nan,
                              previous or "none before"),
                 "in_period": (math.nan, known.get((task, gran, target, target), math.nan), target),
-                "uniform_soup": (math.nan, uniform.get((task, gran, target), math.nan), "all stored"),
+                "uniform_soup": (math.nan, uniform.get((task, gran, target), math.nan), "every other stored vector"),
             }
             v_first, v_last = test.get(0.0, math.nan), test.get(1.0, math.nan)
             v_mid = test.get(0.5, math.nan)

@@ -10,7 +10,7 @@ For each configured task and granularity with at least two stored vectors:
   ``results/interpolation_best.parquet`` (:data:`timevec.results.INTERPOLATION_BEST_COLUMNS`, with
   the in-period and previous-vector baselines from ``cells.parquet`` when present);
 - **soups and patching**, per configured period: a greedy soup of neighbouring vectors selected on
-  the period's validation split, the uniform soup of ALL stored vectors (the averaging control),
+  the period's validation split, the uniform soup of every OTHER stored vector (the averaging control),
   and the period's vector rebuilt from its two neighbours, each
   against base / in-period / previous / next / latest on the period's test split →
   ``results/soups.parquet`` and ``results/patching.parquet``.
