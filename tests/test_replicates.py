@@ -56,6 +56,7 @@ def test_findings_over_seeds_t_interval_and_verdict() -> None:
     assert decay["holds"] == fnd.verdict(decay["low"], decay["high"], 0.0, "above") == "yes"
     assert "1: +2.00" in decay["note"] and "(3 seeds)" in decay["measured"]
     assert over.loc["cosine vs degradation", "holds"] == "unclear"  # one seed disagrees
+    assert over.loc["cosine vs degradation", "low"] == -1.0  # clipped: r cannot leave [−1, 1]
     # one seed: no interval over seeds
     single = replicates.findings_over_seeds({1: by_seed[1]})
     assert single["low"].isna().all()

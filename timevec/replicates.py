@@ -72,6 +72,10 @@ def share_base(source: VectorStore, target: VectorStore, target_shard_bytes: int
     return True
 
 
+#: the range an estimate of this unit cannot leave (its interval is clipped to it)
+_BOUNDS = {"share": (0.0, 1.0), "r": (-1.0, 1.0)}
+
+
 def _fmt(value: float, unit: str) -> str:
     if math.isnan(value):
         return "n/a"
@@ -106,6 +110,9 @@ def findings_over_seeds(by_seed: Mapping[int, pd.DataFrame], confidence: float =
             low, high = mean - half, mean + half
         elif len(finite) >= 2:
             low = high = mean  # every seed agrees exactly
+        bounds = _BOUNDS.get(unit)
+        if bounds is not None and not math.isnan(low):  # a share stays in [0, 1], a correlation in [−1, 1]
+            low, high = max(low, bounds[0]), min(high, bounds[1])
         holds = "n/a" if math.isnan(mean) else verdict(low, high, line, side)
         interval = "" if math.isnan(low) else f" [{_fmt(low, unit)}, {_fmt(high, unit)}]"
         suffix = "" if unit in ("share", "r") else f" {unit}"
