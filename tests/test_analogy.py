@@ -93,8 +93,12 @@ def _trial_dirs(config, store) -> list[str]:
 def test_grid_search_visits_the_reference_grid(ray_session, study):
     config, store = study
     best = run_analogy(config, store)
-    grid = store.read_table(ANALOGY_TABLE)
-    assert list(grid.columns) == results.ANALOGY_COLUMNS
+    every = store.read_table(ANALOGY_TABLE)
+    assert list(every.columns) == results.ANALOGY_COLUMNS
+    scaled = every[every["method"] == "task_j_scaled"]  # α₁·τ_task(j) alone at every α₁ (past-only selection reads them)
+    assert sorted(scaled.loc[scaled["split"] == "test", "alpha1"]) == sorted(config.analogy.alpha1)
+    assert (scaled[["alpha2", "alpha3"]] == 0.0).all().all()
+    grid = every[every["method"] == "analogy"]
     for split in ("validation", "test"):
         part = grid[grid["split"] == split]
         assert len(part) == 324

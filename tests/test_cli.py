@@ -86,8 +86,9 @@ def test_unknown_stage_exits_2_in_the_cli_and_the_job(tmp_path):
 @pytest.mark.slow
 def test_tiny_demo_end_to_end_then_store_tools(tmp_path):
     store = tmp_path / "store"
-    # a 1 × 2 × 1 analogy grid: the search's own tests cover the grid; this one covers the command
-    small = ("--set", "analogy.alpha1=[1.0]", "--set", "analogy.alpha3=[0.1]")
+    # one analogy pair (2016 → 2017) on a 1 × 2 × 1 grid: the search's own tests cover the grid and
+    # the pairs; this one covers the command
+    small = ("--set", "analogy.alpha1=[1.0]", "--set", "analogy.alpha3=[0.1]", "--set", "analogy.source_periods=['2016']")
     result = timevec("demo", "--tiny", "--store", str(store), *small)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     report = store / "reports" / "index.html"

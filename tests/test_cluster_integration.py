@@ -264,7 +264,9 @@ def test_pipeline_job_on_local_head_with_s3_store(ray_head: Head, s3_server) -> 
         "python", "jobs/pipeline.py", "--config", CONFIG,
         "--set", f"store.url={store_url}",
         "--set", f"store.storage_options.endpoint_url={s3_server.endpoint_url}",
-        "--set", "analogy.alpha1=[1.0]", "--set", "analogy.alpha3=[0.1]",  # a 1 × 2 × 1 grid: the path, not the search
+        # one pair on a 1 × 2 × 1 grid: the path, not the search; the forecast is the interpolation's actor path
+        "--set", "analogy.alpha1=[1.0]", "--set", "analogy.alpha3=[0.1]", "--set", "analogy.source_periods=['2016']",
+        "--stages", "finetune,evaluate,interpolate,analogy,analyze,report",
     ]  # fmt: skip
     submitted = subprocess.run(submit, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=180)
     assert submitted.returncode == 0, f"ray job submit failed:\n{submitted.stdout}\n{submitted.stderr}"

@@ -121,8 +121,8 @@ DRIVER = textwrap.dedent(
     cells.run_cells.__kwdefaults__["flush_rows"] = 1
     append = VectorStore.append_table
 
-    def append_then_hold(self, name, data):
-        append(self, name, data)
+    def append_then_hold(self, name, data, **kwargs):
+        append(self, name, data, **kwargs)
         open(marker, "w").close()
         time.sleep(600)
 
