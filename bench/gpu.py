@@ -78,7 +78,9 @@ QUICK = [
 ]
 QUICK_CUDA = ["ray.gpus_per_run=0.25", "ray.gpus_per_eval_actor=0.25", "training.precision=bf16", "ray.num_cpus=4",
               "ray.max_concurrent_runs=4", "ray.eval_actors=2"]
-ON_CPU = ["ray.gpus_per_run=0", "ray.gpus_per_eval_actor=0", "training.precision=fp32"]
+#: --device cpu: no GPU fractions, fp32 (bf16 autocast is slow on most CPUs), one core per run/actor
+ON_CPU = ["ray.gpus_per_run=0", "ray.gpus_per_eval_actor=0", "training.precision=fp32", "ray.cpus_per_run=1",
+          "ray.cpus_per_eval_actor=1", "ray.torch_threads=1"]
 
 #: the paper's monthly study (Nylund et al. 2023): 58 monthly runs, 58 × 58 cells, T5-small
 PAPER = {"runs": 58, "cells": 3364, "params": 60e6, "model": "T5-small"}

