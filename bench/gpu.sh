@@ -59,14 +59,14 @@ EOF
   (cd "$out/.all" && for f in *.whl; do
      if [ "$(stat -c %s "$f")" -gt $((60 * 1024 * 1024)) ]; then split -b 60M -d "$f" "$f.part-" && rm "$f"; fi
    done)
-  batch=1; used=0; limit=$((60 * 1024 * 1024))
-  for f in $(cd "$out/.all" && ls -S); do  # largest first, into the first folder with room
-    size=$(stat -c %s "$out/.all/$f"); placed=
-    for b in $(seq 1 $batch); do
-      have=$(du -sb "$out/$b" 2>/dev/null | cut -f1); have=${have:-0}
-      if [ $((have + size)) -le $limit ]; then mkdir -p "$out/$b"; mv "$out/.all/$f" "$out/$b/"; placed=1; break; fi
+  limit=$((60 * 1024 * 1024)); fill=()
+  for f in $(cd "$out/.all" && ls -S); do  # largest first, into the first folder with room (first fit)
+    size=$(stat -c %s "$out/.all/$f"); slot=${#fill[@]}
+    for i in "${!fill[@]}"; do
+      if [ $((fill[i] + size)) -le $limit ]; then slot=$i; break; fi
     done
-    if [ -z "$placed" ]; then batch=$((batch + 1)); mkdir -p "$out/$batch"; mv "$out/.all/$f" "$out/$batch/"; fi
+    fill[slot]=$(( ${fill[slot]:-0} + size ))
+    mkdir -p "$out/$((slot + 1))" && mv "$out/.all/$f" "$out/$((slot + 1))/"
   done
   rmdir "$out/.all"
   du -sh "$out"/* >&2
