@@ -6,7 +6,7 @@
 Sections, each printing one line (``[a] …`` to ``[f] …``) and recording its numbers in
 ``OUT/gpu-bench.json`` (and ``OUT/gpu-bench.md``):
 
-(a) ``pytest -m gpu`` on the test files that carry the marker (on a CPU they report "skipped");
+(a) ``pytest -m gpu`` on the test files that carry the marker, in this process (on a CPU: "skipped");
 (b) the fleet stage (:func:`timevec.distributed.fleet.run_fleet`) on the config: tokens/s per run
     (the fleet's run table) and of the whole fleet (Σ tokens / makespan), against a plain Hugging
     Face training loop (peft LoRA, AdamW, ``model(**batch).loss``, the same examples, batch, length,
@@ -43,7 +43,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -69,7 +68,7 @@ QUICK = [
     "periods={start: '2014', end: '2017'}",
     "training.steps=6",
     "base.pretrain.steps=10",
-    "ray.max_concurrent_runs=2",
+    "ray.max_concurrent_runs=1",  # one trial process (reused by the 4 runs): 2 cores, and the driver needs one
     "ray.eval_actors=1",
     "evaluation.max_examples=16",
     "evaluation.bootstrap_samples=200",
@@ -282,25 +281,38 @@ class GpuBench:
     # -------------------------------------------------------------- (a)
 
     def gpu_tests(self) -> dict[str, Any]:
+        """``pytest -m gpu -q`` on the files that carry the marker, in this process (no second torch import)."""
+        import pytest
+
         files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("test_*.py")
                        if "mark.gpu" in p.read_text() and p.name != "test_gpu_bench.py")
-        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
-        env = {**os.environ, INNER_ENV: "1"}
-        left = self.args.budget_s - self.elapsed()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=max(30.0, min(600.0, left)) if math.isfinite(left) else 600)
-        tail = (proc.stdout + proc.stderr).strip().splitlines()
-        counts = {word: 0 for word in ("passed", "failed", "skipped", "error")}
-        for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail[-1] if tail else ""):
-            counts[word.rstrip("s") if word.startswith("error") else word] += int(n)
-        ok = proc.returncode in (0, 5) and counts["failed"] == 0 and counts["error"] == 0
-        self.say(f"[a] gpu tests: {counts['passed']} passed, {counts['skipped']} skipped, {counts['failed']} failed "
-                 f"({len(files)} files: {', '.join(files)}; the bench's own gpu test is left out) — "
-                 f"pytest exit {proc.returncode}")
+
+        class Outcomes:
+            def __init__(self) -> None:
+                self.counts = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+
+            def pytest_runtest_logreport(self, report) -> None:
+                if report.when == "call" or report.outcome != "passed":
+                    kind = "error" if report.failed and report.when != "call" else report.outcome
+                    self.counts[kind] += 1
+
+        outcomes = Outcomes()
+        os.environ[INNER_ENV] = "1"
+        cwd = os.getcwd()
+        try:
+            os.chdir(REPO)
+            code = int(pytest.main(["-m", "gpu", "-q", "-p", "no:cacheprovider", *files], plugins=[outcomes]))
+        finally:
+            os.chdir(cwd)
+            os.environ.pop(INNER_ENV, None)
+        counts = outcomes.counts
+        ok = code in (0, 5) and counts["failed"] == 0 and counts["error"] == 0
+        self.say(f"[a] gpu tests: {counts['passed']} passed, {counts['skipped']} skipped, {counts['failed']} failed, "
+                 f"{counts['error']} errors ({len(files)} files: {', '.join(files)}; the bench's own gpu test is left out) "
+                 f"— pytest exit {code}")
         if not ok:
-            print("\n".join(tail[-30:]), flush=True)
-            raise RuntimeError(f"pytest -m gpu: exit {proc.returncode}, {counts['failed']} failed, {counts['error']} errors")
-        return {"files": files, **counts, "pytest_exit": proc.returncode, "last_line": tail[-1] if tail else ""}
+            raise RuntimeError(f"pytest -m gpu: exit {code}, {counts['failed']} failed, {counts['error']} errors")
+        return {"files": files, **counts, "pytest_exit": code}
 
     # -------------------------------------------------------------- (b)
 
