@@ -464,6 +464,7 @@ class GpuBench:
                      for p, v in zip(base_rows["test_period"], base_rows["value"]) if p in plain["base_perplexity"]), default=math.nan)
         ev = self.config.evaluation
         examples = sorted({int(n) for n in frame["n_examples"]})
+        tokens_per_cell = float(frame["n_tokens"].mean())
         self.say(f"[c] cells: {computed} cells ({stats.items} vectors incl. the base × their test splits of ≤ {ev.max_examples} "
                  f"examples, {examples[0]}–{examples[-1]} here) by {stats.actors} actor(s): {stage_rate:.2f} cells/s for the "
                  f"stage, {steady:.2f} after actor start-up ({stats.startup_seconds:.1f} s), {per_actor:.2f} per actor "
@@ -477,7 +478,7 @@ class GpuBench:
             "cells": computed, "items": stats.items, "actors": stats.actors, "seconds_stage": stats.seconds,
             "startup_seconds": stats.startup_seconds, "forward_seconds": stats.forward_seconds,
             "cells_per_second_stage": stage_rate, "cells_per_second_steady": steady, "cells_per_second_per_actor": finite(per_actor),
-            "examples_per_split": examples, "batch_size": ev.batch_size, "max_length": ev.max_length,
+            "examples_per_split": examples, "tokens_per_cell": tokens_per_cell, "batch_size": ev.batch_size, "max_length": ev.max_length,
             "bootstrap_samples": ev.bootstrap_samples, "plain": plain,
             "ratio_stage": stage_rate / plain["cells_per_second"], "ratio_steady": steady / plain["cells_per_second"],
             "ratio_per_actor": finite(per_actor / plain["cells_per_second"]),
@@ -531,7 +532,7 @@ class GpuBench:
         self.say(f"[d] analogy trial: combine 3 vectors + restore {patch * 1e3:.1f} ms, evaluate one split "
                  f"({split.n_examples} examples) {evaluate * 1e3:.1f} ms — combine/evaluate {100 * patch / evaluate:.1f} % "
                  f"(vectors in host memory, as the stage holds them); with the vectors already on the {self.device.type}: "
-                 f"{patch_dev * 1e3:.1f} ms = {100 * patch_dev / evaluate:.1f} % (median of {repeats}; {n_params / 1e6:.1f} M params)")
+                 f"{patch_dev * 1e3:.1f} ms = {100 * patch_dev / evaluate:.1f} % (median of {repeats}; {n_params / 1e6:.3g} M params)")
         return {"vectors": [f"lm/{p}" for p in (first, last, second)], "split": f"lm/{last}", "examples": split.n_examples,
                 "params": n_params, "combine_ms": patch * 1e3, "evaluate_ms": evaluate * 1e3, "ratio": patch / evaluate,
                 "combine_on_device_ms": patch_dev * 1e3, "ratio_on_device": patch_dev / evaluate, "repeats": repeats}
@@ -571,11 +572,16 @@ class GpuBench:
                  f"count {PAPER['params'] / 1e6:.0f} M / {fleet['params'] / 1e6:.2f} M = {scale:.3g}) on this one "
                  f"{self.summary['device']['name']}: {PAPER['runs']} × {run_s * scale:.1f} s + {PAPER['cells']:,} × "
                  f"{cell_s * scale:.3f} s = {train_h:.2f} h + {cells_h:.2f} h = {hours:.2f} h — goal ≤ {GOAL_HOURS:g} h: {verdict} "
-                 f"(runs of this bench's size, {tokens_per_run:,.0f} tokens each; cells of its split size)")
+                 f"(runs of this bench's size, {tokens_per_run:,.0f} tokens each: {1e6 * run_s * scale / tokens_per_run:,.1f} s "
+                 f"per M training tokens; cells of its split size, {cells['tokens_per_cell']:,.0f} tokens each: "
+                 f"{1e3 * cell_s * scale / cells['tokens_per_cell']:,.2f} s per k tokens scored)")
         return {
             "paper": PAPER, "goal_hours": GOAL_HOURS, "seconds_per_run_measured": run_s, "seconds_per_cell_measured": cell_s,
             "param_scale": scale, "seconds_per_run_projected": run_s * scale, "seconds_per_cell_projected": cell_s * scale,
-            "tokens_per_run": tokens_per_run, "train_hours": train_h, "cells_hours": cells_h, "hours": hours,
+            "tokens_per_run": tokens_per_run, "tokens_per_cell": cells["tokens_per_cell"],
+            "seconds_per_million_train_tokens_projected": 1e6 * run_s * scale / tokens_per_run,
+            "seconds_per_thousand_eval_tokens_projected": 1e3 * cell_s * scale / cells["tokens_per_cell"],
+            "train_hours": train_h, "cells_hours": cells_h, "hours": hours,
             "goal_met": hours <= GOAL_HOURS,
             "assumptions": [
                 "per run: the fleet's makespan / runs on this device at its concurrency (start-up included), for runs of "
