@@ -297,6 +297,11 @@ class GpuBench:
                     self.counts[kind] += 1
 
         outcomes = Outcomes()
+        # Libraries that bind a log handler to sys.stderr when first imported must be imported before pytest
+        # swaps sys.stderr for its capture (closed afterwards): transformers' own handler would then fail.
+        import datasets  # noqa: F401
+        import ray  # noqa: F401
+        import transformers  # noqa: F401
         os.environ[INNER_ENV] = "1"
         cwd = os.getcwd()
         try:

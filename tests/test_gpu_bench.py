@@ -23,6 +23,7 @@ def run_bench(device: str, out: Path) -> tuple[subprocess.CompletedProcess, dict
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "Logging error" not in proc.stderr  # a library's log handler bound to pytest's closed capture stream
     return proc, json.loads((out / "gpu-bench.json").read_text())
 
 
@@ -31,6 +32,7 @@ def positive(value) -> bool:
 
 
 def check(summary: dict, stdout: str, device: str) -> None:
+    assert "Logging error" not in stdout
     for line in LINES:
         assert line in stdout, line
     sections = summary["sections"]
