@@ -28,8 +28,9 @@ Sections, each printing one line (``[a] …`` to ``[f] …``) and recording its 
 
 ``--quick`` is a CPU-sized cut (the tiny embedded model of ``timevec/demo/tiny.yaml``, LM by year
 2014–2017) that checks every section end to end; its rates say nothing about a real model.
-``--budget-s``: a section that would start after the budget is spent is skipped and says so; a
-section whose input is missing (a failed or skipped earlier section) is skipped naming it. Exit
+``--budget-s``: a section that would start after the budget is spent is skipped and says so, and so
+is the headline when its estimate (from the cells' measured rate) exceeds what is left; a section
+whose input is missing (a failed or skipped earlier section) is skipped naming it. Exit
 status 0 when no section failed, 1 otherwise, 2 for bad arguments (no CUDA for ``--device cuda``).
 The store lives in a temporary folder (``--store`` to choose one), never under ``--out``: the device
 machine sends ``$OUT`` back and 6 SmolLM2 vectors are 1.6 GB.
@@ -222,11 +223,18 @@ class GpuBench:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
 
-    def section(self, key: str, name: str, run: Callable[[], dict[str, Any]], needs: tuple[str, ...] = ()) -> None:
+    def section(self, key: str, name: str, run: Callable[[], dict[str, Any]], needs: tuple[str, ...] = (),
+                estimate: Callable[[], float] | None = None) -> None:
+        """Run one section unless the budget is spent, its estimate (when it has one) exceeds what is left, or an
+        input section did not finish; record its result (a failure is recorded, not raised)."""
         sections = self.summary["sections"]
         missing = [n for n in needs if sections.get(n, {}).get("status") != "ok"]
-        if self.elapsed() >= self.args.budget_s:
+        left = self.args.budget_s - self.elapsed()
+        guess = estimate() if estimate is not None and not missing else None
+        if left <= 0:
             why = f"the budget of {self.args.budget_s:g} s is spent ({self.elapsed():.0f} s elapsed)"
+        elif guess is not None and guess > left:
+            why = f"it would need ≈ {guess:.0f} s (from the cells' measured rate), {left:.0f} s of the budget are left"
         elif missing:
             why = f"needs section(s) {', '.join(missing)}, which did not finish"
         else:
@@ -245,6 +253,8 @@ class GpuBench:
             result, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
             self.say(f"[{key}] {name}: FAILED — {result['error']}")
         result = {"status": status, **result, "seconds": round(time.perf_counter() - began, 2)}
+        if guess is not None:
+            result["estimate_s"] = round(guess, 1)
         if status == "ok" and key in "bcde" and self.device.type == "cuda":
             result["device_memory_peak_bytes"] = finite(self.memory.peak)
         sections[name] = result
@@ -544,6 +554,14 @@ class GpuBench:
 
     # -------------------------------------------------------------- (e)
 
+    def headline_estimate(self) -> float:
+        """Seconds the interpolation will take, roughly: actor start-up + its evaluations at the cells' steady rate
+        (every α on the validation and test split of each middle period; soups and patching add ≈ a half)."""
+        cells = self.summary["sections"]["cells"]
+        middle = sum(max(len(self.config.period_list(g)) - 2, 0) for g in self.config.granularities) * len(self.config.tasks)
+        evaluations = 1.5 * middle * len(self.config.interpolation.alphas) * 2
+        return cells["startup_seconds"] + evaluations / cells["cells_per_second_steady"] + 5.0
+
     def headline(self) -> dict[str, Any]:
         from timevec.distributed.pipeline import run_pipeline
 
@@ -611,7 +629,7 @@ class GpuBench:
             self.section("b", "fleet", self.fleet)
             self.section("c", "cells", self.cells, needs=("fleet",))
             self.section("d", "analogy", self.analogy_ratio, needs=("fleet",))
-            self.section("e", "headline", self.headline, needs=("cells",))
+            self.section("e", "headline", self.headline, needs=("cells",), estimate=self.headline_estimate)
             self.section("f", "projection", self.projection, needs=("fleet", "cells"))
         finally:
             self.memory.stop()

@@ -16,10 +16,10 @@ SECTIONS = ["gpu_tests", "fleet", "cells", "analogy", "headline", "projection"]
 LINES = ["[a] gpu tests:", "[b] fleet:", "[c] cells:", "[d] analogy trial:", "[e] headline:", "[f] projection:"]
 
 
-def run_bench(device: str, out: Path) -> tuple[subprocess.CompletedProcess, dict]:
+def run_bench(device: str, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu.py"), "--device", device, "--quick", "--out", str(out)],
+        [sys.executable, str(REPO / "bench" / "gpu.py"), "--device", device, "--quick", "--out", str(out), *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -60,6 +60,13 @@ def check(summary: dict, stdout: str, device: str) -> None:
     else:
         assert positive(cells["device_memory_peak_stage_bytes"]) and positive(cells["plain_memory_peak_bytes"])
         assert sections["gpu_tests"]["failed"] == 0 and sections["gpu_tests"]["passed"] >= 1
+
+
+def test_a_spent_budget_skips_every_section_and_says_so(tmp_path: Path) -> None:
+    proc, summary = run_bench("cpu", tmp_path, "--budget-s", "0")
+    assert [s["status"] for s in summary["sections"].values()] == ["skipped"] * 6
+    assert proc.stdout.count("skipped — the budget of 0 s is spent") == 6
+    assert "0 sections ok, 6 skipped" in proc.stdout
 
 
 @pytest.mark.slow
