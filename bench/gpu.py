@@ -316,7 +316,8 @@ class GpuBench:
         cwd = os.getcwd()
         try:
             os.chdir(REPO)
-            code = int(pytest.main(["-m", "gpu", "-q", "-p", "no:cacheprovider", *files], plugins=[outcomes]))
+            args = ["-m", "gpu", "-q", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning", *files]
+            code = int(pytest.main(args, plugins=[outcomes]))  # the warning: plugins (anyio) imported above
         finally:
             os.chdir(cwd)
             os.environ.pop(INNER_ENV, None)
