@@ -389,9 +389,7 @@ class WeightPatcher:
         if merge is not None and not merge.is_task_arithmetic and len(live) >= 2:
             return self._apply_merged(live, touched, merge)
         with torch.no_grad():
-            for name in sorted(self._dirty - touched_set):
-                self._params[name].copy_(self._base[name])
-            self._dirty.clear()
+            self._reset_untouched(touched_set)
             for name in touched:
                 param = self._params[name]
                 work = self._base[name].to(device=param.device, dtype=torch.float32, non_blocking=True)
@@ -408,6 +406,13 @@ class WeightPatcher:
                 del work
         return self.model
 
+    def _reset_untouched(self, touched: set[str]) -> None:
+        """Parameters a previous combination wrote and this one does not touch go back to θ_pre
+        (the touched ones are overwritten and marked dirty again as they are written)."""
+        for name in sorted(self._dirty - touched):
+            self._params[name].copy_(self._base[name])
+        self._dirty.clear()
+
     def _apply_merged(self, maps: list[tuple[float, TensorMap]], touched: list[str], merge: MergeMethod) -> nn.Module:
         """``base + merge(terms)`` one parameter at a time: n_terms tensors of that parameter in memory."""
         from timevec.merging import merge_tensor  # deferred: the default path needs no peft
@@ -415,9 +420,7 @@ class WeightPatcher:
         coefs = [coef for coef, _ in maps]
         touched_set = set(touched)
         with torch.no_grad():
-            for name in sorted(self._dirty - touched_set):
-                self._params[name].copy_(self._base[name])
-            self._dirty.clear()
+            self._reset_untouched(touched_set)
             for name in touched:
                 param = self._params[name]
                 zeros: torch.Tensor | None = None

@@ -21,14 +21,12 @@ import time
 from typing import Any
 
 import pandas as pd
-import torch
 
 from timevec import forecast, results
-from timevec.cells import CellEvaluator, require_base
+from timevec.cells import require_base
 from timevec.config import ExperimentConfig
-from timevec.devices import pick_device
-from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
-from timevec.distributed.interpolate import KnownCells, SplitSets, VectorCache, known_cells, prepare_split_sets
+from timevec.distributed.actor_pool import Failure, drive, failure_error
+from timevec.distributed.interpolate import CombinationActor, KnownCells, SplitSets, known_cells, prepare_split_sets
 from timevec.periods import sort_periods
 from timevec.results import FORECAST_TABLE
 from timevec.store import VectorStore
@@ -43,16 +41,8 @@ def _label(item: forecast.ForecastItem) -> str:
     return f"forecast {item.task}/{item.granularity} {item.method}"
 
 
-class _ForecastActor(PoolActor):
-    """A :class:`CellEvaluator` plus a vector cache; ``work`` gets the splits and known cells once."""
-
-    def setup(self, config: ExperimentConfig, store: VectorStore) -> None:
-        logging.basicConfig(level=logging.INFO)
-        device = pick_device(config.ray.gpus_per_eval_actor > 0)
-        if device.type == "cpu":
-            torch.set_num_threads(config.ray.torch_threads)
-        self.evaluator = CellEvaluator(config, store, device=device)
-        self.cache = VectorCache(self.evaluator.read_vector)
+class _ForecastActor(CombinationActor):
+    """Runs forecast items; ``work`` gets the splits and known cells once."""
 
     def work(self, item: forecast.ForecastItem, splits: SplitSets, known: KnownCells) -> dict[str, list[dict]]:
         return {FORECAST_TABLE: run_item(self.evaluator.evaluate_weights, self.cache.get, item, splits, known)}

@@ -104,12 +104,10 @@ class VectorCache:
         return vector
 
 
-class _AdaptActor(PoolActor):
-    """A :class:`CellEvaluator` plus a vector cache: runs interpolation points and period items.
-
-    ``work`` gets the :data:`SplitSets` and the :data:`KnownCells` through the object store, fetched
-    once per actor (:class:`~timevec.distributed.actor_pool.PoolActor`); an item's error is returned.
-    """
+class CombinationActor(PoolActor):
+    """A :class:`CellEvaluator` (θ_pre loaded once, on the actor's device) plus a :class:`VectorCache`:
+    the state every actor that evaluates combinations of stored vectors needs (interpolation, soups,
+    patching, forecasts). Subclasses define ``work``."""
 
     def setup(self, config: ExperimentConfig, store: VectorStore) -> None:
         logging.basicConfig(level=logging.INFO)
@@ -118,6 +116,17 @@ class _AdaptActor(PoolActor):
             torch.set_num_threads(config.ray.torch_threads)
         self.evaluator = CellEvaluator(config, store, device=device)
         self.cache = VectorCache(self.evaluator.read_vector)
+
+
+class _AdaptActor(CombinationActor):
+    """Runs interpolation points and period items.
+
+    ``work`` gets the :data:`SplitSets` and the :data:`KnownCells` through the object store, fetched
+    once per actor (:class:`~timevec.distributed.actor_pool.PoolActor`); an item's error is returned.
+    """
+
+    def setup(self, config: ExperimentConfig, store: VectorStore) -> None:
+        super().setup(config, store)
         self.max_distance = config.interpolation.soup_max_distance
 
     def work(self, item: Item, splits: SplitSets, known: KnownCells) -> dict[str, list[dict]]:
