@@ -54,7 +54,7 @@ def interpolation_protocol_figures(protocols: pd.DataFrame, out: list[Figure], w
         out.append(Figure(name, "Selection protocols", (
             "Gain over the latest vector (zero line) of the interpolation when α is an oracle (the target's "
             "validation labels), proportional to the date (no labels), or chosen on the other middle periods; "
-            "beside the fixed midpoint α = 0.5 and the uniform soup of every vector (averaging controls) and the "
+            "beside the fixed midpoint α = 0.5 and the uniform soup of every other vector (averaging controls) and the "
             "in-period oracle vector. A protocol whose bars do not clear the midpoint's found averaging, not "
             "time."), to_png(fig)))
 
@@ -64,7 +64,7 @@ def analogy_protocol_figures(protocols: pd.DataFrame, out: list[Figure], write_t
     for task, grp in protocols.groupby("task", sort=True):
         higher = bool(grp["higher_is_better"].iloc[0])
         metric = str(grp["metric"].iloc[0])
-        _, unit = gain_unit(True, metric) if higher else gain_unit(False, metric)
+        _, unit = gain_unit(higher, metric)
         pairs = [(str(j), str(k)) for j, k in grp[["source_period", "target_period"]].drop_duplicates().itertuples(
             index=False, name=None)]
         labels = [f"{j}→{k}" for j, k in pairs]
