@@ -39,3 +39,14 @@ def run_stages(stages: list[str] | None, description: str) -> int:
         return 0
 
     return run_with_exit_status(run, "error: ")
+
+
+def run_config_job(action, description: str) -> int:
+    """An entrypoint that is not a pipeline stage (jobs/probe.py): ``--config``/``--set``, then
+    ``action(args)`` (a :mod:`timevec.cli` command) under the same exit statuses."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="experiment config (YAML)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_with_exit_status(lambda: action(args), "error: ")

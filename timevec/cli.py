@@ -157,6 +157,16 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Linear time probes of θ_pre and the tuned models (timevec.probe) into results/probe.parquet."""
+    from timevec.probe import probe_stores, summary
+
+    for where, table in probe_stores(_config(args)):
+        _print_table(summary(table).round(4), f"time probes by layer (held-out R² and Spearman; shifts in years): {where}")
+    print("`timevec report CONFIG` draws them (section 'Time probes').")
+    return 0
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -259,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(vectors)
     vectors.add_argument("--task", help="only this task")
     vectors.set_defaults(func=cmd_vectors)
+
+    probe = sub.add_parser("probe", help="linear time probes: ridge regression from every layer's hidden states to each text's date",
+                           description="Fit RidgeCV probes from the pooled hidden states of θ_pre and of every tuned model "
+                           "θ_pre + τ_t to the dates of held-out texts; R² and Spearman per layer into results/probe.parquet.")
+    _add_config_args(probe)
+    probe.set_defaults(func=cmd_probe)
 
     store = sub.add_parser("store", help="inspect or maintain a vector store: ls | info | verify | rm")
     store.add_argument("action", choices=["ls", "info", "verify", "rm"],

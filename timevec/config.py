@@ -386,6 +386,53 @@ class ForecastConfig(_Strict):
         return list(dict.fromkeys(value))
 
 
+#: What one text's hidden states are pooled to: the last real token, or the mean over the attention mask.
+Pooling = Literal["last", "mean"]
+
+
+class ProbeConfig(_Strict):
+    """Linear time probes (:mod:`timevec.probe`): ridge regression from hidden states to each text's date.
+
+    Texts come from the validation and test splits of every period (never what a vector was
+    fine-tuned on); ``test_fraction`` of them, stratified by period and drawn with ``seed``, are
+    held out from the probe's fit. ``layers``: indices into ``output_hidden_states`` (0 = the
+    embeddings; default: every layer). ``tasks``: whose stored vectors give the tuned models.
+    """
+
+    texts_per_period: int = Field(200, ge=4, description="texts drawn per period (from its validation + test splits)")
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of each period's texts held out from the fit")
+    layers: list[int] | None = Field(None, description="hidden-state indices (0 = embeddings); default: all")
+    poolings: list[Pooling] = Field(default_factory=lambda: ["last", "mean"])
+    alphas: list[float] = Field(default_factory=lambda: [round(10.0 ** (k / 2), 6) for k in range(-6, 11)],
+                                description="RidgeCV's grid (default 10^-3 … 10^5, half decades)")
+    tasks: list[Task] = Field(default_factory=lambda: ["lm"], description="tasks whose vectors are probed")
+    batch_size: int = Field(32, ge=1)
+    max_length: int | None = Field(None, ge=8, description="tokens per text; default: evaluation.max_length")
+    seed: int | None = Field(None, description="text draw and held-out split; default: the experiment seed")
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) < 0 or len(set(value)) != len(value)):
+            raise ValueError(f"probe.layers must be distinct indices >= 0, at least one (got {value})")
+        return value
+
+    @field_validator("poolings", "tasks")
+    @classmethod
+    def _some(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("is empty")
+        return list(dict.fromkeys(value))
+
+    @field_validator("alphas")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        bad = [a for a in value if not 0.0 < a < 1e12]  # NaN fails too
+        if not value or bad:
+            raise ValueError(f"probe.alphas must be positive and finite, at least one (bad: {bad or 'empty'})")
+        return sorted(set(value))
+
+
 class PeriodRange(_Strict):
     start: str
     end: str
@@ -433,6 +480,7 @@ class ExperimentConfig(_Strict):
     analogy: AnalogyConfig = AnalogyConfig()
     merge: MergeConfig = MergeConfig()
     forecast: ForecastConfig = ForecastConfig()
+    probe: ProbeConfig = ProbeConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

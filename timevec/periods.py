@@ -143,3 +143,23 @@ def latest_before(period: str | Period, periods: Iterable[str | Period]) -> str 
     target = Period.parse(period)
     earlier = [p for p in (Period.parse(q) for q in periods) if p < target]
     return str(max(earlier)) if earlier else None
+
+
+def fractional_year(date: dt.date | dt.datetime) -> float:
+    """``date`` as a fractional year: 2014-07-02 00:00 → 2014.5 (the year plus the elapsed share of it).
+
+    The time probes regress on this (:mod:`timevec.probe`): one number per text, comparable across
+    years and months, leap years counted by their own length.
+    """
+    if not isinstance(date, dt.datetime):
+        date = dt.datetime(date.year, date.month, date.day)
+    date = date.replace(tzinfo=None)
+    start = dt.datetime(date.year, 1, 1)
+    length = (dt.datetime(date.year + 1, 1, 1) - start).total_seconds()
+    return date.year + (date - start).total_seconds() / length
+
+
+def period_midpoint(period: Period | str) -> float:
+    """The middle of a period as a fractional year (2014 → 2014.5; 2014-01 → 2014 + 15.5/365)."""
+    period = Period.parse(period)
+    return (fractional_year(period.start()) + fractional_year(period.shift(1).start())) / 2

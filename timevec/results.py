@@ -302,3 +302,28 @@ def merge_methods_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows of :data:`MERGE_METHODS_COLUMNS` as a frame with fixed dtypes."""
     frame = pd.DataFrame(list(rows), columns=MERGE_METHODS_COLUMNS)
     return frame.astype({"value": "float64", "gain_vs_task_arithmetic": "float64"})
+
+
+# ----------------------------------------------------------------------------- time probes
+
+PROBE_TABLE = "probe"  # written by `timevec probe` (timevec.probe)
+#: One (model, layer, pooling, probe). ``model``: ``base`` or ``task/period``; ``layer``: index into
+#: ``output_hidden_states`` (0 = embeddings); ``pooling``: ``last`` | ``mean``; ``probe``: ``own`` (refitted
+#: on this model's features) or ``base`` (θ_pre's probe applied to them; tuned models only). ``r2``,
+#: ``spearman``: on the held-out texts' fractional-year dates. ``mean_shift``, ``shift_toward``,
+#: ``shift_toward_other`` (``base`` rows only, years): the base probe's predictions on the tuned model
+#: minus on θ_pre — the mean, the mean signed toward the model's own period, and toward the others.
+PROBE_COLUMNS = ["model", "task", "train_period", "layer", "pooling", "probe", "alpha", "n_train", "n_test", "r2",
+                 "spearman", "mean_shift", "shift_toward", "shift_toward_other"]
+
+
+def probe_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of :data:`PROBE_COLUMNS` as a frame with fixed dtypes."""
+    frame = pd.DataFrame(list(rows), columns=PROBE_COLUMNS)
+    return frame.astype({"layer": "int64", "alpha": "float64", "n_train": "int64", "n_test": "int64", "r2": "float64",
+                         "spearman": "float64", "mean_shift": "float64", "shift_toward": "float64",
+                         "shift_toward_other": "float64"})
+
+
+REPORT_TABLES = (*REPORT_TABLES, PROBE_TABLE)  # the report draws the probe figures when the table exists
+__all__ += ["PROBE_COLUMNS", "PROBE_TABLE", "probe_frame"]

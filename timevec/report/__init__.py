@@ -26,6 +26,7 @@ from timevec import results, similarity
 from timevec.report.adaptation import adaptation_figures, analogy_figures, forecast_figures, interpolation_figures
 from timevec.report.page import page
 from timevec.report.plotting import Figure, WriteBytes, WriteTable
+from timevec.report.probe import probe_figures
 from timevec.report.selection import analogy_protocol_figures, interpolation_protocol_figures
 from timevec.report.structure import decay_figures, matrix_figures, similarity_figures, umap_figure
 
@@ -88,6 +89,9 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
         interpolation_protocol_figures(res.interpolation_protocols, figures, write_table)
     if res.analogy_protocols is not None and not res.analogy_protocols.empty:
         analogy_protocol_figures(res.analogy_protocols, figures, write_table)
+    probe = tables.get(results.PROBE_TABLE)  # `timevec probe` (timevec.probe); absent: no probe figures
+    if probe is not None and not probe.empty:
+        probe_figures(probe, figures, write_table)
 
     paths: list[str] = []
     for f in figures:
@@ -101,6 +105,7 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
               "task analogies under each selection protocol": res.analogy_protocols,
               "time soups": tables.get(results.SOUPS_TABLE), "patching": tables.get(results.PATCHING_TABLE),
               "forecasts (past-only) and baselines vs the latest vector": forecast}
+    folded["time probes (R² and Spearman per model, layer, pooling)"] = probe
     write_bytes("reports/index.html", page(title, res.findings, res.headline, figures, when, notes, folded))
     log.info("report: %d figures and reports/index.html written", len(figures))
     return paths
