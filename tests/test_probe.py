@@ -111,9 +111,15 @@ def test_cli_probe_writes_the_table_and_exit_2_on_a_bad_field(tmp_path, capsys):
     from timevec.report.probe import probe_figures
 
     root = tmp_path / "store"
+    corpus = tmp_path / "corpus.jsonl"  # 40 dated texts a year: reading the bundled tweets would cost seconds
+    pd.DataFrame([{"key": f"{y}-{i}", "date": f"{y}-{1 + i % 12:02d}-{1 + i % 28:02d}", "source": "web",
+                   "text": f"text {i} of the year {y}"} for y in (2014, 2015) for i in range(40)]).to_json(
+        corpus, orient="records", lines=True)
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(
         open("timevec/demo/tiny.yaml").read().replace("url: ./runs/tiny", f"url: {root}")
+        .replace('source: "demo:trump_tweets"', f"source: {corpus}").replace("caps: {train: 96, validation: 24, test: 24}",
+                                                                          "split: {validation: 0.3, test: 0.3}")
         + "probe: {texts_per_period: 12, test_fraction: 0.5, poolings: [last, mean]}\n"
     )
     config = load_config(config_path, ["periods.start='2014'", "periods.end='2015'"])
