@@ -49,4 +49,4 @@ def run_config_job(action, description: str) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_with_exit_status(lambda: action(args), "error: ")
+    return run_with_exit_status(lambda: action(args), f"{parser.prog}: ")

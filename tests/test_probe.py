@@ -144,7 +144,7 @@ def test_cli_probe_writes_the_table_and_exit_2_on_a_bad_field(tmp_path, capsys):
     probe_figures(table, figures, written.__setitem__)
     assert [f.name for f in figures] == ["probe_r2", "probe_shift"] and all(f.png.startswith(b"\x89PNG") for f in figures)
     base_r2 = table[(table["model"] == "base") & (table["pooling"] == "mean")].set_index("layer")["r2"]
-    drawn = written["fig_probe_r2"].query("pooling == 'mean'").set_index("layer")["r2_base"]
+    drawn = written["fig_probe_r2"].query("pooling == 'mean' and model == 'base'").set_index("layer")["r2_own_mean"]
     pd.testing.assert_series_equal(drawn, base_r2, check_names=False)
 
     assert main(["probe", str(config_path), *sets, "--set", "probe.poolings=[max]"]) == 2

@@ -299,19 +299,33 @@ def run_probe(config: ExperimentConfig, store, corpus: Corpus | None = None) -> 
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """R² and ρ by (pooling, layer): θ_pre, the tuned models' mean (own probe), and the base probe's pull."""
+    """R² and ρ by (task, pooling, layer): θ_pre, the tuned models' mean (own probe), and the base probe's pull.
+
+    ``models_pulled`` of ``models``: the tuned models whose shift toward their own period exceeds the
+    shift toward the other periods (the uniform-drift control). A table of θ_pre alone gives task ``None``.
+    """
+    tasks = [t for t in dict.fromkeys(table["task"]) if isinstance(t, str)] or [None]
+    return pd.concat([_summary_of(table[(table["model"] == "base") | (table["task"] == task)], task) for task in tasks],
+                     ignore_index=True)
+
+
+def _summary_of(table: pd.DataFrame, task: str | None) -> pd.DataFrame:
     own = table[table["probe"] == "own"]
     base = own[own["model"] == "base"].set_index(["pooling", "layer"])
     tuned = own[own["model"] != "base"].groupby(["pooling", "layer"])
-    fixed = table[table["probe"] == "base"].groupby(["pooling", "layer"])
+    moved = table[table["probe"] == "base"]
+    fixed = moved.groupby(["pooling", "layer"])
+    pulled = (moved["shift_toward"] > moved["shift_toward_other"]).groupby([moved["pooling"], moved["layer"]]).sum()
     out = pd.DataFrame({
         "r2_base": base["r2"], "spearman_base": base["spearman"],
         "r2_tuned_mean": tuned["r2"].mean(), "r2_tuned_min": tuned["r2"].min(), "r2_tuned_max": tuned["r2"].max(),
         "spearman_tuned_mean": tuned["spearman"].mean(),
         "r2_base_probe_on_tuned": fixed["r2"].mean(),
         "shift_toward": fixed["shift_toward"].mean(), "shift_toward_other": fixed["shift_toward_other"].mean(),
+        "models_pulled": pulled,
+        "models": fixed["model"].nunique(),
     })
-    return out.reset_index()
+    return out.reset_index().assign(task=task)[["task", "pooling", "layer", *out.columns]]
 
 
 def probe_stores(config: ExperimentConfig) -> list[tuple[str, pd.DataFrame]]:

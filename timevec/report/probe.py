@@ -16,6 +16,8 @@ from timevec.report.plotting import Figure, WriteTable, new_figure, to_png
 
 __all__ = ["probe_figures"]
 
+_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+
 
 def _panels(table: pd.DataFrame) -> tuple[list[str], object, list]:
     poolings = sorted(table["pooling"].astype(str).unique())
@@ -29,47 +31,58 @@ def probe_figures(table: pd.DataFrame, out: list[Figure], write_table: WriteTabl
     own = table[table["probe"] == "own"]
     fixed = table[table["probe"] == "base"]
     by_layer = []
+    tasks = [t for t in dict.fromkeys(own["task"]) if isinstance(t, str)]
     poolings, fig, axes = _panels(table)
     for ax, pooling in zip(axes, poolings):
         mine = own[own["pooling"] == pooling]
         base = mine[mine["model"] == "base"].sort_values("layer")
-        tuned = mine[mine["model"] != "base"].groupby("layer")["r2"].agg(["mean", "min", "max"])
-        on_tuned = fixed[fixed["pooling"] == pooling].groupby("layer")["r2"].mean()
         ax.plot(base["layer"], base["r2"], "o-", color="black", lw=2, label="θ_pre")
-        if not tuned.empty:
-            ax.plot(tuned.index, tuned["mean"], "s-", color="tab:blue", label="tuned, own probe (mean)")
-            ax.fill_between(tuned.index, tuned["min"], tuned["max"], color="tab:blue", alpha=0.2, label="tuned, range")
-            ax.plot(on_tuned.index, on_tuned.values, "^--", color="tab:orange", label="θ_pre's probe on tuned")
+        for colour, task in zip(_COLOURS, tasks):
+            of_task = mine[mine["task"] == task]
+            tuned = of_task.groupby("layer")["r2"].agg(["mean", "min", "max"])
+            on_tuned = fixed[(fixed["pooling"] == pooling) & (fixed["task"] == task)].groupby("layer")["r2"].mean()
+            ax.plot(tuned.index, tuned["mean"], "s-", color=colour, label=f"τ_{task}, own probe (mean, range)")
+            ax.fill_between(tuned.index, tuned["min"], tuned["max"], color=colour, alpha=0.2)
+            ax.plot(on_tuned.index, on_tuned.values.clip(min=-1.0), "^--", color=colour, alpha=0.6,
+                    label=f"τ_{task}, θ_pre's probe (clipped at −1)")
+            for layer in tuned.index:
+                by_layer.append({"pooling": pooling, "layer": int(layer), "model": f"{task} (tuned)",
+                                 "r2_own_mean": float(tuned.loc[layer, "mean"]), "r2_own_min": float(tuned.loc[layer, "min"]),
+                                 "r2_own_max": float(tuned.loc[layer, "max"]),
+                                 "r2_base_probe": float(on_tuned.get(layer, np.nan))})
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xlabel("layer (0 = embeddings)")
         ax.set_ylabel("held-out R² (date)")
         ax.set_title(f"{pooling}-token pooling" if pooling == "last" else f"{pooling} pooling", fontsize=9)
         ax.set_xticks(sorted(mine["layer"].unique()))
         for layer, r2 in zip(base["layer"], base["r2"]):
-            by_layer.append({"pooling": pooling, "layer": int(layer), "r2_base": float(r2),
-                             "r2_tuned_mean": float(tuned["mean"].get(layer, np.nan)),
-                             "r2_tuned_min": float(tuned["min"].get(layer, np.nan)),
-                             "r2_tuned_max": float(tuned["max"].get(layer, np.nan)),
-                             "r2_base_probe_on_tuned": float(on_tuned.get(layer, np.nan))})
+            by_layer.append({"pooling": pooling, "layer": int(layer), "model": "base", "r2_own_mean": float(r2),
+                             "r2_own_min": float(r2), "r2_own_max": float(r2), "r2_base_probe": float(r2)})
     axes[0].legend(fontsize=7)
     write_table("fig_probe_r2", pd.DataFrame(by_layer))
     out.append(Figure("probe_r2", "Time probes", (
         "Ridge probes (RidgeCV, standardised features) from each layer's pooled hidden state to the text's date as a "
-        "fractional year, scored by R² on held-out texts of every period. Black: θ_pre. Blue: each tuned model θ_pre + τ_t "
-        "with its probe refitted on its own features (mean and range over models): is time still linearly readable after "
-        "fine-tuning? Orange: θ_pre's probe applied unchanged to the tuned features."), to_png(fig)))
+        "fractional year, scored by R² on held-out texts of every period. Black: θ_pre. Solid colours: the tuned models θ_pre + τ_t "
+        "of each task, each probe refitted on its own features (mean and range over t): is time still linearly readable after "
+        "fine-tuning? Dashed: θ_pre's probe applied unchanged to the tuned features (clipped at −1 in the plot; the table has "
+        "the values)."), to_png(fig)))
     if fixed.empty:
         return
-    shifts = fixed.groupby(["pooling", "layer"])[["shift_toward", "shift_toward_other", "mean_shift"]].mean().reset_index()
+    shifts = fixed.groupby(["task", "pooling", "layer"])[["shift_toward", "shift_toward_other", "mean_shift"]].mean().reset_index()
     poolings, fig, axes = _panels(fixed)
+    width = 0.8 / (2 * len(tasks))
     for ax, pooling in zip(axes, poolings):
-        sel = shifts[shifts["pooling"] == pooling].sort_values("layer")
-        x = np.arange(len(sel))
-        ax.bar(x - 0.2, sel["shift_toward"], 0.4, label="toward the model's own period t")
-        ax.bar(x + 0.2, sel["shift_toward_other"], 0.4, label="toward the other periods (control)")
+        layers = sorted(shifts.loc[shifts["pooling"] == pooling, "layer"].unique())
+        x = np.arange(len(layers))
+        for k, (colour, task) in enumerate(zip(_COLOURS, tasks)):
+            sel = shifts[(shifts["pooling"] == pooling) & (shifts["task"] == task)].set_index("layer").reindex(layers)
+            ax.bar(x + (2 * k - len(tasks) + 0.5) * width, sel["shift_toward"], width, color=colour,
+                   label=f"τ_{task}: toward its own period t")
+            ax.bar(x + (2 * k - len(tasks) + 1.5) * width, sel["shift_toward_other"], width, color=colour, alpha=0.35,
+                   hatch="//", label=f"τ_{task}: toward the other periods (control)")
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(x)
-        ax.set_xticklabels([str(v) for v in sel["layer"]])
+        ax.set_xticklabels([str(v) for v in layers])
         ax.set_xlabel("layer (0 = embeddings)")
         ax.set_ylabel("predicted-date shift, years")
         ax.set_title(f"{pooling} pooling", fontsize=9)
