@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from timevec.credentials import (
 from timevec.periods import Period
 from timevec.store.errors import StoreError
 from timevec.store.fs import TMP_MARK, StoreFiles, ray_storage_uri, safe_url
-from timevec.store.gram import gram_matrix
+from timevec.store.gram import gram_matrix, grouped_gram_matrix
 from timevec.store.layout import (
     DEFAULT_TARGET_SHARD_BYTES,
     STORE_DTYPES,
@@ -442,15 +442,33 @@ class VectorStore:
         ``exact=True`` converts each block to float64 first (products and sums in float64).
         The L2 norms are ``sqrt(diag(G))``, or each manifest's ``l2_norm`` (float64, at write time).
         """
-        keys = [self._key(t, p) for t, p in keys]
+        entries = self._gram_entries(keys)
+        info = self.info() if entries else None
+        return gram_matrix(self._files, info, entries, verify=verify, exact=exact, block_columns=block_columns)
+
+    def grouped_gram(
+        self,
+        keys: Sequence[tuple[str, str]],
+        group_of: Callable[[str], Hashable],
+        verify: bool = True,
+        exact: bool = False,
+        block_columns: int = 4096,
+    ) -> dict[Hashable, np.ndarray]:
+        """One Gram matrix per group of tensors (``group_of(name)``), from the same single pass as
+        :meth:`gram` (:func:`timevec.store.gram.grouped_gram_matrix`); they sum to :meth:`gram`."""
+        entries = self._gram_entries(keys)
+        info = self.info() if entries else None
+        return grouped_gram_matrix(self._files, info, entries, group_of, verify=verify, exact=exact,
+                                   block_columns=block_columns)
+
+    def _gram_entries(self, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str, dict[str, Any]]]:
         entries = []
-        for t, p in keys:
+        for t, p in (self._key(t, p) for t, p in keys):
             label = f"{t}/{p}"
             m = self.manifest(t, p)
             self._check_manifest_base(label, self._vector_dir(t, p), m)
             entries.append((label, self._vector_dir(t, p), m))
-        info = self.info() if entries else None
-        return gram_matrix(self._files, info, entries, verify=verify, exact=exact, block_columns=block_columns)
+        return entries
 
     # ------------------------------------------------------------------ tables
 
