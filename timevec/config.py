@@ -414,6 +414,33 @@ class PeriodRange(_Strict):
         return [str(p) for p in period_range(f"{self.start}-01", f"{self.end}-12")]
 
 
+class GroupsConfig(_Strict):
+    """Where in the weights time lives (:mod:`timevec.weight_groups`, :mod:`timevec.group_swaps`).
+
+    ``analyze``: per parameter group and layer, the norms, cosines and r(cosine, degradation) in the
+    analyze stage (one extra streaming pass over the vectors, no evaluation). ``swaps``: the
+    ``groups`` stage evaluates τ_j with each group from τ_k on k, for ``pairs`` (default: the first
+    and the last period of each granularity, both ways) of ``tasks`` (default: every task) — one
+    evaluation per (pair, group).
+    """
+
+    analyze: bool = True
+    swaps: bool = False
+    pairs: list[tuple[str, str]] | None = Field(None, description="(j, k) periods; default: first↔last")
+    tasks: list[Task] | None = Field(None, description="tasks whose vectors are swapped; default: every task")
+    groups: list[str] | None = Field(None, description="groups to swap; default: every group the base has")
+
+    @field_validator("groups")
+    @classmethod
+    def _known_groups(cls, value: list[str] | None) -> list[str] | None:
+        from timevec.param_groups import GROUPS
+
+        bad = [g for g in value or [] if g not in GROUPS]
+        if bad:
+            raise ValueError(f"unknown group(s) {bad}; choose from {list(GROUPS)}")
+        return value
+
+
 class ExperimentConfig(_Strict):
     """A whole study."""
 
@@ -433,6 +460,7 @@ class ExperimentConfig(_Strict):
     analogy: AnalogyConfig = AnalogyConfig()
     merge: MergeConfig = MergeConfig()
     forecast: ForecastConfig = ForecastConfig()
+    groups: GroupsConfig = GroupsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

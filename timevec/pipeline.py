@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("finetune", "evaluate", "interpolate", "forecast", "analogy", "analyze", "report")
+STAGES: tuple[str, ...] = ("finetune", "evaluate", "interpolate", "forecast", "analogy", "groups", "analyze", "report")
 """The stage names in pipeline order."""
 
 StageResult = dict[str, Any]
@@ -65,7 +65,25 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     store.write_table(r.ANALOGY_PROTOCOLS_TABLE, result.analogy_protocols)
     store.write_bytes(r.HEADLINE_FILE, json.dumps(result.headline, indent=2, default=str).encode())
     tables = {"diagonal (own period best?)": result.diagonal, "decay with the gap": result.decay.fit}
+    if config.groups.analyze:
+        tables.update(_analyze_groups(store, result.rel))
     return {"tables": tables, "headline": result.headline, "findings": result.findings}
+
+
+def _analyze_groups(store: VectorStore, rel: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The per-group sub-step of analyze (:mod:`timevec.weight_groups`): three tables into the store."""
+    from timevec import results as r
+    from timevec.weight_groups import group_analysis
+
+    groups = group_analysis(store, rel)
+    if groups is None:
+        return {}
+    store.write_table(r.GROUP_NORMS_TABLE, groups.norms)
+    store.write_table(r.GROUP_SIMILARITY_TABLE, groups.similarity)
+    store.write_table(r.GROUP_SIM_DEG_TABLE, groups.sim_vs_deg)
+    shares = groups.norms[groups.norms["scope"] != "all"].groupby(["task", "scope", "part"], sort=False)
+    return {"share of |τ|² per parameter group and layer (mean over periods)":
+            shares[["norm_sq_share", "param_share"]].mean().reset_index()}
 
 
 def report(config: ExperimentConfig, store: VectorStore) -> StageResult:
