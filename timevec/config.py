@@ -430,6 +430,14 @@ class GroupsConfig(_Strict):
     tasks: list[Task] | None = Field(None, description="tasks whose vectors are swapped; default: every task")
     groups: list[str] | None = Field(None, description="groups to swap; default: every group the base has")
 
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _pairs_as_text(cls, value: Any) -> Any:
+        # YAML reads [[2012, 2017]] as numbers; periods are strings everywhere
+        if isinstance(value, list):
+            return [[str(p) for p in pair] if isinstance(pair, (list, tuple)) else pair for pair in value]
+        return value
+
     @field_validator("groups")
     @classmethod
     def _known_groups(cls, value: list[str] | None) -> list[str] | None:

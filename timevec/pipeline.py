@@ -1,4 +1,4 @@
-"""The whole study as stages: finetune → evaluate → interpolate → forecast → analogy → analyze → report.
+"""The whole study as stages: finetune → evaluate → interpolate → forecast → analogy → groups → analyze → report.
 
 One job: the stage names and their order, the loop that runs a chosen subset in that order, and
 the stages that need no Ray (analyze, report). Each stage reads its inputs from the store (or the
