@@ -164,11 +164,17 @@ def _cells(keys, seed=0):
     return results.cells_frame(rows)
 
 
-def test_grouped_gram_norms_cosines_and_r_match_a_dense_float64_reference(tiny):
-    _, store, base, vectors = tiny
+@pytest.fixture(scope="module")
+def analysed(tiny):
+    store = tiny[1]
     keys = store.list_vectors()
     rel = misalignment.relative_change(_cells(keys))
-    got = group_analysis(store, rel)
+    return keys, rel, group_analysis(store, rel)
+
+
+def test_grouped_gram_norms_cosines_and_r_match_a_dense_float64_reference(tiny, analysed):
+    _, store, base, vectors = tiny
+    keys, rel, got = analysed
     names = list(base)
     by_group = {g: [n for n in names if param_group(n) == g] for g in ("embedding", "attention", "mlp", "norm")}
     by_group["layer 0"] = [n for n in names if layer_of(n) == "0"]
@@ -259,3 +265,23 @@ def test_the_groups_stage_on_ray_resumes_and_matches_the_library(tiny, swapped, 
     assert np.allclose(table["value"], direct["value"], rtol=1e-6)
     assert np.allclose(table["gap_share"], direct["gap_share"], rtol=1e-5)
     assert all(math.isfinite(v) for v in table["gap_share"])
+
+
+def test_the_report_draws_each_group_table(analysed, swapped):
+    from timevec.report.groups import group_figures
+
+    got = analysed[2]
+    swaps = results.group_swaps_frame(swapped[0])
+    written: dict[str, pd.DataFrame] = {}
+    figures: list = []
+    group_figures({results.GROUP_NORMS_TABLE: got.norms, results.GROUP_SIM_DEG_TABLE: got.sim_vs_deg,
+                   results.GROUP_SWAPS_TABLE: swaps}, figures, written.__setitem__)
+    assert [f.name for f in figures] == ["groups_norm_share", "groups_similarity_degradation", "groups_swaps"]
+    assert all(f.png.startswith(b"\x89PNG") for f in figures)
+    assert set(written) == {f"fig_{f.name}" for f in figures}
+    assert np.allclose(written["fig_groups_swaps"]["gap_share"], swaps["gap_share"])
+    shares = written["fig_groups_norm_share"]
+    lm_groups = shares[(shares.task == "lm") & (shares.scope == "group")]
+    assert lm_groups["norm_sq_share"].sum() == pytest.approx(1.0)  # the groups partition |τ|²
+    group_figures({}, figures, written.__setitem__)  # no group tables: no figure, no error
+    assert len(figures) == 3
