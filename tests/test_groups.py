@@ -27,7 +27,7 @@ from timevec.models import base_id, build_model, float_parameters, load_tokenize
 from timevec.param_groups import OTHER, group_counts, group_of, layer_of, param_group
 from timevec.store import VectorStore
 from timevec.vectors import TimeVector
-from timevec.weight_groups import group_analysis
+from timevec.weight_groups import group_analysis, group_headline
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "timevec" / "demo" / "tiny.yaml"
@@ -283,5 +283,10 @@ def test_the_report_draws_each_group_table(analysed, swapped):
     shares = written["fig_groups_norm_share"]
     lm_groups = shares[(shares.task == "lm") & (shares.scope == "group")]
     assert lm_groups["norm_sq_share"].sum() == pytest.approx(1.0)  # the groups partition |τ|²
+    head = group_headline(got.norms, got.sim_vs_deg, swaps)
+    top = lm_groups.set_index("part")["norm_sq_share"].idxmax()
+    assert head["groups: largest |τ|² share, lm"].startswith(f"{top} ")
+    best = swaps.loc[swaps["gap_share"].idxmax(), "group"]
+    assert head["groups: swap closing most of the gap, lm"].startswith(f"{best} ")
     group_figures({}, figures, written.__setitem__)  # no group tables: no figure, no error
     assert len(figures) == 3

@@ -63,17 +63,18 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     store.write_table(r.FINDINGS_TABLE, result.findings)
     store.write_table(r.INTERPOLATION_PROTOCOLS_TABLE, result.interpolation_protocols)
     store.write_table(r.ANALOGY_PROTOCOLS_TABLE, result.analogy_protocols)
-    store.write_bytes(r.HEADLINE_FILE, json.dumps(result.headline, indent=2, default=str).encode())
     tables = {"diagonal (own period best?)": result.diagonal, "decay with the gap": result.decay.fit}
     if config.groups.analyze:
-        tables.update(_analyze_groups(store, result.rel))
+        tables.update(_analyze_groups(store, result.rel, result.headline))
+    store.write_bytes(r.HEADLINE_FILE, json.dumps(result.headline, indent=2, default=str).encode())
     return {"tables": tables, "headline": result.headline, "findings": result.findings}
 
 
-def _analyze_groups(store: VectorStore, rel: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The per-group sub-step of analyze (:mod:`timevec.weight_groups`): three tables into the store."""
+def _analyze_groups(store: VectorStore, rel: pd.DataFrame, headline: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The per-group sub-step of analyze (:mod:`timevec.weight_groups`): three tables into the store,
+    which group carries time into ``headline``."""
     from timevec import results as r
-    from timevec.weight_groups import group_analysis
+    from timevec.weight_groups import group_analysis, group_headline
 
     groups = group_analysis(store, rel)
     if groups is None:
@@ -81,6 +82,8 @@ def _analyze_groups(store: VectorStore, rel: pd.DataFrame) -> dict[str, pd.DataF
     store.write_table(r.GROUP_NORMS_TABLE, groups.norms)
     store.write_table(r.GROUP_SIMILARITY_TABLE, groups.similarity)
     store.write_table(r.GROUP_SIM_DEG_TABLE, groups.sim_vs_deg)
+    swaps = store.read_table(r.GROUP_SWAPS_TABLE) if store.has_table(r.GROUP_SWAPS_TABLE) else None
+    headline.update(group_headline(groups.norms, groups.sim_vs_deg, swaps))
     shares = groups.norms[groups.norms["scope"] != "all"].groupby(["task", "scope", "part"], sort=False)
     return {"share of |τ|² per parameter group and layer (mean over periods)":
             shares[["norm_sq_share", "param_share"]].mean().reset_index()}

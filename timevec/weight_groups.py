@@ -31,7 +31,8 @@ from timevec.similarity import Key, grouped_similarity, similarity_table, simila
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ALL", "GroupAnalysis", "group_analysis", "group_norms", "group_similarity", "part_grams", "part_sizes"]
+__all__ = ["ALL", "GroupAnalysis", "group_analysis", "group_headline", "group_norms", "group_similarity", "part_grams",
+           "part_sizes"]
 
 ALL = "all"
 #: (scope, part): ("all", "all"), ("group", "attention"), ("layer", "3") / ("layer", "encoder.3")
@@ -143,3 +144,29 @@ def group_analysis(store: Any, rel: pd.DataFrame, keys: Sequence[Key] | None = N
                     ", ".join(others[:8]) + (" …" if len(others) > 8 else ""))
     sim = group_similarity(parts, keys)
     return GroupAnalysis(group_norms(parts, keys, sizes), sim, group_sim_vs_degradation(sim, rel), counts)
+
+
+def group_headline(norms: pd.DataFrame, sim_vs_deg: pd.DataFrame, swaps: pd.DataFrame | None = None) -> dict[str, str]:
+    """Which group carries time, per task, in three numbers: the largest share of |τ|² (against
+    its share of the parameters), the most negative r(raw cosine, degradation) with its interval,
+    and the largest mean share of the gap closed by a swap (when the swaps table is given)."""
+    out: dict[str, str] = {}
+    groups = norms[norms["scope"] == "group"]
+    for task, grp in groups.groupby("task", sort=True):
+        mean = grp.groupby("part")[["norm_sq_share", "param_share"]].mean()
+        top = mean["norm_sq_share"].idxmax()
+        out[f"groups: largest |τ|² share, {task}"] = (
+            f"{top} {mean.loc[top, 'norm_sq_share']:.1%} of |τ|² ({mean.loc[top, 'param_share']:.1%} of the parameters)")
+    rs = sim_vs_deg[(sim_vs_deg["scope"] == "group") & ~sim_vs_deg["centred"] & (sim_vs_deg["task"] != ALL)]
+    for (task, gran, _metric), grp in rs.dropna(subset=["pearson_r"]).groupby(["task", "granularity", "metric"]):
+        row = grp.loc[grp["pearson_r"].idxmin()]
+        out[f"groups: cosine best predicts degradation, {task}/{gran}"] = (
+            f"{row['part']} r {row['pearson_r']:+.2f} [{row['pearson_low']:+.2f}, {row['pearson_high']:+.2f}] (n {row['n']})")
+    if swaps is not None and len(swaps):
+        for task, grp in swaps.dropna(subset=["gap_share"]).groupby("task", sort=True):
+            share = grp.groupby("group")["gap_share"].mean()
+            out[f"groups: swap closing most of the gap, {task}"] = (
+                f"{share.idxmax()} {share.max():.2f} of the gap to the in-period vector "
+                f"(mean over {grp[['source_period', 'target_period']].drop_duplicates().shape[0]} pair(s))")
+    return out
+
