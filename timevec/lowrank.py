@@ -212,20 +212,27 @@ def _shapes(vec: Operand) -> dict[str, tuple[int, ...]]:
 # ---------------------------------------------------------------------- float64 inner products
 
 
+def _f64(t: torch.Tensor) -> np.ndarray:
+    """A float64 numpy copy. The factor products are small (r×r, r×in): numpy's BLAS runs them
+    single-threaded, which on a loaded machine is ~20× faster than torch's thread pool spinning up
+    for each of them (bench/README.md, lowrank)."""
+    return t.detach().cpu().numpy().astype(np.float64)
+
+
 def inner(x: Part, y: Part) -> float:
     """``⟨x, y⟩_F`` of two parts of one parameter (float64); a factor is never multiplied out."""
     if x is None or y is None:
         return 0.0
     if isinstance(x, Factor) and isinstance(y, Factor):
         # tr((B₁ᵀB₂)(A₂A₁ᵀ)) = Σ (B₁ᵀB₂) ⊙ (A₁A₂ᵀ): two r×r products.
-        bb = x.B.double().T @ y.B.double()
-        aa = x.A.double() @ y.A.double().T
+        bb = _f64(x.B).T @ _f64(y.B)
+        aa = _f64(x.A) @ _f64(y.A).T
         return x.scale * y.scale * float((bb * aa).sum())
     if isinstance(x, Factor):
         x, y = y, x
     if isinstance(y, Factor):
-        d = x.double().reshape(y.shape)
-        return y.scale * float(((y.B.double().T @ d) * y.A.double()).sum())
+        d = _f64(x).reshape(y.shape)
+        return y.scale * float(((_f64(y.B).T @ d) * _f64(y.A)).sum())
     return dot64(x, y)
 
 
@@ -250,26 +257,24 @@ def module_gram(parts: Sequence[Part]) -> np.ndarray:
     dense = [i for i, p in enumerate(parts) if isinstance(p, torch.Tensor)]
     facs = [i for i, p in enumerate(parts) if isinstance(p, Factor)]
     if dense:
-        x = torch.stack([parts[i].reshape(-1) for i in dense]).double()  # type: ignore[union-attr]
-        out[np.ix_(dense, dense)] = (x @ x.T).numpy()
+        x = np.stack([_f64(parts[i].reshape(-1)) for i in dense])  # type: ignore[union-attr]
+        out[np.ix_(dense, dense)] = x @ x.T
     if facs:
         fs: list[Factor] = [parts[i] for i in facs]  # type: ignore[misc]
-        bt = torch.cat([f.B.double() * f.scale for f in fs], dim=1)  # out × R
-        at = torch.cat([f.A.double() for f in fs], dim=0)  # R × in
-        ranks = [f.rank for f in fs]
-        seg = torch.zeros((len(fs), sum(ranks)), dtype=torch.float64)  # rank index → vector
+        bt = np.concatenate([_f64(f.B) * f.scale for f in fs], axis=1)  # out × R
+        at = np.concatenate([_f64(f.A) for f in fs], axis=0)  # R × in
+        seg = np.zeros((len(fs), at.shape[0]))  # rank index → vector
         start = 0
-        for j, r in enumerate(ranks):
-            seg[j, start : start + r] = 1.0
-            start += r
+        for j, f in enumerate(fs):
+            seg[j, start : start + f.rank] = 1.0
+            start += f.rank
         m = (bt.T @ bt) * (at @ at.T)
-        out[np.ix_(facs, facs)] = (seg @ m @ seg.T).numpy()
-        if dense:
-            for row, i in enumerate(dense):
-                d = x[row].reshape(fs[0].shape)
-                cross = seg @ ((bt.T @ d) * at).sum(dim=1)  # ⟨D_i, s_j B_j A_j⟩ for every j
-                out[i, facs] = cross.numpy()
-                out[facs, i] = cross.numpy()
+        out[np.ix_(facs, facs)] = seg @ m @ seg.T
+        for row, i in enumerate(dense):
+            d = x[row].reshape(fs[0].shape)
+            cross = seg @ ((bt.T @ d) * at).sum(axis=1)  # ⟨D_i, s_j B_j A_j⟩ for every j
+            out[i, facs] = cross
+            out[facs, i] = cross
     return out
 
 
