@@ -205,7 +205,10 @@ class RunJob:
             kind = "lora_merged" if lora is not None else "full"
             factor_check: dict[str, Any] = {}
             if lora is not None and lora.store == "factors":
-                vector, err = from_lora_run(getattr(model, "timevec_lora_factors", {}), vector)
+                factors = getattr(model, "timevec_lora_factors", None)
+                if not factors:
+                    raise RuntimeError(f"run {self.run.key}: training.lora.store is 'factors' but the model has no LoRA factors")
+                vector, err = from_lora_run(factors, vector)
                 kind, factor_check = "lora_factors", {"factor_max_rel_error": err}
             manifest = {
                 "task": self.run.task,

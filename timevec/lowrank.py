@@ -4,7 +4,7 @@ A LoRA run changes each target module's weight by exactly ``s·B·A`` (B: out×r
 s = α/r) and nothing else, except tensors trained densely beside the adapters (peft's
 ``modules_to_save``, e.g. a classification head). Stored dense, that τ costs the whole model (540 MB
 for SmolLM2-135M, 12 GB for t5-3b); as factors it costs r·(out+in) per module. This module is the
-Ray-free core of that vector KIND (ARCHITECTURE §11):
+Ray-free core of that vector KIND (ARCHITECTURE §12):
 
 - :class:`Factor` and :class:`LowRankVector` — per parameter name a factor, a dense tensor, or
   nothing (zero). Factors are canonical: ``B @ A`` has the PARAMETER's shape (a GPT-2 ``Conv1D``,
