@@ -15,8 +15,9 @@ twice: as factors (``put_vector`` of a :class:`~timevec.lowrank.LowRankVector`) 
   no B·A formed) vs the streamed dense Gram of the densified copies, and the largest difference
   between the two relative to ``|τ_i|·|τ_j|``;
 - a mixed Gram (half the vectors low-rank, half dense);
-- patching: ``WeightPatcher.apply_combination`` of one low-rank term vs its dense copy, on a model
-  holding the real shapes (random weights).
+- patching, as an evaluation actor does per vector (one torch thread): read it from the store and
+  ``WeightPatcher.apply_combination`` one term, low-rank vs its dense copy, on a module holding the
+  real shapes.
 
 Then ``--check-run`` (default on): one real tiny LoRA run (tiny GPT-2, a few steps) stored as factors,
 its factors multiplied out against its merged dense τ: the largest absolute difference, relative
@@ -124,27 +125,38 @@ def bench_targets(store: VectorStore, shapes: dict, targets: tuple[str, ...], la
     }
 
 
-def bench_patch(store: VectorStore, shapes: dict, low_key, dense_key) -> tuple[float, float, float]:
-    """apply_combination of one low-rank term vs its dense copy, on a module holding the real shapes."""
-    model = torch.nn.Module()
-    for name, shape in shapes.items():
-        model.register_parameter(name.replace(".", "__"), torch.nn.Parameter(torch.zeros(shape)))
-    rename = {n: n.replace(".", "__") for n in shapes}
-    low = store.get_native(*low_key)
-    dense = store.get_vector(*dense_key)
-    low = LowRankVector({rename[n]: f for n, f in low.factors.items()}, {}, {rename[n]: s for n, s in shapes.items()})
-    dense_map = {rename[n]: t for n, t in dense.items()}
-    patcher = WeightPatcher(model)
-    t = time.perf_counter()
-    patcher.apply_combination([(0.7, low)])
-    t_low = time.perf_counter() - t
-    after_low = {n: p.detach().clone() for n, p in model.named_parameters() if n in low}
-    patcher.restore()
-    t = time.perf_counter()
-    patcher.apply_combination([(0.7, dense_map)])
-    t_dense = time.perf_counter() - t
-    diff = max(float((p.detach() - after_low[n]).abs().max()) for n, p in model.named_parameters() if n in after_low)
-    return t_low, t_dense, diff
+def bench_patch(store: VectorStore, shapes: dict, low_key, dense_key) -> dict[str, float]:
+    """What an evaluation actor does per vector — read it from the store, ``apply_combination`` one
+    term — for the low-rank vector vs its dense copy, on a module holding the real shapes, at the
+    actors' default of one torch thread (``ray.torch_threads``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = torch.nn.Module()
+        for name, shape in shapes.items():
+            model.register_parameter(name.replace(".", "__"), torch.nn.Parameter(torch.zeros(shape)))
+        rename = {n: n.replace(".", "__") for n in shapes}
+        patcher = WeightPatcher(model)
+        out: dict[str, float] = {}
+        after: dict[str, dict[str, torch.Tensor]] = {}
+        for kind, key in (("low", low_key), ("dense", dense_key)):
+            t = time.perf_counter()
+            vec = store.get_native(*key)
+            out[f"read_{kind}"] = time.perf_counter() - t
+            if isinstance(vec, LowRankVector):
+                term = LowRankVector({rename[n]: f for n, f in vec.factors.items()}, {}, {rename[n]: s for n, s in shapes.items()})
+            else:
+                term = {rename[n]: tensor for n, tensor in vec.items()}
+            t = time.perf_counter()
+            patcher.apply_combination([(0.7, term)])
+            out[f"apply_{kind}"] = time.perf_counter() - t
+            after[kind] = {n: p.detach().clone() for n, p in model.named_parameters()}
+            patcher.restore()
+            del vec, term
+        out["diff"] = max(float((after["low"][n] - after["dense"][n]).abs().max()) for n in after["low"])
+        return out
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_run(root: Path) -> dict:
@@ -225,9 +237,11 @@ def main() -> None:
                   f"ratio {r['gram_dense'] / r['gram_low']:7.1f}× faster   (mixed half/half {r['gram_mixed']:.3f} s)")
             print(f"  agreement    : max |G_low − G_dense| / (|τi||τj|) = {r['err_dense']:.2e}   "
                   f"(mixed: {r['err_mixed']:.2e})")
-        t_low, t_dense, diff = bench_patch(store, shapes, rows[-1]["low_key"], rows[-1]["dense_key"])
-        print(f"\n  patch 1 term : low-rank {t_low:9.3f} s    dense {t_dense:9.3f} s    ratio {t_dense / t_low:7.1f}×   "
-              f"(max |difference| {diff:.1e}; {load()})")
+        p = bench_patch(store, shapes, rows[-1]["low_key"], rows[-1]["dense_key"])
+        low_s, dense_s = p["read_low"] + p["apply_low"], p["read_dense"] + p["apply_dense"]
+        print(f"\n[patch one vector of {args.targets[-1]}, 1 torch thread] read + apply_combination: "
+              f"low-rank {p['read_low']:.3f} + {p['apply_low']:.3f} s   dense {p['read_dense']:.3f} + {p['apply_dense']:.3f} s   "
+              f"ratio {dense_s / low_s:.1f}× faster   (max |weights difference| {p['diff']:.1e}; {load()})")
         if args.check_run:
             c = check_run(scratch / "tiny-run")
             print(f"\n[tiny LoRA run, factors vs merged τ] {c['modules']} modules: max |sBA − τ| = {c['abs']:.2e} "
