@@ -174,6 +174,11 @@ class LoraConfig(_Strict):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: list[str] | None = Field(None, description="default: peft's choice for the architecture")
+    store: Literal["dense", "factors"] = Field(
+        "dense",
+        description="how τ is stored: 'dense' (merged, the reference protocol and every existing store) or "
+        "'factors' (B, A and α/r per target module, the low-rank kind: timevec.lowrank)",
+    )
 
 
 class TrainingConfig(_Strict):
