@@ -229,6 +229,9 @@ class StoreConfig(_Strict):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://...}; never credentials"
     )
+    lease_seconds: float = Field(
+        120.0, gt=0, description="a writing driver's store lease expires this long after its last renewal (ARCHITECTURE §3)"
+    )
 
     @field_validator("storage_options")
     @classmethod

