@@ -121,3 +121,48 @@ def test_two_finetune_drivers_on_one_config(ray_session: str, tmp_path: Path) ->
     lease = store.lease("finetune", 60, "the finetune stage").acquire()  # the winner released it
     assert lease.took_over is None
     lease.release()
+
+
+def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recomputed(ray_session: str, tmp_path: Path) -> None:
+    """A real cap (RLIMIT_AS, ``ray.eval_actor_memory_mb``) that θ_pre's own cells fit under but a
+    vector's do not: a vector of this base is 50 MiB, the cap is 30 MiB beyond θ_pre."""
+    import torch
+
+    from timevec.distributed.cells import read_cells, run_cells
+    from timevec.errors import StageFailed
+    from timevec.training import prepare_base
+    from timevec.vectors import TimeVector
+
+    overrides = [
+        f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "base.pretrain.steps=0",
+        "base.tiny.d_model=1024", "base.tiny.d_ff=1024", "base.tiny.num_layers=2", "evaluation.batch_size=4",
+        "evaluation.bootstrap_samples=0", "ray.eval_actors=1", "ray.max_failures=1",
+    ]  # fmt: skip
+    config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=30"])
+    store = VectorStore.from_config(config.store)
+    from timevec.corpus import load_corpus
+
+    prepare_base(config, load_corpus(config.corpus), store)
+    base = store.get_base()
+    assert sum(t.numel() for t in base.values()) * 4 > 45 * 2**20
+    generator = torch.Generator().manual_seed(0)
+    for period in ("2014", "2015"):
+        vector = {n: 1e-3 * torch.randn(t.shape, generator=generator) for n, t in base.items()}
+        store.put_vector("lm", period, TimeVector(vector))
+
+    with pytest.raises(StageFailed) as failed:
+        run_cells(config, store)
+    message = str(failed.value)
+    for vector in ("lm/2014", "lm/2015"):
+        assert f"{vector} (year; 2 cell(s) missing, test periods 2014, 2015): out of memory" in message
+    # one restart is allowed (ray.max_failures=1): the first vector is retried on a fresh actor
+    assert message.count("(tried 2 times, on a restarted actor after the first)") == 1
+    assert message.count("out of memory in evaluation actor") == 2 and "pid " in message
+    assert "ray.eval_actor_memory_mb=30" in message and "can't allocate memory" in message
+    kept = read_cells(store)
+    assert sorted(kept["vector"]) == ["base", "base"]  # θ_pre's cells were computed and stored
+
+    config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=1000"])
+    frame, stats = run_cells(config, store)
+    assert (stats.cells_computed, stats.cells_skipped) == (4, 2)  # only the missing cells
+    assert len(frame) == 6 and not frame.duplicated(["vector", "test_period"]).any()
