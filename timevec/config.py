@@ -255,7 +255,7 @@ class RayConfig(_Strict):
     gpus_per_eval_actor: float = Field(0.0, ge=0)
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per run/actor on CPU")
     eval_actor_memory_mb: float | None = Field(
-        None, gt=0, description="cap (MiB of address space, RLIMIT_AS) on what an evaluation actor may map beyond "
+        None, gt=0, description="cap (MiB of private writable memory, RLIMIT_DATA) on what an evaluation actor may map beyond "
         "θ_pre and the splits once loaded; an item over it is retried on a restarted actor, then reported (ARCHITECTURE §4); None: no cap",
     )
     autoscaling: bool = Field(

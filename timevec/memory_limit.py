@@ -4,14 +4,17 @@ Why: at scale an evaluation actor holds θ_pre, reads vectors of the base's size
 combinations of several of them; one item too many for the machine should fail *that item*, named,
 rather than let the kernel's OOM killer (or Ray's memory monitor) kill the whole worker and leave
 the stage to guess what was lost. ``ray.eval_actor_memory_mb`` caps each evaluation actor with an
-``RLIMIT_AS`` the actor sets on itself once θ_pre and the shared inputs (tokenised splits) are
+``RLIMIT_DATA`` the actor sets on itself once θ_pre and the shared inputs (tokenised splits) are
 loaded (:func:`cap_address_space`): from
 then on the kernel refuses any mapping beyond the cap, torch raises ``DefaultCPUAllocator: can't
 allocate memory`` (Python raises ``MemoryError``), and :func:`is_out_of_memory` tells that apart
 from other errors. CUDA's ``torch.OutOfMemoryError`` counts too (the cap itself is host memory).
 
-The cap is on address space, not resident memory: glibc arenas, thread stacks and allocator
-caches reserve more than they touch, so the cap must leave room for those (tens of MB). Linux only
+``RLIMIT_DATA`` (Linux ≥ 4.7) counts the process's private writable mappings — heap, anonymous
+mmaps, thread stacks — but not read-only or ``PROT_NONE`` reservations (glibc's 64 MiB arenas),
+shared mappings (Ray's object store) or files: close to the memory the process can commit, unlike
+``RLIMIT_AS``, whose count of reserved address space made the same cap fail at random in a test.
+Mapped is not resident: the cap is an upper bound on what the actor may touch. Linux only
 (``/proc/self/status``); elsewhere the cap is not applied and a warning says so. No Ray import.
 """
 
@@ -22,39 +25,39 @@ import resource
 
 log = logging.getLogger(__name__)
 
-__all__ = ["address_space_bytes", "cap_address_space", "is_out_of_memory", "peak_rss_mb"]
+__all__ = ["cap_data_memory", "data_memory_bytes", "is_out_of_memory", "peak_rss_mb"]
 
 _ALLOCATOR_MESSAGES = ("can't allocate memory", "cannot allocate memory", "not enough memory", "out of memory")
 
 
-def address_space_bytes() -> int | None:
-    """This process's mapped address space now (``VmSize``), or None where /proc is absent."""
+def data_memory_bytes() -> int | None:
+    """This process's private writable mappings now (``VmData``, what RLIMIT_DATA counts), or None."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmSize:"):
+                if line.startswith("VmData:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
 
 
-def cap_address_space(extra_mb: float) -> int | None:
-    """Cap this process at its current address space + ``extra_mb`` MiB; returns the cap in bytes.
+def cap_data_memory(extra_mb: float) -> int | None:
+    """Cap this process's data mappings at their current size + ``extra_mb`` MiB; returns the cap in bytes.
 
     Only the soft limit is set (the hard one stays), so the process could lift it again; a cap
     below the current size is refused by the kernel and raised as ValueError.
     """
-    current = address_space_bytes()
+    current = data_memory_bytes()
     if current is None:
-        log.warning("cannot read this process's address space: no memory cap applied")
+        log.warning("cannot read this process's memory mappings: no memory cap applied")
         return None
     cap = current + int(extra_mb * 2**20)
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if hard != resource.RLIM_INFINITY and cap > hard:
         cap = hard
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    log.info("memory cap: %.0f MiB of address space (%.0f MiB now + %.0f MiB)", cap / 2**20, current / 2**20, extra_mb)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    log.info("memory cap: %.0f MiB of data mappings (%.0f MiB now + %.0f MiB)", cap / 2**20, current / 2**20, extra_mb)
     return cap
 
 

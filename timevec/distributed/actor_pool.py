@@ -25,7 +25,7 @@ Errors cross the actor boundary as exceptions, never as text to match:
   ``ActorDiedError`` that carries only the text).
 
 Memory (ARCHITECTURE §4, "Out of memory"): with ``ray.eval_actor_memory_mb`` each actor caps its
-own address space once set up (:mod:`timevec.memory_limit`). An item that runs out of memory under
+own private memory once set up (:mod:`timevec.memory_limit`). An item that runs out of memory under
 the cap is returned as :class:`OutOfMemory` naming the actor (id, pid, host), the cap and the
 peak RSS; the driver then restarts that actor (``ray.kill(no_restart=False)``: a fresh process,
 fragmentation and caches gone) and retries the item, up to ``ray.max_failures`` times, before
@@ -55,7 +55,7 @@ import ray
 from timevec.config import RayConfig
 from timevec.distributed.runtime import ensure_ray
 from timevec.errors import StageFailed
-from timevec.memory_limit import cap_address_space, is_out_of_memory, peak_rss_mb
+from timevec.memory_limit import cap_data_memory, is_out_of_memory, peak_rss_mb
 from timevec.progress import Progress
 from timevec.store import StoreError
 from timevec.vectors import VectorError
@@ -149,7 +149,7 @@ class PoolActor:
             if self._memory_cap_mb is not None and not self._capped:
                 # After θ_pre and the shared inputs (whose first ray.get maps Ray's object store
                 # into this process): the cap is the actor's working memory per item.
-                cap_address_space(self._memory_cap_mb)
+                cap_data_memory(self._memory_cap_mb)
                 self._capped = True
             return item, self.work(item, *self._shared), None, None
         except Exception as exc:  # noqa: BLE001 - reported by the driver, naming the item
