@@ -83,6 +83,11 @@ def test_a_live_lease_is_renewed_a_dead_one_expires_and_is_taken_over(lease_stor
     assert not dead.renew() and "was taken over by" in (dead.lost or "")
     assert taker.renew()
     taker.release()
+    # A holder on this host whose process is gone is stale at once (a driver killed and re-run here).
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held = lease_store.lease("finetune", 60, "the finetune stage")
+    record = {**held._new_record(), "pid": int(gone.stdout)}
+    assert held.stale(record) and not held.stale(held._new_record())
 
 
 def test_two_finetune_drivers_on_one_config(ray_session: str, tmp_path: Path) -> None:
@@ -166,3 +171,11 @@ def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recompute
     frame, stats = run_cells(config, store)
     assert (stats.cells_computed, stats.cells_skipped) == (4, 2)  # only the missing cells
     assert len(frame) == 6 and not frame.duplicated(["vector", "test_period"]).any()
+
+
+def test_the_fault_knobs_are_validated() -> None:
+    from timevec.config import ConfigError
+
+    for field in ("ray.eval_actor_memory_mb", "store.lease_seconds"):
+        with pytest.raises(ConfigError, match=field.split(".")[1]):
+            load_config(TINY, [f"{field}=0"])

@@ -13,10 +13,10 @@ Design, and why:
   vector it reads τ from the store, writes θ_pre + τ into the live model in place, evaluates EVERY
   test split of that granularity, and restores θ_pre bit for bit. Model loads are one per actor,
   vector reads one per vector, instead of one of each per cell.
-- **``ray.util.ActorPool`` rather than Ray Data ``map_batches``.** The unit of work is coarse (one
+- **An actor pool (``ray.wait`` over fixed actors) rather than Ray Data ``map_batches``.** The unit of work is coarse (one
   vector × M splits, seconds to minutes) and there are only N of them; the actor state is a whole
   model; and the driver must see each finished vector's rows at once to stream them into the
-  store and to resume. ActorPool gives exactly that — a fixed number of actors with explicit
+  store and to resume. The pool gives exactly that — a fixed number of actors with explicit
   resources, Ray's scheduling, results as they complete — without Ray Data's block
   formatting, autoscaling actor pool and Arrow round trip of what are only a few rows per item.
 - **Splits are tokenised once** on the driver (:func:`timevec.evaluation.prepare_split`) and put

@@ -22,7 +22,9 @@ Compare-and-swap, per backend (ARCHITECTURE §3, "One writer per stage"):
 
 Expiry: the holder renews the lease every ``ttl / 3`` seconds from a daemon thread (a CAS on its
 own last ETag or nonce). A lease whose ``renewed`` time is more than ``ttl`` seconds old (a killed
-driver) or that was released is taken over by the next driver — by the same CAS, so of two
+driver), that was released, or whose holder ran on THIS host under a pid that no longer exists (a
+driver killed here and re-run at once need not wait out the ttl; hosts sharing one hostname across
+pid namespaces would defeat this) is taken over by the next driver — by the same CAS, so of two
 drivers that find it stale exactly one wins. Staleness is judged on the wall clock, so hosts
 sharing a store need synchronised clocks (NTP); ``ttl`` must exceed any pause of the holder
 (default 120 s, ``store.lease_seconds``). A holder whose renewal fails (its lease was taken over)
@@ -63,6 +65,17 @@ def _precondition_failed(exc: BaseException) -> bool:
     code = (response.get("Error") or {}).get("Code", "")
     status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
     return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+
+
+def _alive(pid: Any) -> bool:
+    """Whether a process ``pid`` exists on this host (one we may not signal still exists)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
 
 
 class StoreLease:
@@ -106,9 +119,11 @@ class StoreLease:
         }
 
     def stale(self, record: dict[str, Any], now: float | None = None) -> bool:
-        """Released, or not renewed within its own ``ttl_s``."""
+        """Released, not renewed within its own ``ttl_s``, or held by a process of this host that is gone."""
         now = time.time() if now is None else now
-        return bool(record.get("released")) or now - float(record.get("renewed", 0)) > float(record.get("ttl_s", 0))
+        if record.get("released") or now - float(record.get("renewed", 0)) > float(record.get("ttl_s", 0)):
+            return True
+        return record.get("host") == socket.gethostname() and not _alive(record.get("pid"))
 
     # ------------------------------------------------------------------ compare-and-swap, per backend
 
