@@ -234,6 +234,9 @@ class StoreConfig(_Strict):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://...}; never credentials"
     )
+    lease_seconds: float = Field(
+        120.0, gt=0, description="a writing driver's store lease expires this long after its last renewal (ARCHITECTURE §3)"
+    )
 
     @field_validator("storage_options")
     @classmethod
@@ -256,6 +259,10 @@ class RayConfig(_Strict):
     cpus_per_eval_actor: float = Field(1.0, gt=0)
     gpus_per_eval_actor: float = Field(0.0, ge=0)
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per run/actor on CPU")
+    eval_actor_memory_mb: float | None = Field(
+        None, gt=0, description="cap (MiB of private writable memory, RLIMIT_DATA) on what an evaluation actor may map beyond "
+        "θ_pre and the splits once loaded; an item over it is retried on a restarted actor, then reported (ARCHITECTURE §4); None: no cap",
+    )
     autoscaling: bool = Field(
         False, description="the cluster adds nodes on demand: do not fail fast when no current node fits a run or actor"
     )

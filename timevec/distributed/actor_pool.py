@@ -7,8 +7,9 @@ items finish. :func:`drive` is that loop, written once:
 - actors are created first (process start, imports, θ_pre load) and the shared inputs (tokenised
   splits) are built on the driver meanwhile, then put in the object store ONCE and passed to every
   call inside a list, so Ray hands the actor the reference and the actor fetches it once;
-- scheduling is Ray's: a ``ray.util.ActorPool`` (``submit`` / ``get_next_unordered``), results in
-  completion order, a progress bar per item;
+- scheduling: each idle actor gets the next item, results are taken in completion order with
+  ``ray.wait`` (what ``ray.util.ActorPool`` does, but knowing which actor ran which item, which
+  the failures below need), a progress bar per item;
 - rows are buffered per output table and appended in batches (by row count or elapsed time), and
   whatever finished before an error is still appended; every actor is killed at the end.
 
@@ -22,30 +23,48 @@ Errors cross the actor boundary as exceptions, never as text to match:
   raised class (``RayTaskError.as_instanceof_cause``), so the driver catches it by type and hands
   the original exception to the stage (an actor whose constructor raises would die with an
   ``ActorDiedError`` that carries only the text).
+
+Memory (ARCHITECTURE §4, "Out of memory"): with ``ray.eval_actor_memory_mb`` each actor caps its
+own private memory once set up (:mod:`timevec.memory_limit`). An item that runs out of memory under
+the cap is returned as :class:`OutOfMemory` naming the actor (id, pid, host), the cap and the
+peak RSS; the driver then restarts that actor (``ray.kill(no_restart=False)``: a fresh process,
+fragmentation and caches gone) and retries the item, up to ``ray.max_failures`` times, before
+reporting it. An actor that DIES (the kernel's OOM killer, Ray's memory monitor, a crash) after
+Ray's own restarts and task retries (``max_restarts``/``max_task_retries``) fails its item as
+:class:`ActorDied` with Ray's reason, and the other actors go on with the rest. Either way the rows
+of the items that finished are already streamed to the store, and the stage's error
+(:func:`failure_error`: :class:`~timevec.errors.StageFailed`, exit status 1) names every failed item.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import pickle
+import socket
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.util import ActorPool
 
 from timevec.config import RayConfig
 from timevec.distributed.runtime import ensure_ray
+from timevec.errors import StageFailed
+from timevec.memory_limit import cap_data_memory, is_out_of_memory, peak_rss_mb
 from timevec.progress import Progress
 from timevec.store import StoreError
 from timevec.vectors import VectorError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ActorSetupError", "Failure", "PoolActor", "PoolOutcome", "drive", "failure_error"]
+__all__ = [
+    "ActorDied", "ActorSetupError", "Failure", "OutOfMemory", "PoolActor", "PoolOutcome", "drive", "failure_error",
+]
 
 #: Errors of stored data (a corrupt or missing vector, a wrong shape): the user fixes the store.
 BAD_STORED_DATA: tuple[type[Exception], ...] = (StoreError, VectorError)
@@ -59,6 +78,18 @@ class ActorSetupError(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(error)
         self.error = error
+
+
+class OutOfMemory(Exception):
+    """An item ran out of memory in an actor (under ``ray.eval_actor_memory_mb``, or the machine's)."""
+
+
+class ActorDied(Exception):
+    """An actor died while working on an item, after Ray's restarts and retries (Ray's reason in the text)."""
+
+
+#: Failures of the machine rather than of the data: the stage reports them with StageFailed (exit 1).
+RESOURCE_FAILURES: tuple[type[Exception], ...] = (OutOfMemory, ActorDied)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -86,10 +117,12 @@ class PoolActor:
     fetched once per actor process (again after Ray restarts a crashed actor).
     """
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, *args: Any, memory_cap_mb: float | None = None) -> None:
         self._setup_error: BaseException | None = None
         self._shared_id: str | None = None
         self._shared: list[Any] = []
+        self._memory_cap_mb = memory_cap_mb
+        self._capped = False
         try:
             self.setup(*args)
         except Exception as exc:  # noqa: BLE001 - raised, typed, by every call (see the module docstring)
@@ -113,9 +146,31 @@ class PoolActor:
             if self._shared_id != refs[0].hex():
                 self._shared = ray.get(refs)
                 self._shared_id = refs[0].hex()
+            if self._memory_cap_mb is not None and not self._capped:
+                # After θ_pre and the shared inputs (whose first ray.get maps Ray's object store
+                # into this process): the cap is the actor's working memory per item.
+                cap_data_memory(self._memory_cap_mb)
+                self._capped = True
             return item, self.work(item, *self._shared), None, None
         except Exception as exc:  # noqa: BLE001 - reported by the driver, naming the item
+            if is_out_of_memory(exc):
+                gc.collect()
+                error = OutOfMemory(self._out_of_memory(exc))
+                return item, {}, error, str(error)
             return item, {}, _portable(exc), _text(exc)
+
+    def _out_of_memory(self, exc: BaseException) -> str:
+        actor = ray.get_runtime_context().get_actor_id() or "?"
+        cap = (
+            f"its cap ray.eval_actor_memory_mb={self._memory_cap_mb:g} (beyond θ_pre)"
+            if self._memory_cap_mb is not None
+            else "no cap (ray.eval_actor_memory_mb unset): the machine's memory"
+        )
+        first = _text(exc).splitlines()[0][:300]
+        return (
+            f"out of memory in evaluation actor {actor} (pid {os.getpid()} on {socket.gethostname()}, "
+            f"peak RSS {peak_rss_mb():.0f} MiB) under {cap}: {first}"
+        )
 
 
 @dataclass
@@ -135,15 +190,22 @@ class PoolOutcome:
     rows: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     flushes: int = 0
+    retries: int = 0  # items run again on a restarted actor after running out of memory
     created: float = 0.0  # wall clock when the actors were created
     finished: float = 0.0  # wall clock when the last item was done
     collected: list[Any] = field(default_factory=list)
 
 
 def failure_error(message: str, failures: Sequence[Failure]) -> Exception:
-    """The stage's error for failed items: ``StoreError`` when any was bad stored data, else RuntimeError."""
+    """The stage's error for failed items: ``StoreError`` when any was bad stored data,
+    :class:`~timevec.errors.StageFailed` when they ran out of memory or their actor died, else RuntimeError."""
     if any(isinstance(f.error, BAD_STORED_DATA) for f in failures):
         return StoreError(message)
+    if failures and all(isinstance(f.error, RESOURCE_FAILURES) for f in failures):
+        return StageFailed(
+            f"{message}\nThe cells of every other item are stored; raise ray.eval_actor_memory_mb (or lower "
+            "evaluation.batch_size, ray.eval_actors) and re-run: only the missing items are computed."
+        )
     return RuntimeError(message)
 
 
@@ -180,7 +242,8 @@ def drive(
     )
     outcome = PoolOutcome(rows={name: 0 for name in sinks})
     outcome.created = time.time()
-    actors = [actor_cls.remote(*actor_args) for _ in range(min(ray_config.eval_actors, len(items)))]
+    cap = ray_config.eval_actor_memory_mb
+    actors = [actor_cls.remote(*actor_args, memory_cap_mb=cap) for _ in range(min(ray_config.eval_actors, len(items)))]
     outcome.actors = len(actors)
     buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in sinks}
     last_flush = time.perf_counter()
@@ -195,25 +258,67 @@ def drive(
                 rows.clear()
         last_flush = time.perf_counter()
 
+    def fail(progress: Progress, failure: Failure) -> None:
+        outcome.failures.append(failure)
+        progress.advance(1, extra=f"{len(outcome.failures)} failed")
+        if on_failure is not None:
+            on_failure(failure)
+
+    alive = set(range(len(actors)))
+    restarts_left = [ray_config.max_failures] * len(actors)  # Ray's max_restarts, which our kills use up
     try:
         refs = [ray.put(value) for value in shared()]
-        pool = ActorPool(actors)
-        for item in items:
-            pool.submit(lambda actor, value: actor.run.remote(value, refs), item)
+        idle = deque(range(len(actors)))
+        pending = deque((item, 1) for item in items)  # (item, attempt)
+        running: dict[ray.ObjectRef, tuple[Any, int, int]] = {}  # ref -> (item, actor index, attempt)
+
+        def submit() -> None:
+            while pending and idle:
+                item, attempt = pending.popleft()
+                index = idle.popleft()
+                running[actors[index].run.remote(item, refs)] = (item, index, attempt)
+
+        submit()
         progress = Progress(desc, len(items), unit=unit)
-        while pool.has_next():
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            item, index, attempt = running.pop(ref)
             try:
-                item, rows, error, text = pool.get_next_unordered()
+                item, rows, error, text = ray.get(ref)
             except ActorSetupError as exc:  # Ray's RayTaskError, also an ActorSetupError
                 if on_setup_error is not None:
                     on_setup_error(exc.error)
                 raise
+            except ray.exceptions.RayActorError as exc:  # died for good, after Ray's restarts and retries
+                alive.discard(index)
+                reason = _text(exc).splitlines()
+                error = ActorDied(
+                    f"evaluation actor {getattr(exc, 'actor_id', None) or index} died while working on it "
+                    f"(after {ray_config.max_failures} restart(s), ray.max_failures): {' '.join(reason)[:500]}"
+                )
+                fail(progress, Failure(item, error, str(error)))
+                if not alive:
+                    for left, _ in pending:
+                        gone = ActorDied("not run: every evaluation actor died")
+                        fail(progress, Failure(left, gone, str(gone)))
+                    pending.clear()
+                submit()
+                continue
+            if isinstance(error, OutOfMemory) and attempt <= ray_config.max_failures and restarts_left[index] > 0:
+                log.warning("%s; restarting the actor and retrying (attempt %d of %d)", text, attempt + 1,
+                            ray_config.max_failures + 1)  # fmt: skip
+                restarts_left[index] -= 1
+                ray.kill(actors[index], no_restart=False)  # Ray restarts it: a fresh process
+                outcome.retries += 1
+                pending.appendleft((item, attempt + 1))
+                idle.append(index)
+                submit()
+                continue
+            idle.append(index)
+            submit()
             if error is not None:
-                failure = Failure(item, error, text or _text(error))
-                outcome.failures.append(failure)
-                progress.advance(1, extra=f"{len(outcome.failures)} failed")
-                if on_failure is not None:
-                    on_failure(failure)
+                tries = f" (tried {attempt} times, on a restarted actor after the first)" if attempt > 1 else ""
+                fail(progress, Failure(item, error, (text or _text(error)) + tries))
                 continue
             progress.advance(1, extra=f"{len(outcome.failures)} failed" if outcome.failures else "")
             for name, part in rows.items():
@@ -224,7 +329,7 @@ def drive(
         flush()
         outcome.finished = time.time()
         if collect is not None:
-            outcome.collected = ray.get([getattr(a, collect).remote() for a in actors])
+            outcome.collected = ray.get([getattr(actors[i], collect).remote() for i in sorted(alive)])
     finally:
         flush()  # whatever finished before an error is kept
         for actor in actors:

@@ -13,10 +13,10 @@ Design, and why:
   vector it reads τ from the store, writes θ_pre + τ into the live model in place, evaluates EVERY
   test split of that granularity, and restores θ_pre bit for bit. Model loads are one per actor,
   vector reads one per vector, instead of one of each per cell.
-- **``ray.util.ActorPool`` rather than Ray Data ``map_batches``.** The unit of work is coarse (one
+- **An actor pool (``ray.wait`` over fixed actors) rather than Ray Data ``map_batches``.** The unit of work is coarse (one
   vector × M splits, seconds to minutes) and there are only N of them; the actor state is a whole
   model; and the driver must see each finished vector's rows at once to stream them into the
-  store and to resume. ActorPool gives exactly that — a fixed number of actors with explicit
+  store and to resume. The pool gives exactly that — a fixed number of actors with explicit
   resources, Ray's scheduling, results as they complete — without Ray Data's block
   formatting, autoscaling actor pool and Arrow round trip of what are only a few rows per item.
 - **Splits are tokenised once** on the driver (:func:`timevec.evaluation.prepare_split`) and put
@@ -29,7 +29,8 @@ Design, and why:
 - **Failures.** An actor that dies is restarted by Ray and its item retried
   (``max_restarts``/``max_task_retries``). An error inside an item (a corrupt shard, say) is
   returned, not raised, so the other vectors finish and are stored; the run then fails naming
-  every failed vector. The pool, the streaming and the typed errors are
+  every failed vector and its missing cells. An item out of memory (under
+  ``ray.eval_actor_memory_mb`` or the machine's) is retried on a restarted actor first. The pool, the streaming and the typed errors are
   :mod:`timevec.distributed.actor_pool`'s, shared with the interpolation stage.
 
 Cells table schema (``results/cells.parquet``; other stages read it): ``task`` str,
@@ -116,6 +117,7 @@ class CellRunStats:
     model_loads: int = 0
     vector_reads: int = 0
     flushes: int = 0
+    retries: int = 0  # items retried on a restarted actor after running out of memory
     seconds: float = 0.0
     forward_seconds: float = 0.0
     prepare_seconds: float = 0.0
@@ -244,7 +246,8 @@ def _compute(
     def failed(failure: Failure) -> None:
         item = failure.item
         log.error("vector %s (%s) failed: %s", item.vector, item.granularity, failure.text)
-        stats.failures.append(f"{item.vector} ({item.granularity}): {failure.text}")
+        cells = f"{len(item.test_periods)} cell(s) missing, test periods {', '.join(item.test_periods)}"
+        stats.failures.append(f"{item.vector} ({item.granularity}; {cells}): {failure.text}")
 
     def setup_failed(error: BaseException) -> None:
         # An actor that cannot even load θ_pre (a corrupt base shard, a wrong store): say so
@@ -259,6 +262,7 @@ def _compute(
     )
     stats.actors = outcome.actors
     stats.flushes = outcome.flushes
+    stats.retries = outcome.retries
     stats.cells_computed = outcome.rows[CELLS_TABLE]
     stats.actor_stats = outcome.collected
     for actor_stats in stats.actor_stats:

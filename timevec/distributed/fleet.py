@@ -82,6 +82,7 @@ from timevec.distributed.fleet_trials import (
     trial_name,
 )
 from timevec.distributed.runtime import check_fits, ensure_ray
+from timevec.errors import StageFailed
 from timevec.finetune_run import run_one
 from timevec.periods import Period
 from timevec.runs import RunSpec, experiment_name, plan_runs
@@ -118,7 +119,38 @@ def _row(run: RunSpec, status: str, **values: Any) -> dict[str, Any]:
     return row
 
 
+#: The store lease the fine-tune stage holds while it writes (timevec.store.lease; ARCHITECTURE §3).
+FINETUNE_LEASE = "finetune"
+
+
 def run_fleet(
+    config: ExperimentConfig,
+    store: VectorStore | None = None,
+    runs: Iterable[RunSpec] | None = None,
+    progress: bool = True,
+    callbacks: Sequence[tune.Callback] = (),
+    keep_checkpoints: bool = False,
+) -> pd.DataFrame:
+    """:func:`_run_fleet` under the store's ``finetune`` lease: one writing driver per store.
+
+    A second driver on the same store gets :class:`~timevec.store.lease.LeaseHeld` (exit status
+    2) naming the first, before it writes anything; a study whose vectors are all stored needs no
+    lease. A driver whose lease was taken over while it ran (it stalled past ``store.lease_seconds``)
+    fails with :class:`~timevec.errors.StageFailed` instead of reporting success.
+    """
+    store = store if store is not None else VectorStore.from_config(config.store)
+    runs = list(runs) if runs is not None else plan_runs(config)
+    if store.exists() and all(store.has_vector(r.task, r.period) for r in runs):
+        return _run_fleet(config, store, runs, progress, callbacks, keep_checkpoints)
+    lease = store.lease(FINETUNE_LEASE, config.store.lease_seconds, "the finetune stage")
+    with lease:
+        out = _run_fleet(config, store, runs, progress, callbacks, keep_checkpoints)
+    if lease.lost:
+        raise StageFailed(f"{lease.lost}: check the store with `timevec store verify` and re-run")
+    return out
+
+
+def _run_fleet(
     config: ExperimentConfig,
     store: VectorStore | None = None,
     runs: Iterable[RunSpec] | None = None,

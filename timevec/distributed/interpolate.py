@@ -20,7 +20,7 @@ Execution reuses the cell machinery: actors each hold one
 place by the WeightPatcher, θ_pre restored exactly), a bounded cache of vectors read from the
 store, and the tokenised splits (put in the object store once). Work items are one α point (all its
 test periods) or one period's soup + patching; the pool driver shared with the cells stage
-(:mod:`timevec.distributed.actor_pool`, over ``ray.util.ActorPool``) schedules them. Rows are
+(:mod:`timevec.distributed.actor_pool`, over ``ray.wait``) schedules them. Rows are
 appended to the store as items finish, so the stage is resumable: a re-run skips every
 (task, granularity, first, last, α, test period) already in the interpolation table and every
 (task, granularity, period) already in the soups table.

@@ -41,10 +41,12 @@ from timevec.store.layout import (
     check_period,
     check_relpath,
     check_shard_entries,
+    check_table_name,
     check_task,
     new_info,
     shard_names,
 )
+from timevec.store.lease import StoreLease
 from timevec.store.shards import check_shard, read_entry, write_entry
 from timevec.store.tables import ResultTables
 from timevec.vectors import TimeVector
@@ -542,6 +544,12 @@ class VectorStore:
         prefix = prefix.rstrip("/")
         base = self._path(check_relpath(prefix)) if prefix else self.root
         return self._files.find_rel(base, prefix)
+
+    # ------------------------------------------------------------------ leases
+
+    def lease(self, name: str, ttl_s: float, what: str) -> StoreLease:
+        """The writer lease ``leases/<name>.json`` (:mod:`~timevec.store.lease`); use it as ``with``."""
+        return StoreLease(self._files, self.url, check_table_name(name), ttl_s, what)
 
     # ------------------------------------------------------------------ Ray
 

@@ -1,0 +1,181 @@
+"""Faults that scale brings (issue #13, deliverable 6), each on real components.
+
+- Two drivers on one store: the writer lease (``timevec/store/lease.py``) on a local folder and on
+  the S3 server on loopback — one winner among concurrent contenders, a killed holder's lease taken
+  over once it expires — and two real ``timevec finetune CONFIG`` processes on one config: one
+  trains, the other exits 2 naming the first, and the store holds each vector once, complete.
+- An evaluation actor out of memory under a real limit (``ray.eval_actor_memory_mb``, an
+  ``RLIMIT_DATA`` the actor sets on itself): the cells stage reports which vector, which cells, which
+  actor and why, keeps the cells already computed, and a re-run computes only the missing ones.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import timevec.demo
+from timevec.config import dump_config, load_config
+from timevec.store import StoreError, VectorStore
+from timevec.store.lease import LeaseHeld
+
+TINY = Path(timevec.demo.__file__).parent / "tiny.yaml"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=["local", "s3"])
+def lease_store(request: pytest.FixtureRequest, tmp_path: Path) -> VectorStore:
+    if request.param == "local":
+        return VectorStore(str(tmp_path / "store"))
+    server = request.getfixturevalue("s3_server")
+    return VectorStore(server.url(f"lease-{tmp_path.name}"), server.storage_options)
+
+
+def test_one_of_many_concurrent_drivers_gets_the_lease(lease_store: VectorStore) -> None:
+    leases = [lease_store.lease("finetune", 60, "the finetune stage") for _ in range(6)]
+    results: list[object] = [None] * len(leases)
+    start = threading.Barrier(len(leases))
+
+    def contend(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = leases[i].acquire()
+        except LeaseHeld as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(leases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if not isinstance(r, LeaseHeld)]
+    assert len(winners) == 1, results
+    loser = next(r for r in results if isinstance(r, LeaseHeld))
+    assert isinstance(loser, StoreError)  # exit status 2 in the CLI
+    assert f"pid {os.getpid()}" in str(loser) and "already running from another driver" in str(loser)
+    held = winners[0]
+    assert held.renew() and held.lost is None
+    held.release()
+    again = lease_store.lease("finetune", 60, "the finetune stage").acquire()  # released: free at once
+    assert again.took_over is None
+    again.release()
+
+
+def test_a_live_lease_is_renewed_a_dead_one_expires_and_is_taken_over(lease_store: VectorStore) -> None:
+    ttl = 1.0
+    with lease_store.lease("finetune", ttl, "the finetune stage") as live:
+        time.sleep(2.5 * ttl)  # renewed every ttl/3 by its thread: still held after its ttl
+        with pytest.raises(LeaseHeld, match="already running from another driver"):
+            lease_store.lease("finetune", ttl, "the finetune stage").acquire()
+    assert live.lost is None
+    # A killed driver leaves exactly this: a lease that is never renewed again.
+    dead = lease_store.lease("finetune", ttl, "the finetune stage").acquire()
+    time.sleep(1.5 * ttl)
+    taker = lease_store.lease("finetune", ttl, "the finetune stage").acquire()
+    assert taker.took_over is not None and taker.took_over["holder"] == dead.holder
+    # The old holder, if it was only stalled, learns it lost the lease at its next renewal.
+    assert not dead.renew() and "was taken over by" in (dead.lost or "")
+    assert taker.renew()
+    taker.release()
+    # A holder on this host whose process is gone is stale at once (a driver killed and re-run here).
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held = lease_store.lease("finetune", 60, "the finetune stage")
+    record = {**held._new_record(), "pid": int(gone.stdout)}
+    assert held.stale(record) and not held.stale(held._new_record())
+
+
+def test_two_finetune_drivers_on_one_config(ray_session: str, tmp_path: Path) -> None:
+    """Two real ``timevec finetune`` processes at once on one store: one trains, one is refused.
+
+    On a local folder (the lease's CAS on S3 is tested above, with the same code above it).
+    """
+    config = load_config(TINY, [
+        f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "training.steps=4",
+        "training.checkpoint_every=4", "base.pretrain.steps=2",
+    ])  # fmt: skip
+    path = tmp_path / "two.yaml"
+    path.write_text(dump_config(config))
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    began = time.perf_counter()
+    drivers = [
+        subprocess.Popen([sys.executable, "-m", "timevec.cli", "finetune", str(path)], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [d.communicate(timeout=300) for d in drivers]
+    print(f"two drivers: {time.perf_counter() - began:.1f} s")
+    codes = sorted(d.returncode for d in drivers)
+    assert codes == [0, 2], [(d.returncode, err[-2000:]) for d, (_, err) in zip(drivers, outs)]
+    loser = next(i for i, d in enumerate(drivers) if d.returncode == 2)
+    winner = drivers[1 - loser]
+    message = outs[loser][1]
+    assert "the finetune stage is already running from another driver" in message
+    assert f"pid {winner.pid}" in message and "leases/finetune.json" in message
+    store = VectorStore.from_config(config.store)
+    assert store.list_vectors() == [("lm", "2014"), ("lm", "2015")]
+    assert store.verify() == []  # every shard of the base and of each vector matches its manifest
+    for task, period in store.list_vectors():
+        names = sorted(p.rsplit("/", 1)[-1] for p in store.list_paths(f"vectors/{task}/{period}"))
+        assert names == ["manifest.json"] + [f"shard-{k:05d}.safetensors" for k in range(store.num_shards)]
+    lease = store.lease("finetune", 60, "the finetune stage").acquire()  # the winner released it
+    assert lease.took_over is None
+    lease.release()
+
+
+def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recomputed(ray_session: str, tmp_path: Path) -> None:
+    """A real cap (RLIMIT_DATA, ``ray.eval_actor_memory_mb``) that θ_pre's own cells fit under but a
+    vector's do not: a vector of this base is 50 MiB, the cap is 45 MiB beyond θ_pre (θ_pre's cells need ≈ 30)."""
+    import torch
+
+    from timevec.distributed.cells import read_cells, run_cells
+    from timevec.errors import StageFailed
+    from timevec.training import prepare_base
+    from timevec.vectors import TimeVector
+
+    overrides = [
+        f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "base.pretrain.steps=0",
+        "base.tiny.d_model=1024", "base.tiny.d_ff=1024", "base.tiny.num_layers=2", "evaluation.batch_size=4",
+        "evaluation.bootstrap_samples=0", "ray.eval_actors=1", "ray.max_failures=1",
+    ]  # fmt: skip
+    config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=45"])
+    store = VectorStore.from_config(config.store)
+    from timevec.corpus import load_corpus
+
+    prepare_base(config, load_corpus(config.corpus), store)
+    base = store.get_base()
+    assert sum(t.numel() for t in base.values()) * 4 > 45 * 2**20
+    generator = torch.Generator().manual_seed(0)
+    for period in ("2014", "2015"):
+        vector = {n: 1e-3 * torch.randn(t.shape, generator=generator) for n, t in base.items()}
+        store.put_vector("lm", period, TimeVector(vector))
+
+    with pytest.raises(StageFailed) as failed:
+        run_cells(config, store)
+    message = str(failed.value)
+    for vector in ("lm/2014", "lm/2015"):
+        assert f"{vector} (year; 2 cell(s) missing, test periods 2014, 2015): out of memory" in message
+    # one restart is allowed (ray.max_failures=1): the first vector is retried on a fresh actor
+    assert message.count("(tried 2 times, on a restarted actor after the first)") == 1
+    assert message.count("out of memory in evaluation actor") == 2 and "pid " in message
+    assert "ray.eval_actor_memory_mb=45" in message and ("MemoryError" in message or "can't allocate memory" in message)
+    kept = read_cells(store)
+    assert sorted(kept["vector"]) == ["base", "base"]  # θ_pre's cells were computed and stored
+
+    config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=1000"])
+    frame, stats = run_cells(config, store)
+    assert (stats.cells_computed, stats.cells_skipped) == (4, 2)  # only the missing cells
+    assert len(frame) == 6 and not frame.duplicated(["vector", "test_period"]).any()
+
+
+def test_the_fault_knobs_are_validated() -> None:
+    from timevec.config import ConfigError
+
+    for field in ("ray.eval_actor_memory_mb", "store.lease_seconds"):
+        with pytest.raises(ConfigError, match=field.split(".")[1]):
+            load_config(TINY, [f"{field}=0"])
