@@ -140,9 +140,11 @@ def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, Experi
 
 
 def _run_one(config: ExperimentConfig, stages: list[str], functions: Mapping[str, StageFunction]) -> StageResult:
+    from timevec.continual import for_mode
     from timevec.store import VectorStore
     from timevec.training import check_store_base
 
+    config = for_mode(config)  # training.mode continual: the mode's own store (timevec.continual)
     store = VectorStore.from_config(config.store)
     if store.exists():
         check_store_base(config, store)
