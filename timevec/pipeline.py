@@ -1,4 +1,4 @@
-"""The whole study as stages: finetune → evaluate → interpolate → forecast → analogy → analyze → report.
+"""The whole study as stages: finetune → evaluate → forgetting → interpolate → forecast → analogy → analyze → report.
 
 One job: the stage names and their order, the loop that runs a chosen subset in that order, and
 the stages that need no Ray (analyze, report). Each stage reads its inputs from the store (or the
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("finetune", "evaluate", "interpolate", "forecast", "analogy", "analyze", "report")
+STAGES: tuple[str, ...] = ("finetune", "evaluate", "forgetting", "interpolate", "forecast", "analogy", "analyze", "report")
 """The stage names in pipeline order."""
 
 StageResult = dict[str, Any]

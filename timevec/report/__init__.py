@@ -24,6 +24,7 @@ import pandas as pd
 from timevec import analysis as an
 from timevec import results, similarity
 from timevec.report.adaptation import adaptation_figures, analogy_figures, forecast_figures, interpolation_figures
+from timevec.report.forgetting import forgetting_figures
 from timevec.report.page import page
 from timevec.report.plotting import Figure, WriteBytes, WriteTable
 from timevec.report.selection import analogy_protocol_figures, interpolation_protocol_figures
@@ -88,6 +89,9 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
         interpolation_protocol_figures(res.interpolation_protocols, figures, write_table)
     if res.analogy_protocols is not None and not res.analogy_protocols.empty:
         analogy_protocol_figures(res.analogy_protocols, figures, write_table)
+    forgetting = tables.get(results.FORGETTING_TABLE)
+    if forgetting is not None and not forgetting.empty:
+        forgetting_figures(forgetting, figures, write_table)
 
     paths: list[str] = []
     for f in figures:
@@ -100,7 +104,8 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
               "interpolation under each α-selection protocol": res.interpolation_protocols,
               "task analogies under each selection protocol": res.analogy_protocols,
               "time soups": tables.get(results.SOUPS_TABLE), "patching": tables.get(results.PATCHING_TABLE),
-              "forecasts (past-only) and baselines vs the latest vector": forecast}
+              "forecasts (past-only) and baselines vs the latest vector": forecast,
+              "forgetting: continual vs independent vs merged updating": forgetting}
     write_bytes("reports/index.html", page(title, res.findings, res.headline, figures, when, notes, folded))
     log.info("report: %d figures and reports/index.html written", len(figures))
     return paths
