@@ -33,7 +33,8 @@ from timevec.training import prepare_base, task_examples, train
 from timevec.vectors import TimeVector
 
 TINY = Path(timevec.demo.__file__).parent / "tiny.yaml"
-CHAIN = ["tasks=[lm]", "corpus.caps={train: 48, validation: 8, test: 8}", "periods.end='2016'", "training.steps=6", "training.checkpoint_every=2", "base.pretrain.steps=4",
+CHAIN = ["tasks=[lm]", "corpus.caps={train: 48, validation: 8, test: 8}", "periods.end='2016'", "training.steps=6",
+         "training.checkpoint_every=2", "base.pretrain.steps=4",
          "ray.num_cpus=2", "ray.max_failures=0", "training.mode=continual"]
 
 

@@ -147,3 +147,20 @@ def by_lag(table: pd.DataFrame) -> pd.DataFrame:
     order = {m: k for k, m in enumerate(MODES)}
     return out.sort_values(["task", "granularity", "mode", "lag"], key=lambda c: c.map(order) if c.name == "mode" else c,
                            ignore_index=True)
+
+
+def headline(table: pd.DataFrame) -> dict[str, str]:
+    """One line per (task, granularity, mode): mean forgetting at lag 1 and at the largest lag, and the
+    final model's mean gap to the in-period models (what deploying it after the last period costs)."""
+    out: dict[str, str] = {}
+    lags = by_lag(table)
+    for (task, gran, mode), grp in lags.groupby(["task", "granularity", "mode"], sort=False):
+        grp = grp.set_index("lag")
+        last = int(grp.index.max())
+        rows = table[(table["task"] == task) & (table["granularity"] == gran) & (table["mode"] == mode)]
+        final = rows[rows["train_period"] == rows["train_period"].max()]
+        parts = [f"lag 1 {grp.loc[1, 'forgetting_pct']:+.2f} %" if 1 in grp.index else "",
+                 f"lag {last} {grp.loc[last, 'forgetting_pct']:+.2f} %",
+                 f"final model vs in-period {final['gap_to_in_period_pct'].mean():+.2f} %"]
+        out[f"forgetting {task}/{gran} {mode}"] = ", ".join(p for p in parts if p)
+    return out

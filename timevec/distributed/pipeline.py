@@ -48,12 +48,13 @@ def _evaluate(config: ExperimentConfig, store: VectorStore) -> StageResult:
 
 def _forgetting(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.forgetting import run_forgetting
-    from timevec.forgetting import by_lag
+    from timevec.forgetting import by_lag, headline
 
     table = run_forgetting(config, store)
     if table is None:
         return {"headline": {"forgetting": "skipped: training.mode is independent"}}
-    return {"tables": {"forgetting by lag (% worse than when learned; gap to the in-period model)": by_lag(table)}}
+    return {"tables": {"forgetting by lag (% worse than when learned; gap to the in-period model)": by_lag(table)},
+            "headline": headline(table)}
 
 
 def _interpolate(config: ExperimentConfig, store: VectorStore) -> StageResult:
