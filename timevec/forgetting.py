@@ -128,10 +128,10 @@ def forgetting_rows(
                         "task": task, "granularity": granularity, "mode": mode, "test_period": s, "train_period": t,
                         "lag": j - i, "metric": metric, "higher_is_better": higher, "value": value,
                         "value_at_learning": learned[0],
-                        "forgetting": -gain(value, learned[0], higher),
-                        "forgetting_pct": -gain_pct(value, learned[0], higher),
+                        "forgetting": -gain(value, learned[0], higher) + 0.0,
+                        "forgetting_pct": -gain_pct(value, learned[0], higher) + 0.0,
                         "in_period_value": own,
-                        "gap_to_in_period_pct": -gain_pct(value, own, higher),
+                        "gap_to_in_period_pct": -gain_pct(value, own, higher) + 0.0,
                     })
     return results.forgetting_frame(out)
 

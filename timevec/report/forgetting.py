@@ -15,7 +15,7 @@ from timevec.report.plotting import Figure, WriteTable, new_figure, to_png
 
 __all__ = ["forgetting_figures"]
 
-_LABELS = {"continual": "continual (θ_pre + τᶜ_t)", "independent": "independent (θ_pre + τ_t)",
+_LABELS = {"continual": "continual (chain: t starts from t−1)", "independent": "independent (θ_pre + τ_t)",
            "merged": "merged (θ_pre + mean τ_1..τ_t)"}
 
 
@@ -33,6 +33,7 @@ def forgetting_figures(table: pd.DataFrame, out: list[Figure], write_table: Writ
             right.plot(rows["lag"], rows["gap_to_in_period_pct"], marker="o", label=_LABELS[mode])
         for ax, what in ((left, "worse than right after learning s, %"), (right, "worse than the in-period τ_s, %")):
             ax.axhline(0, color="black", lw=0.6)
+            ax.set_xticks(sorted(int(x) for x in grp["lag"].unique()))
             ax.set_xlabel("lag t − s (periods learned since s)")
             ax.set_ylabel(what, fontsize=8)
         metric = str(table.loc[table["task"] == task, "metric"].iloc[0])
