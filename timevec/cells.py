@@ -213,9 +213,10 @@ class CellEvaluator:
         return rows
 
     def read_vector(self, task: str, period: str) -> TimeVector:
-        """τ from the store (verified against its manifest and the base fingerprint)."""
+        """τ from the store (verified against its manifest and the base fingerprint), in its own
+        kind: a low-rank vector keeps its factors, which the patcher adds module by module."""
         began = time.perf_counter()
-        vector = self.store.get_vector(task, period)
+        vector = self.store.get_native(task, period)
         self.stats.vector_reads += 1
         self.stats.read_seconds += time.perf_counter() - began
         return vector

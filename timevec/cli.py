@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interpolate": "evaluate (1−α)·τ_first + α·τ_last on the periods in between",
         "forecast": "hold out the last forecast.horizon periods and predict their weights from earlier vectors only",
         "analogy": "search α1·τ_task(j) + α2·τ_lm(k) − α3·τ_lm(j) with Ray Tune",
+        "groups": "group swaps: τ_j with one parameter group from τ_k, on k (needs groups.swaps: true)",
         "report": "figures and a self-contained reports/index.html in the store",
     }
     for name in STAGES:

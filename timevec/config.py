@@ -175,6 +175,11 @@ class LoraConfig(_Strict):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     target_modules: list[str] | None = Field(None, description="default: peft's choice for the architecture")
+    store: Literal["dense", "factors"] = Field(
+        "dense",
+        description="how τ is stored: 'dense' (merged, the reference protocol and every existing store) or "
+        "'factors' (B, A and α/r per target module, the low-rank kind: timevec.lowrank)",
+    )
 
 
 class TrainingConfig(_Strict):
@@ -435,6 +440,41 @@ class PeriodRange(_Strict):
         return [str(p) for p in period_range(f"{self.start}-01", f"{self.end}-12")]
 
 
+class GroupsConfig(_Strict):
+    """Where in the weights time lives (:mod:`timevec.weight_groups`, :mod:`timevec.group_swaps`).
+
+    ``analyze``: per parameter group and layer, the norms, cosines and r(cosine, degradation) in the
+    analyze stage (one extra streaming pass over the vectors, no evaluation). ``swaps``: the
+    ``groups`` stage evaluates τ_j with each group from τ_k on k, for ``pairs`` (default: the first
+    and the last period of each granularity, both ways) of ``tasks`` (default: every task) — one
+    evaluation per (pair, group).
+    """
+
+    analyze: bool = True
+    swaps: bool = False
+    pairs: list[tuple[str, str]] | None = Field(None, description="(j, k) periods; default: first↔last")
+    tasks: list[Task] | None = Field(None, description="tasks whose vectors are swapped; default: every task")
+    groups: list[str] | None = Field(None, description="groups to swap; default: every group the base has")
+
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _pairs_as_text(cls, value: Any) -> Any:
+        # YAML reads [[2012, 2017]] as numbers; periods are strings everywhere
+        if isinstance(value, list):
+            return [[str(p) for p in pair] if isinstance(pair, (list, tuple)) else pair for pair in value]
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _known_groups(cls, value: list[str] | None) -> list[str] | None:
+        from timevec.param_groups import GROUPS
+
+        bad = [g for g in value or [] if g not in GROUPS]
+        if bad:
+            raise ValueError(f"unknown group(s) {bad}; choose from {list(GROUPS)}")
+        return value
+
+
 class ExperimentConfig(_Strict):
     """A whole study."""
 
@@ -454,6 +494,7 @@ class ExperimentConfig(_Strict):
     analogy: AnalogyConfig = AnalogyConfig()
     merge: MergeConfig = MergeConfig()
     forecast: ForecastConfig = ForecastConfig()
+    groups: GroupsConfig = GroupsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

@@ -21,6 +21,7 @@ import torch
 from timevec import continual
 from timevec.config import ExperimentConfig, TrainingConfig
 from timevec.corpus import Corpus
+from timevec.lowrank import from_lora_run
 from timevec.models import (
     IGNORE,
     Example,
@@ -230,11 +231,20 @@ class RunJob:
         if write:
             tensors = {name: p.detach() for name, p in float_parameters(model).items()}
             vector = TimeVector.between(tensors, self.base)
+            lora = self.training.lora
+            kind = "lora_merged" if lora is not None else "full"
+            factor_check: dict[str, Any] = {}
+            if lora is not None and lora.store == "factors":
+                factors = getattr(model, "timevec_lora_factors", None)
+                if not factors:
+                    raise RuntimeError(f"run {self.run.key}: training.lora.store is 'factors' but the model has no LoRA factors")
+                vector, err = from_lora_run(factors, vector)
+                kind, factor_check = "lora_factors", {"factor_max_rel_error": err}
             manifest = {
                 "task": self.run.task,
                 "period": self.run.period,
                 "granularity": self.run.granularity,
-                "kind": "lora_merged" if self.training.lora is not None else "full",
+                "kind": kind,
                 "seed": self.training.seed,
                 "steps": self.steps,
                 "tokens": int(tokens),
@@ -245,6 +255,7 @@ class RunJob:
                 "config": self.config.model_dump(mode="json"),
                 "workers": self.world,
                 **self.start,
+                **factor_check,
                 **(extra or {}),
             }
             self.store.put_vector(self.run.task, self.run.period, vector, manifest=manifest)

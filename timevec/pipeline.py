@@ -1,4 +1,4 @@
-"""The whole study as stages: finetune → evaluate → forgetting → interpolate → forecast → analogy → analyze → report.
+"""The whole study as stages: finetune → evaluate → forgetting → interpolate → forecast → analogy → groups → analyze → report.
 
 One job: the stage names and their order, the loop that runs a chosen subset in that order, and
 the stages that need no Ray (analyze, report). Each stage reads its inputs from the store (or the
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("finetune", "evaluate", "forgetting", "interpolate", "forecast", "analogy", "analyze", "report")
+STAGES: tuple[str, ...] = ("finetune", "evaluate", "forgetting", "interpolate", "forecast", "analogy", "groups", "analyze",
+                           "report")
 """The stage names in pipeline order."""
 
 StageResult = dict[str, Any]
@@ -63,9 +64,30 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     store.write_table(r.FINDINGS_TABLE, result.findings)
     store.write_table(r.INTERPOLATION_PROTOCOLS_TABLE, result.interpolation_protocols)
     store.write_table(r.ANALOGY_PROTOCOLS_TABLE, result.analogy_protocols)
-    store.write_bytes(r.HEADLINE_FILE, json.dumps(result.headline, indent=2, default=str).encode())
     tables = {"diagonal (own period best?)": result.diagonal, "decay with the gap": result.decay.fit}
+    if config.groups.analyze:
+        tables.update(_analyze_groups(store, result.rel, result.headline))
+    store.write_bytes(r.HEADLINE_FILE, json.dumps(result.headline, indent=2, default=str).encode())
     return {"tables": tables, "headline": result.headline, "findings": result.findings}
+
+
+def _analyze_groups(store: VectorStore, rel: pd.DataFrame, headline: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The per-group sub-step of analyze (:mod:`timevec.weight_groups`): three tables into the store,
+    which group carries time into ``headline``."""
+    from timevec import results as r
+    from timevec.weight_groups import group_analysis, group_headline
+
+    groups = group_analysis(store, rel)
+    if groups is None:
+        return {}
+    store.write_table(r.GROUP_NORMS_TABLE, groups.norms)
+    store.write_table(r.GROUP_SIMILARITY_TABLE, groups.similarity)
+    store.write_table(r.GROUP_SIM_DEG_TABLE, groups.sim_vs_deg)
+    swaps = store.read_table(r.GROUP_SWAPS_TABLE) if store.has_table(r.GROUP_SWAPS_TABLE) else None
+    headline.update(group_headline(groups.norms, groups.sim_vs_deg, swaps))
+    shares = groups.norms[groups.norms["scope"] != "all"].groupby(["task", "scope", "part"], sort=False)
+    return {"share of |τ|² per parameter group and layer (mean over periods)":
+            shares[["norm_sq_share", "param_share"]].mean().reset_index()}
 
 
 def report(config: ExperimentConfig, store: VectorStore) -> StageResult:

@@ -18,6 +18,8 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 | ``analogy_protocols`` | analyze | one (j, k) pair under one selection protocol or baseline (:mod:`timevec.selection`) |
 | ``relative_change``, ``diagonal``, ``decay_*``, ``stripes`` | analyze | see :mod:`timevec.misalignment` |
 | ``similarity``, ``similarity_centred`` | analyze | one pair of vectors (:mod:`timevec.similarity`) |
+| ``group_norms``, ``group_similarity``, ``group_similarity_degradation`` | analyze | see :mod:`timevec.weight_groups` |
+| ``group_swaps`` | groups | τ_j with one parameter group from τ_k, on k: :mod:`timevec.group_swaps` |
 | ``merged_cells`` | forgetting | one running mean of independent vectors θ_pre + mean(τ_1..τ_t) on one test period (cells schema) |
 | ``forgetting`` | forgetting | one (updating mode, test period s, train period t ≥ s): :mod:`timevec.forgetting` |
 | ``merge_methods`` | ``bench/merge_methods.py --write`` | one (combination, merge method, test period): :mod:`timevec.merge_comparison` |
@@ -69,6 +71,15 @@ __all__ = [
     "ANALOGY_PROTOCOLS_TABLE",
     "ANALOGY_PROTOCOL_COLUMNS",
     "with_split",
+    "GROUP_NORMS_TABLE",
+    "GROUP_SIMILARITY_TABLE",
+    "GROUP_SIM_DEG_TABLE",
+    "GROUP_SWAPS_TABLE",
+    "GROUP_SWAPS_KEY",
+    "group_norms_frame",
+    "group_similarity_frame",
+    "group_sim_deg_frame",
+    "group_swaps_frame",
     "MERGE_METHODS_COLUMNS",
     "MERGE_METHODS_TABLE",
     "PATCHING_COLUMNS",
@@ -110,9 +121,15 @@ SIMILARITY_CENTRED_TABLE = "similarity_centred"
 FINDINGS_TABLE = "findings"  # the verdict per finding (timevec.findings)
 MERGE_METHODS_TABLE = "merge_methods"  # merge methods against task arithmetic (timevec.merge_comparison)
 HEADLINE_FILE = "results/headline.json"
+# where in the weights time lives (the GROUP_* schemas are at the end)
+GROUP_NORMS_TABLE = "group_norms"
+GROUP_SIMILARITY_TABLE = "group_similarity"
+GROUP_SIM_DEG_TABLE = "group_similarity_degradation"
+GROUP_SWAPS_TABLE = "group_swaps"
 #: What the report reads (figures get their own ``fig_<name>`` tables, written by the report).
 REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE, ANALOGY_TABLE,
                  FORECAST_TABLE)
+REPORT_TABLES += (GROUP_NORMS_TABLE, GROUP_SIM_DEG_TABLE, GROUP_SWAPS_TABLE)
 
 
 def alpha_key(alpha: float) -> float:
@@ -308,6 +325,55 @@ def merge_methods_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows of :data:`MERGE_METHODS_COLUMNS` as a frame with fixed dtypes."""
     frame = pd.DataFrame(list(rows), columns=MERGE_METHODS_COLUMNS)
     return frame.astype({"value": "float64", "gain_vs_task_arithmetic": "float64"})
+
+
+# ----------------------------------------------------------------------------- parameter groups
+
+#: Where in the weights time lives (:mod:`timevec.weight_groups`, :mod:`timevec.group_swaps`). ``scope``:
+#: ``all`` (the whole vector), ``group`` (``part`` is one of :data:`timevec.param_groups.GROUPS`) or
+#: ``layer`` (``part`` is ``"3"`` or ``"encoder.3"``: every group of that layer).
+#: One (vector, part): |τ| on the part, its share of |τ|², the part's share of the parameters.
+GROUP_NORMS_COLUMNS = ["task", "period", "scope", "part", "n_tensors", "n_params", "norm", "norm_sq_share",
+                       "param_share"]
+#: One pair of vectors on one part; ``centred``: within (task, granularity), on its mean τ.
+GROUP_SIMILARITY_COLUMNS = ["scope", "part", "centred", "task_a", "period_a", "task_b", "period_b", "cosine"]
+#: r(cosine on the part, degradation_pct) as :func:`timevec.similarity.correlate` computes it; the
+#: pooled row over every task has task = granularity = metric = "all".
+GROUP_SIM_DEG_COLUMNS = ["scope", "part", "centred", "task", "granularity", "metric", "n", "pearson_r", "pearson_p",
+                         "pearson_low", "pearson_high", "spearman_rho", "spearman_p", "reason"]
+#: θ_pre + τ_j with group G taken from τ_k, on k's test split. ``value_source``/``value_target``: τ_j / τ_k
+#: on k; ``gap_share`` = gain(value, value_source) / gain(value_target, value_source) (:mod:`timevec.gains`):
+#: the share of the gap between τ_j and the in-period τ_k that group G closes (1: all of it).
+GROUP_SWAPS_COLUMNS = ["task", "granularity", "source_period", "target_period", "group", "n_tensors", "metric",
+                       "value", "low", "high", "higher_is_better", "value_source", "value_target", "gain_vs_source",
+                       "gap_share"]
+GROUP_SWAPS_KEY = ["task", "granularity", "source_period", "target_period", "group"]
+
+
+def group_norms_frame(rows: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    frame = pd.DataFrame(rows if isinstance(rows, pd.DataFrame) else list(rows), columns=GROUP_NORMS_COLUMNS)
+    return frame.astype({"n_tensors": "int64", "n_params": "int64", "norm": "float64", "norm_sq_share": "float64",
+                         "param_share": "float64"})
+
+
+def group_similarity_frame(rows: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    frame = rows[GROUP_SIMILARITY_COLUMNS] if isinstance(rows, pd.DataFrame) else pd.DataFrame(
+        list(rows), columns=GROUP_SIMILARITY_COLUMNS)
+    return frame.astype({"centred": "bool", "cosine": "float64"}).reset_index(drop=True)
+
+
+def group_sim_deg_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows), columns=GROUP_SIM_DEG_COLUMNS)
+    return frame.astype({"centred": "bool", "n": "int64", "pearson_r": "float64", "pearson_p": "float64",
+                         "pearson_low": "float64", "pearson_high": "float64", "spearman_rho": "float64",
+                         "spearman_p": "float64"})
+
+
+def group_swaps_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows), columns=GROUP_SWAPS_COLUMNS)
+    return frame.astype({"n_tensors": "int64", "value": "float64", "low": "float64", "high": "float64",
+                         "higher_is_better": "bool", "value_source": "float64", "value_target": "float64",
+                         "gain_vs_source": "float64", "gap_share": "float64"})
 
 
 # ----------------------------------------------------------------------------- continual updating and forgetting

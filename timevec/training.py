@@ -164,8 +164,20 @@ def wrap_lora(model: PreTrainedModel, cfg: TrainingConfig) -> PreTrainedModel:
 
 
 def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
-    """Fold LoRA adapters into the weights (the reference code takes τ after merging)."""
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    """Fold LoRA adapters into the weights (the reference code takes τ after merging).
+
+    The factors are read first and kept on the merged model as ``timevec_lora_factors``
+    (:func:`timevec.lowrank.lora_factors`: r·(out+in) floats per module), so a run configured with
+    ``training.lora.store: factors`` can store τ low-rank (:mod:`timevec.finetune_run`).
+    """
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    from timevec.lowrank import lora_factors
+
+    factors = lora_factors(model)
+    merged = model.merge_and_unload()
+    merged.timevec_lora_factors = factors
+    return merged
 
 
 def train(

@@ -201,6 +201,8 @@ class TimeVector:
 
     def dot(self, other: TimeVector) -> float:
         """Inner product over all tensors flattened and concatenated, accumulated in float64."""
+        if not isinstance(other, TimeVector) and hasattr(other, "factors"):  # a LowRankVector: exact from its factors
+            return other.dot(self)
         self._check_compatible(other, "take the dot product of")
         return sum(dot64(a, other.tensors[name]) for name, a in self.tensors.items())
 
@@ -350,6 +352,16 @@ class WeightPatcher:
         return self._fingerprint
 
     def _check_delta(self, delta: TensorMap, label: str) -> None:
+        if hasattr(delta, "factors"):  # a LowRankVector (timevec.lowrank): check its layout, not tensors
+            for name in delta:
+                if name not in self._params:
+                    raise VectorError(f"{label}: tensor {name!r} is not a floating-point parameter of the model")
+                if tuple(delta.shapes[name]) != tuple(self._params[name].shape):
+                    raise VectorError(
+                        f"{label}: tensor {name!r} has shape {tuple(delta.shapes[name])}, "
+                        f"the model's parameter has {tuple(self._params[name].shape)}"
+                    )
+            return
         for name, tensor in delta.items():
             if name not in self._params:
                 raise VectorError(f"{label}: tensor {name!r} is not a floating-point parameter of the model")
@@ -380,6 +392,8 @@ class WeightPatcher:
         for i, (coef, vec) in enumerate(terms):
             if not _is_scalar(coef):
                 raise TypeError(f"term {i}: coefficient must be a number, got {type(coef).__name__}")
+            # A LowRankVector is its own map: ``n in m``, ``m.get(n)`` (one module densified) and
+            # ``m.add_to`` (one addmm_ per factor) are all the patcher uses (timevec.lowrank).
             tensors = vec.tensors if isinstance(vec, TimeVector) else vec
             self._check_delta(tensors, f"term {i}")
             maps.append((_as_float(coef), tensors))
@@ -396,6 +410,9 @@ class WeightPatcher:
                 if work.data_ptr() == self._base[name].data_ptr():
                     work = work.clone()
                 for coef, tensors in maps:
+                    if hasattr(tensors, "add_to"):  # low-rank: c·s·B·A added module by module, never densified
+                        tensors.add_to(name, work, coef)
+                        continue
                     delta = tensors.get(name)
                     if delta is None or coef == 0.0:
                         continue

@@ -95,10 +95,10 @@ class VectorCache:
             self._items.move_to_end(key)
             return self._items[key]
         vector = self._read(task, period)
-        size = vector.n_params * 4
+        size = getattr(vector, "stored_params", vector.n_params) * 4  # a low-rank vector holds its factors only
         while self._items and self._bytes + size > self._max:
             _, old = self._items.popitem(last=False)
-            self._bytes -= old.n_params * 4
+            self._bytes -= getattr(old, "stored_params", old.n_params) * 4
         self._items[key] = vector
         self._bytes += size
         return vector

@@ -82,6 +82,14 @@ def _analogy(config: ExperimentConfig, store: VectorStore) -> StageResult:
     return {"tables": {"task analogies (test split)": store.read_table(results.ANALOGY_BEST_TABLE)}}
 
 
+def _groups(config: ExperimentConfig, store: VectorStore) -> StageResult:
+    from timevec.distributed.group_swaps import run_group_swaps
+
+    if not config.groups.swaps:
+        return {"headline": {"group swaps": "off (groups.swaps: false)"}}
+    return {"tables": {"group swaps: share of the gap to the in-period vector": run_group_swaps(config, store)}}
+
+
 STAGE_FUNCTIONS: dict[str, StageFunction] = {
     "finetune": _finetune,
     "evaluate": _evaluate,
@@ -89,6 +97,7 @@ STAGE_FUNCTIONS: dict[str, StageFunction] = {
     "interpolate": _interpolate,
     "forecast": _forecast,
     "analogy": _analogy,
+    "groups": _groups,
     "analyze": analyze,
     "report": report,
 }

@@ -25,6 +25,7 @@ from timevec import analysis as an
 from timevec import results, similarity
 from timevec.report.adaptation import adaptation_figures, analogy_figures, forecast_figures, interpolation_figures
 from timevec.report.forgetting import forgetting_figures
+from timevec.report.groups import group_figures
 from timevec.report.page import page
 from timevec.report.plotting import Figure, WriteBytes, WriteTable
 from timevec.report.selection import analogy_protocol_figures, interpolation_protocol_figures
@@ -92,6 +93,7 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
     forgetting = tables.get(results.FORGETTING_TABLE)
     if forgetting is not None and not forgetting.empty:
         forgetting_figures(forgetting, figures, write_table)
+    group_figures(tables, figures, write_table)  # where in the weights time lives (timevec.report.groups)
 
     paths: list[str] = []
     for f in figures:
@@ -105,7 +107,8 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
               "task analogies under each selection protocol": res.analogy_protocols,
               "time soups": tables.get(results.SOUPS_TABLE), "patching": tables.get(results.PATCHING_TABLE),
               "forecasts (past-only) and baselines vs the latest vector": forecast,
-              "forgetting: continual vs independent vs merged updating": forgetting}
+              "forgetting: continual vs independent vs merged updating": forgetting,
+              "group swaps: share of the gap to the in-period vector": tables.get(results.GROUP_SWAPS_TABLE)}
     write_bytes("reports/index.html", page(title, res.findings, res.headline, figures, when, notes, folded))
     log.info("report: %d figures and reports/index.html written", len(figures))
     return paths

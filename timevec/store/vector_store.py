@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,10 +26,12 @@ from timevec.credentials import (
     is_credential_key,
     scrub_credentials,
 )
+from timevec.lowrank import LowRankVector
 from timevec.periods import Period
+from timevec.store import lowrank as lowrank_layout
 from timevec.store.errors import StoreError
 from timevec.store.fs import TMP_MARK, StoreFiles, ray_storage_uri, safe_url
-from timevec.store.gram import gram_matrix
+from timevec.store.gram import gram_matrix, grouped_gram_matrix
 from timevec.store.layout import (
     DEFAULT_TARGET_SHARD_BYTES,
     STORE_DTYPES,
@@ -288,7 +290,8 @@ class VectorStore:
         """
         task, period = self._key(task, period)
         label = f"{task}/{period}"
-        vec = vector if isinstance(vector, TimeVector) else TimeVector(vector)
+        low_rank = isinstance(vector, LowRankVector)
+        vec = vector if isinstance(vector, TimeVector | LowRankVector) else TimeVector(vector)
         directory = self._vector_dir(task, period)
         run = scrub_credentials(dict(manifest or {}), environment_secrets(), log=logger)
         info = self.info()
@@ -298,7 +301,13 @@ class VectorStore:
         stale = [
             p for p in self._files.list_files(directory) if p == manifest_path or TMP_MARK in os.path.basename(p)
         ]
-        out = self._write_entry(label, directory, vec, info["dtype"], run, task=task, period=period, stale=stale)
+        if low_rank:  # the low-rank kind: factors per module (timevec.store.lowrank)
+            out = lowrank_layout.write_lowrank(
+                self._files, info, label, directory, vec, info["dtype"], run, task=task, period=period,
+                write=self._write, publish=self._publish_manifest, stale=stale,
+            )
+        else:
+            out = self._write_entry(label, directory, vec, info["dtype"], run, task=task, period=period, stale=stale)
         logger.info("stored vector %s (%d params, |τ|=%.4g) in %s", label, out["n_params"], out["l2_norm"], self)
         return out
 
@@ -377,6 +386,9 @@ class VectorStore:
         self, label: str, directory: str, manifest: dict[str, Any], names: list[str] | None, verify: bool
     ) -> TimeVector:
         self._check_manifest_base(label, directory, manifest)
+        if lowrank_layout.is_lowrank(manifest):  # the slow path: the factors multiplied out
+            dense = lowrank_layout.read_lowrank(self._files, self.info(), label, directory, manifest, verify).to_dense()
+            return dense if names is None else dense.subset(names)
         return read_entry(self._files, self.info(), label, directory, manifest, names, verify)
 
     def get_vector(
@@ -386,12 +398,25 @@ class VectorStore:
 
         With ``verify`` (default) every shard read is checked against the manifest's size and
         sha256 and the base fingerprint. A subset of ``names`` reads only the shards holding them
-        (and, with ``verify=False``, only their byte ranges).
+        (and, with ``verify=False``, only their byte ranges). A low-rank vector comes back dense
+        (every factor multiplied out: the SLOW path; :meth:`get_native` keeps its factors).
         """
         task, period = self._key(task, period)
         label = f"{task}/{period}"
         manifest = self.manifest(task, period)
         return self._read_entry(label, self._vector_dir(task, period), manifest, names, verify)
+
+    def get_native(self, task: str, period: str, verify: bool = True) -> TimeVector | LowRankVector:
+        """A stored vector in its own kind: a :class:`LowRankVector` for a low-rank one (factors,
+        never multiplied out), else the dense :class:`TimeVector` of :meth:`get_vector`."""
+        task, period = self._key(task, period)
+        label = f"{task}/{period}"
+        manifest = self.manifest(task, period)
+        if not lowrank_layout.is_lowrank(manifest):
+            return self.get_vector(task, period, verify=verify)
+        directory = self._vector_dir(task, period)
+        self._check_manifest_base(label, directory, manifest)
+        return lowrank_layout.read_lowrank(self._files, self.info(), label, directory, manifest, verify)
 
     # ------------------------------------------------------------------ integrity
 
@@ -415,6 +440,8 @@ class VectorStore:
                 continue
 
             def check(k: int, label: str = label, directory: str = directory, manifest: dict = manifest) -> str | None:
+                if lowrank_layout.is_lowrank(manifest):
+                    return lowrank_layout.check_lowrank_shard(self._files, self.info(), label, directory, manifest, k)
                 return check_shard(self._files, self.info(), label, directory, manifest, k)
 
             problems.extend(msg for msg in self._files.map(check, range(self.num_shards)) if msg)
@@ -442,15 +469,39 @@ class VectorStore:
         ``exact=True`` converts each block to float64 first (products and sums in float64).
         The L2 norms are ``sqrt(diag(G))``, or each manifest's ``l2_norm`` (float64, at write time).
         """
-        keys = [self._key(t, p) for t, p in keys]
+        entries = self._gram_entries(keys)
+        info = self.info() if entries else None
+        if any(lowrank_layout.is_lowrank(m) for _, _, m in entries):  # mixed or low-rank: exact from the factors
+            return lowrank_layout.lowrank_gram(self._files, info, entries, verify=verify)
+        return gram_matrix(self._files, info, entries, verify=verify, exact=exact, block_columns=block_columns)
+
+    def grouped_gram(
+        self,
+        keys: Sequence[tuple[str, str]],
+        group_of: Callable[[str], Hashable],
+        verify: bool = True,
+        exact: bool = False,
+        block_columns: int = 4096,
+    ) -> dict[Hashable, np.ndarray]:
+        """One Gram matrix per group of tensors (``group_of(name)``), from the same single pass as
+        :meth:`gram` (:func:`timevec.store.gram.grouped_gram_matrix`); they sum to :meth:`gram`."""
+        entries = self._gram_entries(keys)
+        lowrank = [label for label, _, m in entries if lowrank_layout.is_lowrank(m)]
+        if lowrank:
+            raise StoreError(f"vector {lowrank[0]}: per-group Gram matrices of low-rank (LoRA-factor) vectors are "
+                             "not computed; store these vectors dense (training.lora.store: dense)")
+        info = self.info() if entries else None
+        return grouped_gram_matrix(self._files, info, entries, group_of, verify=verify, exact=exact,
+                                   block_columns=block_columns)
+
+    def _gram_entries(self, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str, dict[str, Any]]]:
         entries = []
-        for t, p in keys:
+        for t, p in (self._key(t, p) for t, p in keys):
             label = f"{t}/{p}"
             m = self.manifest(t, p)
             self._check_manifest_base(label, self._vector_dir(t, p), m)
             entries.append((label, self._vector_dir(t, p), m))
-        info = self.info() if entries else None
-        return gram_matrix(self._files, info, entries, verify=verify, exact=exact, block_columns=block_columns)
+        return entries
 
     # ------------------------------------------------------------------ tables
 
