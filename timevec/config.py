@@ -8,6 +8,7 @@ silently ignored is how a 300-run fleet trains with the wrong learning rate.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -207,6 +208,26 @@ class TrainingConfig(_Strict):
         default_factory=dict,
         description="per-granularity overrides applied after the task's, e.g. {month: {steps: 40}} (a month has ~1/12 of a year's text)",
     )
+    mode: Literal["independent", "continual"] = Field(
+        "independent",
+        description="continual: the run for period t starts from θ_pre + τ_{t−1} (timevec.continual); τ_t is still θ_t − θ_pre",
+    )
+    replay: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="continual only: replay round(replay·n_t) training examples drawn from the earlier periods of the chain",
+    )
+
+    @model_validator(mode="after")
+    def _continual_settings(self) -> TrainingConfig:
+        if not math.isfinite(self.replay):
+            raise ValueError(f"training.replay must be a finite fraction in [0, 1] (got {self.replay})")
+        if self.replay > 0 and self.mode != "continual":
+            raise ValueError(f"training.replay {self.replay} needs training.mode: continual (got mode {self.mode!r})")
+        for where, overrides in (("task_overrides", self.task_overrides), ("granularity_overrides", self.granularity_overrides)):
+            for key, fields in overrides.items():
+                if "mode" in fields:
+                    raise ValueError(f"training.{where}.{key}.mode: the mode is one per study (its store), not per task")
+        return self
 
     @field_validator("seeds")
     @classmethod

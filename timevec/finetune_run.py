@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from timevec import continual
 from timevec.config import ExperimentConfig, TrainingConfig
 from timevec.corpus import Corpus
 from timevec.lowrank import from_lora_run
@@ -40,7 +41,7 @@ from timevec.training import (
     train,
     wrap_lora,
 )
-from timevec.vectors import TimeVector
+from timevec.vectors import TimeVector, WeightPatcher
 
 __all__ = ["RunJob", "examples_digest", "run_one", "tokens_before"]
 
@@ -102,6 +103,7 @@ class RunJob:
         )
         if not examples:
             raise ValueError(f"run {run.key}: no training examples in period {run.period}")
+        examples = self._continue_chain(corpus, examples)
         self.total_examples = len(examples)
         self.steps = total_steps(len(examples), self.training)  # the run's steps, as one device would count them
         rank, world = shard
@@ -115,6 +117,7 @@ class RunJob:
                     "base": store.base_fingerprint,
                     "examples": examples_digest(examples),
                     "world": world,
+                    "start": self.start,
                 },
                 sort_keys=True,
             ).encode()
@@ -130,6 +133,33 @@ class RunJob:
             )
         self.examples = examples
         self.cpu_seconds = 0.0
+
+    def _continue_chain(self, corpus: Corpus, examples: list[Example]) -> list[Example]:
+        """Continual mode: start from θ_pre + τ_{t−1} read from the store, and mix in the replay.
+
+        Sets ``start`` (what the manifest and the checkpoint fingerprint record about the start).
+        Independent mode: nothing changes.
+        """
+        run, store, cfg = self.run, self.store, self.training
+        self.replayed = 0
+        before = continual.predecessor(self.config, run)
+        if before is not None:
+            if not store.has_vector(run.task, before):
+                raise ValueError(f"run {run.key} (training.mode continual): its predecessor vector {run.task}/{before} "
+                                 f"is not in the store {store}; a chain is trained in period order")
+            stored = store.manifest(run.task, before).get("run", {}).get("continual", {})
+            if stored.get("replay") != self.config.training.replay:
+                raise ValueError(f"run {run.key}: the predecessor vector {run.task}/{before} in {store} is not a continual "
+                                 f"vector with training.replay {self.config.training.replay} (its manifest: {stored or 'independent'})")
+            WeightPatcher(self.model).apply(store.get_vector(run.task, before))  # θ_pre + τ_{t−1}, as evaluated
+        if before is not None and self.config.training.replay > 0:
+            periods = self.config.period_list(run.granularity)
+            pool = [e for p in periods[: periods.index(run.period)]
+                    for e in task_examples(run.task, corpus, p, "train", self.tokenizer, self.encoder_decoder,
+                                           cfg.max_length, cfg.seed)]
+            examples, self.replayed = continual.mix_replay(examples, pool, self.config.training.replay, cfg.seed)
+        self.start = continual.start_manifest(self.config, run, store, self.replayed)
+        return examples
 
     def fit(
         self,
@@ -224,6 +254,7 @@ class RunJob:
                 "training": self.config.training.for_task(self.run.task, self.run.granularity).model_dump(mode="json"),
                 "config": self.config.model_dump(mode="json"),
                 "workers": self.world,
+                **self.start,
                 **factor_check,
                 **(extra or {}),
             }

@@ -1,4 +1,4 @@
-"""The whole study as stages: finetune → evaluate → interpolate → forecast → analogy → groups → analyze → report.
+"""The whole study as stages: finetune → evaluate → forgetting → interpolate → forecast → analogy → groups → analyze → report.
 
 One job: the stage names and their order, the loop that runs a chosen subset in that order, and
 the stages that need no Ray (analyze, report). Each stage reads its inputs from the store (or the
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("finetune", "evaluate", "interpolate", "forecast", "analogy", "groups", "analyze", "report")
+STAGES: tuple[str, ...] = ("finetune", "evaluate", "forgetting", "interpolate", "forecast", "analogy", "groups", "analyze",
+                           "report")
 """The stage names in pipeline order."""
 
 StageResult = dict[str, Any]
@@ -161,9 +162,11 @@ def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, Experi
 
 
 def _run_one(config: ExperimentConfig, stages: list[str], functions: Mapping[str, StageFunction]) -> StageResult:
+    from timevec.continual import for_mode
     from timevec.store import VectorStore
     from timevec.training import check_store_base
 
+    config = for_mode(config)  # training.mode continual: the mode's own store (timevec.continual)
     store = VectorStore.from_config(config.store)
     if store.exists():
         check_store_base(config, store)

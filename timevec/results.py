@@ -20,6 +20,8 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 | ``similarity``, ``similarity_centred`` | analyze | one pair of vectors (:mod:`timevec.similarity`) |
 | ``group_norms``, ``group_similarity``, ``group_similarity_degradation`` | analyze | see :mod:`timevec.weight_groups` |
 | ``group_swaps`` | groups | τ_j with one parameter group from τ_k, on k: :mod:`timevec.group_swaps` |
+| ``merged_cells`` | forgetting | one running mean of independent vectors θ_pre + mean(τ_1..τ_t) on one test period (cells schema) |
+| ``forgetting`` | forgetting | one (updating mode, test period s, train period t ≥ s): :mod:`timevec.forgetting` |
 | ``merge_methods`` | ``bench/merge_methods.py --write`` | one (combination, merge method, test period): :mod:`timevec.merge_comparison` |
 | ``fig_<figure>`` | report | the numbers behind one figure of the report |
 """
@@ -90,6 +92,10 @@ __all__ = [
     "forecast_frame",
     "interpolation_frame",
     "merge_methods_frame",
+    "FORGETTING_COLUMNS",
+    "FORGETTING_TABLE",
+    "MERGED_CELLS_TABLE",
+    "forgetting_frame",
     "patching_frame",
     "soup_frame",
 ]
@@ -393,3 +399,27 @@ def probe_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 REPORT_TABLES = (*REPORT_TABLES, PROBE_TABLE)  # the report draws the probe figures when the table exists
 __all__ += ["PROBE_COLUMNS", "PROBE_TABLE", "probe_frame"]
+
+
+# ----------------------------------------------------------------------------- continual updating and forgetting
+
+FORGETTING_TABLE = "forgetting"
+MERGED_CELLS_TABLE = "merged_cells"  # cells schema; vector "task/mean(first..last)", train_period = last
+#: One (task, granularity, mode, test period s, train period t ≥ s) of :mod:`timevec.forgetting`. ``mode``:
+#: continual | independent | merged; ``lag``: t − s in periods; ``value_at_learning``: the same mode's score
+#: on s after learning s; ``forgetting``: −gain(value, value_at_learning) (positive = worse than when
+#: learned; ``_pct``: in % of it); ``in_period_value``: the independent τ_s on s; ``gap_to_in_period_pct``:
+#: −gain_pct(value, in_period_value).
+FORGETTING_COLUMNS = [
+    "task", "granularity", "mode", "test_period", "train_period", "lag", "metric", "higher_is_better", "value",
+    "value_at_learning", "forgetting", "forgetting_pct", "in_period_value", "gap_to_in_period_pct",
+]
+REPORT_TABLES = (*REPORT_TABLES, FORGETTING_TABLE)
+
+
+def forgetting_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of :data:`FORGETTING_COLUMNS` as a frame with fixed dtypes."""
+    frame = pd.DataFrame(list(rows), columns=FORGETTING_COLUMNS)
+    return frame.astype({"lag": "int64", "higher_is_better": "bool", "value": "float64", "value_at_learning": "float64",
+                         "forgetting": "float64", "forgetting_pct": "float64", "in_period_value": "float64",
+                         "gap_to_in_period_pct": "float64"})

@@ -44,6 +44,19 @@ loop (``Reporter``: Ray's report blocks); a checkpoint only when the training lo
 (every ``checkpoint_every`` steps and at the end). Once a run's vector is stored its checkpoints
 are deleted (``keep_checkpoints=True`` keeps them).
 
+Continual chains (``training.mode: continual``, :mod:`timevec.continual`)
+-------------------------------------------------------------------------
+Run t starts from θ_pre + τ_{t−1} read from the store, so a chain is sequential while different
+(task, granularity) chains are independent. The driver submits WAVES: each is one ordinary Tune
+experiment (the same trials, retries and checkpoints as above) over the next run of every chain
+whose predecessor's vector is stored; the chains advance in parallel, one period per wave. A run
+that fails after its retries stops its chain (its successors are reported ``failed``, naming it).
+A killed chain resumes where it stopped with no state of its own: the store says which vectors
+exist, the next wave starts from the last stored one, and an interrupted run resumes from its
+checkpoint as any run does (its fingerprint includes its predecessor's shards, so a checkpoint
+of a run started from another τ_{t−1} is never used). Cost: a Tune start per wave (a few
+seconds), and a wave waits for its slowest chain.
+
 Watching a fleet: ``FleetProgress`` logs a one-line summary (done / running / pending / failed /
 retried, ETA); ``LossCurves`` (Tune's TensorBoard logger, trimmed) writes each run's loss and lr
 per step under ``<storage>/<experiment>/<task>_<period>_<trial id>/``:
@@ -69,6 +82,7 @@ import pandas as pd
 import ray
 from ray import tune
 
+from timevec import continual
 from timevec.config import ExperimentConfig
 from timevec.corpus import load_corpus
 from timevec.distributed.checkpoints import drop_checkpoints
@@ -121,6 +135,78 @@ def _row(run: RunSpec, status: str, **values: Any) -> dict[str, Any]:
 
 #: The store lease the fine-tune stage holds while it writes (timevec.store.lease; ARCHITECTURE §3).
 FINETUNE_LEASE = "finetune"
+
+
+class _Submission:
+    """One Tune experiment over some runs (all of an independent fleet, or one wave of continual chains)."""
+
+    def __init__(self, trainable: Any, ctx: FleetContext, store: VectorStore, rows: dict[str, dict], attrs: dict[str, Any],
+                 progress: bool, callbacks: Sequence[tune.Callback]) -> None:
+        self.trainable, self.ctx, self.store, self.rows, self.attrs = trainable, ctx, store, rows, attrs
+        self.progress, self.callbacks = progress, callbacks
+
+    def __call__(self, todo: list[RunSpec], skipped: int) -> None:
+        """Train ``todo`` in one Tune experiment; each run's row lands in ``rows``."""
+        rc, store, rows = self.ctx.config.ray, self.store, self.rows
+        tracker = FleetProgress(total=len(todo), skipped=skipped, verbose=self.progress)
+        loggers: list[tune.Callback] = []
+        try:
+            loggers.append(LossCurves())
+        except ImportError:
+            log.warning("fleet: tensorboardX is missing (pip install 'ray[tune]'): no TensorBoard logs")
+        tuner = tune.Tuner(
+            self.trainable,
+            param_space={"run": tune.grid_search([r.as_dict() for r in todo])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=rc.max_concurrent_runs,
+                reuse_actors=True,  # a trial process is reused by the next run: ≈1.5 s less per run (ARCHITECTURE §5)
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=self.ctx.experiment,
+                storage_path=self.ctx.storage_path,
+                failure_config=tune.FailureConfig(max_failures=rc.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[tracker, *loggers, *self.callbacks],
+                verbose=0,
+            ),
+        )
+        log.info("fleet: experiment %s under %s (%d concurrent)", self.ctx.experiment, self.ctx.storage_path,
+                 rc.max_concurrent_runs)
+        began = time.perf_counter()
+        grid = tuner.fit()
+        self.attrs["makespan_s"] += time.perf_counter() - began
+        for result in grid:
+            run = RunSpec(**result.config["run"])
+            metrics = result.metrics or {}
+            attempts = tracker.attempts.get(run.key, 1)
+            if result.error is not None or metrics.get("run_status") not in ("done", "skipped"):
+                error = str(result.error).strip().splitlines()[-1] if result.error is not None else "no final report"
+                rows[run.key] = _row(run, "failed", attempts=attempts, error=error, steps=metrics.get("step"))
+                continue
+            if not store.has_vector(run.task, run.period):
+                rows[run.key] = _row(run, "failed", attempts=attempts, error="the trial ended but its vector is not in the store")
+                continue
+            if metrics["run_status"] == "skipped":
+                rows[run.key] = _row(run, "skipped", attempts=attempts)
+                continue
+            rows[run.key] = _row(
+                run,
+                "done",
+                steps=metrics["steps"],
+                final_loss=metrics["final_loss"],
+                seconds=metrics["train_seconds"],
+                tokens_per_second=metrics["tokens_per_second"],
+                attempts=attempts,
+                resumed_from_step=metrics["start_step"],
+                tokens=metrics["tokens"],
+                wall_seconds=metrics["wall_seconds"],
+                cpu_seconds=metrics["cpu_seconds"],
+            )
+        for run in todo:
+            if run.key not in rows:
+                rows[run.key] = _row(run, "failed", attempts=0, error="the trial never reported")
 
 
 def run_fleet(
@@ -218,62 +304,24 @@ def _run_fleet(
         trainable = tune.with_resources(
             tune.with_parameters(in_trial_run, ctx=ctx), {"cpu": rc.cpus_per_run, "gpu": rc.gpus_per_run}
         )
-    tracker = FleetProgress(total=len(todo), skipped=len(done_before), verbose=progress)
-    loggers: list[tune.Callback] = []
-    try:
-        loggers.append(LossCurves())
-    except ImportError:
-        log.warning("fleet: tensorboardX is missing (pip install 'ray[tune]'): no TensorBoard logs")
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"run": tune.grid_search([r.as_dict() for r in todo])},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=rc.max_concurrent_runs,
-            reuse_actors=True,  # a trial process is reused by the next run: ≈1.5 s less per run (ARCHITECTURE §5)
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=experiment,
-            storage_path=storage_path,
-            failure_config=tune.FailureConfig(max_failures=rc.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[tracker, *loggers, *callbacks],
-            verbose=0,
-        ),
-    )
-    log.info("fleet: experiment %s under %s (%d concurrent)", experiment, storage_path, rc.max_concurrent_runs)
-    began = time.perf_counter()
-    grid = tuner.fit()
-    attrs["makespan_s"] = time.perf_counter() - began
+    fit = _Submission(trainable, ctx, store, rows, attrs, progress, callbacks)
+    if config.training.mode == "continual":
+        # A chain is sequential (run t starts from τ_{t−1}), different chains run in parallel: each
+        # wave is one Tune experiment over the next run of every chain whose predecessor is stored.
+        stopped: set[str] = set()
+        while True:
+            wave, blocked = continual.next_wave(config, todo, lambda r: store.has_vector(r.task, r.period), stopped)
+            for key, reason in blocked.items():
+                run = next(r for r in todo if r.key == key)
+                if key not in rows or rows[key]["status"] != "failed":
+                    rows[key] = _row(run, "failed", attempts=0, error=reason)
+            if not wave:
+                break
+            fit(wave, len(runs) - len(todo))
+            stopped |= {r.key for r in wave if rows[r.key]["status"] == "failed"}
+    else:
+        fit(todo, len(done_before))
 
-    for result in grid:
-        run = RunSpec(**result.config["run"])
-        metrics = result.metrics or {}
-        attempts = tracker.attempts.get(run.key, 1)
-        if result.error is not None or metrics.get("run_status") not in ("done", "skipped"):
-            error = str(result.error).strip().splitlines()[-1] if result.error is not None else "no final report"
-            rows[run.key] = _row(run, "failed", attempts=attempts, error=error, steps=metrics.get("step"))
-            continue
-        if not store.has_vector(run.task, run.period):
-            rows[run.key] = _row(run, "failed", attempts=attempts, error="the trial ended but its vector is not in the store")
-            continue
-        if metrics["run_status"] == "skipped":
-            rows[run.key] = _row(run, "skipped", attempts=attempts)
-            continue
-        rows[run.key] = _row(
-            run,
-            "done",
-            steps=metrics["steps"],
-            final_loss=metrics["final_loss"],
-            seconds=metrics["train_seconds"],
-            tokens_per_second=metrics["tokens_per_second"],
-            attempts=attempts,
-            resumed_from_step=metrics["start_step"],
-            tokens=metrics["tokens"],
-            wall_seconds=metrics["wall_seconds"],
-            cpu_seconds=metrics["cpu_seconds"],
-        )
     missing = [r for r in runs if r.key not in rows]
     for run in missing:
         rows[run.key] = _row(run, "failed", attempts=0, error="the trial never reported")

@@ -46,6 +46,17 @@ def _evaluate(config: ExperimentConfig, store: VectorStore) -> StageResult:
     return {"headline": {"cells": len(cells), "cells computed": stats.cells_computed}}
 
 
+def _forgetting(config: ExperimentConfig, store: VectorStore) -> StageResult:
+    from timevec.distributed.forgetting import run_forgetting
+    from timevec.forgetting import by_lag, headline
+
+    table = run_forgetting(config, store)
+    if table is None:
+        return {"headline": {"forgetting": "skipped: training.mode is independent"}}
+    return {"tables": {"forgetting by lag (% worse than when learned; gap to the in-period model)": by_lag(table)},
+            "headline": headline(table)}
+
+
 def _interpolate(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.interpolate import run_interpolation
 
@@ -82,6 +93,7 @@ def _groups(config: ExperimentConfig, store: VectorStore) -> StageResult:
 STAGE_FUNCTIONS: dict[str, StageFunction] = {
     "finetune": _finetune,
     "evaluate": _evaluate,
+    "forgetting": _forgetting,
     "interpolate": _interpolate,
     "forecast": _forecast,
     "analogy": _analogy,

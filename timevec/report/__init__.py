@@ -24,6 +24,7 @@ import pandas as pd
 from timevec import analysis as an
 from timevec import results, similarity
 from timevec.report.adaptation import adaptation_figures, analogy_figures, forecast_figures, interpolation_figures
+from timevec.report.forgetting import forgetting_figures
 from timevec.report.groups import group_figures
 from timevec.report.page import page
 from timevec.report.plotting import Figure, WriteBytes, WriteTable
@@ -90,6 +91,9 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
         interpolation_protocol_figures(res.interpolation_protocols, figures, write_table)
     if res.analogy_protocols is not None and not res.analogy_protocols.empty:
         analogy_protocol_figures(res.analogy_protocols, figures, write_table)
+    forgetting = tables.get(results.FORGETTING_TABLE)
+    if forgetting is not None and not forgetting.empty:
+        forgetting_figures(forgetting, figures, write_table)
     group_figures(tables, figures, write_table)  # where in the weights time lives (timevec.report.groups)
     probe = tables.get(results.PROBE_TABLE)  # `timevec probe` (timevec.probe); absent: no probe figures
     if probe is not None and not probe.empty:
@@ -107,6 +111,7 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
               "task analogies under each selection protocol": res.analogy_protocols,
               "time soups": tables.get(results.SOUPS_TABLE), "patching": tables.get(results.PATCHING_TABLE),
               "forecasts (past-only) and baselines vs the latest vector": forecast,
+              "forgetting: continual vs independent vs merged updating": forgetting,
               "group swaps: share of the gap to the in-period vector": tables.get(results.GROUP_SWAPS_TABLE)}
     folded["time probes (R² and Spearman per model, layer, pooling)"] = probe
     write_bytes("reports/index.html", page(title, res.findings, res.headline, figures, when, notes, folded))

@@ -1,0 +1,97 @@
+"""The forgetting stage on Ray: evaluate the merged states, then the forgetting table.
+
+Runs in a continual study (``training.mode: continual``; the stage gets the continual store,
+:func:`timevec.continual.for_mode`). It reads three sets of cells (:mod:`timevec.forgetting`):
+the continual store's own ``cells`` (the evaluate stage, unchanged), the independent study's
+``cells`` in the parent store, and ``merged_cells`` — θ_pre + mean(τ_1 … τ_t) of the INDEPENDENT
+vectors, which this stage evaluates on the actor pool of the interpolation stage
+(:class:`~timevec.distributed.interpolate.CombinationActor` over the independent store, one item
+per merged state, rows appended to the continual store as items finish, so a re-run evaluates
+only the missing ones). Then ``results/forgetting.parquet``. In an independent study the stage
+does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from timevec import continual, forgetting, results
+from timevec.cells import prepare_splits, require_base
+from timevec.config import ExperimentConfig
+from timevec.distributed.actor_pool import Failure, drive, failure_error
+from timevec.distributed.interpolate import CombinationActor
+from timevec.periods import sort_periods
+from timevec.store import VectorStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_forgetting", "run_item"]
+
+
+def run_item(evaluate_weights, get_vector, item: forgetting.MergedItem, splits) -> list[dict]:
+    """Cells rows of one merged state on its test splits (no Ray). ``get_vector(task, period)``."""
+    available = splits.get((item.task, item.granularity), {})
+    tests = [available[p] for p in item.test_periods if p in available]
+    weight = 1.0 / len(item.members)
+    rows = evaluate_weights([(weight, get_vector(item.task, p)) for p in item.members], tests)
+    return [{**row, "task": item.task, "granularity": item.granularity, "vector": item.vector,
+             "train_period": item.members[-1]} for row in rows]
+
+
+class _MergedActor(CombinationActor):
+    def work(self, item: forgetting.MergedItem, splits) -> dict[str, list[dict]]:
+        return {results.MERGED_CELLS_TABLE: run_item(self.evaluator.evaluate_weights, self.cache.get, item, splits)}
+
+
+def _cells(store: VectorStore, name: str) -> pd.DataFrame | None:
+    return store.read_table(name) if store.exists() and store.has_table(name) else None
+
+
+def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame | None:
+    """Merged states into ``merged_cells`` and the ``forgetting`` table into ``store`` (the continual one)."""
+    if config.training.mode != "continual":
+        log.info("forgetting: skipped (training.mode is independent; set training.mode=continual)")
+        return None
+    store = store or VectorStore.from_config(config.store)
+    require_base(store)
+    root_config = config.with_overrides([f"store.url={continual.independent_url(config.store.url)}"])
+    root = VectorStore.from_config(root_config.store)
+    if not root.exists() or not root.list_vectors():
+        log.warning("forgetting: no independent vectors in %s (run the study with training.mode: independent "
+                    "first): the table has the continual rows only", root)
+    elif root.base_fingerprint != store.base_fingerprint:
+        raise ValueError(f"forgetting: the independent store {root} holds another base ({root.base_id}) than "
+                         f"the continual store {store} ({store.base_id}); they must share θ_pre")
+    merged = _cells(store, results.MERGED_CELLS_TABLE)
+    done = set() if merged is None else set(zip(merged["task"], merged["granularity"], merged["vector"],
+                                                merged["test_period"]))
+    periods_of = {(t, g): config.period_list(g) for t in config.tasks for g in config.granularities}
+    items: list[forgetting.MergedItem] = []
+    if root.exists():
+        for (task, granularity), periods in periods_of.items():
+            stored = sort_periods(p for _, p in root.list_vectors(task))
+            items.extend(forgetting.plan_merged(task, granularity, periods, stored, done))
+    log.info("forgetting: %d merged state(s) to evaluate", len(items))
+    if items:
+        needed: dict[tuple[str, str], set[str]] = {}
+        for item in items:
+            needed.setdefault((item.task, item.granularity), set()).update(item.test_periods)
+
+        def failed(failure: Failure) -> None:
+            log.error("merged %s failed: %s", failure.item.vector, failure.text)
+
+        outcome = drive(
+            _MergedActor, (root_config, root), config.ray, items, lambda: [prepare_splits(config, needed)],
+            {results.MERGED_CELLS_TABLE: lambda rows: store.append_table(
+                results.MERGED_CELLS_TABLE, results.cells_table(results.cells_frame(rows)))},
+            desc="merged states", unit="state", flush_rows=64, flush_seconds=30.0, on_failure=failed,
+        )
+        if outcome.failures:
+            names = ", ".join(f.item.vector for f in outcome.failures)
+            raise failure_error(f"{len(outcome.failures)} merged state(s) failed: {names}", outcome.failures)
+    table = forgetting.forgetting_rows(periods_of, _cells(store, results.CELLS_TABLE), _cells(root, results.CELLS_TABLE),
+                                       _cells(store, results.MERGED_CELLS_TABLE))
+    store.write_table(results.FORGETTING_TABLE, table)
+    return table
