@@ -26,20 +26,32 @@ def _config(root: Path, *overrides: str):
     return load_config(TINY, [f"store.url={root}", "tasks=[lm]", "periods.start='2014'", "periods.end='2015'", *overrides])
 
 
-@pytest.fixture
-def finished(tmp_path: Path):
-    """A finished 2-year lm study: two vectors (manifests carry the config) and its 2 × 3 cells."""
-    config = _config(tmp_path / "store")
+def _finish(config, periods: list[str], granularity: str = "year") -> VectorStore:
+    """A finished lm study on ``periods``: its vectors (manifests carry the config) and every cell."""
     store = VectorStore.from_config(config.store)
     store.init("tiny-test-base", {"w": torch.zeros(4)})
-    for i, year in enumerate(YEARS):
-        store.put_vector("lm", year, {"w": torch.full((4,), float(i + 1))}, manifest={"config": config.model_dump(mode="json")})
-    rows = [{"task": "lm", "granularity": "year", "vector": vector, "test_period": test, "metric": "perplexity",
+    for i, period in enumerate(periods):
+        store.put_vector("lm", period, {"w": torch.full((4,), float(i + 1))}, manifest={"config": config.model_dump(mode="json")})
+    rows = [{"task": "lm", "granularity": granularity, "vector": vector, "test_period": test, "metric": "perplexity",
              "value": 10.0 + n, "low": 9.0, "high": 11.0, "higher_is_better": False, "n_examples": 4, "n_tokens": 40,
              "seconds": 0.1}
-            for n, (vector, test) in enumerate((v, t) for v in ["base", "lm/2014", "lm/2015"] for t in YEARS)]
+            for n, (vector, test) in enumerate((v, t) for v in ["base", *(f"lm/{p}" for p in periods)] for t in periods)]
     store.write_table(results.CELLS_TABLE, results.cells_frame(rows))
     return store
+
+
+@pytest.fixture
+def finished(tmp_path: Path) -> VectorStore:
+    """A finished 2-year lm study: two vectors and its 3 × 2 cells."""
+    return _finish(_config(tmp_path / "store"), YEARS)
+
+
+def test_a_monthly_study_is_extended_by_one_month(tmp_path: Path) -> None:
+    months = ("granularities=[month]", "periods={start: '2016-11', end: '2017-01'}")
+    store = _finish(_config(tmp_path / "store", *months), ["2016-11", "2016-12", "2017-01"], "month")
+    extension = find_extension(_config(tmp_path / "store", *months, "periods.end='2017-02'"), store)
+    assert extension.added == {("lm", "month"): ["2017-02"]} and extension.label == "month-2016-11-2017-01"
+    assert (extension.new_runs(), extension.new_cells()) == (1, 2 * 3 + 1 + 1)
 
 
 def test_a_later_end_is_an_extension_and_the_same_or_a_shorter_range_is_not(finished: VectorStore, tmp_path: Path) -> None:
