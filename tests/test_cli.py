@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -83,13 +84,18 @@ def test_unknown_stage_exits_2_in_the_cli_and_the_job(tmp_path):
     assert single.returncode == 2 and "unrecognized arguments: --stages" in single.stderr  # fixed-stage jobs
 
 
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
-def test_tiny_demo_end_to_end_then_store_tools(tmp_path):
+def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path):
     store = tmp_path / "store"
-    # one analogy pair (2016 → 2017) on a 1 × 2 × 1 grid: the search's own tests cover the grid and
-    # the pairs; this one covers the command
-    small = ("--set", "analogy.alpha1=[1.0]", "--set", "analogy.alpha3=[0.1]", "--set", "analogy.source_periods=['2016']")
-    result = timevec("demo", "--tiny", "--store", str(store), *small)
+    # one analogy pair per target (2015 → k) on a 1 × 2 × 1 grid: the search's own tests cover the grid
+    # and the pairs; this one covers the command. The study is 2014–2016 first (the forecast needs 4
+    # years and is skipped), then extended to the tiny config's 2017.
+    small = ("--set", "analogy.alpha1=[1.0]", "--set", "analogy.alpha3=[0.1]", "--set", "analogy.source_periods=['2015']")
+    result = timevec("demo", "--tiny", "--store", str(store), *small, "--set", "periods.end='2016'")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     report = store / "reports" / "index.html"
     assert report.exists() and f"HTML report: {report}" in result.stdout
@@ -105,22 +111,50 @@ def test_tiny_demo_end_to_end_then_store_tools(tmp_path):
     table = tail[1].splitlines()[1:]
     assert table[0].split() == ["finding", "panel", "measured", "paper", "holds"]
     assert any(line.startswith("own period best") for line in table) and any("decay with the gap" in line for line in table)
-    cells = pd.read_parquet(store / "results" / "cells.parquet")
-    years = ["2014", "2015", "2016", "2017"]
+    results = store / "results"
+    cells = pd.read_parquet(results / "cells.parquet")
+    years = ["2014", "2015", "2016"]
     lm = cells[cells["task"] == "lm"]
     assert set(lm["test_period"]) == set(years)
     assert len(lm) == len(years) * (len(years) + 1)  # every vector × test period, plus the base row
     for name in ("interpolation", "analogy_best", "similarity", "decay_fit"):
-        assert (store / "results" / f"{name}.parquet").exists(), name
+        assert (results / f"{name}.parquet").exists(), name
 
     listing = timevec("store", "ls", str(store))
-    assert listing.returncode == 0 and "lm" in listing.stdout and "2017" in listing.stdout
+    assert listing.returncode == 0 and "lm" in listing.stdout and "2016" in listing.stdout
     assert timevec("store", "verify", str(store)).returncode == 0
 
-    # a second run finds everything done and trains nothing
+    # adding 2017 to the finished study (ARCHITECTURE §12): the same command on the config's own range
+    # trains only the two new runs and evaluates only the new row and column of each matrix, plus the
+    # base on 2017: 2N + 1 + 1 = 8 cells per task for N = 3, 16 for the two tasks
+    vectors, best = _digests(store / "vectors"), pd.read_parquet(results / "analogy_best.parquet")
     again = timevec("demo", "--tiny", "--store", str(store), *small)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "fine-tune runs 8 skipped" in again.stdout and "(0 computed now)" in again.stdout
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    n = len(years)
+    assert "fine-tune runs 6 skipped, 2 done" in again.stdout, again.stdout[-2000:]
+    assert f"{2 * (n + 1) * (n + 2)} cells ({2 * (2 * n + 2)} computed now)" in again.stdout, again.stdout[-2000:]
+    now = _digests(store / "vectors")
+    assert {k: now[k] for k in vectors} == vectors  # every old shard and manifest byte-identical
+    assert {k.rsplit("/", 1)[0] for k in set(now) - set(vectors)} == {"lm/2017", "classification/2017"}
+    extended = pd.read_parquet(results / "cells.parquet")
+    key = ["task", "granularity", "vector", "test_period"]
+    kept = extended.merge(cells[key], on=key)
+    pd.testing.assert_frame_equal(kept.sort_values(key).reset_index(drop=True), cells.sort_values(key).reset_index(drop=True))
+    added = set(map(tuple, extended[key].itertuples(index=False))) - set(map(tuple, cells[key].itertuples(index=False)))
+    old = ["base"] + years
+    assert added == {(t, "year", "base" if v == "base" else f"{t}/{v}", "2017") for t in ("lm", "classification") for v in old} | {
+        (t, "year", f"{t}/2017", p) for t in ("lm", "classification") for p in [*years, "2017"]}
+    # the results whose meaning depends on the range were kept apart and rebuilt for 2014–2017
+    interpolation = pd.read_parquet(results / "interpolation.parquet")
+    assert set(zip(interpolation["first"], interpolation["last"])) == {("2014", "2017")}
+    previous = pd.read_parquet(store / "previous" / "year-2014-2016" / "results" / "interpolation.parquet")
+    assert set(zip(previous["first"], previous["last"])) == {("2014", "2016")}
+    assert (store / "previous" / "year-2014-2016" / "reports" / "index.html").exists() and report.exists()
+    assert set(pd.read_parquet(results / "forecast.parquet")["target_period"]) == {"2016", "2017"}
+    # the analogy pair 2015 → 2016 is reused as it was; 2015 → 2017 is new
+    pairs = pd.read_parquet(results / "analogy_best.parquet")
+    pd.testing.assert_frame_equal(pairs[pairs["target_period"] == "2016"].reset_index(drop=True), best.reset_index(drop=True))
+    assert set(pairs["target_period"]) == {"2016", "2017"}
 
     # corrupt one shard: verify names it and exits 1
     shard = next((store / "vectors" / "lm" / "2015").glob("shard-*.safetensors"))

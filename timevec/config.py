@@ -467,6 +467,9 @@ class ProbeConfig(_Strict):
 
 
 class PeriodRange(_Strict):
+    """Bounds are years (whole years of periods) or, for monthly runs only, months ("2017-03"), so
+    that a monthly study can be extended one month at a time (ARCHITECTURE §12)."""
+
     start: str
     end: str
 
@@ -477,21 +480,26 @@ class PeriodRange(_Strict):
             period = Period.parse(str(value))
         except PeriodError as exc:
             raise ValueError(str(exc)) from None
-        if period.granularity != "year":
-            raise ValueError(f"period range bounds are years, got {value!r}")
         return str(period)
 
     @model_validator(mode="after")
     def _ordered(self) -> PeriodRange:
-        if Period.parse(self.end) < Period.parse(self.start):
-            raise ValueError(f"periods.end {self.end} is before periods.start {self.start}")
+        try:
+            self.periods("month")
+        except PeriodError:
+            raise ValueError(f"periods.end {self.end} is before periods.start {self.start}") from None
         return self
 
+    def has_month_bounds(self) -> bool:
+        return Period.parse(self.start).granularity == "month" or Period.parse(self.end).granularity == "month"
+
     def periods(self, granularity: Granularity) -> list[str]:
-        """Every period of ``granularity`` between the bounds (whole years)."""
+        """Every period of ``granularity`` between the bounds (whole years, or from/to a month bound)."""
         if granularity == "year":
             return [str(p) for p in period_range(self.start, self.end)]
-        return [str(p) for p in period_range(f"{self.start}-01", f"{self.end}-12")]
+        first = self.start if Period.parse(self.start).granularity == "month" else f"{self.start}-01"
+        last = self.end if Period.parse(self.end).granularity == "month" else f"{self.end}-12"
+        return [str(p) for p in period_range(first, last)]
 
 
 class GroupsConfig(_Strict):
@@ -557,6 +565,9 @@ class ExperimentConfig(_Strict):
             raise ValueError("granularities is empty")
         if not self.tasks:
             raise ValueError("tasks is empty")
+        if "year" in self.granularities and self.periods.has_month_bounds():
+            raise ValueError(f"periods: month bounds ({self.periods.start}, {self.periods.end}) are for monthly runs only; "
+                             "with granularity year give years here and the months in month_periods")
         if "classification" in self.tasks and not self.corpus.label_column:
             raise ValueError("tasks includes classification but corpus.label_column is not set")
         if "summarization" in self.tasks and not (

@@ -170,6 +170,9 @@ def _run_one(config: ExperimentConfig, stages: list[str], functions: Mapping[str
     store = VectorStore.from_config(config.store)
     if store.exists():
         check_store_base(config, store)
+        from timevec.extension import prepare_extension
+
+        prepare_extension(config, store)  # new periods: keep the old range's results apart first (ARCHITECTURE §15)
     summary: StageResult = {"tables": {}, "headline": {}}
     ordered = [s for s in STAGES if s in stages]
     for name in ordered:

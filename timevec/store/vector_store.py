@@ -539,6 +539,10 @@ class VectorStore:
     def exists_path(self, relpath: str) -> bool:
         return self._files.exists(self._path(check_relpath(relpath)))
 
+    def remove_paths(self, relpaths: list[str]) -> None:
+        """Remove files under the root (absent ones are ignored), e.g. results moved aside by an extension."""
+        self._files.remove([self._path(check_relpath(rel)) for rel in relpaths])
+
     def list_paths(self, prefix: str = "") -> list[str]:
         """Relative paths of every file under ``prefix`` (recursive, sorted; '' = the whole store)."""
         prefix = prefix.rstrip("/")
