@@ -162,6 +162,7 @@ def test_a_killed_trial_resumes_from_its_checkpoint(ray_session: str, base_store
     config = tiny(
         tmp_path, base_store, "tasks=[lm]",
         "periods.end='2015'", "training.steps=12", "training.checkpoint_every=4", "ray.max_concurrent_runs=1",
+        "ray.report_interval_s=0",  # every step reported: the callback must see step 6
     )
     killer = KillTrialOnce(at=6)
     table = run_fleet(config, callbacks=[killer])
@@ -288,6 +289,7 @@ def test_fleet_on_s3_resumes_from_s3_checkpoints(ray_session: str, base_store: P
     config = load_config(TINY, [
         f"store.url={url}", f"store.storage_options.endpoint_url={s3_server.endpoint_url}", "tasks=[lm]",
         "periods.end='2015'", "training.steps=12", "training.checkpoint_every=4", "ray.max_concurrent_runs=1",
+        "ray.report_interval_s=0",  # every step reported: the callback must see step 6
     ])  # fmt: skip
     store = VectorStore.from_config(config.store)
     assert "endpoint_override=" in store.ray_storage_path()
