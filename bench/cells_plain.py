@@ -148,7 +148,9 @@ def compare(config_path: str, overrides: list[str], vector_periods: str | None, 
 
     plains = [plain_loop(config, store, splits, items)]  # before the stage, and after it (a shared machine)
     print(f"  plain 1: {plains[0]['cells'] / plains[0]['seconds']:.3f} cells/s; load {os.getloadavg()[0]:.1f}", flush=True)
-    ray.init(num_cpus=max(2, config.ray.torch_threads), include_dashboard=False, log_to_driver=False)
+    from bench.ray_start import start_ray
+
+    start_ray(max(2, config.ray.torch_threads))
     table = f"{TABLE}_{time.strftime('%Y%m%d_%H%M%S')}"  # a fresh table: every cell computed (left in the store)
     frame, stats = run_cells(config, store, include_base=True, table=table)
     ray.shutdown()

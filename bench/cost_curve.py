@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
+from bench.ray_start import start_ray  # noqa: E402
 from timevec.config import load_config  # noqa: E402
 from timevec.corpus import load_corpus  # noqa: E402
 from timevec.distributed.pipeline import run_pipeline  # noqa: E402
@@ -86,10 +87,9 @@ def main() -> int:
 
     base_config = load_config(args.config, [*common, f"store.url={work / 'base'}"])
     prepare_base(base_config, load_corpus(base_config.corpus), VectorStore.from_config(base_config.store))
-    began = time.perf_counter()
-    ray.init(num_cpus=base_config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+    init_s = start_ray(base_config.ray.num_cpus)
     print(f"cost curve: {args.config} {' '.join(common)}; stages {', '.join(stages)}; "
-          f"ray.init {time.perf_counter() - began:.1f} s (not counted); load {os.getloadavg()[0]:.1f} at the start")
+          f"ray.init {init_s:.1f} s (not counted); load {os.getloadavg()[0]:.1f} at the start")
 
     measured: dict[int, dict[str, float]] = {}
     for n in sizes:

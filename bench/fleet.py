@@ -44,6 +44,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
+from bench.ray_start import start_ray  # noqa: E402
 from timevec.config import ExperimentConfig, load_config  # noqa: E402
 from timevec.corpus import load_corpus  # noqa: E402
 from timevec.distributed.fleet import RunSpec, plan_runs, run_fleet, run_one  # noqa: E402
@@ -182,9 +183,7 @@ def main() -> int:
     plain_config = config_for("plain")
     first, wall1, load1 = plain_phase(plain_config, runs[:half], args.concurrency)
 
-    t0 = time.perf_counter()
-    ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
-    ray_init = time.perf_counter() - t0
+    ray_init = start_ray(args.concurrency)
     intervals = [float(x) for x in args.report_intervals.split(",")]
     fleets = []
     for interval in intervals:
