@@ -68,7 +68,10 @@ def _batches(examples, batch_size: int, pad_id: int):
 
 
 def plain_metric(model, split: EvalSplit, batch_size: int) -> float:
-    """Perplexity (lm) or macro-F1 (classification) of ``model`` as it is, the plain way."""
+    """Perplexity (lm) or macro-F1 (classification) of ``model`` as it is, the plain way (decoder-only)."""
+    if split.encoder_decoder or split.task not in ("lm", "classification"):
+        raise SystemExit(f"the plain loop scores decoder-only lm/classification splits, not {split.task} "
+                         f"(encoder_decoder={split.encoder_decoder})")
     if split.task == "lm":
         total, count = 0.0, 0
         for ids, mask, labels in _batches(split.examples, batch_size, split.pad_id):
