@@ -14,6 +14,12 @@ The same comparison runs in one process without Ray, to separate the cost of loa
 Printed: cells/s, model loads (and per cell / per vector), vector reads, the share of worker time
 spent in forward passes, and the ratios. Vectors are random perturbations of the (pretrained a few
 steps) base: evaluation cost does not depend on what the weights are.
+
+``--against plain --config FILE [--set k=v]`` compares instead the evaluate stage (``run_cells``,
+one actor with ``ray.torch_threads`` threads) with a plain Hugging Face loop in this process
+(:mod:`bench.cells_plain`) on the config's store: the same model, vectors, prepared splits,
+``evaluation.batch_size`` and ``max_length``, and torch threads. The store is filled first where it
+lacks the base (``prepare_base``) or a vector of ``--vector-periods`` (random, as above).
 """
 
 from __future__ import annotations
@@ -99,8 +105,18 @@ def main() -> int:
     parser.add_argument("--max-examples", type=int, default=16)
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="one-process runs per design (best is shown)")
+    parser.add_argument("--against", choices=["naive", "plain"], default="naive",
+                        help="naive: a model load per cell; plain: a plain Hugging Face loop (bench/cells_plain.py)")
+    parser.add_argument("--config", help="(plain) the study config whose store, splits and model are compared")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="(plain) key=value")
+    parser.add_argument("--vector-periods", help="(plain) comma-separated periods whose vectors are evaluated "
+                        "(default: every stored one); missing ones are written as random vectors")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.against == "plain":
+        from bench.cells_plain import compare
+
+        return compare(args.config, args.overrides, args.vector_periods, repeats=args.repeats)
     first, last = args.periods.split(":")
     with tempfile.TemporaryDirectory(prefix="timevec-bench-cells-") as root:
         config = load_config(

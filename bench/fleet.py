@@ -8,7 +8,10 @@ of the tiny config (24 = every month of 2014–2015) and prints, measured side b
 (a) training throughput: tokens/s of a run inside the fleet vs the same job (``run_one``: model
     from the store, examples, the loop, τ, vector write) in plain processes — goal ≥ 0.95×;
 (b) fleet makespan (the Tune run) vs the ideal Σ(single-run train time) / concurrency — goal
-    ≤ 1.2×; also split into the one-time start-up (until the first trial runs) and the rest;
+    ≤ 1.1×; also split into the one-time start-up (until the first trial runs) and the rest.
+    (a) and (b) are printed for each ``--report-intervals`` value (``ray.report_interval_s``: how
+    often a run reports its step metrics; 0 = every step, as before the reports were coalesced),
+    the fleets run back to back between the two plain halves;
 (c) start-up: a few short runs with ``workers_per_run=0`` (in-trial) and ``=1`` (a Train V2
     ``TorchTrainer`` per run).
 
@@ -41,6 +44,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
+from bench.ray_start import start_ray  # noqa: E402
 from timevec.config import ExperimentConfig, load_config  # noqa: E402
 from timevec.corpus import load_corpus  # noqa: E402
 from timevec.distributed.fleet import RunSpec, plan_runs, run_fleet, run_one  # noqa: E402
@@ -74,6 +78,7 @@ class Timeline(tune.Callback):
         self._base: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._sampled = 0.0
+        self.results = 0
 
     def _sample(self, force: bool = False) -> None:
         now = time.perf_counter()
@@ -95,6 +100,7 @@ class Timeline(tune.Callback):
             self.first_start = time.perf_counter()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.results += 1
         self._sample()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -142,6 +148,8 @@ def main() -> int:
     parser.add_argument("--trainer-runs", type=int, default=2, help="runs for the workers_per_run 0 vs 1 comparison (0: skip)")
     parser.add_argument("--trainer-steps", type=int, default=50, help="steps per run in that comparison (start-up is what it measures)")
     parser.add_argument("--workdir", help="where stores go (default: a temporary directory)")
+    parser.add_argument("--report-intervals", default="0.5,0",
+                        help="ray.report_interval_s of each fleet run, comma-separated (0: report every step)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -175,54 +183,62 @@ def main() -> int:
     plain_config = config_for("plain")
     first, wall1, load1 = plain_phase(plain_config, runs[:half], args.concurrency)
 
-    t0 = time.perf_counter()
-    ray.init(num_cpus=args.concurrency, include_dashboard=False, log_to_driver=False)
-    ray_init = time.perf_counter() - t0
-    timeline = Timeline()
-    table = run_fleet(config_for("fleet"), runs=runs, progress=False, callbacks=[timeline])
-    assert set(table["status"]) == {"done"}, table.to_string()
-    fleet_load = os.getloadavg()[0]
-    makespan = table.attrs["makespan_s"]
+    ray_init = start_ray(args.concurrency)
+    intervals = [float(x) for x in args.report_intervals.split(",")]
+    fleets = []
+    for interval in intervals:
+        timeline = Timeline()
+        table = run_fleet(config_for(f"fleet-{interval:g}", f"ray.report_interval_s={interval}"), runs=runs,
+                          progress=False, callbacks=[timeline])
+        assert set(table["status"]) == {"done"}, table.to_string()
+        fleets.append((interval, table, timeline, os.getloadavg()[0]))
 
     second, wall2, load2 = plain_phase(plain_config, runs[half:], args.concurrency)
     plain = first + second
 
     plain_tps = statistics.median(m["tokens_per_second"] for m in plain)
-    fleet_tps = statistics.median(table["tokens_per_second"])
     sum_train = sum(m["train_seconds"] for m in plain)
     sum_total = sum(m["total_seconds"] for m in plain)
     ideal_train = sum_train / args.concurrency
     ideal_total = sum_total / args.concurrency
-    startup = timeline.first_start - timeline.began
-    per_run = (makespan * args.concurrency - float(table["seconds"].sum())) / len(runs)
     plain_tokens = sum(m["tokens"] for m in plain)
-    fleet_tokens = float(table["tokens"].sum())
     plain_cpu = 1e6 * sum(m["cpu_seconds"] for m in plain) / plain_tokens
-    trial_cpu = 1e6 * float(table["cpu_seconds"].sum()) / fleet_tokens
-    cluster_cpu = 1e6 * timeline.cpu_used / fleet_tokens
 
     print()
-    print(f"load average (1 min) after each phase: plain-1 {load1:.1f}, fleet {fleet_load:.1f}, plain-2 {load2:.1f}")
+    loads = ", ".join(f"fleet (report every {i:g} s) {load:.1f}" for i, _t, _tl, load in fleets)
+    print(f"load average (1 min) after each phase: plain-1 {load1:.1f}, {loads}, plain-2 {load2:.1f}")
     print(f"ray.init(num_cpus={args.concurrency}): {ray_init:.1f} s (not in the makespan)")
-    print("(a) tokens/s of a run (median over runs)")
-    print(f"    plain processes, 1 thread each:  {plain_tps:9.0f}")
-    print(f"    fleet trials, 1 thread each:     {fleet_tps:9.0f}   ratio {fleet_tps / plain_tps:.3f}  (goal >= 0.95)")
-    print("    CPU ms per 1000 tokens trained (independent of other load on the machine):")
-    print(f"      plain process while training:  {plain_cpu:7.2f}")
-    print(f"      fleet trial while training:    {trial_cpu:7.2f}   plain/trial {plain_cpu / trial_cpu:.3f}"
-          "  (the loop + reporting every step)")
-    print(f"      whole cluster, Tune run:       {cluster_cpu:7.2f}   plain/cluster {plain_cpu / cluster_cpu:.3f}  "
-          f"(+ driver, raylet, GCS, start-up, model loads, vector writes)")
-    print("(b) makespan")
-    print(f"    fleet (the Tune run):            {makespan:9.1f} s")
-    print(f"    ideal sum(train) / {args.concurrency}:            {ideal_train:9.1f} s   ratio {makespan / ideal_train:.3f}  (goal <= 1.2)")
-    print(f"    ideal sum(total) / {args.concurrency}:            {ideal_total:9.1f} s   ratio {makespan / ideal_total:.3f}"
-          "  (total = + model load, examples, vector write)")
-    print(f"    plain processes, wall:           {wall1 + wall2:9.1f} s   ratio {makespan / (wall1 + wall2):.3f}")
-    print(f"    start-up (Tune run begins -> first trial starts): {startup:.1f} s; the rest {makespan - startup:.1f} s "
-          f"= {(makespan - startup) / ideal_train:.3f}x ideal")
-    print(f"    per-run overhead in the fleet (slot time - train time): {per_run:.2f} s/run "
-          f"(plain: {(sum_total - sum_train) / len(runs):.2f} s/run)")
+    print(f"plain processes, 1 thread each: {plain_tps:.0f} tokens/s (median run), {plain_cpu:.2f} CPU ms per 1000 tokens; "
+          f"ideal sum(train) / {args.concurrency} = {ideal_train:.1f} s, sum(total) / {args.concurrency} = {ideal_total:.1f} s, "
+          f"wall {wall1 + wall2:.1f} s")
+    for interval, table, timeline, _load in fleets:
+        makespan = table.attrs["makespan_s"]
+        fleet_tps = statistics.median(table["tokens_per_second"])
+        startup = timeline.first_start - timeline.began
+        per_run = (makespan * args.concurrency - float(table["seconds"].sum())) / len(runs)
+        fleet_tokens = float(table["tokens"].sum())
+        trial_cpu = 1e6 * float(table["cpu_seconds"].sum()) / fleet_tokens
+        cluster_cpu = 1e6 * timeline.cpu_used / fleet_tokens
+        print(f"--- fleet, ray.report_interval_s={interval:g}" + (" (a report every step)" if interval == 0 else ""))
+        print("(a) tokens/s of a run (median over runs)")
+        print(f"    fleet trials, 1 thread each:     {fleet_tps:9.0f}   ratio {fleet_tps / plain_tps:.3f}  (goal >= 0.95)")
+        print("    CPU ms per 1000 tokens trained (independent of other load on the machine):")
+        print(f"      fleet trial while training:    {trial_cpu:7.2f}   plain/trial {plain_cpu / trial_cpu:.3f}"
+              "  (the loop + reporting)")
+        print(f"      whole cluster, Tune run:       {cluster_cpu:7.2f}   plain/cluster {plain_cpu / cluster_cpu:.3f}  "
+              f"(+ driver, raylet, GCS, start-up, model loads, vector writes)")
+        print("(b) makespan")
+        print(f"    fleet (the Tune run):            {makespan:9.1f} s")
+        print(f"    ideal sum(train) / {args.concurrency}:            {ideal_train:9.1f} s   "
+              f"ratio {makespan / ideal_train:.3f}  (goal <= 1.1)")
+        print(f"    ideal sum(total) / {args.concurrency}:            {ideal_total:9.1f} s   ratio {makespan / ideal_total:.3f}"
+              "  (total = + model load, examples, vector write)")
+        print(f"    plain processes, wall:           {wall1 + wall2:9.1f} s   ratio {makespan / (wall1 + wall2):.3f}")
+        print(f"    start-up (Tune run begins -> first trial starts): {startup:.1f} s; the rest {makespan - startup:.1f} s "
+              f"= {(makespan - startup) / ideal_train:.3f}x ideal")
+        print(f"    per-run overhead in the fleet (slot time - train time): {per_run:.2f} s/run "
+              f"(plain: {(sum_total - sum_train) / len(runs):.2f} s/run)")
+        print(f"    results Tune's driver handled: {timeline.results} ({timeline.results / len(runs):.0f} per run)")
 
     if args.trainer_runs:
         few = runs[: args.trainer_runs]

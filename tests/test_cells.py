@@ -117,6 +117,7 @@ def test_evaluator_restores_the_base_exactly(study):
     for name, param in float_parameters(evaluator.model).items():
         assert torch.equal(param.detach(), stored_base[name]), name
     assert evaluator.stats.model_loads == 1 and evaluator.stats.vector_reads == 3
+    assert 0 < evaluator.stats.forward_cpu_seconds  # the bench's load-independent cost of the forward passes
 
 
 def test_rerun_computes_only_missing_cells_and_names_a_broken_vector(ray_session, study):

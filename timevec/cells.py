@@ -141,6 +141,7 @@ class EvaluatorStats:
     read_seconds: float = 0.0
     patch_seconds: float = 0.0
     forward_seconds: float = 0.0
+    forward_cpu_seconds: float = 0.0  # CPU of this process during the forward passes: independent of other load
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -185,10 +186,11 @@ class CellEvaluator:
 
     def evaluate_split(self, split: EvalSplit) -> dict[str, Any]:
         """The model as it is now on one split: the metric dict plus ``seconds``."""
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         result = evaluate(self.model, split, self.config.evaluation, self.device, tokenizer=self.tokenizer)
         seconds = time.perf_counter() - began
         self.stats.forward_seconds += seconds
+        self.stats.forward_cpu_seconds += time.process_time() - cpu
         self.stats.cells += 1
         return {**result, "seconds": seconds}
 

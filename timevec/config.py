@@ -288,6 +288,9 @@ class RayConfig(_Strict):
         False, description="the cluster adds nodes on demand: do not fail fast when no current node fits a run or actor"
     )
     dashboard: bool = Field(False, description="a local cluster starts Ray's dashboard (its URL is logged); costs seconds at start")
+    report_interval_s: float = Field(
+        0.5, ge=0, description="a fleet run reports its per-step metrics at most this often (checkpoints always); 0: every step"
+    )
 
     @field_validator("storage_path")
     @classmethod

@@ -39,7 +39,8 @@ not pick up new periods or a new cluster size; and an experiment whose trials al
 whose vectors are missing would still need a fresh experiment.
 
 Checkpoints are a directory with ``train_state.pt`` (model, optimizer, scheduler and step, saved
-with ``torch.save``) and ``meta.json``. Metrics are reported every step, from a thread beside the
+with ``torch.save``) and ``meta.json``. Metrics are reported every step (at most one per
+``ray.report_interval_s``, the newest), from a thread beside the
 loop (``Reporter``: Ray's report blocks); a checkpoint only when the training loop hands a state
 (every ``checkpoint_every`` steps and at the end). Once a run's vector is stored its checkpoints
 are deleted (``keep_checkpoints=True`` keeps them).

@@ -71,7 +71,7 @@ def in_trial_run(params: dict, ctx: FleetContext) -> None:
             resume, meta = found
             log.info("run %s: resuming from an earlier submission's checkpoint at step %d", run.key, meta["step"])
     start = int(resume["step"]) if resume is not None else 0
-    reporter = Reporter(tune.report, tune.Checkpoint, job, start, meta)
+    reporter = Reporter(tune.report, tune.Checkpoint, job, start, meta, min_interval_s=ctx.config.ray.report_interval_s)
     try:
         model, result = job.fit(reporter, resume, pick_device(ctx.config.ray.gpus_per_run > 0))
     finally:
