@@ -27,8 +27,9 @@ from timevec.credentials import (
     scrub_credentials,
 )
 from timevec.periods import Period
+from timevec.store.checksum import DEFAULT_CHECKSUM, check_algorithm
 from timevec.store.errors import StoreError
-from timevec.store.fs import TMP_MARK, StoreFiles, ray_storage_uri, safe_url
+from timevec.store.fs import TMP_MARK, Pieces, StoreFiles, ray_storage_uri, safe_url
 from timevec.store.gram import gram_matrix
 from timevec.store.layout import (
     DEFAULT_TARGET_SHARD_BYTES,
@@ -73,6 +74,7 @@ class VectorStore:
         dtype: str = "float32",
         target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES,
         io_threads: int | None = None,
+        checksum: str = DEFAULT_CHECKSUM,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
             raise StoreError(f"store url must be a non-empty string, got {url!r}")
@@ -89,6 +91,7 @@ class VectorStore:
             raise StoreError(f"store dtype {dtype!r} is not one of {sorted(STORE_DTYPES)}")
         self.url = url
         self.storage_options = options
+        self.checksum = check_algorithm(checksum)  # what new shards are written with; readers follow each manifest
         self._default_dtype = dtype
         self._default_target = int(target_shard_bytes)
         self._io_threads_arg = io_threads
@@ -112,6 +115,7 @@ class VectorStore:
             dict(store_cfg.storage_options or {}),
             dtype=store_cfg.dtype,
             target_shard_bytes=store_cfg.target_shard_bytes,
+            checksum=getattr(store_cfg, "checksum", DEFAULT_CHECKSUM),
         )
 
     def __repr__(self) -> str:
@@ -127,6 +131,7 @@ class VectorStore:
             "dtype": self._default_dtype,
             "target_shard_bytes": self._default_target,
             "io_threads": self._io_threads_arg,
+            "checksum": self.checksum,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -136,6 +141,7 @@ class VectorStore:
             dtype=state["dtype"],
             target_shard_bytes=state["target_shard_bytes"],
             io_threads=state["io_threads"],
+            checksum=state.get("checksum", DEFAULT_CHECKSUM),
         )
 
     # ------------------------------------------------------------------ paths and the write seam
@@ -152,7 +158,7 @@ class VectorStore:
     def _vector_dir(self, task: str, period: str) -> str:
         return self._path("vectors", task, period)
 
-    def _write(self, path: str, data: bytes | bytearray | memoryview) -> None:
+    def _write(self, path: str, data: bytes | bytearray | memoryview | Pieces) -> None:
         """Every shard, manifest and ``store.json`` is published through here (atomically)."""
         self._files.write(path, data)
 
@@ -169,7 +175,17 @@ class VectorStore:
         """:func:`~timevec.store.shards.write_entry` through this store's write seams."""
         info = self.info()
         return write_entry(
-            self._files, info, label, directory, vec, dtype, run, write=self._write, publish=self._publish_manifest, **where
+            self._files,
+            info,
+            label,
+            directory,
+            vec,
+            dtype,
+            run,
+            write=self._write,
+            publish=self._publish_manifest,
+            checksum=self.checksum,
+            **where,
         )
 
     # ------------------------------------------------------------------ store.json and the base
