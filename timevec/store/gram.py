@@ -49,6 +49,7 @@ Entry = tuple[str, str, dict[str, Any]]
 
 _HEAD_BYTES = 64 * 1024  # the first read of a shard: the header of any shard the store writes
 _WIDEN = {torch.float32: None, torch.float16: np.float16, torch.bfloat16: "bf16"}
+_BATCH = 256  # column blocks per batched matmul: its fp32 result is _BATCH × N × N
 _scratch = threading.local()  # per IO thread: the raw bytes of an fp16/bf16 panel before widening
 
 
@@ -153,6 +154,24 @@ class _ShardReader:
             np.left_shift(target, 16, out=row.view(np.uint32), dtype=np.uint32)  # bf16 = the top half of fp32
 
 
+def _accumulate(gram: np.ndarray, x: np.ndarray, cols: int, block: np.ndarray | None) -> None:
+    """``gram += x·xᵀ``: fp32 products over blocks of ``cols`` columns, summed in float64 (with
+    ``block``, a float64 scratch of ``cols`` columns, every product is float64). Whole blocks go
+    to numpy as one batched matmul (a BLAS call per block, no Python loop), the tail on its own."""
+    n, w = x.shape
+    whole = w // cols if block is None else 0
+    for b0 in range(0, whole, _BATCH):
+        b1 = min(whole, b0 + _BATCH)
+        xr = x[:, b0 * cols : b1 * cols].reshape(n, b1 - b0, cols).transpose(1, 0, 2)  # a view
+        gram += np.matmul(xr, xr.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+    for c0 in range(whole * cols, w, cols):
+        xb = x[:, c0 : c0 + cols]
+        if block is not None:
+            np.copyto(block[:, : xb.shape[1]], xb)
+            xb = block[:, : xb.shape[1]]
+        gram += xb @ xb.T  # numpy runs A·Aᵀ on one operand as a symmetric rank-k update (syrk)
+
+
 def gram_matrix(
     files: StoreFiles,
     info: Mapping[str, Any] | None,
@@ -210,14 +229,7 @@ def gram_matrix(
                     submit(p + 1)  # into the other buffer, whose product (panel p-1) is done
                 for fut in pending[p]:
                     fut.result()
-                x = bufs[p % len(bufs)][:, : c1 - c0]
-                for b0 in range(0, c1 - c0, cols):
-                    xb = x[:, b0 : b0 + cols]
-                    if block is not None:
-                        xb64 = block[:, : xb.shape[1]]
-                        np.copyto(xb64, xb)
-                        xb = xb64
-                    gram += xb @ xb.T  # numpy runs A·Aᵀ on one operand as a symmetric rank-k update (syrk)
+                _accumulate(gram, bufs[p % len(bufs)][:, : c1 - c0], cols, block)
                 logger.debug("gram: shard %d/%d columns %d-%d of %d vectors", k + 1, num_shards, c0, c1, n)
         finally:
             for futs in pending:
