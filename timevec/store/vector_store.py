@@ -401,7 +401,8 @@ class VectorStore:
         """A stored vector as fp32 (all tensors in store order, or ``names`` in the given order).
 
         With ``verify`` (default) every shard read is checked against the manifest's size and
-        sha256 and the base fingerprint. A subset of ``names`` reads only the shards holding them
+        checksum (xxh3_128, or sha256 where its manifest says so) and the base fingerprint.
+        A subset of ``names`` reads only the shards holding them
         (and, with ``verify=False``, only their byte ranges).
         """
         task, period = self._key(task, period)
@@ -447,7 +448,7 @@ class VectorStore:
     ) -> np.ndarray:
         """The N×N Gram matrix ``G[i, j] = ⟨τ_i, τ_j⟩`` (float64), streamed shard by shard.
 
-        For each shard k the shard-k slices of all N vectors are read (sha256-checked, a bounded
+        For each shard k the shard-k slices of all N vectors are read (checksum-verified, a bounded
         number in flight, the next shard's reads overlapping this shard's arithmetic) into one
         N×D_k fp32 matrix ``X_k``, and ``X_k·X_kᵀ`` is accumulated in float64 over column blocks of
         ``block_columns``. Memory is O(N·D/K); every byte is read once.
