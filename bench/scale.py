@@ -103,12 +103,15 @@ def child(op: str, spec: dict, i: int) -> dict:
         t0 = time.perf_counter()
         m = store.put_vector(*keys[i], vec, {"bench": True})
         nbytes = sum(s["bytes"] for s in m["shards"])
+        digests = [s[m["checksum"]] for s in m["shards"]]
     elif op == "rawput":
+        import xxhash
+
         from timevec.store.layout import STORE_DTYPES
 
         vec, info, dtype = _vector(spec, i), store.info(), STORE_DTYPES[spec["dtype"]]
         before = _rss_mb()
-        seconds, paths = 0.0, []
+        seconds, paths, digests = 0.0, [], []
         for k in range(store.num_shards):  # the very bytes put_vector wrote, built untimed
             meta = {"format": "pt", "timevec_format_version": "1", "vector": f"lm/{2000 + i}", "shard": str(k),
                     "base_fingerprint": info["base_fingerprint"]}  # fmt: skip
@@ -123,11 +126,11 @@ def child(op: str, spec: dict, i: int) -> dict:
             seconds += time.perf_counter() - t0
             nbytes += len(data)
             paths.append(path)
+            digests.append(xxhash.xxh3_128_hexdigest(data))
             del data, pieces
-        same = store.fs.cat_file(paths[0]) == store.fs.cat_file(files(i)[0])
         store.fs.rm(paths)
         return {"op": op, "i": i, "seconds": seconds, "bytes": nbytes, "rss_before_mb": before,
-                "rss_peak_mb": _rss_mb(), "same_bytes": same}  # fmt: skip
+                "rss_peak_mb": _rss_mb(), "digests": digests}  # fmt: skip
     elif op == "get":
         before = _rss_mb()
         t0 = time.perf_counter()
@@ -155,7 +158,8 @@ def child(op: str, spec: dict, i: int) -> dict:
     else:
         raise SystemExit(f"unknown child op {op!r}")
     seconds = time.perf_counter() - t0
-    return {"op": op, "i": i, "seconds": seconds, "bytes": nbytes, "rss_before_mb": before, "rss_peak_mb": _rss_mb()}
+    out = {"op": op, "i": i, "seconds": seconds, "bytes": nbytes, "rss_before_mb": before, "rss_peak_mb": _rss_mb()}
+    return out | ({"digests": digests} if op == "put" else {})
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -203,7 +207,8 @@ def run_backend(name: str, url: str, options: dict, args: argparse.Namespace, po
     seq = next(r for r in rows if r["op"] == "seq")
     gram = next(r for r in rows if r["op"] == "gram")
     goal_rw, goal_gram = (0.8, 1.5) if name == "local" else (0.9, 1.1)
-    same = all(r.get("same_bytes", True) for r in rows)
+    put_digests = {r["i"]: r["digests"] for r in rows if r["op"] == "put"}
+    same = all(r["digests"] == put_digests[r["i"]] for r in rows if r["op"] == "rawput")
     print(f"\n[{name}] N={args.n} × {per_vec:.0f} MB ({args.dtype}, {init_shards(spec)} shards), "
           f"{seq['bytes'] / 1e9:.1f} GB of vectors; store init (fp32 base) {init['seconds']:.0f} s, "
           f"peak RSS {init['rss_peak_mb']:.0f} MB")  # fmt: skip
