@@ -42,6 +42,8 @@ from timevec.store.layout import (
 )
 from timevec.vectors import TimeVector, sum_of_squares
 
+_CHECK_CHUNK = 1024 * 4096  # elements per step of the NaN/Inf + norm pass
+
 __all__ = ["check_header", "check_shard", "load_shard", "read_entry", "shard_where", "write_entry"]
 
 
@@ -75,24 +77,28 @@ def write_entry(
     # One pass: cast to the stored dtype and take the sum of squares (for the manifest's norm).
     # NaN/Inf propagate into it, so a non-finite sum means NaN/Inf in the tensor (or overflow
     # when casting to fp16) — refused before any byte is written.
+    # Chunk by chunk (whole 4096-element rows of sum_of_squares), so no cast of a whole tensor is held.
     n_params = 0
     sumsq = 0.0
     for name in info["shapes"]:
-        t = vec[name].to(torch_dtype)
-        s = sum_of_squares(t) if t.numel() else 0.0
-        if not math.isfinite(s):
-            n_bad = int((~torch.isfinite(t)).sum())
-            if n_bad == 0:  # huge but finite values overflowed fp32 squares: redo in float64
-                s = float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
-        if not math.isfinite(s):
+        flat = vec[name].reshape(-1)
+        n_bad = 0
+        for a in range(0, flat.numel(), _CHECK_CHUNK):
+            t = flat[a : a + _CHECK_CHUNK].to(torch_dtype)
+            s = sum_of_squares(t)
+            if not math.isfinite(s):
+                bad = int((~torch.isfinite(t)).sum())
+                if bad == 0:  # huge but finite values overflowed fp32 squares: redo in float64
+                    s = float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+                n_bad += bad
+            sumsq += s
+        if n_bad or not math.isfinite(sumsq):
             what = f"as {dtype}" if torch_dtype != torch.float32 else ""
             raise StoreError(
                 f"vector {label}: tensor {name!r} (shard {shard_file(plan[name])}) has {n_bad} NaN/Inf "
                 f"value(s) {what}".rstrip()
             )
-        sumsq += s
-        n_params += t.numel()
-        del t
+        n_params += flat.numel()
     files.remove(list(stale))
     fp = info["base_fingerprint"]
 
