@@ -5,16 +5,16 @@
 For each backend (a local folder; a SeaweedFS S3 server on loopback started with tests/s3_server.py)
 N synthetic vectors of a small transformer's shapes (random fp32, ≥ 10 M parameters) are:
 
-- written with ``put_vector`` (cast, NaN/Inf check, norm, safetensors, sha256, publish, manifest)
+- written with ``put_vector`` (cast, NaN/Inf check, norm, safetensors, xxh3_128, publish, manifest)
   vs ``fs.pipe_file`` of the very same shard bytes to other paths (raw write), interleaved per vector;
-- read with ``get_vector(verify=True)`` (sha256 + base fingerprint checked) vs ``fs.cat_file`` of the
+- read with ``get_vector(verify=True)`` (xxh3_128 + base fingerprint checked) vs ``fs.cat_file`` of the
   same files (raw read), interleaved per vector;
 - reduced to the N×N Gram matrix by ``store.gram`` (streamed shard by shard, float64) vs ONE
   sequential ``cat_file`` of every vector byte (the floor for any all-pairs method that reads all);
 - and vs the naive all-pairs method that loads both vectors for every pair: timed on a few pairs
   and extrapolated to the N(N+1)/2 pairs (said so in the output).
 
-Goals: write/read ≥ 0.8× raw throughput; streamed Gram ≤ 1.3× one sequential read; ≥ N/4 × faster
+Goals: write/read ≥ 0.8× raw throughput; streamed Gram ≤ 1.5× one sequential read locally, ≤ 1.1× on S3; ≥ N/4 × faster
 than naive pairwise. Every timing is the best of ``--repeat`` runs (the machine is shared).
 """
 
@@ -127,7 +127,7 @@ def run_backend(name: str, store: VectorStore, shapes: dict, args: argparse.Name
         grams.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    store.gram(keys, verify=False)  # once: how much of the Gram pass is sha256 verification
+    store.gram(keys, verify=False)  # once: how much of the Gram pass is checksum verification
     gram_nv = time.perf_counter() - t0
 
     # naive all-pairs: load both vectors for every pair (i ≤ j), timed on a subset
@@ -160,10 +160,10 @@ def run_backend(name: str, store: VectorStore, shapes: dict, args: argparse.Name
     print(f"  write : put_vector {r['put_mbs']:7.1f} MB/s   raw pipe_file {r['raw_w_mbs']:7.1f} MB/s   "
           f"ratio {r['put_mbs'] / r['raw_w_mbs']:.2f}×  (goal ≥ 0.8)")  # fmt: skip
     print(f"  read  : get_vector {r['get_mbs']:7.1f} MB/s   raw cat_file  {r['raw_r_mbs']:7.1f} MB/s   "
-          f"ratio {r['get_mbs'] / r['raw_r_mbs']:.2f}×  (goal ≥ 0.8; verify=True: sha256 of every shard)")  # fmt: skip
+          f"ratio {r['get_mbs'] / r['raw_r_mbs']:.2f}×  (goal ≥ 0.8; verify=True: checksum of every shard)")  # fmt: skip
     print(f"  gram  : streamed {r['gram_s']:6.2f} s   one sequential read of all bytes {r['seq_s']:6.2f} s   "
-          f"ratio {r['gram_s'] / r['seq_s']:.2f}×  (goal ≤ 1.3)")  # fmt: skip
-    print(f"          without sha256 verification (verify=False, one run) {r['gram_noverify_s']:6.2f} s   "
+          f"ratio {r['gram_s'] / r['seq_s']:.2f}×  (goal ≤ {1.5 if name == 'local' else 1.1})")  # fmt: skip
+    print(f"          without checksum verification (verify=False, one run) {r['gram_noverify_s']:6.2f} s   "
           f"ratio {r['gram_noverify_s'] / r['seq_s']:.2f}×")  # fmt: skip
     print(f"  naive : load both vectors per pair, {np.mean(naive_times):.3f} s/pair measured on {len(pairs)} pairs, "
           f"extrapolated to {all_pairs} pairs = {naive_total:.1f} s; streamed is {naive_total / r['gram_s']:.0f}× faster "

@@ -29,6 +29,7 @@ from timevec.forgetting import by_lag, forgetting_rows
 from timevec.models import base_from_store, float_parameters, is_encoder_decoder
 from timevec.runs import RunSpec
 from timevec.store import VectorStore
+from timevec.store.checksum import shard_digest
 from timevec.training import prepare_base, task_examples, train
 from timevec.vectors import TimeVector
 
@@ -112,8 +113,8 @@ def test_a_killed_chain_resumes_and_equals_the_reference_chain(ray_session: str,
         before = continual.predecessor(config, RunSpec("lm", period, "year"))
         assert run["mode"] == "continual" and run["continual"]["predecessor"] == before
         if before:
-            shas = [s["sha256"] for s in store.manifest("lm", before)["shards"]]
-            assert run["continual"]["predecessor_shards_sha256"] == shas
+            shas = [shard_digest(s) for s in store.manifest("lm", before)["shards"]]
+            assert run["continual"]["predecessor_shards"] == shas
 
 
 def test_a_run_needs_its_predecessor_and_replay_mixes_the_fraction(base, tmp_path: Path) -> None:
@@ -134,8 +135,8 @@ def test_a_run_needs_its_predecessor_and_replay_mixes_the_fraction(base, tmp_pat
     key = lambda e: (tuple(e.input_ids), tuple(e.labels))  # noqa: E731
     assert [key(e) for e in job.examples[: len(own)]] == [key(e) for e in own]
     assert {key(e) for e in job.examples[len(own):]} <= {key(e) for e in earlier}
-    assert job.start["continual"] | {"predecessor_shards_sha256": None} == {
-        "predecessor": "2014", "predecessor_shards_sha256": None, "replay": 0.5, "replayed_examples": job.replayed}
+    assert job.start["continual"] | {"predecessor_shards": None} == {
+        "predecessor": "2014", "predecessor_shards": None, "replay": 0.5, "replayed_examples": job.replayed}
     # the start is θ_pre + τ_2014 as read from the store
     tau = store.get_vector("lm", "2014")
     assert all(torch.equal(p.detach(), job.base[n] + tau[n]) for n, p in float_parameters(job.model).items())

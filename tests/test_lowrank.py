@@ -149,7 +149,7 @@ def test_a_corrupt_factor_shard_is_detected(toy_store: VectorStore) -> None:
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF  # one flipped byte inside a factor
     path.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match=r"vector lm/2013: shard .*shard-00000.*sha256 mismatch"):
+    with pytest.raises(StoreError, match=r"vector lm/2013: shard .*shard-00000.*xxh3_128 mismatch"):
         toy_store.get_native("lm", "2013")
     with pytest.raises(StoreError, match="lm/2013"):
         toy_store.gram([("lm", "2012"), ("lm", "2013")])

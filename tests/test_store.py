@@ -262,9 +262,9 @@ def test_flipped_byte(store: VectorStore) -> None:
         return bytes(buf)
 
     _corrupt(store, "vectors/lm/2014/shard-00002.safetensors", flip)
-    with pytest.raises(StoreError, match=r"lm/2014.*shard-00002\.safetensors.*sha256 mismatch"):
+    with pytest.raises(StoreError, match=r"lm/2014.*shard-00002\.safetensors.*xxh3_128 mismatch"):
         store.get_vector("lm", "2014")
-    with pytest.raises(StoreError, match=r"lm/2014.*shard-00002\.safetensors.*sha256"):
+    with pytest.raises(StoreError, match=r"lm/2014.*shard-00002\.safetensors.*xxh3_128 mismatch"):
         store.gram([("lm", "2014")])
     assert any("shard-00002" in p for p in store.verify("lm"))
 

@@ -252,6 +252,9 @@ class StoreConfig(_Strict):
     url: str = "./runs/demo"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     target_shard_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="shard plan: bytes per shard")
+    checksum: Literal["xxh3_128", "sha256"] = Field(
+        "xxh3_128", description="checksum of new shards (readers follow each manifest; old ones say sha256)"
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://...}; never credentials"
     )

@@ -24,6 +24,8 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from timevec.store.checksum import shard_digest
+
 if TYPE_CHECKING:
     from timevec.config import ExperimentConfig
     from timevec.runs import RunSpec
@@ -140,14 +142,14 @@ def mix_replay(current: Sequence[T], earlier: Sequence[T], fraction: float, seed
 
 
 def start_manifest(config: ExperimentConfig, run: RunSpec, store: VectorStore, replayed: int) -> dict[str, Any]:
-    """What a run's manifest records about its start: mode, predecessor (and its shards' sha256), replay."""
+    """What a run's manifest records about its start: mode, predecessor (and its shards' digests), replay."""
     before = predecessor(config, run)
     out: dict[str, Any] = {"mode": config.training.mode}
     if config.training.mode == "continual":
-        shas = [s["sha256"] for s in store.manifest(run.task, before)["shards"]] if before else []
+        shas = [shard_digest(s) for s in store.manifest(run.task, before)["shards"]] if before else []
         out["continual"] = {
             "predecessor": before,
-            "predecessor_shards_sha256": shas,
+            "predecessor_shards": shas,
             "replay": config.training.replay,
             "replayed_examples": replayed,
         }

@@ -69,6 +69,7 @@ from timevec.periods import Period
 from timevec.progress import Progress
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
 from timevec.store import StoreError, VectorStore
+from timevec.store.checksum import shard_digest
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class AnalogyTrial(tune.Trainable):
 def _signature(config: ExperimentConfig, store: VectorStore, task: str, j: str, k: str) -> str:
     cfg = config.analogy
     manifests = [store.manifest(t, p) for t, p in ((task, j), ("lm", k), ("lm", j))]
-    shards = [[shard.get("sha256") for shard in m.get("shards", [])] or [m.get("created")] for m in manifests]
+    shards = [[shard_digest(shard) for shard in m.get("shards", [])] or [m.get("created")] for m in manifests]
     material = {
         "grid": [cfg.alpha1, cfg.alpha2, cfg.alpha3],
         "searcher": cfg.searcher,

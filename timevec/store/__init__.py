@@ -13,10 +13,12 @@ Why it looks like this:
 
 - One SHARD PLAN per store (parameter name → shard index, balanced by bytes) means shard k of
   every vector holds the same tensors, so the all-pairs Gram matrix is one streaming pass: for each
-  k, read shard k of all N vectors and add ``X_k·X_kᵀ``. Memory is O(N·D/K), each byte is read once.
-- safetensors, never pickle: reading a vector runs no code. Every shard's sha256 and size are in the
-  manifest and every shard header carries the base fingerprint, so a truncated or flipped shard, or
-  a vector taken against another base, is an error naming the vector and the file.
+  k, read shard k of all N vectors and add ``X_k·X_kᵀ``. Memory is O(N·D/K), each byte is read once
+  (a shard's data block is read straight into its row of ``X_k``: :mod:`.gram`).
+- safetensors, never pickle: reading a vector runs no code. Every shard's checksum (xxh3_128 by
+  default, sha256 in older stores or on request: :mod:`.checksum`) and size are in the manifest
+  and every shard header carries the base fingerprint, so a truncated or flipped shard, or a
+  vector taken against another base, is an error naming the vector and the file.
 - A vector is visible only once its manifest exists. Shards are published first (a local write goes
   to a temporary name and is renamed; an S3 PUT is atomic), the manifest last, and an overwrite
   removes the old manifest before touching any shard: a writer killed at any point leaves either
@@ -29,8 +31,8 @@ Why it looks like this:
 The package, one job per module: :mod:`.vector_store` (the :class:`VectorStore` façade),
 :mod:`.fs` (fsspec IO, atomic publish, Ray storage URIs), :mod:`.layout` (format, shard plan,
 names, manifest checks), :mod:`.shards` (writing and reading one entry with its integrity
-checks), :mod:`.codec` (safetensors), :mod:`.gram` (the streamed Gram matrix), :mod:`.tables`
-(Parquet results), :mod:`.errors` (:class:`StoreError`).
+checks), :mod:`.checksum` (which digest, and checking it), :mod:`.codec` (safetensors),
+:mod:`.gram` (the streamed Gram matrix), :mod:`.tables` (Parquet results), :mod:`.errors` (:class:`StoreError`).
 """
 
 from timevec.store.errors import StoreError

@@ -27,7 +27,9 @@ __all__ = [
     "decode_ranges",
     "decode_safetensors",
     "encode_safetensors",
+    "encode_shard",
     "parse_header",
+    "tensor_bytes",
 ]
 
 ST_DTYPES: dict[str, torch.dtype] = {
@@ -49,6 +51,41 @@ def bytes_per(dtype: torch.dtype) -> int:
 def encode_safetensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """One safetensors file: ``tensors`` (contiguous) with string ``metadata`` in its header."""
     return safetensors.torch.save(dict(tensors), metadata=metadata)
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy (any dtype, bf16 included)."""
+    flat = t.reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def encode_shard(
+    tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]
+) -> tuple[bytes, list[memoryview]]:
+    """One safetensors file as (header bytes, one zero-copy piece per tensor), data in the ORDER
+    of ``tensors``. The file is the header followed by the pieces.
+
+    Unlike ``safetensors.torch.save`` (which orders data by dtype and name and copies every tensor
+    into one new buffer) the data section follows the store's plan order — so for one dtype it is
+    exactly a row of the Gram pass's N×D_k matrix — and the JSON header is written with sorted
+    keys, so the same tensors give the same bytes in every process.
+    """
+    names = {dtype: name for name, dtype in ST_DTYPES.items()}
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    pieces: list[memoryview] = []
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in names:
+            raise StoreError(f"tensor {name!r}: dtype {t.dtype} cannot be stored")
+        piece = tensor_bytes(t.contiguous())
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + piece.nbytes]}
+        offset += piece.nbytes
+        pieces.append(piece)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)  # the data section starts 8-byte aligned, as safetensors pads it
+    return struct.pack("<Q", len(text)) + text, pieces
 
 
 def parse_header(

@@ -18,7 +18,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
@@ -28,9 +28,11 @@ from fsspec.implementations.local import LocalFileSystem
 from timevec.periods import Period
 from timevec.store.errors import StoreError
 
-__all__ = ["TMP_MARK", "StoreFiles", "bounded_map", "json_default", "ray_storage_uri", "safe_url"]
+__all__ = ["CHUNK_BYTES", "TMP_MARK", "Pieces", "StoreFiles", "bounded_map", "json_default", "ray_storage_uri", "safe_url"]
 
 TMP_MARK = ".tmp-"
+#: Reads and writes move this much at a time, so a checksum sees each chunk while it is in the CPU cache.
+CHUNK_BYTES = 4 * 1024 * 1024
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,6 +66,14 @@ def json_default(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):  # pydantic models (run configs)
         return obj.model_dump(mode="json")
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+class Pieces(NamedTuple):
+    """A file to write as the concatenation of ``parts`` (never joined locally); ``observe``
+    (e.g. a checksum's ``update``) sees every byte in order as it is written."""
+
+    parts: Sequence[bytes | memoryview]
+    observe: Callable[[memoryview], None] | None = None
 
 
 def bounded_map(
@@ -121,22 +131,57 @@ class StoreFiles:
 
     # ------------------------------------------------------------------ bytes
 
-    def read(self, path: str, writable: bool = True) -> bytearray | bytes:
-        """The whole file; ``writable``: as a bytearray (torch tensors become views into it)."""
+    def read(
+        self, path: str, writable: bool = True, observe: Callable[[memoryview], None] | None = None
+    ) -> bytearray | bytes:
+        """The whole file; ``writable``: as a bytearray (torch tensors become views into it).
+
+        ``observe`` (e.g. a checksum's ``update``) sees every byte in file order, a chunk at a
+        time right after it arrives — while it is still in the CPU cache.
+        """
         if self.local:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
                 buf = bytearray(size)
                 view = memoryview(buf)
                 got = 0
                 while got < size:
-                    n = f.readinto(view[got:])
+                    n = f.readinto(view[got : got + CHUNK_BYTES])
                     if not n:
                         break
+                    if observe is not None:
+                        observe(view[got : got + n])
                     got += n
                 return buf if got == size else buf[:got]
         data = self.fs.cat_file(path)
+        if observe is not None:
+            observe(memoryview(data))
         return bytearray(data) if writable else data
+
+    def read_into(self, path: str, start: int, view: memoryview) -> int:
+        """Read the file's bytes from ``start`` straight into ``view``; returns how many arrived
+        (fewer than ``len(view)`` only at the end of the file)."""
+        want = view.nbytes
+        if self.local:
+            got = 0
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                while got < want:
+                    n = os.preadv(fd, [view[got : got + CHUNK_BYTES]], start + got)
+                    if not n:
+                        break
+                    got += n
+            finally:
+                os.close(fd)
+            return got
+        data = self.fs.cat_file(path, start=start, end=start + want)
+        view[: len(data)] = data
+        return len(data)
+
+    def size(self, path: str) -> int:
+        if self.local:
+            return os.stat(path).st_size
+        return int(self.fs.size(path))
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
         if self.local:
@@ -145,15 +190,34 @@ class StoreFiles:
                 return f.read(end - start)
         return self.fs.cat_file(path, start=start, end=end)
 
-    def write(self, path: str, data: bytes | bytearray | memoryview) -> None:
+    def write(self, path: str, data: bytes | bytearray | memoryview | Pieces) -> None:
         """Publish ``data`` at ``path`` atomically: readers see the old file, or all of the new one."""
+        if isinstance(data, Pieces):
+            self.write_pieces(path, data.parts, data.observe)
+        else:
+            self.write_pieces(path, [data])
+
+    def write_pieces(
+        self, path: str, pieces: Sequence[bytes | memoryview], observe: Callable[[memoryview], None] | None = None
+    ) -> None:
+        """Publish the concatenation of ``pieces`` at ``path`` atomically, without joining them
+        locally. ``observe`` sees every byte in order, a chunk at a time just before it is written."""
+        chunks = (
+            view[i : i + CHUNK_BYTES]
+            for view in (memoryview(p).cast("B") for p in pieces)
+            for i in range(0, view.nbytes, CHUNK_BYTES)
+        )
         if self.local:
             directory = os.path.dirname(path)
             os.makedirs(directory, exist_ok=True)
             tmp = os.path.join(directory, f".{os.path.basename(path)}{TMP_MARK}{uuid.uuid4().hex}")
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
+                with open(tmp, "wb", buffering=0) as f:
+                    for chunk in chunks:
+                        if observe is not None:
+                            observe(chunk)
+                        while chunk.nbytes:  # a raw file may write less than asked
+                            chunk = chunk[f.write(chunk) :]
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -161,7 +225,14 @@ class StoreFiles:
                 raise
         else:
             # An object-store PUT (single or multipart) becomes visible only when complete.
-            self.fs.pipe_file(path, bytes(data))
+            body = bytearray(sum(memoryview(p).nbytes for p in pieces))
+            at = 0
+            for chunk in chunks:
+                if observe is not None:
+                    observe(chunk)
+                body[at : at + chunk.nbytes] = chunk
+                at += chunk.nbytes
+            self.fs.pipe_file(path, body)
 
     def exists(self, path: str) -> bool:
         if self.local:

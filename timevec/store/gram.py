@@ -2,28 +2,48 @@
 
 Why it is here and not in :mod:`timevec.vectors`: the computation follows the store's layout.
 Shard k of every vector holds the same tensors, so for each k the shard-k slices of all N
-vectors are read into one N×D_k matrix ``X_k`` and ``X_k·X_kᵀ`` is added to the N×N result:
-memory is O(N·D/K), every byte is read once, and the next shard's reads overlap this shard's
-arithmetic. The L2 norms need no pass: the diagonal is ``|τ_i|²``, and each manifest carries
+vectors form one N×D_k matrix ``X_k`` and ``X_k·X_kᵀ`` is added to the N×N result. Every byte is
+read once, and the L2 norms need no pass: the diagonal is ``|τ_i|²``, and each manifest carries
 ``l2_norm`` computed in float64 at write time.
 
 Per-group Gram matrices (:func:`grouped_gram_matrix`: attention, MLP, embeddings, per layer …)
-come from the SAME pass: the shard's columns are laid out group by group and each group's column
-range is accumulated into its own matrix, so a grouping costs no extra read.
+come from the SAME pass: each tensor is a contiguous column range of ``X_k``, so a group's matrix
+is the sum of ``X_k[:, range]·X_k[:, range]ᵀ`` over its tensors' ranges, and a grouping costs no
+extra read.
+
+Why it looks like this (the pass is meant to run at the speed of one sequential read):
+
+- A shard the store writes holds its tensors' bytes in plan order, one contiguous block after
+  the header, so for an fp32 store that block IS row i of ``X_k``: it is read straight into the
+  preallocated matrix (``readinto`` / a ranged GET), with no decode copy and no dtype round trip,
+  and checksummed on the same buffer as it arrives. fp16/bf16 blocks are widened once, in place.
+  Shards laid out otherwise (older writers ordered tensors by name) are decoded and copied.
+- A shard is taken in PANELS of at most ``target_shard_bytes / 4`` columns (a 1 B-parameter
+  model's embedding is one 1 GB tensor, one shard), so memory is two N × panel fp32 buffers —
+  O(N · shard), whatever the size of the largest tensor.
+- The two buffers alternate: the reads of panel p+1 (IO threads; file reads, xxHash and numpy
+  release the GIL) run while the main thread multiplies panel p (BLAS syrk over column blocks of
+  ``block_columns``, summed in float64).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import torch
 
+from timevec.store.checksum import check_digest, entry_checksum, new_hasher
+from timevec.store.codec import parse_header
+from timevec.store.errors import StoreError
 from timevec.store.fs import StoreFiles
-from timevec.store.layout import shard_entry, shard_names
-from timevec.store.shards import load_shard
+from timevec.store.layout import DEFAULT_TARGET_SHARD_BYTES, shard_entry, shard_names
+from timevec.store.shards import check_header, load_shard, shard_where
 
 logger = logging.getLogger("timevec.store")
 
@@ -33,6 +53,130 @@ __all__ = ["GroupKey", "gram_matrix", "grouped_gram_matrix"]
 Entry = tuple[str, str, dict[str, Any]]
 #: What a tensor name is grouped under (e.g. ``(group, layer)``, :func:`timevec.param_groups.group_of`).
 GroupKey = Hashable
+
+_HEAD_BYTES = 64 * 1024  # the first read of a shard: the header of any shard the store writes
+_WIDEN = {torch.float32: None, torch.float16: np.float16, torch.bfloat16: "bf16"}
+_BATCH = 256  # column blocks per batched matmul: its fp32 result is _BATCH × N × N
+_scratch = threading.local()  # per IO thread: the raw bytes of an fp16/bf16 panel before widening
+
+
+def _scratch_u16(n: int) -> np.ndarray:
+    buf = getattr(_scratch, "u16", None)
+    if buf is None or buf.size < n:
+        buf = _scratch.u16 = np.empty(n, dtype=np.uint16)
+    return buf[:n]
+
+
+class _ShardReader:
+    """Shard k of one vector, read panel by panel into rows of ``X_k`` (plan column order)."""
+
+    def __init__(
+        self, files: StoreFiles, info: Mapping[str, Any], entry_of: Entry, k: int, verify: bool
+    ) -> None:
+        label, directory, manifest = entry_of
+        entry = shard_entry(label, manifest, k)
+        self.files, self.info, self.label, self.directory, self.entry = files, info, label, directory, entry
+        self.path = f"{directory}/{entry['file']}"
+        self.where = shard_where(files, label, self.path)
+        self.names = shard_names(info, k)
+        self.verify = verify
+        self.hasher = None
+        self.cached: np.ndarray | None = None
+        try:
+            self._open()
+        except FileNotFoundError:
+            raise StoreError(f"{self.where}: file not found (manifest lists it)") from None
+
+    def _open(self) -> None:
+        files, where, entry = self.files, self.where, self.entry
+        size = None
+        if self.verify:
+            self.algorithm, self.digest = entry_checksum(entry, where)
+            size = files.size(self.path)
+            if size != int(entry["bytes"]):
+                raise StoreError(f"{where}: truncated or resized: {size} bytes, the manifest says {entry['bytes']}")
+        head = files.read_range(self.path, 0, _HEAD_BYTES)
+        if len(head) >= 8:
+            need = 8 + int.from_bytes(head[:8], "little")
+            if len(head) < need <= 8 + 100 * 1024 * 1024 and (size is None or need <= size):
+                head = files.read_range(self.path, 0, need)
+        meta, header, data_start = parse_header(head, where, size)
+        if self.verify:
+            check_header(where, self.info, meta, header, self.names)
+        shapes = self.info["shapes"]
+        for name in self.names:
+            if name not in header:
+                raise StoreError(f"{where}: tensor {name!r} is missing from the shard")
+            if header[name][1] != list(shapes[name]):
+                raise StoreError(
+                    f"{where}: tensor {name!r} has shape {header[name][1]}, the store's base has {list(shapes[name])}"
+                )
+        # The fast path: the data block is the plan's tensors in plan order, one dtype, nothing after.
+        dtypes = {header[n][0] for n in self.names}
+        at, in_order = 0, True
+        for name in self.names:
+            in_order = in_order and header[name][2] == at
+            at = header[name][3]
+        self.direct = in_order and len(dtypes) == 1 and next(iter(dtypes)) in _WIDEN
+        self.direct = self.direct and (size is None or data_start + at == size)
+        if self.direct:
+            self.dtype = next(iter(dtypes))
+            self.data_start = data_start
+            if self.verify:
+                self.hasher = new_hasher(self.algorithm)
+                self.hasher.update(head[:data_start])
+        else:  # decode (verified as a whole) and keep the flattened row until the shard is done
+            tensors = load_shard(
+                self.files, self.info, self.label, self.directory, entry, self.verify, as_numpy=True
+            )
+            self.cached = np.concatenate([np.asarray(tensors[n], dtype=np.float32).reshape(-1) for n in self.names])
+
+    def fill(self, c0: int, c1: int, row: np.ndarray, last: bool) -> None:
+        """Columns ``[c0, c1)`` of this vector's shard into ``row`` (fp32); ``last``: verify the digest."""
+        if self.cached is not None:
+            row[:] = self.cached[c0:c1]
+            if last:
+                self.cached = None
+            return
+        kind = _WIDEN[self.dtype]
+        item = 4 if kind is None else 2
+        target = row if kind is None else _scratch_u16(c1 - c0)
+        view = memoryview(target).cast("B")
+        offset = self.data_start + c0 * item
+        try:
+            got = self.files.read_into(self.path, offset, view)
+        except FileNotFoundError:
+            raise StoreError(f"{self.where}: file not found (manifest lists it)") from None
+        if got != view.nbytes:
+            raise StoreError(
+                f"{self.where}: truncated: the data needs bytes up to {offset + view.nbytes}, the file ends at {offset + got}"
+            )
+        if self.hasher is not None:
+            self.hasher.update(view)
+            if last:
+                check_digest(self.where, self.algorithm, self.hasher.hexdigest(), self.digest)
+        if kind is np.float16:
+            np.copyto(row, target.view(np.float16))  # fp16 widens here, in the one copy
+        elif kind == "bf16":
+            np.left_shift(target, 16, out=row.view(np.uint32), dtype=np.uint32)  # bf16 = the top half of fp32
+
+
+def _accumulate(gram: np.ndarray, x: np.ndarray, cols: int, block: np.ndarray | None) -> None:
+    """``gram += x·xᵀ``: fp32 products over blocks of ``cols`` columns, summed in float64 (with
+    ``block``, a float64 scratch of ``cols`` columns, every product is float64). Whole blocks go
+    to numpy as one batched matmul (a BLAS call per block, no Python loop), the tail on its own."""
+    n, w = x.shape
+    whole = w // cols if block is None else 0
+    for b0 in range(0, whole, _BATCH):
+        b1 = min(whole, b0 + _BATCH)
+        xr = x[:, b0 * cols : b1 * cols].reshape(n, b1 - b0, cols).transpose(1, 0, 2)  # a view
+        gram += np.matmul(xr, xr.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+    for c0 in range(whole * cols, w, cols):
+        xb = x[:, c0 : c0 + cols]
+        if block is not None:
+            np.copyto(block[:, : xb.shape[1]], xb)
+            xb = block[:, : xb.shape[1]]
+        gram += xb @ xb.T  # numpy runs A·Aᵀ on one operand as a symmetric rank-k update (syrk)
 
 
 def gram_matrix(
@@ -62,10 +206,10 @@ def grouped_gram_matrix(
 ) -> dict[GroupKey, np.ndarray]:
     """One N×N Gram matrix per group of tensors, from the same single streaming pass.
 
-    ``group_of(tensor name)`` gives each tensor's group; within a shard the tensors are laid out
-    group by group, and each group's columns add ``X_k[:, group]·X_k[:, group]ᵀ`` to that group's
-    matrix, so the matrices sum to the whole-vector Gram and nothing larger than one shard of the N
-    vectors is ever in memory. ``group_of=None``: one group, keyed ``None`` (:func:`gram_matrix`).
+    ``group_of(tensor name)`` gives each tensor's group; each group's column ranges of a panel add
+    ``X[:, range]·X[:, range]ᵀ`` to that group's matrix, so the matrices sum to the whole-vector
+    Gram and nothing larger than one panel of the N vectors is ever in memory. ``group_of=None``:
+    one group, keyed ``None`` (:func:`gram_matrix`).
     """
     n = len(entries)
     grams: dict[GroupKey, np.ndarray] = {}
@@ -74,67 +218,76 @@ def grouped_gram_matrix(
     assert info is not None
     shapes = info["shapes"]
     num_shards = int(info["shard_plan"]["num_shards"])
-    names_by_shard, segments = _group_layout(info, num_shards, group_of)
+    segments = _group_segments(info, num_shards, group_of)
     for key in (key for segs in segments for key, _, _ in segs):
         grams.setdefault(key, np.zeros((n, n), dtype=np.float64))
-
-    def load(item: tuple[int, int]) -> tuple[int, int, dict[str, np.ndarray]]:
-        k, i = item
-        label, directory, manifest = entries[i]
-        entry = shard_entry(label, manifest, k)
-        return k, i, load_shard(files, info, label, directory, entry, verify, as_numpy=True)
-
-    items = [(k, i) for k in range(num_shards) for i in range(n)]
-    widths = [sum(math.prod(shapes[name]) for name in names) for names in names_by_shard]
-    # Buffers are allocated once and reused for every shard: fresh large arrays cost page
-    # faults that, on a busy machine, take longer than the arithmetic.
-    x_all = np.empty((n, max(widths)), dtype=np.float32)
-    cols = max(1, min(max(widths), int(block_columns)))
+    widths = [sum(math.prod(shapes[name]) for name in shard_names(info, k)) for k in range(num_shards)]
+    panel_cols = max(1, int(info.get("target_shard_bytes") or DEFAULT_TARGET_SHARD_BYTES) // 4)
+    panels = [
+        (k, c0, min(c0 + panel_cols, widths[k])) for k in range(num_shards) for c0 in range(0, max(widths[k], 1), panel_cols)
+    ]
+    most = max(c1 - c0 for _, c0, c1 in panels)
+    # Allocated once and reused for every panel: fresh large arrays cost page faults that, on a
+    # busy machine, take longer than the arithmetic.
+    bufs = [np.empty((n, most), dtype=np.float32) for _ in range(min(2, len(panels)))]
+    cols = max(1, min(most, int(block_columns)))
     block = np.empty((n, cols), dtype=np.float64) if exact else None
-    for k, i, tensors in files.map(load, items, window=max(2, files.io_threads)):
-        x = x_all[:, : widths[k]]
-        offset = 0
-        for name in names_by_shard[k]:  # the shard's tensors flattened into row i, one copy
-            flat = tensors[name].reshape(-1)
-            x[i, offset : offset + flat.size] = flat  # fp16 widens here, in the copy
-            offset += flat.size
-        del tensors
-        if i == n - 1:
-            for key, start, stop in segments[k]:
-                gram = grams[key]
-                for c0 in range(start, stop, cols):
-                    w = min(cols, stop - c0)
-                    if block is None:
-                        xb = np.ascontiguousarray(x[:, c0 : c0 + w])
-                    else:
-                        xb = block if w == cols else np.empty((n, w), dtype=np.float64)
-                        np.copyto(xb, x[:, c0 : c0 + w])
-                    gram += xb @ xb.T  # numpy runs A·Aᵀ as a symmetric rank-k update (syrk)
-            logger.debug("gram: shard %d/%d of %d vectors", k + 1, num_shards, n)
+    readers: dict[tuple[int, int], _ShardReader] = {}
+
+    def fill(p: int, i: int, prev: Future[None] | None) -> None:
+        if prev is not None:
+            prev.result()  # the same shard's previous panel: checksums are fed in file order
+        k, c0, c1 = panels[p]
+        if c0 == 0:
+            readers[k, i] = _ShardReader(files, info, entries[i], k, verify)
+        last = c1 == widths[k]
+        readers[k, i].fill(c0, c1, bufs[p % len(bufs)][i, : c1 - c0], last)
+        if last:
+            del readers[k, i]
+
+    with ThreadPoolExecutor(max_workers=files.io_threads, thread_name_prefix="timevec-gram") as pool:
+        pending: list[list[Future[None]]] = []
+
+        def submit(p: int) -> None:
+            same = p > 0 and panels[p - 1][0] == panels[p][0]
+            pending.append([pool.submit(fill, p, i, pending[p - 1][i] if same else None) for i in range(n)])
+
+        try:
+            submit(0)
+            for p, (k, c0, c1) in enumerate(panels):
+                if p + 1 < len(panels):
+                    submit(p + 1)  # into the other buffer, whose product (panel p-1) is done
+                for fut in pending[p]:
+                    fut.result()
+                x = bufs[p % len(bufs)]
+                for key, s0, s1 in segments[k]:
+                    lo, hi = max(s0, c0), min(s1, c1)
+                    if lo < hi:
+                        _accumulate(grams[key], x[:, lo - c0 : hi - c0], cols, block)
+                logger.debug("gram: shard %d/%d columns %d-%d of %d vectors", k + 1, num_shards, c0, c1, n)
+        finally:
+            for futs in pending:
+                for fut in futs:
+                    fut.cancel()
     return grams
 
 
-def _group_layout(
+def _group_segments(
     info: Mapping[str, Any], num_shards: int, group_of: Callable[[str], GroupKey] | None
-) -> tuple[list[list[str]], list[list[tuple[GroupKey, int, int]]]]:
-    """Per shard: its tensor names ordered group by group (stable), and each group's column range."""
+) -> list[list[tuple[GroupKey, int, int]]]:
+    """Per shard: ``(group, start, stop)`` column ranges in plan order (adjacent tensors of one group merged)."""
     shapes = info["shapes"]
-    names_by_shard: list[list[str]] = []
     segments: list[list[tuple[GroupKey, int, int]]] = []
     for k in range(num_shards):
-        names = shard_names(info, k)
-        keys = {name: (group_of(name) if group_of is not None else None) for name in names}
-        rank = {key: r for r, key in enumerate(dict.fromkeys(keys.values()))}
-        names = sorted(names, key=lambda name: rank[keys[name]])
         segs: list[tuple[GroupKey, int, int]] = []
         offset = 0
-        for name in names:
+        for name in shard_names(info, k):
+            key = group_of(name) if group_of is not None else None
             size = math.prod(shapes[name])
-            if segs and segs[-1][0] == keys[name]:
-                segs[-1] = (keys[name], segs[-1][1], offset + size)
+            if segs and segs[-1][0] == key and segs[-1][2] == offset:
+                segs[-1] = (key, segs[-1][1], offset + size)
             else:
-                segs.append((keys[name], offset, offset + size))
+                segs.append((key, offset, offset + size))
             offset += size
-        names_by_shard.append(names)
         segments.append(segs)
-    return names_by_shard, segments
+    return segments

@@ -12,13 +12,12 @@ k, either ``<name>::lora_B`` and ``<name>::lora_A`` (canonical factors, ``B @ A`
 shape), or ``<name>`` (a dense delta: a head, modules_to_save), or nothing (zero). The manifest
 adds ``"vector_kind": "lowrank"`` and ``"factors": {name: {"rank": r, "scale": s}}``; a manifest
 without ``vector_kind`` is dense, so every existing store reads unchanged. Each shard's size and
-sha256 are in the manifest and its header carries the base fingerprint, as for dense shards;
+checksum (the store's, xxh3_128 by default) are in the manifest and its header carries the base fingerprint, as for dense shards;
 factors are stored in the store's dtype and widened to fp32 on reading.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from timevec.lowrank import Factor, LowRankVector, Part, module_gram
+from timevec.store.checksum import DEFAULT_CHECKSUM, check_digest, entry_checksum, new_hasher
 from timevec.store.codec import decode_safetensors, encode_safetensors
 from timevec.store.errors import StoreError
 from timevec.store.fs import StoreFiles
@@ -62,8 +62,10 @@ def write_lowrank(
     write: Callable[[str, bytes], None],
     publish: Callable[[str, dict[str, Any], str], None],
     stale: Sequence[str] = (),
+    checksum: str = DEFAULT_CHECKSUM,
 ) -> dict[str, Any]:
-    """Validate, check finiteness, remove ``stale``, write every shard, then the manifest (last)."""
+    """Validate, check finiteness, remove ``stale``, write every shard (each with its ``checksum``
+    digest, :mod:`timevec.store.checksum`), then the manifest (last)."""
     shapes = {n: tuple(s) for n, s in info["shapes"].items()}
     if vec.shapes != shapes:
         bad = sorted(set(vec.shapes).symmetric_difference(shapes)) or [n for n in shapes if vec.shapes[n] != shapes[n]]
@@ -99,7 +101,7 @@ def write_lowrank(
         return {
             "index": k,
             "file": shard_file(k),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            checksum: _digest(checksum, data),
             "bytes": len(data),
             "tensors": list(tensors),
         }
@@ -109,6 +111,7 @@ def write_lowrank(
     out = {
         "format_version": FORMAT_VERSION,
         "vector_kind": KIND,
+        "checksum": checksum,
         "task": task,
         "period": period,
         "base_id": info["base_id"],
@@ -125,6 +128,12 @@ def write_lowrank(
     }
     publish(f"{directory}/manifest.json", out, label)
     return out
+
+
+def _digest(algorithm: str, data: bytes | bytearray | memoryview) -> str:
+    hasher = new_hasher(algorithm)
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
 def _stored_as(vec: LowRankVector, dtype: torch.dtype) -> LowRankVector:
@@ -146,7 +155,7 @@ def load_lowrank_shard(
 ) -> dict[str, Part]:
     """Shard ``k`` of a low-rank vector: ``{parameter name: Factor | dense tensor}`` (absent = zero).
 
-    With ``verify``: size and sha256 against the manifest, the base fingerprint in the header, and
+    With ``verify``: size and checksum (the one the entry names) against the manifest, the base fingerprint in the header, and
     exactly the tensors the manifest lists. Always: every factor's shapes against the base's.
     """
     entry = shard_entry(label, dict(manifest), k)
@@ -159,9 +168,8 @@ def load_lowrank_shard(
     if verify:
         if len(buf) != int(entry["bytes"]):
             raise StoreError(f"{where}: truncated or resized: {len(buf)} bytes, the manifest says {entry['bytes']}")
-        digest = hashlib.sha256(buf).hexdigest()
-        if digest != entry["sha256"]:
-            raise StoreError(f"{where}: sha256 mismatch (file {digest}, manifest {entry['sha256']}): the shard is corrupt")
+        algorithm, expected = entry_checksum(entry, where)
+        check_digest(where, algorithm, _digest(algorithm, buf), expected)
     meta, tensors = decode_safetensors(buf, where)
     if verify:
         if meta.get("base_fingerprint") != info["base_fingerprint"]:

@@ -5,8 +5,9 @@ Why a module of its own: this is where a vector becomes visible or is refused. W
 the layout, casts, refuses NaN/Inf before any byte is written, removes a stale manifest, writes
 every shard and only then publishes the manifest — a writer killed at any point leaves the old
 complete vector or no visible vector, never a visible half. Reading checks each shard's size,
-sha256 and base fingerprint and every tensor's shape, so a truncated or flipped shard, or a
-vector taken against another base, is an error naming the vector and the file.
+checksum (xxh3_128 by default, sha256 for old manifests or on request) and base fingerprint
+and every tensor's shape, so a truncated or flipped shard, or a vector taken against another base,
+is an error naming the vector and the file.
 
 ``files`` is the store's :class:`~timevec.store.fs.StoreFiles`; ``info`` its parsed
 ``store.json``; ``directory`` the entry's full path.
@@ -14,21 +15,22 @@ vector taken against another base, is an error naming the vector and the file.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from timevec.store.checksum import DEFAULT_CHECKSUM, check_digest, entry_checksum, new_hasher
 from timevec.store.codec import (
+    Header,
     decode_numpy,
     decode_ranges,
     decode_safetensors,
-    encode_safetensors,
+    encode_shard,
 )
 from timevec.store.errors import StoreError
-from timevec.store.fs import StoreFiles
+from timevec.store.fs import Pieces, StoreFiles
 from timevec.store.layout import (
     FORMAT_VERSION,
     STORE_DTYPES,
@@ -40,7 +42,9 @@ from timevec.store.layout import (
 )
 from timevec.vectors import TimeVector, sum_of_squares
 
-__all__ = ["check_shard", "load_shard", "read_entry", "write_entry"]
+_CHECK_CHUNK = 1024 * 4096  # elements per step of the NaN/Inf + norm pass
+
+__all__ = ["check_header", "check_shard", "load_shard", "read_entry", "shard_where", "write_entry"]
 
 
 def write_entry(
@@ -54,12 +58,18 @@ def write_entry(
     *,
     task: str | None,
     period: str | None,
-    write: Callable[[str, bytes], None],
+    write: Callable[[str, Any], None],
     publish: Callable[[str, dict[str, Any], str], None],
     stale: Sequence[str] = (),
+    checksum: str = DEFAULT_CHECKSUM,
 ) -> dict[str, Any]:
     """Validate, cast, check finiteness, remove ``stale`` files, write every shard (``write``),
-    then the manifest (``publish``, last); returns the manifest. Shared by vectors and the base."""
+    then the manifest (``publish``, last); returns the manifest. Shared by vectors and the base.
+
+    Each shard is written as the safetensors header followed by its tensors' own bytes in plan
+    order (no joined copy on a local disk), and ``checksum`` is computed on the same chunks as
+    they are written. Casts to another dtype are redone per shard rather than kept, so memory
+    beyond the caller's vector is O(shard)."""
     check_layout(info, label, vec)
     torch_dtype = STORE_DTYPES[dtype]
     num_shards = int(info["shard_plan"]["num_shards"])
@@ -67,23 +77,28 @@ def write_entry(
     # One pass: cast to the stored dtype and take the sum of squares (for the manifest's norm).
     # NaN/Inf propagate into it, so a non-finite sum means NaN/Inf in the tensor (or overflow
     # when casting to fp16) — refused before any byte is written.
-    cast: dict[str, torch.Tensor] = {}
+    # Chunk by chunk (whole 4096-element rows of sum_of_squares), so no cast of a whole tensor is held.
+    n_params = 0
     sumsq = 0.0
     for name in info["shapes"]:
-        t = vec[name].to(torch_dtype).contiguous()
-        s = sum_of_squares(t) if t.numel() else 0.0
-        if not math.isfinite(s):
-            n_bad = int((~torch.isfinite(t)).sum())
-            if n_bad == 0:  # huge but finite values overflowed fp32 squares: redo in float64
-                s = float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
-        if not math.isfinite(s):
+        flat = vec[name].reshape(-1)
+        n_bad = 0
+        for a in range(0, flat.numel(), _CHECK_CHUNK):
+            t = flat[a : a + _CHECK_CHUNK].to(torch_dtype)
+            s = sum_of_squares(t)
+            if not math.isfinite(s):
+                bad = int((~torch.isfinite(t)).sum())
+                if bad == 0:  # huge but finite values overflowed fp32 squares: redo in float64
+                    s = float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+                n_bad += bad
+            sumsq += s
+        if n_bad or not math.isfinite(sumsq):
             what = f"as {dtype}" if torch_dtype != torch.float32 else ""
             raise StoreError(
                 f"vector {label}: tensor {name!r} (shard {shard_file(plan[name])}) has {n_bad} NaN/Inf "
                 f"value(s) {what}".rstrip()
             )
-        sumsq += s
-        cast[name] = t
+        n_params += flat.numel()
     files.remove(list(stale))
     fp = info["base_fingerprint"]
 
@@ -96,10 +111,11 @@ def write_entry(
             "shard": str(k),
             "base_fingerprint": fp,
         }
-        data = encode_safetensors({n: cast[n] for n in names}, meta)
-        digest = hashlib.sha256(data).hexdigest()
-        write(f"{directory}/{shard_file(k)}", data)
-        return {"index": k, "file": shard_file(k), "sha256": digest, "bytes": len(data), "tensors": names}
+        header, pieces = encode_shard({n: vec[n].to(torch_dtype).contiguous() for n in names}, meta)
+        hasher = new_hasher(checksum)
+        write(f"{directory}/{shard_file(k)}", Pieces([header, *pieces], hasher.update))
+        size = len(header) + sum(p.nbytes for p in pieces)
+        return {"index": k, "file": shard_file(k), checksum: hasher.hexdigest(), "bytes": size, "tensors": names}
 
     shards = list(files.map(write_shard, range(num_shards), window=2))
     out = {
@@ -111,7 +127,8 @@ def write_entry(
         "dtype": dtype,
         "created": now(),
         "l2_norm": math.sqrt(sumsq),
-        "n_params": sum(t.numel() for t in cast.values()),
+        "n_params": n_params,
+        "checksum": checksum,
         "shards": shards,
         "run": run,
     }
@@ -129,7 +146,8 @@ def load_shard(
     names: Sequence[str] | None = None,
     as_numpy: bool = False,
 ) -> dict[str, Any]:
-    """Read one shard; with ``verify``, check size, sha256, base fingerprint and shapes.
+    """Read one shard; with ``verify``, check size, checksum (the one its manifest entry names:
+    :mod:`~timevec.store.checksum`, computed on each chunk as it arrives), base fingerprint and shapes.
 
     Returns fp32 torch tensors, or with ``as_numpy`` read-only numpy arrays (fp32/fp16).
     Without ``verify`` and with ``names`` a strict subset, only those tensors' byte ranges are
@@ -137,10 +155,9 @@ def load_shard(
     """
     k = int(entry["index"])
     path = f"{directory}/{entry['file']}"
-    where = f"vector {label}: shard {files.rel(path)}" if label != "base" else f"base: shard {files.rel(path)}"
+    where = shard_where(files, label, path)
     expected = shard_names(info, k)
     wanted = list(expected) if names is None else list(names)
-    base_fingerprint = str(info["base_fingerprint"])
     for name in wanted:
         if name not in expected:
             raise StoreError(f"{where}: tensor {name!r} is not in shard {k} of the store's plan")
@@ -148,29 +165,22 @@ def load_shard(
         if not verify and len(wanted) < len(expected):
             tensors = decode_ranges(lambda start, end: files.read_range(path, start, end), where, wanted)
         else:
-            buf = files.read(path, writable=not as_numpy)
+            hasher = None
+            if verify:
+                algorithm, digest = entry_checksum(entry, where)
+                hasher = new_hasher(algorithm)
+            buf = files.read(path, writable=not as_numpy, observe=None if hasher is None else hasher.update)
             if verify:
                 if len(buf) != int(entry["bytes"]):
                     raise StoreError(
                         f"{where}: truncated or resized: {len(buf)} bytes, the manifest says {entry['bytes']}"
                     )
-                digest = hashlib.sha256(buf).hexdigest()
-                if digest != entry["sha256"]:
-                    raise StoreError(
-                        f"{where}: sha256 mismatch (file {digest}, manifest {entry['sha256']}): the shard is corrupt"
-                    )
+                assert hasher is not None
+                check_digest(where, algorithm, hasher.hexdigest(), digest)
             decode = decode_numpy if as_numpy else decode_safetensors
             meta, tensors = decode(buf, where)
             if verify:
-                shard_fp = meta.get("base_fingerprint")
-                if shard_fp is not None and shard_fp != base_fingerprint:
-                    raise StoreError(
-                        f"{where}: was written against base fingerprint {shard_fp}, "
-                        f"this store's base is {base_fingerprint}"
-                    )
-                if sorted(tensors) != sorted(expected):
-                    missing = sorted(set(expected) - set(tensors)) or sorted(set(tensors) - set(expected))
-                    raise StoreError(f"{where}: holds tensors that differ from the store's plan (e.g. {missing[0]!r})")
+                check_header(where, info, meta, tensors, expected)
             tensors = {n: tensors[n] for n in wanted if n in tensors}
     except FileNotFoundError:
         raise StoreError(f"{where}: file not found (manifest lists it)") from None
@@ -186,6 +196,30 @@ def load_shard(
             )
         out[name] = t if as_numpy or t.dtype == torch.float32 else t.float()
     return out
+
+
+def shard_where(files: StoreFiles, label: str, path: str) -> str:
+    """How every message about one shard file starts."""
+    return f"vector {label}: shard {files.rel(path)}" if label != "base" else f"base: shard {files.rel(path)}"
+
+
+def check_header(
+    where: str,
+    info: Mapping[str, Any],
+    meta: Mapping[str, str],
+    tensors: Mapping[str, Any] | Header,
+    expected: Sequence[str],
+) -> None:
+    """A verified shard's header: written against this store's base, holding exactly the plan's tensors."""
+    base_fingerprint = str(info["base_fingerprint"])
+    shard_fp = meta.get("base_fingerprint")
+    if shard_fp is not None and shard_fp != base_fingerprint:
+        raise StoreError(
+            f"{where}: was written against base fingerprint {shard_fp}, this store's base is {base_fingerprint}"
+        )
+    if sorted(tensors) != sorted(expected):
+        missing = sorted(set(expected) - set(tensors)) or sorted(set(tensors) - set(expected))
+        raise StoreError(f"{where}: holds tensors that differ from the store's plan (e.g. {missing[0]!r})")
 
 
 def read_entry(

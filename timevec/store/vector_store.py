@@ -29,8 +29,9 @@ from timevec.credentials import (
 from timevec.lowrank import LowRankVector
 from timevec.periods import Period
 from timevec.store import lowrank as lowrank_layout
+from timevec.store.checksum import DEFAULT_CHECKSUM, check_algorithm
 from timevec.store.errors import StoreError
-from timevec.store.fs import TMP_MARK, StoreFiles, ray_storage_uri, safe_url
+from timevec.store.fs import TMP_MARK, Pieces, StoreFiles, ray_storage_uri, safe_url
 from timevec.store.gram import gram_matrix, grouped_gram_matrix
 from timevec.store.layout import (
     DEFAULT_TARGET_SHARD_BYTES,
@@ -77,6 +78,7 @@ class VectorStore:
         dtype: str = "float32",
         target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES,
         io_threads: int | None = None,
+        checksum: str = DEFAULT_CHECKSUM,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
             raise StoreError(f"store url must be a non-empty string, got {url!r}")
@@ -93,6 +95,7 @@ class VectorStore:
             raise StoreError(f"store dtype {dtype!r} is not one of {sorted(STORE_DTYPES)}")
         self.url = url
         self.storage_options = options
+        self.checksum = check_algorithm(checksum)  # what new shards are written with; readers follow each manifest
         self._default_dtype = dtype
         self._default_target = int(target_shard_bytes)
         self._io_threads_arg = io_threads
@@ -116,6 +119,7 @@ class VectorStore:
             dict(store_cfg.storage_options or {}),
             dtype=store_cfg.dtype,
             target_shard_bytes=store_cfg.target_shard_bytes,
+            checksum=getattr(store_cfg, "checksum", DEFAULT_CHECKSUM),
         )
 
     def __repr__(self) -> str:
@@ -131,6 +135,7 @@ class VectorStore:
             "dtype": self._default_dtype,
             "target_shard_bytes": self._default_target,
             "io_threads": self._io_threads_arg,
+            "checksum": self.checksum,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -140,6 +145,7 @@ class VectorStore:
             dtype=state["dtype"],
             target_shard_bytes=state["target_shard_bytes"],
             io_threads=state["io_threads"],
+            checksum=state.get("checksum", DEFAULT_CHECKSUM),
         )
 
     # ------------------------------------------------------------------ paths and the write seam
@@ -156,7 +162,7 @@ class VectorStore:
     def _vector_dir(self, task: str, period: str) -> str:
         return self._path("vectors", task, period)
 
-    def _write(self, path: str, data: bytes | bytearray | memoryview) -> None:
+    def _write(self, path: str, data: bytes | bytearray | memoryview | Pieces) -> None:
         """Every shard, manifest and ``store.json`` is published through here (atomically)."""
         self._files.write(path, data)
 
@@ -173,7 +179,17 @@ class VectorStore:
         """:func:`~timevec.store.shards.write_entry` through this store's write seams."""
         info = self.info()
         return write_entry(
-            self._files, info, label, directory, vec, dtype, run, write=self._write, publish=self._publish_manifest, **where
+            self._files,
+            info,
+            label,
+            directory,
+            vec,
+            dtype,
+            run,
+            write=self._write,
+            publish=self._publish_manifest,
+            checksum=self.checksum,
+            **where,
         )
 
     # ------------------------------------------------------------------ store.json and the base
@@ -306,7 +322,7 @@ class VectorStore:
         if low_rank:  # the low-rank kind: factors per module (timevec.store.lowrank)
             out = lowrank_layout.write_lowrank(
                 self._files, info, label, directory, vec, info["dtype"], run, task=task, period=period,
-                write=self._write, publish=self._publish_manifest, stale=stale,
+                write=self._write, publish=self._publish_manifest, stale=stale, checksum=self.checksum,
             )
         else:
             out = self._write_entry(label, directory, vec, info["dtype"], run, task=task, period=period, stale=stale)
@@ -399,9 +415,10 @@ class VectorStore:
         """A stored vector as fp32 (all tensors in store order, or ``names`` in the given order).
 
         With ``verify`` (default) every shard read is checked against the manifest's size and
-        sha256 and the base fingerprint. A subset of ``names`` reads only the shards holding them
-        (and, with ``verify=False``, only their byte ranges). A low-rank vector comes back dense
-        (every factor multiplied out: the SLOW path; :meth:`get_native` keeps its factors).
+        checksum (xxh3_128, or sha256 where its manifest says so) and the base fingerprint.
+        A subset of ``names`` reads only the shards holding them (and, with ``verify=False``, only
+        their byte ranges). A low-rank vector comes back dense (every factor multiplied out: the
+        SLOW path; :meth:`get_native` keeps its factors).
         """
         task, period = self._key(task, period)
         label = f"{task}/{period}"
@@ -460,7 +477,7 @@ class VectorStore:
     ) -> np.ndarray:
         """The N×N Gram matrix ``G[i, j] = ⟨τ_i, τ_j⟩`` (float64), streamed shard by shard.
 
-        For each shard k the shard-k slices of all N vectors are read (sha256-checked, a bounded
+        For each shard k the shard-k slices of all N vectors are read (checksum-verified, a bounded
         number in flight, the next shard's reads overlapping this shard's arithmetic) into one
         N×D_k fp32 matrix ``X_k``, and ``X_k·X_kᵀ`` is accumulated in float64 over column blocks of
         ``block_columns``. Memory is O(N·D/K); every byte is read once.
