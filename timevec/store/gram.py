@@ -80,6 +80,7 @@ class _ShardReader:
         self.where = shard_where(files, label, self.path)
         self.names = shard_names(info, k)
         self.verify = verify
+        self.whole_limit = 2 * int(info.get("target_shard_bytes") or DEFAULT_TARGET_SHARD_BYTES)
         self.hasher = None
         self.cached: np.ndarray | None = None
         try:
@@ -90,13 +91,20 @@ class _ShardReader:
     def _open(self) -> None:
         files, where, entry = self.files, self.where, self.entry
         size = None
+        self.whole: bytes | bytearray | None = None
+        if not files.local and int(entry["bytes"]) <= self.whole_limit:
+            # Object storage: ONE GET for the whole shard. A HEAD (size), a header GET and a data
+            # GET cost three round trips per shard, which on S3 outweighed the bytes themselves.
+            self.whole = files.read(self.path, writable=False)
+            size = len(self.whole)
         if self.verify:
             self.algorithm, self.digest = entry_checksum(entry, where)
-            size = files.size(self.path)
+            if size is None:
+                size = files.size(self.path)
             if size != int(entry["bytes"]):
                 raise StoreError(f"{where}: truncated or resized: {size} bytes, the manifest says {entry['bytes']}")
-        head = files.read_range(self.path, 0, _HEAD_BYTES)
-        if len(head) >= 8:
+        head = self.whole if self.whole is not None else files.read_range(self.path, 0, _HEAD_BYTES)
+        if self.whole is None and len(head) >= 8:
             need = 8 + int.from_bytes(head[:8], "little")
             if len(head) < need <= 8 + 100 * 1024 * 1024 and (size is None or need <= size):
                 head = files.read_range(self.path, 0, need)
@@ -126,6 +134,7 @@ class _ShardReader:
                 self.hasher = new_hasher(self.algorithm)
                 self.hasher.update(head[:data_start])
         else:  # decode (verified as a whole) and keep the flattened row until the shard is done
+            self.whole = None
             tensors = load_shard(
                 self.files, self.info, self.label, self.directory, entry, self.verify, as_numpy=True
             )
@@ -143,10 +152,17 @@ class _ShardReader:
         target = row if kind is None else _scratch_u16(c1 - c0)
         view = memoryview(target).cast("B")
         offset = self.data_start + c0 * item
-        try:
-            got = self.files.read_into(self.path, offset, view)
-        except FileNotFoundError:
-            raise StoreError(f"{self.where}: file not found (manifest lists it)") from None
+        if self.whole is not None:
+            data = memoryview(self.whole)[offset : offset + view.nbytes]
+            got = data.nbytes
+            view[:got] = data
+            if last:
+                self.whole = None
+        else:
+            try:
+                got = self.files.read_into(self.path, offset, view)
+            except FileNotFoundError:
+                raise StoreError(f"{self.where}: file not found (manifest lists it)") from None
         if got != view.nbytes:
             raise StoreError(
                 f"{self.where}: truncated: the data needs bytes up to {offset + view.nbytes}, the file ends at {offset + got}"
