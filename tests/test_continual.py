@@ -88,7 +88,8 @@ class KillRun(tune.Callback):
 
 
 def test_a_killed_chain_resumes_and_equals_the_reference_chain(ray_session: str, base, tmp_path: Path) -> None:
-    config, store = _store(base, tmp_path / "fleet")
+    # every step reported (ray.report_interval_s=0): the callback must see step 5
+    config, store = _store(base, tmp_path / "fleet", "ray.report_interval_s=0")
     ref_config, ref = _store(base, tmp_path / "reference")
     threads = torch.get_num_threads()
     torch.set_num_threads(config.ray.torch_threads)  # the trials' thread count: the same float sums

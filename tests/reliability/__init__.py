@@ -90,11 +90,12 @@ def random_vector(store, seed: int, scale: float = 0.02):
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """relative path → sha256 of every file under a local store (ignoring Ray's scratch space)."""
+    """relative path → sha256 of every file under a local store (ignoring Ray's scratch space and
+    the writers' lease records, which a driver that took and released the lease leaves behind)."""
     out = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and not rel.startswith("ray/"):
+        if path.is_file() and not rel.startswith(("ray/", "leases/")):
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 

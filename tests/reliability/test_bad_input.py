@@ -95,9 +95,12 @@ def _bad_corpora(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
         ("missing file", [src.format(tmp / "nope.csv"), *FILE_CORPUS], [str(tmp / "nope.csv"), "not found"]),
         ("empty period", [src.format(_csv(tmp / "only2014.csv", "text,date", _rows())), *FILE_CORPUS],
          ["2015 has 0 train rows", "2016 has 0 train rows"]),
-        ("empty period", ["periods.start='2030'", "periods.end='2031'"], ["2030 has 0 train rows", "2031"]),
+        # an extension of the stored range (2014–2015) to years the corpus lacks (a range that DROPS the stored
+        # periods is refused first, by the extension check, naming periods.start)
+        ("empty period", ["periods.end='2031'"], ["2030 has 0 train rows", "2031 has 0 train rows"]),
         ("label column absent", [src.format(_csv(tmp / "nolabel.csv", "text,date", _rows())), *FILE_CORPUS,
-                                 "tasks=[lm, classification]", "corpus.label_column=component"],
+                                 "tasks=[lm, classification]", "corpus.label_column=component",
+                                 "periods.end='2015'"],  # a new task on the stored periods (with new ones: refused first)
          ["label column 'component'"]),
     ]
 
