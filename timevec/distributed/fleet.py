@@ -239,11 +239,11 @@ def run_fleet(
 
 def _run_fleet(
     config: ExperimentConfig,
-    store: VectorStore | None = None,
-    runs: Iterable[RunSpec] | None = None,
-    progress: bool = True,
-    callbacks: Sequence[tune.Callback] = (),
-    keep_checkpoints: bool = False,
+    store: VectorStore,
+    runs: list[RunSpec],
+    progress: bool,
+    callbacks: Sequence[tune.Callback],
+    keep_checkpoints: bool,
 ) -> pd.DataFrame:
     """Fine-tune every run of the study that the store lacks; one row per run (``RESULT_COLUMNS``).
 
@@ -254,8 +254,6 @@ def _run_fleet(
     Once a run's vector is stored its checkpoints are deleted, unless ``keep_checkpoints``.
     The frame's ``attrs`` hold ``experiment``, ``storage_path`` and ``makespan_s`` (the Tune run).
     """
-    store = store if store is not None else VectorStore.from_config(config.store)
-    runs = list(runs) if runs is not None else plan_runs(config)
     if len({r.key for r in runs}) != len(runs):
         raise ValueError("run_fleet: the run list has duplicates")
     experiment = experiment_name(config)

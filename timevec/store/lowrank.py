@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from timevec.lowrank import Factor, LowRankVector, Part, module_gram
-from timevec.store.checksum import DEFAULT_CHECKSUM, check_digest, entry_checksum, new_hasher
+from timevec.store.checksum import DEFAULT_CHECKSUM, new_hasher
 from timevec.store.codec import decode_safetensors, encode_safetensors
 from timevec.store.errors import StoreError
 from timevec.store.fs import StoreFiles
 from timevec.store.layout import FORMAT_VERSION, STORE_DTYPES, now, shard_entry, shard_file, shard_names
-from timevec.store.shards import load_shard
+from timevec.store.shards import check_header, load_shard, read_shard_bytes, shard_where
 from timevec.vectors import VectorError
 
 __all__ = ["KIND", "is_lowrank", "lowrank_gram", "read_lowrank", "check_lowrank_shard", "vector_kind", "write_lowrank"]
@@ -160,25 +160,16 @@ def load_lowrank_shard(
     """
     entry = shard_entry(label, dict(manifest), k)
     path = f"{directory}/{entry['file']}"
-    where = f"vector {label}: shard {files.rel(path)}"
+    where = shard_where(files, label, path)
     try:
-        buf = files.read(path)
+        buf = read_shard_bytes(files, path, entry, where, verify)
     except FileNotFoundError:
         raise StoreError(f"{where}: file not found (manifest lists it)") from None
-    if verify:
-        if len(buf) != int(entry["bytes"]):
-            raise StoreError(f"{where}: truncated or resized: {len(buf)} bytes, the manifest says {entry['bytes']}")
-        algorithm, expected = entry_checksum(entry, where)
-        check_digest(where, algorithm, _digest(algorithm, buf), expected)
     meta, tensors = decode_safetensors(buf, where)
     if verify:
-        if meta.get("base_fingerprint") != info["base_fingerprint"]:
-            raise StoreError(
-                f"{where}: was written against base fingerprint {meta.get('base_fingerprint')}, "
-                f"this store's base is {info['base_fingerprint']}"
-            )
-        if sorted(tensors) != sorted(entry.get("tensors", [])):
-            raise StoreError(f"{where}: holds tensors that differ from the manifest's list")
+        if meta.get("base_fingerprint") is None:
+            raise StoreError(f"{where}: its header names no base fingerprint")
+        check_header(where, info, meta, tensors, entry.get("tensors", []), listed_in="the manifest's list")
     shapes = info["shapes"]
     factors = manifest.get("factors", {})
     out: dict[str, Part] = {}

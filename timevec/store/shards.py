@@ -165,18 +165,7 @@ def load_shard(
         if not verify and len(wanted) < len(expected):
             tensors = decode_ranges(lambda start, end: files.read_range(path, start, end), where, wanted)
         else:
-            hasher = None
-            if verify:
-                algorithm, digest = entry_checksum(entry, where)
-                hasher = new_hasher(algorithm)
-            buf = files.read(path, writable=not as_numpy, observe=None if hasher is None else hasher.update)
-            if verify:
-                if len(buf) != int(entry["bytes"]):
-                    raise StoreError(
-                        f"{where}: truncated or resized: {len(buf)} bytes, the manifest says {entry['bytes']}"
-                    )
-                assert hasher is not None
-                check_digest(where, algorithm, hasher.hexdigest(), digest)
+            buf = read_shard_bytes(files, path, entry, where, verify, writable=not as_numpy)
             decode = decode_numpy if as_numpy else decode_safetensors
             meta, tensors = decode(buf, where)
             if verify:
@@ -198,6 +187,25 @@ def load_shard(
     return out
 
 
+def read_shard_bytes(
+    files: StoreFiles, path: str, entry: Mapping[str, Any], where: str, verify: bool, writable: bool = True
+) -> bytes | bytearray:
+    """The whole shard file; with ``verify``, its size and checksum (the one its manifest entry
+    names, computed on each chunk as it arrives) against ``entry``. A missing file raises
+    FileNotFoundError (the caller names it)."""
+    hasher = None
+    if verify:
+        algorithm, digest = entry_checksum(entry, where)
+        hasher = new_hasher(algorithm)
+    buf = files.read(path, writable=writable, observe=None if hasher is None else hasher.update)
+    if verify:
+        if len(buf) != int(entry["bytes"]):
+            raise StoreError(f"{where}: truncated or resized: {len(buf)} bytes, the manifest says {entry['bytes']}")
+        assert hasher is not None
+        check_digest(where, algorithm, hasher.hexdigest(), digest)
+    return buf
+
+
 def shard_where(files: StoreFiles, label: str, path: str) -> str:
     """How every message about one shard file starts."""
     return f"vector {label}: shard {files.rel(path)}" if label != "base" else f"base: shard {files.rel(path)}"
@@ -209,8 +217,10 @@ def check_header(
     meta: Mapping[str, str],
     tensors: Mapping[str, Any] | Header,
     expected: Sequence[str],
+    listed_in: str = "the store's plan",
 ) -> None:
-    """A verified shard's header: written against this store's base, holding exactly the plan's tensors."""
+    """A verified shard's header: written against this store's base, holding exactly the tensors
+    ``expected`` (those of the store's plan, or for a low-rank shard those its manifest lists)."""
     base_fingerprint = str(info["base_fingerprint"])
     shard_fp = meta.get("base_fingerprint")
     if shard_fp is not None and shard_fp != base_fingerprint:
@@ -219,7 +229,7 @@ def check_header(
         )
     if sorted(tensors) != sorted(expected):
         missing = sorted(set(expected) - set(tensors)) or sorted(set(tensors) - set(expected))
-        raise StoreError(f"{where}: holds tensors that differ from the store's plan (e.g. {missing[0]!r})")
+        raise StoreError(f"{where}: holds tensors that differ from {listed_in} (e.g. {missing[0]!r})")
 
 
 def read_entry(
