@@ -1,9 +1,11 @@
 """Fleet benchmark: what running fine-tunes as Tune trials costs against the same loop run plainly.
 
-    .venv/bin/python bench/fleet.py [--runs 24] [--steps 400] [--concurrency 2] [--trainer-runs 2]
+    .venv/bin/python bench/fleet.py [--config timevec/demo/tiny.yaml] [--runs 24] [--steps 400]
+                                    [--concurrency 2] [--trainer-runs 2]
 
 On a local cluster (``num_cpus = concurrency``, one torch thread per run) it trains N monthly runs
-of the tiny config (24 = every month of 2014–2015) and prints, measured side by side in one go:
+of the tiny config (24 = every month of 2014–2015; ``--config timevec/demo/demo.yaml`` for the
+demo's model, corpus and steps per run: the demo's scale) and prints, measured side by side in one go:
 
 (a) training throughput: tokens/s of a run inside the fleet vs the same job (``run_one``: model
     from the store, examples, the loop, τ, vector write) in plain processes — goal ≥ 0.95×;
@@ -143,7 +145,9 @@ def plain_phase(config: ExperimentConfig, runs: list[RunSpec], concurrency: int)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=24, help="monthly runs (from 2014-01)")
-    parser.add_argument("--steps", type=int, default=400, help="optimizer steps per run")
+    parser.add_argument("--config", default=str(REPO / "timevec/demo/tiny.yaml"),
+                        help="the study config whose model, corpus and training the runs use")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default: 400 for tiny.yaml, else the config's)")
     parser.add_argument("--concurrency", type=int, default=2, help="runs at once = local CPUs")
     parser.add_argument("--trainer-runs", type=int, default=2, help="runs for the workers_per_run 0 vs 1 comparison (0: skip)")
     parser.add_argument("--trainer-steps", type=int, default=50, help="steps per run in that comparison (start-up is what it measures)")
@@ -155,6 +159,9 @@ def main() -> int:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="timevec-bench-fleet-"))
     years = max(1, -(-args.runs // 12))
+    source = Path(args.config)
+    if args.steps is None:
+        args.steps = 400 if source.name == "tiny.yaml" else load_config(source).training.steps
     overrides = [
         "tasks=[lm]",
         "granularities=[month]",
@@ -172,12 +179,12 @@ def main() -> int:
         root = work / name
         if not root.exists():
             shutil.copytree(work / "base", root)
-        return load_config(REPO / "timevec/demo/tiny.yaml", [*overrides, f"store.url={root}", *extra])
+        return load_config(source, [*overrides, f"store.url={root}", *extra])
 
-    base_config = load_config(REPO / "timevec/demo/tiny.yaml", [*overrides, f"store.url={work / 'base'}"])
+    base_config = load_config(source, [*overrides, f"store.url={work / 'base'}"])
     runs = plan_runs(base_config)[: args.runs]
     prepare_base(base_config, load_corpus(base_config.corpus), VectorStore.from_config(base_config.store))
-    print(f"{len(runs)} runs x {args.steps} steps of the tiny config, concurrency {args.concurrency}; work dir {work}")
+    print(f"{len(runs)} runs x {args.steps} steps of {source.name}, concurrency {args.concurrency}; work dir {work}")
 
     half = len(runs) // 2
     plain_config = config_for("plain")

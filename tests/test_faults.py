@@ -7,6 +7,9 @@
 - An evaluation actor out of memory under a real limit (``ray.eval_actor_memory_mb``, an
   ``RLIMIT_DATA`` the actor sets on itself): the cells stage reports which vector, which cells, which
   actor and why, keeps the cells already computed, and a re-run computes only the missing ones.
+- The same cap as a memory cgroup (``ray.eval_actor_memory_kind: cgroup``): the kernel's OOM killer
+  SIGKILLs the actor mid-item; Ray restarts it and retries, then the item fails as ActorDied, a
+  fresh actor takes the rest, and a re-run computes only the missing cells.
 """
 
 from __future__ import annotations
@@ -173,9 +176,92 @@ def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recompute
     assert len(frame) == 6 and not frame.duplicated(["vector", "test_period"]).any()
 
 
+def _cgroup_or_skip() -> None:
+    from timevec.memory_cgroup import CgroupUnavailable, memory_cgroup_dir
+
+    try:
+        directory, _ = memory_cgroup_dir()
+    except CgroupUnavailable as exc:
+        pytest.skip(f"no memory cgroup here: {exc}")
+    if not os.access(directory, os.W_OK):
+        pytest.skip(f"the memory cgroup {directory} is not writable here")
+
+
+def test_a_memory_cgroup_gets_its_process_killed_by_the_kernel_and_is_swept() -> None:
+    """The real thing the cgroup cap relies on: over its limit, the kernel's OOM killer SIGKILLs the process."""
+    _cgroup_or_skip()
+    from timevec.memory_cgroup import PREFIX, memory_cgroup_dir
+
+    child = (
+        "import os, sys, torch; from timevec.memory_cgroup import join_memory_cgroup; "
+        "group = join_memory_cgroup(64); print(group, flush=True); "
+        "ok = torch.ones(4 * 2**20); print('fits', flush=True); "  # 16 MiB under the limit: fine
+        "big = torch.ones(64 * 2**20); print('survived', flush=True)"  # 256 MiB: killed
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    lines = done.stdout.split()
+    assert done.returncode == -9, (done.returncode, done.stdout, done.stderr[-2000:])  # SIGKILL
+    assert lines[1:] == ["fits"], done.stdout
+    group = Path(lines[0])
+    assert group.name.startswith(PREFIX) and group.name.removeprefix(PREFIX).isdigit() and group.exists()
+    parent, _ = memory_cgroup_dir()
+    assert group.parent == parent
+    from timevec.memory_cgroup import sweep_dead_groups
+
+    assert sweep_dead_groups(parent) >= 1 and not group.exists()  # the dead process's group is removed
+
+
+def test_an_actor_killed_by_the_kernel_for_memory_is_replaced_reported_and_only_its_cells_recomputed(
+    ray_session: str, tmp_path: Path
+) -> None:
+    """``ray.eval_actor_memory_kind: cgroup``: the same 45 MiB cap as a memory cgroup, so the kernel's OOM
+    killer SIGKILLs the actor mid-item (no exception anywhere): the item fails as ActorDied (with
+    ray.max_failures=0 Ray neither restarts the actor nor retries the call: each restart costs a worker
+    start and a θ_pre load), a fresh actor takes the next item, and a re-run computes only the missing cells."""
+    _cgroup_or_skip()
+    import torch
+
+    from timevec.corpus import load_corpus
+    from timevec.distributed.cells import read_cells, run_cells
+    from timevec.errors import StageFailed
+    from timevec.training import prepare_base
+    from timevec.vectors import TimeVector
+
+    overrides = [
+        f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "base.pretrain.steps=0",
+        "base.tiny.d_model=1024", "base.tiny.d_ff=1024", "base.tiny.num_layers=2", "evaluation.batch_size=4",
+        "evaluation.bootstrap_samples=0", "ray.eval_actors=1", "ray.max_failures=0",
+    ]  # fmt: skip
+    config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=45", "ray.eval_actor_memory_kind=cgroup"])
+    store = VectorStore.from_config(config.store)
+    prepare_base(config, load_corpus(config.corpus), store)
+    base = store.get_base()
+    generator = torch.Generator().manual_seed(0)
+    for period in ("2014", "2015"):
+        vector = {n: 1e-3 * torch.randn(t.shape, generator=generator) for n, t in base.items()}
+        store.put_vector("lm", period, TimeVector(vector))
+
+    with pytest.raises(StageFailed) as failed:
+        run_cells(config, store)
+    message = str(failed.value)
+    for vector in ("lm/2014", "lm/2015"):
+        assert f"{vector} (year; 2 cell(s) missing, test periods 2014, 2015): evaluation actor" in message
+    assert message.count("died while working on it (after 0 restart(s), ray.max_failures)") == 2
+    assert message.count("memory cgroup of ray.eval_actor_memory_mb=45 MiB") == 2
+    assert sorted(read_cells(store)["vector"]) == ["base", "base"]  # θ_pre's cells were computed and stored
+
+    config = load_config(TINY, overrides)  # no cap
+    frame, stats = run_cells(config, store)
+    assert (stats.cells_computed, stats.cells_skipped) == (4, 2)  # only the missing cells
+    assert len(frame) == 6 and not frame.duplicated(["vector", "test_period"]).any()
+
+
 def test_the_fault_knobs_are_validated() -> None:
     from timevec.config import ConfigError
 
     for field in ("ray.eval_actor_memory_mb", "store.lease_seconds"):
         with pytest.raises(ConfigError, match=field.split(".")[1]):
             load_config(TINY, [f"{field}=0"])
+    with pytest.raises(ConfigError, match="eval_actor_memory_kind"):
+        load_config(TINY, ["ray.eval_actor_memory_kind=rss"])

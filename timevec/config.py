@@ -287,6 +287,11 @@ class RayConfig(_Strict):
         None, gt=0, description="cap (MiB of private writable memory, RLIMIT_DATA) on what an evaluation actor may map beyond "
         "θ_pre and the splits once loaded; an item over it is retried on a restarted actor, then reported (ARCHITECTURE §4); None: no cap",
     )
+    eval_actor_memory_kind: Literal["data", "cgroup"] = Field(
+        "data", description="how eval_actor_memory_mb is enforced: 'data' (RLIMIT_DATA: an allocation over it fails, the "
+        "item is retried, then reported) or 'cgroup' (a memory cgroup per actor: the kernel's OOM killer kills the actor, "
+        "as a container limit does; needs a writable cgroup filesystem)",
+    )
     autoscaling: bool = Field(
         False, description="the cluster adds nodes on demand: do not fail fast when no current node fits a run or actor"
     )

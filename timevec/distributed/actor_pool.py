@@ -31,7 +31,9 @@ peak RSS; the driver then restarts that actor (``ray.kill(no_restart=False)``: a
 fragmentation and caches gone) and retries the item, up to ``ray.max_failures`` times, before
 reporting it. An actor that DIES (the kernel's OOM killer, Ray's memory monitor, a crash) after
 Ray's own restarts and task retries (``max_restarts``/``max_task_retries``) fails its item as
-:class:`ActorDied` with Ray's reason, and the other actors go on with the rest. Either way the rows
+:class:`ActorDied` with Ray's reason, and its slot gets a fresh actor for the items left. With
+``ray.eval_actor_memory_kind: cgroup`` the cap is a memory cgroup (:mod:`timevec.memory_cgroup`) and
+running out of memory IS that death: the kernel kills the actor at the limit. Either way the rows
 of the items that finished are already streamed to the store, and the stage's error
 (:func:`failure_error`: :class:`~timevec.errors.StageFailed`, exit status 1) names every failed item.
 """
@@ -55,6 +57,7 @@ import ray
 from timevec.config import RayConfig
 from timevec.distributed.runtime import ensure_ray
 from timevec.errors import StageFailed
+from timevec.memory_cgroup import join_memory_cgroup
 from timevec.memory_limit import cap_data_memory, is_out_of_memory, peak_rss_mb
 from timevec.progress import Progress
 from timevec.store import StoreError
@@ -117,11 +120,12 @@ class PoolActor:
     fetched once per actor process (again after Ray restarts a crashed actor).
     """
 
-    def __init__(self, *args: Any, memory_cap_mb: float | None = None) -> None:
+    def __init__(self, *args: Any, memory_cap_mb: float | None = None, memory_cap_kind: str = "data") -> None:
         self._setup_error: BaseException | None = None
         self._shared_id: str | None = None
         self._shared: list[Any] = []
         self._memory_cap_mb = memory_cap_mb
+        self._memory_cap_kind = memory_cap_kind
         self._capped = False
         try:
             self.setup(*args)
@@ -149,7 +153,10 @@ class PoolActor:
             if self._memory_cap_mb is not None and not self._capped:
                 # After θ_pre and the shared inputs (whose first ray.get maps Ray's object store
                 # into this process): the cap is the actor's working memory per item.
-                cap_data_memory(self._memory_cap_mb)
+                if self._memory_cap_kind == "cgroup":
+                    join_memory_cgroup(self._memory_cap_mb)  # over it, the kernel kills this process
+                else:
+                    cap_data_memory(self._memory_cap_mb)
                 self._capped = True
             return item, self.work(item, *self._shared), None, None
         except Exception as exc:  # noqa: BLE001 - reported by the driver, naming the item
@@ -242,8 +249,12 @@ def drive(
     )
     outcome = PoolOutcome(rows={name: 0 for name in sinks})
     outcome.created = time.time()
-    cap = ray_config.eval_actor_memory_mb
-    actors = [actor_cls.remote(*actor_args, memory_cap_mb=cap) for _ in range(min(ray_config.eval_actors, len(items)))]
+    cap, kind = ray_config.eval_actor_memory_mb, ray_config.eval_actor_memory_kind
+
+    def new_actor() -> Any:
+        return actor_cls.remote(*actor_args, memory_cap_mb=cap, memory_cap_kind=kind)
+
+    actors = [new_actor() for _ in range(min(ray_config.eval_actors, len(items)))]
     outcome.actors = len(actors)
     buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in sinks}
     last_flush = time.perf_counter()
@@ -290,18 +301,25 @@ def drive(
                     on_setup_error(exc.error)
                 raise
             except ray.exceptions.RayActorError as exc:  # died for good, after Ray's restarts and retries
-                alive.discard(index)
-                reason = _text(exc).splitlines()
+                reason = " ".join(_text(exc).splitlines())
+                under = (
+                    f" It ran in a memory cgroup of ray.eval_actor_memory_mb={cap:g} MiB beyond θ_pre, where the "
+                    "kernel's OOM killer kills the process at the limit."
+                    if cap is not None and kind == "cgroup" else ""
+                )  # fmt: skip
                 error = ActorDied(
                     f"evaluation actor {getattr(exc, 'actor_id', None) or index} died while working on it "
-                    f"(after {ray_config.max_failures} restart(s), ray.max_failures): {' '.join(reason)[:500]}"
+                    f"(after {ray_config.max_failures} restart(s), ray.max_failures).{under} Ray: {reason[:500]}"
                 )
                 fail(progress, Failure(item, error, str(error)))
-                if not alive:
-                    for left, _ in pending:
-                        gone = ActorDied("not run: every evaluation actor died")
-                        fail(progress, Failure(left, gone, str(gone)))
-                    pending.clear()
+                # Its slot gets a fresh actor for the items left: each death fails one item, so at
+                # most len(items) replacements; a machine that cannot hold any item fails them all, named.
+                if pending:
+                    actors[index] = new_actor()
+                    restarts_left[index] = ray_config.max_failures
+                    idle.append(index)
+                else:
+                    alive.discard(index)
                 submit()
                 continue
             if isinstance(error, OutOfMemory) and attempt <= ray_config.max_failures and restarts_left[index] > 0:
