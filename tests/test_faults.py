@@ -8,7 +8,7 @@
   ``RLIMIT_DATA`` the actor sets on itself): the cells stage reports which vector, which cells, which
   actor and why, keeps the cells already computed, and a re-run computes only the missing ones.
 - The same cap as a memory cgroup (``ray.eval_actor_memory_kind: cgroup``): the kernel's OOM killer
-  SIGKILLs the actor mid-item; Ray restarts it and retries, then the item fails as ActorDied, a
+  SIGKILLs the actor mid-item; once Ray's restarts (ray.max_failures) are spent the item fails as ActorDied, a
   fresh actor takes the rest, and a re-run computes only the missing cells.
 """
 
