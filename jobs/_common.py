@@ -6,9 +6,8 @@ import argparse
 import logging
 
 from timevec.config import load_config
-from timevec.distributed.pipeline import run_pipeline
 from timevec.errors import run_with_exit_status
-from timevec.pipeline import STAGES, summary_frame
+from timevec.pipeline import STAGES, check_stages, summary_frame
 
 
 def run_stages(stages: list[str] | None, description: str) -> int:
@@ -30,7 +29,11 @@ def run_stages(stages: list[str] | None, description: str) -> int:
     chosen = stages if stages is not None else [s for s in args.stages.split(",") if s]
 
     def run() -> int:
-        summary = run_pipeline(load_config(args.config, args.set), chosen)
+        check_stages(chosen)
+        config = load_config(args.config, args.set)  # bad input exits 2 before torch and Ray are imported
+        from timevec.distributed.pipeline import run_pipeline
+
+        summary = run_pipeline(config, chosen)
         for title, table in summary.get("tables", {}).items():
             logging.info("%s\n%s", title, table.to_string(index=False))
         logging.info("findings\n%s", summary_frame(summary).to_string(index=False))

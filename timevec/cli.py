@@ -37,10 +37,13 @@ def _print_table(frame, title: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from timevec.pipeline import check_stages
+
+    stages = [s for s in args.stages.split(",") if s] if args.stages else list(STAGES)
+    check_stages(stages)
+    config = _config(args)  # bad input exits 2 before the stages' modules (torch, Ray) are imported
     from timevec.distributed.pipeline import run_pipeline
 
-    config = _config(args)
-    stages = [s for s in args.stages.split(",") if s] if args.stages else list(STAGES)
     summary = run_pipeline(config, stages)
     _print_summary(summary, args.verbose)
     return 0
@@ -49,7 +52,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from timevec.config import load_config
     from timevec.demo import demo_config_path
-    from timevec.distributed.pipeline import run_pipeline
 
     if args.tiny and args.full:
         raise SystemExit("timevec demo: --tiny and --full exclude each other")
@@ -60,6 +62,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         overrides.append("ray.dashboard=true")
     config = load_config(demo_config_path("tiny" if args.tiny else "full" if args.full else "demo"), overrides)
     print(f"timevec demo: config '{config.name}', store {config.store.url}")
+    from timevec.distributed.pipeline import run_pipeline  # after the config: bad input exits 2 at once
+
     summary = run_pipeline(config, list(STAGES))
     _print_summary(summary, args.verbose)
     return 0

@@ -9,12 +9,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from timevec.config import ConfigError
-from timevec.corpus import CorpusError
-from timevec.periods import PeriodError
-from timevec.store import StoreError
+#: The bad-input error classes, by module. An exception of one can only exist once its module has
+#: been imported, so they are looked up when one is caught, and importing this module stays light:
+#: a mistyped stage or key exits 2 before torch, datasets or Ray are imported.
+_USER_ERRORS = (
+    ("timevec.config", "ConfigError"),
+    ("timevec.corpus", "CorpusError"),
+    ("timevec.periods", "PeriodError"),
+    ("timevec.store.errors", "StoreError"),
+)
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, CorpusError, PeriodError, StoreError)
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The bad-input error classes of the modules imported so far (exit status 2)."""
+    return tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules)
 
 
 class StageFailed(RuntimeError):
@@ -25,7 +33,7 @@ def run_with_exit_status(action: Callable[[], int], prefix: str) -> int:
     """``action()``'s status, or 2 for bad input and 1 for a failed stage, the message on stderr."""
     try:
         return action()
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         print(f"{prefix}error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:

@@ -106,6 +106,15 @@ def report_location(store: VectorStore) -> str:
     return f"{store.url.rstrip('/')}/reports/index.html"  # a local store's url is its absolute path
 
 
+def check_stages(stages: list[str]) -> None:
+    """Refuse unknown stage names (ConfigError, exit 2) — callable before anything heavy is imported."""
+    from timevec.config import ConfigError
+
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+
+
 def run_stages(config: ExperimentConfig, stages: list[str], functions: Mapping[str, StageFunction]) -> StageResult:
     """Run ``stages`` in the pipeline's order with ``functions[name]``; returns the tables and findings to print.
 
@@ -114,13 +123,10 @@ def run_stages(config: ExperimentConfig, stages: list[str], functions: Mapping[s
     every replicate runs the stages in turn (:mod:`timevec.replicates`) and the findings returned
     are the ones over seeds.
     """
-    from timevec.config import ConfigError
     from timevec.replicates import replicate_configs
 
     assert tuple(functions) == STAGES, "the stage table names the pipeline's stages in order"
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise ConfigError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+    check_stages(stages)
     replicates = replicate_configs(config)
     if len(replicates) == 1:
         return _run_one(replicates[0][1], stages, functions)
