@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.reliability import run_cli
 from timevec.pipeline import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path):
+def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path, capsys):
     store = tmp_path / "store"
     # one analogy pair per target (2015 → k) on a 1 × 2 × 1 grid: the search's own tests cover the grid
     # and the pairs; this one covers the command. The study is 2014–2016 first (the forecast needs 4
@@ -120,9 +121,11 @@ def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path):
     for name in ("interpolation", "analogy_best", "similarity", "decay_fit"):
         assert (results / f"{name}.parquet").exists(), name
 
-    listing = timevec("store", "ls", str(store))
-    assert listing.returncode == 0 and "lm" in listing.stdout and "2016" in listing.stdout
-    assert timevec("store", "verify", str(store)).returncode == 0
+    # the store tools run in this process (the CLI's own main: no torch import per call); the exit
+    # statuses of a real process are test_bad_input.py::test_cli_exit_code_is_2_in_a_real_process's
+    code, out, _ = run_cli(capsys, "store", "ls", str(store))
+    assert code == 0 and "lm" in out and "2016" in out
+    assert run_cli(capsys, "store", "verify", str(store))[0] == 0
 
     # adding 2017 to the finished study (ARCHITECTURE §12): the same command on the config's own range
     # trains only the two new runs and evaluates only the new row and column of each matrix, plus the
@@ -161,7 +164,7 @@ def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
-    verify = timevec("store", "verify", str(store))
-    assert verify.returncode == 1 and "lm/2015" in verify.stdout and shard.name in verify.stdout
-    assert timevec("store", "rm", str(store), "lm/2015").returncode == 0
-    assert "2015" not in timevec("store", "ls", str(store), "--task", "lm").stdout
+    code, out, _ = run_cli(capsys, "store", "verify", str(store))
+    assert code == 1 and "lm/2015" in out and shard.name in out
+    assert run_cli(capsys, "store", "rm", str(store), "lm/2015")[0] == 0
+    assert "2015" not in run_cli(capsys, "store", "ls", str(store), "--task", "lm")[1]

@@ -2,19 +2,16 @@
 
 Every test runs the tiny demo config against its own store under ``tmp_path``; the pretrained
 base is built once per session and copied into each store, so no test pays for pretraining.
-Faults are real: a Tune callback SIGKILLs the trial process (its PID is in every Tune result),
-and a driver subprocess is SIGKILLed mid-fleet.
+Faults are real: a Tune callback SIGKILLs the trial process (its PID is in every Tune result); the
+driver SIGKILLed mid-fleet is tests/reliability/test_faults.py's.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,13 +22,11 @@ from ray import tune
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import timevec.demo
-from timevec.config import ExperimentConfig, dump_config, load_config
+from timevec.config import ExperimentConfig, load_config
 from timevec.corpus import load_corpus
 from timevec.distributed.fleet import (
     RESULT_COLUMNS,
     RunSpec,
-    experiment_name,
-    plan_runs,
     run_fleet,
     run_one,
 )
@@ -189,67 +184,6 @@ def test_a_killed_trial_resumes_from_its_checkpoint(ray_session: str, base_store
         torch.set_num_threads(threads)
     assert row["tokens"] == reference["tokens"]
     assert row["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-5)
-
-
-def _unfinished_checkpoints(storage: Path, store: VectorStore) -> dict[str, int]:
-    """period → newest checkpointed step, for the runs that have checkpoints but no vector yet."""
-    finished = {p for _t, p in store.list_vectors()}
-    out: dict[str, int] = {}
-    for meta in storage.glob("lm_*_*/checkpoint_*/meta.json"):
-        period = meta.parent.parent.name.split("_")[1]
-        if period in finished:
-            continue
-        try:
-            out[period] = max(out.get(period, 0), json.loads(meta.read_text())["step"])
-        except (OSError, ValueError, KeyError):
-            continue  # being written right now
-    return out
-
-
-def test_an_interrupted_driver_resubmitted_skips_finished_runs(ray_session: str, base_store: Path, tmp_path: Path) -> None:
-    config = tiny(
-        tmp_path, base_store, "tasks=[lm]", "training.steps=200", "training.checkpoint_every=10",
-        "ray.max_concurrent_runs=1",
-    )
-    path = tmp_path / "fleet.yaml"
-    path.write_text(dump_config(config))
-    store = VectorStore.from_config(config.store)
-    storage = Path(store.ray_storage_path()) / experiment_name(config)
-    runs = plan_runs(config)
-    script = (f"from timevec.config import load_config; from timevec.distributed.fleet import run_fleet; "
-              f"run_fleet(load_config({str(path)!r}))")
-    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        # Interrupt once one run is finished and a later one is part-way (has a checkpoint).
-        deadline = time.monotonic() + 150
-        while not (store.list_vectors() and _unfinished_checkpoints(storage, store)):
-            assert driver.poll() is None, "the driver exited before it could be interrupted"
-            assert time.monotonic() < deadline, "no finished and no checkpointed run after 150 s"
-            time.sleep(0.05)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    time.sleep(3)  # Ray kills the dead driver's trial processes; let any write in flight land
-    before = {p: store.manifest(t, p)["created"] for t, p in store.list_vectors()}
-    part_way = _unfinished_checkpoints(storage, store)
-    assert 1 <= len(before) < len(runs) and part_way, "the driver was not interrupted mid-fleet"
-
-    table = run_fleet(config)
-    statuses = dict(zip(table["period"], table["status"]))
-    assert len(table) == len(runs) and set(statuses) == {r.period for r in runs}
-    assert all(statuses[p] == "skipped" for p in before), statuses
-    assert all(statuses[r.period] in ("done", "skipped") for r in runs), table.to_string()
-    assert table.loc[table["status"] == "skipped", "attempts"].eq(0).all()
-    # Nothing finished was retrained, and every run has exactly one complete vector.
-    assert {p: store.manifest("lm", p)["created"] for p in before} == before
-    assert store.list_vectors() == [(r.task, r.period) for r in runs]
-    # A run the first driver had checkpointed continued from that checkpoint, not from step 0.
-    resumed = table.set_index("period")["resumed_from_step"]
-    for period in part_way:
-        assert resumed[period] > 0, f"{period} restarted from scratch: {table.to_string()}"
-        assert store.manifest("lm", period)["run"]["metrics"]["resumed_from_step"] == resumed[period]
 
 
 def test_torch_trainer_runs(ray_session: str, base_store: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -69,25 +70,48 @@ def _tmp_leftovers(root: Path) -> list[str]:
 # ---------------------------------------------------------------------------- the driver killed
 
 
+def _unfinished_checkpoints(storage: Path, store: VectorStore) -> dict[str, int]:
+    """period → newest checkpointed step, for the runs that have checkpoints but no vector yet."""
+    finished = {p for _t, p in store.list_vectors()}
+    out: dict[str, int] = {}
+    for meta in storage.glob("lm_*_*/checkpoint_*/meta.json"):
+        period = meta.parent.parent.name.split("_")[1]
+        if period in finished:
+            continue
+        try:
+            out[period] = max(out.get(period, 0), json.loads(meta.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            continue  # being written right now
+    return out
+
+
 @pytest.mark.slow
 def test_driver_killed_mid_fleet_then_rerun_skips_finished_runs(
     ray_session: str, base_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """`timevec finetune` SIGKILLed once some but not all vectors exist; the re-run trains only the rest."""
+    """`timevec finetune` SIGKILLed once a vector exists and a later run is part-way (has a checkpoint):
+    the re-run trains only the rest, and the part-way run continues from its checkpoint, not from step 0."""
+    from timevec.config import load_config
+    from timevec.distributed.fleet import experiment_name
+
     root = copy_store(base_store, tmp_path / "store")
-    config = write_config(tmp_path / "fleet.yaml", root, "periods.start='2014'", "periods.end='2016'")
+    config = write_config(tmp_path / "fleet.yaml", root, "periods.start='2014'", "periods.end='2016'",
+                          "training.steps=200", "training.checkpoint_every=10", "ray.max_concurrent_runs=1")  # fmt: skip
     store = VectorStore(str(root))
+    storage = Path(store.ray_storage_path()) / experiment_name(load_config(config))
     log_path = tmp_path / "driver.log"
     with open(log_path, "wb") as log:
         driver = subprocess.Popen(
             [sys.executable, "-m", "timevec.cli", "finetune", str(config)],
             cwd=tmp_path, env=driver_env(ray_session), stdout=log, stderr=subprocess.STDOUT,
         )
-    kill_when(driver, lambda: bool(store.list_vectors()), "a stored vector", log_path=log_path)
+    kill_when(driver, lambda: bool(store.list_vectors() and _unfinished_checkpoints(storage, store)),
+              "a stored vector and a later run's checkpoint", log_path=log_path)  # fmt: skip
     time.sleep(3)  # Ray ends the dead driver's trial processes; let a write in flight land or die
 
     before = {p: store.manifest(t, p)["created"] for t, p in store.list_vectors()}
-    assert 1 <= len(before) < len(FLEET_PERIODS), f"not interrupted mid-fleet: {sorted(before)}"
+    part_way = _unfinished_checkpoints(storage, store)
+    assert 1 <= len(before) < len(FLEET_PERIODS) and part_way, f"not interrupted mid-fleet: {sorted(before)}, {part_way}"
     files_before = {p: _vector_files(root, p) for p in before}
     # Nothing half-written is visible: every listed vector verifies, the others are simply absent.
     assert store.verify() == []
@@ -106,6 +130,8 @@ def test_driver_killed_mid_fleet_then_rerun_skips_finished_runs(
     assert {p: _vector_files(root, p) for p in before} == files_before  # not rewritten
     assert store.verify() == []
     assert _tmp_leftovers(root / "vectors") == []  # a killed writer's temporary files are cleaned up
+    for period in part_way:  # continued from the killed driver's checkpoint
+        assert store.manifest("lm", period)["run"]["metrics"]["resumed_from_step"] > 0, period
 
 
 DRIVER = textwrap.dedent(
