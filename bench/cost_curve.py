@@ -9,9 +9,11 @@ fit is then extrapolated to the paper's 58 monthly periods, here and (by a state
 3 B-parameter model on a GPU cluster.
 
 The sizes: N = 6 is the years 2012–2017 (period bounds are whole years, so 6 months cannot be
-configured), N = 12 the months of 2014, N = 24 the months of 2014–2015. The corpus caps
-(``corpus.caps``) give every period the same number of train/validation/test rows whatever its
-granularity, so a period costs the same. Each N is a fresh store on one pretrained base (copied)
+configured), N = 12 the months of 2014, N = 24 the months of 2014–2015. With the tiny config's caps
+(``corpus.caps``) every period gets the same number of train/validation/test rows whatever its
+granularity, so a period costs the same; with the demo's, a year's test split is ≈ 10× a month's
+(the runs still cost the same: a fixed number of steps), so its cell term is read from N = 12 → 24.
+Each N is a fresh store on one pretrained base (copied)
 and one local Ray cluster (``ray.init`` once, not counted). Stage times are the pipeline's own
 (``seconds_<stage>`` in its headline).
 
