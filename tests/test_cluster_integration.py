@@ -264,11 +264,10 @@ def test_pipeline_job_on_local_head_with_s3_store(ray_head: Head, s3_server) -> 
         "python", "jobs/pipeline.py", "--config", CONFIG,
         "--set", f"store.url={store_url}",
         "--set", f"store.storage_options.endpoint_url={s3_server.endpoint_url}",
-        # one pair on a 1 × 2 × 1 grid: the path, not the search. No interpolation (tests/test_adapt.py):
-        # its pool is the evaluation's, reading the S3 vectors through the same store calls, and every
-        # stage here costs fresh worker processes on a 2-core CI machine.
-        "--set", "analogy.alpha1=[1.0]", "--set", "analogy.alpha3=[0.1]", "--set", "analogy.source_periods=['2016']",
-        "--stages", "finetune,evaluate,analogy,analyze,report",
+        # No interpolation or analogy (tests/test_adapt.py, tests/test_analogy.py): their actors read the S3
+        # vectors through the same store calls as the evaluation's, Tune's storage on S3 is the fleet's,
+        # and every stage here costs fresh worker processes on a 2-core CI machine.
+        "--stages", "finetune,evaluate,analyze,report",
     ]  # fmt: skip
     submitted = subprocess.run(submit, cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=180)
     assert submitted.returncode == 0, f"ray job submit failed:\n{submitted.stdout}\n{submitted.stderr}"
@@ -320,7 +319,7 @@ def test_pipeline_job_on_local_head_with_s3_store(ray_head: Head, s3_server) -> 
     assert secret not in html
 
     paths = store.list_paths()
-    for table in ("cells", "analogy_best", "relative_change"):
+    for table in ("cells", "relative_change"):
         assert f"results/{table}.parquet" in paths, f"no results/{table}.parquet in the store"
     # Ray Train/Tune storage shares the root: <store>/ray (RunConfig(storage_path=...) on S3).
     assert any(p.startswith("ray/") for p in paths), "nothing under <store>/ray: Ray's storage is not on the store"

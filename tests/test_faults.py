@@ -176,6 +176,30 @@ def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recompute
     assert len(frame) == 6 and not frame.duplicated(["vector", "test_period"]).any()
 
 
+def test_every_later_stage_refuses_a_second_driver_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The stages after the fine-tunes rewrite result tables: each runs under its own lease, so a second
+    driver of the same stage exits 2 naming the first — here the lease held by this process — and writes
+    nothing; a lease released by its holder is free again at once."""
+    from tests.reliability import run_cli
+    from timevec.corpus import load_corpus
+    from timevec.training import prepare_base
+
+    config = load_config(TINY, [f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'",
+                                "base.pretrain.steps=0"])  # fmt: skip
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config))
+    store = VectorStore.from_config(config.store)
+    prepare_base(config, load_corpus(config.corpus), store)
+    for stage in ("evaluate", "interpolate", "analyze", "report"):
+        with store.lease(stage, 60, f"the {stage} stage") as held:
+            code, _, err = run_cli(capsys, "run", str(path), "--stages", stage)
+            assert code == 2, err[-2000:]
+            assert f"the {stage} stage is already running from another driver" in err and f"pid {os.getpid()}" in err
+            assert f"leases/{stage}.json" in err and held.renew()
+        assert not store.list_paths("results") and not store.list_paths("reports")  # nothing written
+        store.lease(stage, 60, f"the {stage} stage").acquire().release()  # released: free at once
+
+
 def _cgroup_or_skip() -> None:
     from timevec.memory_cgroup import CgroupUnavailable, memory_cgroup_dir
 

@@ -90,16 +90,39 @@ def _groups(config: ExperimentConfig, store: VectorStore) -> StageResult:
     return {"tables": {"group swaps: share of the gap to the in-period vector": run_group_swaps(config, store)}}
 
 
+def _leased(name: str, function: StageFunction) -> StageFunction:
+    """``function`` under the store's writer lease ``leases/<name>.json``: one driver per stage and store.
+
+    The stages after the fine-tunes append to and rewrite result tables; two drivers running the same
+    stage on one store could each read a table, add their rows and write it back, losing the other's
+    batch. A second driver gets :class:`~timevec.store.lease.LeaseHeld` (exit status 2) naming the
+    first, before it writes anything. (The fine-tune stage takes its own lease inside ``run_fleet``.)
+    A store that does not exist yet takes no lease: the stage refuses it with its own message.
+    """
+
+    def run(config: ExperimentConfig, store: VectorStore) -> StageResult:
+        if not store.exists():
+            return function(config, store)
+        lease = store.lease(name, config.store.lease_seconds, f"the {name} stage")
+        with lease:
+            out = function(config, store)
+        if lease.lost:
+            raise StageFailed(f"{lease.lost}: re-run the {name} stage; only its missing work is redone")
+        return out
+
+    return run
+
+
 STAGE_FUNCTIONS: dict[str, StageFunction] = {
     "finetune": _finetune,
-    "evaluate": _evaluate,
-    "forgetting": _forgetting,
-    "interpolate": _interpolate,
-    "forecast": _forecast,
-    "analogy": _analogy,
-    "groups": _groups,
-    "analyze": analyze,
-    "report": report,
+    **{
+        name: _leased(name, function)
+        for name, function in (
+            ("evaluate", _evaluate), ("forgetting", _forgetting), ("interpolate", _interpolate),
+            ("forecast", _forecast), ("analogy", _analogy), ("groups", _groups), ("analyze", analyze),
+            ("report", report),
+        )
+    },  # fmt: skip
 }
 assert tuple(STAGE_FUNCTIONS) == STAGES, "STAGES names the pipeline's stages in order"
 
