@@ -201,7 +201,7 @@ def test_a_store_of_another_base_is_refused_naming_both(tmp_path, smollm2_base):
 
 
 @pytest.mark.timeout(1800)  # ≈ 4 min on 2 idle cores; far longer on a shared, busy machine
-def test_pipeline_end_to_end_on_smollm2(smollm2_dir, tmp_path):
+def test_pipeline_end_to_end_on_smollm2(smollm2_dir, tmp_path, ray_session):
     """The smoke config (2 years, LM + multi-token labels, LoRA, bf16 store) through the fine-tunes, the
     cells, the analysis and the report, on the session's save_pretrained directory of the preset (same
     weights, no 20 s dequantisation). The combination stages (interpolation, analogy) are left out:
@@ -213,7 +213,9 @@ def test_pipeline_end_to_end_on_smollm2(smollm2_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "timevec.cli", "run", str(SMOKE), *[a for s in sets for a in ("--set", s)],
          "--stages", "finetune,evaluate,analyze,report"],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=1200,
+        # on the session's Ray (a local cluster's own start is the tiny demo test's)
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_session}, capture_output=True,
+        text=True, timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     import json

@@ -67,7 +67,7 @@ def test_local_t5_directory_loads_through_the_hub_path_and_runs_every_task(t5_di
         assert out["metric"] == metric and out["n_examples"] > 0 and out["value"] == out["value"], task
 
 
-def test_pipeline_end_to_end_on_the_local_t5_directory(t5_dir, tmp_path):
+def test_pipeline_end_to_end_on_the_local_t5_directory(t5_dir, tmp_path, ray_session):
     config = {
         "name": "t5-unigram-rails",
         "base": {"source": "hub", "hub_id": str(t5_dir)},
@@ -90,7 +90,7 @@ def test_pipeline_end_to_end_on_the_local_t5_directory(t5_dir, tmp_path):
         # analysis; combination stages are architecture-blind weight arithmetic, tested on their own
         [sys.executable, "-m", "timevec.cli", "run", str(path), "--stages", "finetune,evaluate,analyze"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_session},  # on the session's Ray
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     store = tmp_path / "store"
