@@ -131,15 +131,30 @@ def test_two_finetune_drivers_on_one_config(ray_session: str, tmp_path: Path) ->
     lease.release()
 
 
+def _store_with_two_vectors(config):
+    """θ_pre of ``config`` (untrained) and two random vectors of its size, lm/2014 and lm/2015."""
+    import torch
+
+    from timevec.corpus import load_corpus
+    from timevec.training import prepare_base
+    from timevec.vectors import TimeVector
+
+    store = VectorStore.from_config(config.store)
+    prepare_base(config, load_corpus(config.corpus), store)
+    base = store.get_base()
+    generator = torch.Generator().manual_seed(0)
+    for period in ("2014", "2015"):
+        vector = {n: 1e-3 * torch.randn(t.shape, generator=generator) for n, t in base.items()}
+        store.put_vector("lm", period, TimeVector(vector))
+    return store
+
+
 def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recomputed(ray_session: str, tmp_path: Path) -> None:
     """A real cap (RLIMIT_DATA, ``ray.eval_actor_memory_mb``) that θ_pre's own cells fit under but a
     vector's do not: a vector of this base is 50 MiB, the cap is 45 MiB beyond θ_pre (θ_pre's cells need ≈ 30)."""
-    import torch
 
     from timevec.distributed.cells import read_cells, run_cells
     from timevec.errors import StageFailed
-    from timevec.training import prepare_base
-    from timevec.vectors import TimeVector
 
     overrides = [
         f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "base.pretrain.steps=0",
@@ -147,16 +162,8 @@ def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recompute
         "evaluation.bootstrap_samples=0", "ray.eval_actors=1", "ray.max_failures=1",
     ]  # fmt: skip
     config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=45"])
-    store = VectorStore.from_config(config.store)
-    from timevec.corpus import load_corpus
-
-    prepare_base(config, load_corpus(config.corpus), store)
-    base = store.get_base()
-    assert sum(t.numel() for t in base.values()) * 4 > 45 * 2**20
-    generator = torch.Generator().manual_seed(0)
-    for period in ("2014", "2015"):
-        vector = {n: 1e-3 * torch.randn(t.shape, generator=generator) for n, t in base.items()}
-        store.put_vector("lm", period, TimeVector(vector))
+    store = _store_with_two_vectors(config)
+    assert sum(t.numel() for t in store.get_base().values()) * 4 > 45 * 2**20
 
     with pytest.raises(StageFailed) as failed:
         run_cells(config, store)
@@ -244,13 +251,9 @@ def test_an_actor_killed_by_the_kernel_for_memory_is_replaced_reported_and_only_
     ray.max_failures=0 Ray neither restarts the actor nor retries the call: each restart costs a worker
     start and a θ_pre load), a fresh actor takes the next item, and a re-run computes only the missing cells."""
     _cgroup_or_skip()
-    import torch
 
-    from timevec.corpus import load_corpus
     from timevec.distributed.cells import read_cells, run_cells
     from timevec.errors import StageFailed
-    from timevec.training import prepare_base
-    from timevec.vectors import TimeVector
 
     overrides = [
         f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "base.pretrain.steps=0",
@@ -258,13 +261,7 @@ def test_an_actor_killed_by_the_kernel_for_memory_is_replaced_reported_and_only_
         "evaluation.bootstrap_samples=0", "ray.eval_actors=1", "ray.max_failures=0",
     ]  # fmt: skip
     config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=45", "ray.eval_actor_memory_kind=cgroup"])
-    store = VectorStore.from_config(config.store)
-    prepare_base(config, load_corpus(config.corpus), store)
-    base = store.get_base()
-    generator = torch.Generator().manual_seed(0)
-    for period in ("2014", "2015"):
-        vector = {n: 1e-3 * torch.randn(t.shape, generator=generator) for n, t in base.items()}
-        store.put_vector("lm", period, TimeVector(vector))
+    store = _store_with_two_vectors(config)
 
     with pytest.raises(StageFailed) as failed:
         run_cells(config, store)
