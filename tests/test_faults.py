@@ -131,6 +131,15 @@ def test_two_finetune_drivers_on_one_config(ray_session: str, tmp_path: Path) ->
     lease.release()
 
 
+def _capped_study(tmp_path: Path, max_failures: int) -> list[str]:
+    """Overrides of the memory-cap tests: a 50 MiB untrained base (d_model 1024), one evaluation actor."""
+    return [
+        f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "base.pretrain.steps=0",
+        "base.tiny.d_model=1024", "base.tiny.d_ff=1024", "base.tiny.num_layers=2", "evaluation.batch_size=4",
+        "evaluation.bootstrap_samples=0", "ray.eval_actors=1", f"ray.max_failures={max_failures}",
+    ]  # fmt: skip
+
+
 def _store_with_two_vectors(config):
     """θ_pre of ``config`` (untrained) and two random vectors of its size, lm/2014 and lm/2015."""
     import torch
@@ -156,11 +165,7 @@ def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recompute
     from timevec.distributed.cells import read_cells, run_cells
     from timevec.errors import StageFailed
 
-    overrides = [
-        f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "base.pretrain.steps=0",
-        "base.tiny.d_model=1024", "base.tiny.d_ff=1024", "base.tiny.num_layers=2", "evaluation.batch_size=4",
-        "evaluation.bootstrap_samples=0", "ray.eval_actors=1", "ray.max_failures=1",
-    ]  # fmt: skip
+    overrides = _capped_study(tmp_path, max_failures=1)
     config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=45"])
     store = _store_with_two_vectors(config)
     assert sum(t.numel() for t in store.get_base().values()) * 4 > 45 * 2**20
@@ -255,11 +260,7 @@ def test_an_actor_killed_by_the_kernel_for_memory_is_replaced_reported_and_only_
     from timevec.distributed.cells import read_cells, run_cells
     from timevec.errors import StageFailed
 
-    overrides = [
-        f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "base.pretrain.steps=0",
-        "base.tiny.d_model=1024", "base.tiny.d_ff=1024", "base.tiny.num_layers=2", "evaluation.batch_size=4",
-        "evaluation.bootstrap_samples=0", "ray.eval_actors=1", "ray.max_failures=0",
-    ]  # fmt: skip
+    overrides = _capped_study(tmp_path, max_failures=0)
     config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=45", "ray.eval_actor_memory_kind=cgroup"])
     store = _store_with_two_vectors(config)
 

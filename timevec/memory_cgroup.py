@@ -6,8 +6,8 @@ Kubernetes pod's, the kernel's OOM killer on a full node — the worker is kille
 mid-item, with no exception to catch. ``ray.eval_actor_memory_kind: cgroup`` puts each evaluation
 actor, once θ_pre and the splits are loaded, into a memory cgroup of its own with
 ``ray.eval_actor_memory_mb`` as its limit, so that this fault is real and the stage's handling of
-it (Ray restarts the actor and retries the call, then the item fails as ``ActorDied``, the others
-go on, a re-run computes only the missing cells) is exercised by the kernel, not simulated.
+it (Ray restarts the actor and retries the call, then the item fails as ``ActorDied``, a fresh
+actor takes the items left, a re-run computes only the missing cells) is exercised by the kernel, not simulated.
 
 The new group is a child of the process's current memory cgroup (v1 ``memory`` hierarchy or the
 v2 unified one with the ``memory`` controller), named ``timevec-<pid>``. Pages the process touched
@@ -21,6 +21,7 @@ Linux only; no Ray import.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -54,19 +55,19 @@ def memory_cgroup_dir() -> tuple[Path, int]:
         with open("/proc/self/cgroup") as f:
             lines = [line.rstrip("\n").split(":", 2) for line in f]
         mounts = _mounts()
+        for _, controllers, path in lines:  # cgroup v1: a hierarchy with the memory controller
+            if "memory" in controllers.split(","):
+                for point, fstype, options in mounts:
+                    if fstype == "cgroup" and "memory" in options.split(","):
+                        return Path(point + path), 1
+        for hierarchy, controllers, path in lines:  # cgroup v2: the unified hierarchy, memory enabled
+            if hierarchy == "0" and controllers == "":
+                for point, fstype, _ in mounts:
+                    directory = Path(point + path)
+                    if fstype == "cgroup2" and "memory" in (directory / "cgroup.subtree_control").read_text().split():
+                        return directory, 2
     except OSError as exc:
         raise CgroupUnavailable(f"cannot read this process's cgroups: {exc}") from exc
-    for _, controllers, path in lines:  # cgroup v1: a hierarchy with the memory controller
-        if "memory" in controllers.split(","):
-            for point, fstype, options in mounts:
-                if fstype == "cgroup" and "memory" in options.split(","):
-                    return Path(point + path), 1
-    for hierarchy, controllers, path in lines:  # cgroup v2: the unified hierarchy, memory enabled
-        if hierarchy == "0" and controllers == "":
-            for point, fstype, _ in mounts:
-                directory = Path(point + path)
-                if fstype == "cgroup2" and "memory" in (directory / "cgroup.subtree_control").read_text().split():
-                    return directory, 2
     raise CgroupUnavailable("no memory cgroup controller for this process (neither v1 'memory' nor v2 with +memory)")
 
 
@@ -100,10 +101,8 @@ def join_memory_cgroup(limit_mb: float) -> Path:
         if version == 1:
             (group / "memory.limit_in_bytes").write_text(limit)
             if (group / "memory.memsw.limit_in_bytes").exists():
-                try:
+                with contextlib.suppress(OSError):  # swap accounting off: the memory limit alone applies
                     (group / "memory.memsw.limit_in_bytes").write_text(limit)
-                except OSError:
-                    pass  # swap accounting off: the memory limit alone applies
         else:
             (group / "memory.max").write_text(limit)
             if (group / "memory.swap.max").exists():
