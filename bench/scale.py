@@ -12,8 +12,8 @@ compared, on the same bytes, with raw fsspec IO:
 - write: ``put_vector`` (NaN/Inf check + norm, cast, safetensors, xxh3_128, atomic publish) of every
   vector; for ``--pairs`` of them, interleaved, ``fs.pipe_file`` of the identical shard bytes (the
   store's encoding is deterministic; they are built untimed, then written, then deleted);
-- read: ``get_vector(verify=True)`` against ``fs.cat_file`` of the same shard files, ``--pairs``
-  vectors, interleaved;
+- read: ``get_tensors(verify=True)`` (the vector in the store's dtype) and ``get_vector(verify=True)``
+  (widened to fp32) against ``fs.cat_file`` of the same shard files, ``--pairs`` vectors, interleaved;
 - Gram: ``store.gram`` of all N (verified) against ONE sequential ``cat_file`` of every vector byte.
 
 Every operation runs in its own subprocess (``python bench/scale.py --child …``) and reports its
@@ -137,17 +137,18 @@ def child(op: str, spec: dict, i: int) -> dict:
         store.fs.rm(paths)
         return {"op": op, "i": i, "seconds": seconds, "bytes": nbytes, "rss_before_mb": before,
                 "rss_peak_mb": _rss_mb(), "digests": digests}  # fmt: skip
-    elif op == "get":
+    elif op in ("get", "stored"):
         before = _rss_mb()
         t0 = time.perf_counter()
-        vec = store.get_vector(*keys[i])
+        vec = store.get_vector(*keys[i]) if op == "get" else store.get_tensors(*keys[i])
         nbytes = sum(s["bytes"] for s in store.manifest(*keys[i])["shards"])
         del vec
     elif op == "rawget":
         before = _rss_mb()
         t0 = time.perf_counter()
-        for path in files(i):
-            nbytes += len(store.fs.cat_file(path))
+        held = [store.fs.cat_file(path) for path in files(i)]  # held to the end, as a read vector is
+        nbytes = sum(len(b) for b in held)
+        del held
     elif op == "seq":
         before = _rss_mb()
         t0 = time.perf_counter()
@@ -195,8 +196,9 @@ def run_backend(name: str, url: str, options: dict, args: argparse.Namespace, po
         for op in order:
             if op == "put" or i < pairs:
                 rows.append(run_child(op, spec_path, i))
+    reads = ["get", "stored", "rawget"]
     for i in range(pairs):
-        for op in (["get", "rawget"] if i % 2 == 0 else ["rawget", "get"]):
+        for op in reads[i % 3 :] + reads[: i % 3]:  # each goes first in turn
             rows.append(run_child(op, spec_path, i))
     rows.append(run_child("seq", spec_path))
     rows.append(run_child("gram", spec_path))
@@ -226,10 +228,12 @@ def run_backend(name: str, url: str, options: dict, args: argparse.Namespace, po
     print(f"  write : put_vector {put_p:7.0f} MB/s (all {args.n}: {rate('put'):.0f})   raw pipe_file {raw_w:7.0f} MB/s   "
           f"ratio {put_p / raw_w:.2f}×  (goal ≥ {goal_rw}; same bytes: {same})")  # fmt: skip
     print(f"          put {rss('put')}   raw {rss('rawput')}")
-    get, raw_r = rate("get"), rate("rawget")
-    print(f"  read  : get_vector {get:7.0f} MB/s   raw cat_file  {raw_r:7.0f} MB/s   ratio {get / raw_r:.2f}×  "
-          f"(goal ≥ {goal_rw}; verify=True, {pairs} vectors)")  # fmt: skip
-    print(f"          get {rss('get')} (its output is the fp32 vector, {4 * n_params(spec) / 1e6:.0f} MB)   raw {rss('rawget')}")
+    get, stored, raw_r = rate("get"), rate("stored"), rate("rawget")
+    print(f"  read  : get_tensors {stored:7.0f} MB/s   raw cat_file  {raw_r:7.0f} MB/s   ratio {stored / raw_r:.2f}×  "
+          f"(goal ≥ {goal_rw}; verify=True, {pairs} vectors, in the store's dtype)")  # fmt: skip
+    print(f"          get_vector  {get:7.0f} MB/s   ratio {get / raw_r:.2f}×  (widened to fp32)")
+    print(f"          get_tensors {rss('stored')}   get_vector {rss('get')} (its output is the fp32 vector, "
+          f"{4 * n_params(spec) / 1e6:.0f} MB)   raw {rss('rawget')}")
     print(f"  gram  : streamed {gram['seconds']:7.1f} s   one sequential read {seq['seconds']:7.1f} s   "
           f"ratio {gram['seconds'] / seq['seconds']:.2f}×  (goal ≤ {goal_gram}; verified)")  # fmt: skip
     print(f"          gram {rss('gram')}   seq {rss('seq')}")

@@ -208,6 +208,20 @@ def test_half_precision_stores(new_store: Callable[..., VectorStore], dtype: str
     # the Gram pass decodes half precision itself (numpy, bf16 widened by hand): same values
     assert s.gram([("lm", "2015")])[0, 0] == pytest.approx(got.dot(got), rel=1e-6)
     assert s.gram([("lm", "2015")], exact=True)[0, 0] == pytest.approx(got.dot(got), rel=1e-12)
+    # as stored: the store's own dtype, bit for bit what get_vector widens, in store order
+    stored = s.get_tensors("lm", "2015")
+    assert list(stored) == list(got.names)
+    for name in SHAPES:
+        assert stored[name].dtype == getattr(torch, dtype)
+        assert torch.equal(stored[name].float(), got[name])
+    part = s.get_tensors("lm", "2015", names=["norm.weight"])
+    assert list(part) == ["norm.weight"] and torch.equal(part["norm.weight"], stored["norm.weight"])
+    part["norm.weight"].add_(1.0)  # writable, and a copy of the file's bytes: the store is untouched
+    assert torch.equal(s.get_tensors("lm", "2015")["norm.weight"], stored["norm.weight"])
+    shard = s.manifest("lm", "2015")["shards"][0]["file"]
+    _corrupt(s, f"vectors/lm/2015/{shard}", lambda b: b[:-1] + bytes([b[-1] ^ 1]))
+    with pytest.raises(StoreError, match=rf"lm/2015.*{shard}"):
+        s.get_tensors("lm", "2015")
     if dtype == "float16":  # values that overflow fp16 are refused like NaN/Inf (bf16 has fp32's range)
         big = TimeVector(v.tensors | {"norm.weight": torch.full((16,), 1e6)})
         with pytest.raises(StoreError, match=r"lm/2016.*norm\.weight.*shard-0000\d\.safetensors.*float16"):

@@ -133,17 +133,18 @@ class StoreFiles:
 
     def read(
         self, path: str, writable: bool = True, observe: Callable[[memoryview], None] | None = None
-    ) -> bytearray | bytes:
-        """The whole file; ``writable``: as a bytearray (torch tensors become views into it).
+    ) -> bytearray | bytes | memoryview:
+        """The whole file; ``writable``: a writable buffer (torch tensors become views into it).
 
         ``observe`` (e.g. a checksum's ``update``) sees every byte in file order, a chunk at a
-        time right after it arrives — while it is still in the CPU cache.
+        time right after it arrives — while it is still in the CPU cache. A local file is read
+        into an uninitialised numpy buffer: ``bytearray(n)`` would zero it first, a whole extra
+        pass over memory (a 43 MB vector read 1.5x slower for it).
         """
         if self.local:
             with open(path, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
-                buf = bytearray(size)
-                view = memoryview(buf)
+                view = memoryview(np.empty(size, dtype=np.uint8))
                 got = 0
                 while got < size:
                     n = f.readinto(view[got : got + CHUNK_BYTES])
@@ -152,7 +153,7 @@ class StoreFiles:
                     if observe is not None:
                         observe(view[got : got + n])
                     got += n
-                return buf if got == size else buf[:got]
+                return view if got == size else view[:got]
         data = self.fs.cat_file(path)
         if observe is not None:
             observe(memoryview(data))

@@ -20,10 +20,14 @@ Why it looks like this (the pass is meant to run at the speed of one sequential 
   Shards laid out otherwise (older writers ordered tensors by name) are decoded and copied.
 - A shard is taken in PANELS of at most ``target_shard_bytes / 4`` columns (a 1 B-parameter
   model's embedding is one 1 GB tensor, one shard), so memory is two N × panel fp32 buffers —
-  O(N · shard), whatever the size of the largest tensor.
-- The two buffers alternate: the reads of panel p+1 (IO threads; file reads, xxHash and numpy
-  release the GIL) run while the main thread multiplies panel p (BLAS syrk over column blocks of
-  ``block_columns``, summed in float64).
+  O(N · shard), whatever the size of the largest tensor. On a local disk a panel is at most
+  8 MiB (whole panels in the CPU cache from the read to the product: the reads' CPU halved here).
+- The two buffers alternate: the reads of panel p+1 (IO threads, each a contiguous group of the
+  N rows; file reads, xxHash and torch release the GIL) run while the main thread multiplies
+  panel p (fp32 products over column blocks of ``block_columns`` as one ``torch.bmm``, summed in
+  float64).
+- What bounds it on 2 cores (bench/README.md): N²·D multiply-adds (16 × 10.8 M: 65 ms on both
+  cores) plus the checksum (≈ 7 GB/s a core) beside a sequential read that only copies.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ GroupKey = Hashable
 _HEAD_BYTES = 64 * 1024  # the first read of a shard: the header of any shard the store writes
 _WIDEN = {torch.float32: None, torch.float16: np.float16, torch.bfloat16: "bf16"}
 _BATCH = 256  # column blocks per batched matmul: its fp32 result is _BATCH × N × N
+_LOCAL_PANEL_BYTES = 8 << 20  # a local pass's panel buffer (two alternate): within the CPU's cache
+_BLOCK_MIN = 1 << 16  # columns of a panel at least (its per-panel costs stay small beside its bytes)
 _scratch = threading.local()  # per IO thread: the raw bytes of an fp16/bf16 panel before widening
 
 
@@ -91,7 +97,7 @@ class _ShardReader:
     def _open(self) -> None:
         files, where, entry = self.files, self.where, self.entry
         size = None
-        self.whole: bytes | bytearray | None = None
+        self.whole: bytes | bytearray | memoryview | None = None
         if not files.local and int(entry["bytes"]) <= self.whole_limit:
             # Object storage: ONE GET for the whole shard. A HEAD (size), a header GET and a data
             # GET cost three round trips per shard, which on S3 outweighed the bytes themselves.
@@ -180,19 +186,22 @@ class _ShardReader:
 def _accumulate(gram: np.ndarray, x: np.ndarray, cols: int, block: np.ndarray | None) -> None:
     """``gram += x·xᵀ``: fp32 products over blocks of ``cols`` columns, summed in float64 (with
     ``block``, a float64 scratch of ``cols`` columns, every product is float64). Whole blocks go
-    to numpy as one batched matmul (a BLAS call per block, no Python loop), the tail on its own."""
+    as one batched matmul (``torch.bmm`` on views of ``x``: no copy, no Python loop per block —
+    2.5× numpy's batched matmul here, whose small-matrix path is slower), the tail on its own."""
     n, w = x.shape
+    xt = torch.from_numpy(x)  # a view, strided like x (a column range of a panel)
     whole = w // cols if block is None else 0
     for b0 in range(0, whole, _BATCH):
         b1 = min(whole, b0 + _BATCH)
-        xr = x[:, b0 * cols : b1 * cols].reshape(n, b1 - b0, cols).transpose(1, 0, 2)  # a view
-        gram += np.matmul(xr, xr.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+        xr = xt[:, b0 * cols : b1 * cols].unflatten(1, (b1 - b0, cols)).transpose(0, 1)  # blocks × n × cols, a view
+        gram += torch.bmm(xr, xr.transpose(1, 2)).sum(0, dtype=torch.float64).numpy()
     for c0 in range(whole * cols, w, cols):
-        xb = x[:, c0 : c0 + cols]
+        xb = xt[:, c0 : c0 + cols]
         if block is not None:
-            np.copyto(block[:, : xb.shape[1]], xb)
-            xb = block[:, : xb.shape[1]]
-        gram += xb @ xb.T  # numpy runs A·Aᵀ on one operand as a symmetric rank-k update (syrk)
+            scratch = torch.from_numpy(block[:, : xb.shape[1]])
+            scratch.copy_(xb)
+            xb = scratch
+        gram += (xb @ xb.T).numpy()
 
 
 def gram_matrix(
@@ -239,6 +248,8 @@ def grouped_gram_matrix(
         grams.setdefault(key, np.zeros((n, n), dtype=np.float64))
     widths = [sum(math.prod(shapes[name]) for name in shard_names(info, k)) for k in range(num_shards)]
     panel_cols = max(1, int(info.get("target_shard_bytes") or DEFAULT_TARGET_SHARD_BYTES) // 4)
+    if files.local:  # small panels: both buffers stay in the CPU cache between the read and the product
+        panel_cols = min(panel_cols, max(_BLOCK_MIN, _LOCAL_PANEL_BYTES // (4 * n)))
     panels = [
         (k, c0, min(c0 + panel_cols, widths[k])) for k in range(num_shards) for c0 in range(0, max(widths[k], 1), panel_cols)
     ]
@@ -249,24 +260,29 @@ def grouped_gram_matrix(
     cols = max(1, min(most, int(block_columns)))
     block = np.empty((n, cols), dtype=np.float64) if exact else None
     readers: dict[tuple[int, int], _ShardReader] = {}
+    # A panel's rows in io_threads contiguous groups, one task each (one task per row cost more
+    # in scheduling than a small panel's reads); a group waits for its rows' previous panel.
+    step = -(-n // max(1, min(files.io_threads, n)))
+    groups = [range(g, min(n, g + step)) for g in range(0, n, step)]
 
-    def fill(p: int, i: int, prev: Future[None] | None) -> None:
+    def fill(p: int, rows: range, prev: Future[None] | None) -> None:
         if prev is not None:
             prev.result()  # the same shard's previous panel: checksums are fed in file order
         k, c0, c1 = panels[p]
-        if c0 == 0:
-            readers[k, i] = _ShardReader(files, info, entries[i], k, verify)
         last = c1 == widths[k]
-        readers[k, i].fill(c0, c1, bufs[p % len(bufs)][i, : c1 - c0], last)
-        if last:
-            del readers[k, i]
+        for i in rows:
+            if c0 == 0:
+                readers[k, i] = _ShardReader(files, info, entries[i], k, verify)
+            readers[k, i].fill(c0, c1, bufs[p % len(bufs)][i, : c1 - c0], last)
+            if last:
+                del readers[k, i]
 
-    with ThreadPoolExecutor(max_workers=files.io_threads, thread_name_prefix="timevec-gram") as pool:
+    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="timevec-gram") as pool:
         pending: list[list[Future[None]]] = []
 
         def submit(p: int) -> None:
             same = p > 0 and panels[p - 1][0] == panels[p][0]
-            pending.append([pool.submit(fill, p, i, pending[p - 1][i] if same else None) for i in range(n)])
+            pending.append([pool.submit(fill, p, rows, pending[p - 1][g] if same else None) for g, rows in enumerate(groups)])
 
         try:
             submit(0)

@@ -145,11 +145,13 @@ def load_shard(
     verify: bool,
     names: Sequence[str] | None = None,
     as_numpy: bool = False,
+    widen: bool = True,
 ) -> dict[str, Any]:
     """Read one shard; with ``verify``, check size, checksum (the one its manifest entry names:
     :mod:`~timevec.store.checksum`, computed on each chunk as it arrives), base fingerprint and shapes.
 
-    Returns fp32 torch tensors, or with ``as_numpy`` read-only numpy arrays (fp32/fp16).
+    Returns fp32 torch tensors (``widen=False``: in the store's dtype, views into the shard's
+    buffer — no copy), or with ``as_numpy`` read-only numpy arrays (fp32/fp16).
     Without ``verify`` and with ``names`` a strict subset, only those tensors' byte ranges are
     read (the header first, then one ranged read per tensor).
     """
@@ -183,13 +185,13 @@ def load_shard(
             raise StoreError(
                 f"{where}: tensor {name!r} has shape {list(t.shape)}, the store's base has {list(shapes[name])}"
             )
-        out[name] = t if as_numpy or t.dtype == torch.float32 else t.float()
+        out[name] = t if as_numpy or not widen or t.dtype == torch.float32 else t.float()
     return out
 
 
 def read_shard_bytes(
     files: StoreFiles, path: str, entry: Mapping[str, Any], where: str, verify: bool, writable: bool = True
-) -> bytes | bytearray:
+) -> bytes | bytearray | memoryview:
     """The whole shard file; with ``verify``, its size and checksum (the one its manifest entry
     names, computed on each chunk as it arrives) against ``entry``. A missing file raises
     FileNotFoundError (the caller names it)."""
@@ -240,9 +242,11 @@ def read_entry(
     manifest: dict[str, Any],
     names: list[str] | None,
     verify: bool,
-) -> TimeVector:
-    """The entry's tensors as fp32 (all in store order, or ``names`` in the given order), reading
-    only the shards that hold them. ``manifest`` has passed :func:`~timevec.store.layout.check_manifest_base`."""
+    widen: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The entry's tensors (all in store order, or ``names`` in the given order), reading only the
+    shards that hold them: fp32, or with ``widen=False`` in the store's dtype (nothing beyond the
+    bytes read is allocated). ``manifest`` has passed :func:`~timevec.store.layout.check_manifest_base`."""
     plan = info["shard_plan"]["tensors"]
     wanted = list(info["shapes"]) if names is None else list(names)
     by_shard: dict[int, list[str]] = {}
@@ -254,12 +258,12 @@ def read_entry(
 
     def load(k: int) -> dict[str, torch.Tensor]:
         entry = shard_entry(label, manifest, k)
-        return load_shard(files, info, label, directory, entry, verify, None if full else by_shard[k])
+        return load_shard(files, info, label, directory, entry, verify, None if full else by_shard[k], widen=widen)
 
     tensors: dict[str, torch.Tensor] = {}
     for part in files.map(load, sorted(by_shard)):
         tensors.update(part)
-    return TimeVector({n: tensors[n] for n in wanted})
+    return {n: tensors[n] for n in wanted}
 
 
 def check_shard(

@@ -284,7 +284,7 @@ class VectorStore:
     def get_base(self, names: list[str] | None = None, verify: bool = True) -> dict[str, torch.Tensor]:
         """The base weights (fp32), all or the named tensors."""
         manifest = self._base_manifest()
-        return self._read_entry("base", self._path("base"), manifest, names, verify).tensors
+        return self._read_entry("base", self._path("base"), manifest, names, verify)
 
     def _base_manifest(self) -> dict[str, Any]:
         path = self._path("base", "manifest.json")
@@ -401,13 +401,19 @@ class VectorStore:
         check_manifest_base(self.info(), label, self._rel(directory), manifest)
 
     def _read_entry(
-        self, label: str, directory: str, manifest: dict[str, Any], names: list[str] | None, verify: bool
-    ) -> TimeVector:
+        self,
+        label: str,
+        directory: str,
+        manifest: dict[str, Any],
+        names: list[str] | None,
+        verify: bool,
+        widen: bool = True,
+    ) -> dict[str, torch.Tensor]:
         self._check_manifest_base(label, directory, manifest)
         if lowrank_layout.is_lowrank(manifest):  # the slow path: the factors multiplied out
             dense = lowrank_layout.read_lowrank(self._files, self.info(), label, directory, manifest, verify).to_dense()
-            return dense if names is None else dense.subset(names)
-        return read_entry(self._files, self.info(), label, directory, manifest, names, verify)
+            return (dense if names is None else dense.subset(names)).tensors
+        return read_entry(self._files, self.info(), label, directory, manifest, names, verify, widen)
 
     def get_vector(
         self, task: str, period: str, names: list[str] | None = None, verify: bool = True
@@ -418,12 +424,26 @@ class VectorStore:
         checksum (xxh3_128, or sha256 where its manifest says so) and the base fingerprint.
         A subset of ``names`` reads only the shards holding them (and, with ``verify=False``, only
         their byte ranges). A low-rank vector comes back dense (every factor multiplied out: the
-        SLOW path; :meth:`get_native` keeps its factors).
+        SLOW path; :meth:`get_native` keeps its factors). On an fp16/bf16 store this is
+        :meth:`get_tensors` widened: twice the bytes it reads are written.
+        """
+        return TimeVector(self.get_tensors(task, period, names, verify))
+
+    def get_tensors(
+        self, task: str, period: str, names: list[str] | None = None, verify: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """A stored vector's tensors in the store's own dtype, verified as :meth:`get_vector` is.
+
+        The tensors are views into the shard bytes as read (writable, nothing else allocated), so
+        this is the read at the store's bandwidth; :meth:`get_vector` is this widened to fp32. For
+        a consumer that widens tensor by tensor anyway (:class:`~timevec.vectors.WeightPatcher`
+        adds each τ tensor in fp32) it halves the memory an fp16 vector holds. A low-rank vector
+        comes back dense, in fp32.
         """
         task, period = self._key(task, period)
         label = f"{task}/{period}"
         manifest = self.manifest(task, period)
-        return self._read_entry(label, self._vector_dir(task, period), manifest, names, verify)
+        return self._read_entry(label, self._vector_dir(task, period), manifest, names, verify, widen=False)
 
     def get_native(self, task: str, period: str, verify: bool = True) -> TimeVector | LowRankVector:
         """A stored vector in its own kind: a :class:`LowRankVector` for a low-rank one (factors,
