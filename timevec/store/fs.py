@@ -225,15 +225,13 @@ class StoreFiles:
                     os.unlink(tmp)
                 raise
         else:
-            # An object-store PUT (single or multipart) becomes visible only when complete.
-            body = bytearray(sum(memoryview(p).nbytes for p in pieces))
-            at = 0
-            for chunk in chunks:
-                if observe is not None:
+            # An object-store PUT (single or multipart) becomes visible only when complete. The
+            # body is ONE ``bytes``, joined in C without zero-filling: a ``bytearray`` body cost its
+            # zeroing, a Python-level copy and, inside the S3 client, 0.35 s more CPU per 269 MB.
+            if observe is not None:
+                for chunk in chunks:
                     observe(chunk)
-                body[at : at + chunk.nbytes] = chunk
-                at += chunk.nbytes
-            self.fs.pipe_file(path, body)
+            self.fs.pipe_file(path, b"".join(memoryview(p).cast("B") for p in pieces))
 
     def exists(self, path: str) -> bool:
         if self.local:
