@@ -93,6 +93,46 @@ def test_a_live_lease_is_renewed_a_dead_one_expires_and_is_taken_over(lease_stor
     assert held.stale(record) and not held.stale(held._new_record())
 
 
+def test_a_stalled_holder_is_fenced_off_after_a_takeover(lease_store: VectorStore) -> None:
+    """The stalled holder's late writes are refused (its fenced store re-reads the lease), in
+    this process and in a pickled copy such as a Ray trial gets; the new holder's vector stays intact."""
+    import pickle
+
+    import pandas as pd
+    import torch
+
+    from timevec.store.lease import LeaseLost
+    from timevec.vectors import TimeVector
+
+    base = {"w": torch.zeros(64, 8), "b": torch.zeros(8)}
+    lease_store.init("fence-base", base, target_shard_bytes=1024)
+    vec = lambda x: TimeVector({"w": torch.full((64, 8), x), "b": torch.full((8,), x)})  # noqa: E731
+    ttl = 1.0
+    stalled = lease_store.lease("finetune", ttl, "the finetune stage").acquire()  # no renewals: a stall
+    mine, shipped = lease_store.fenced(stalled), pickle.loads(pickle.dumps(lease_store.fenced(stalled)))
+    mine.put_vector("lm", "2014", vec(1.0))  # while the lease holds, a fenced store writes as any other
+    time.sleep(1.5 * ttl)
+    with pytest.raises(LeaseLost, match=r"refused to write vectors/lm/2015/.*leases/finetune\.json.*it expired"):
+        mine.put_vector("lm", "2015", vec(2.0))  # expired, not yet taken: already refused
+    taker = lease_store.lease("finetune", 60, "the finetune stage").acquire()
+    theirs = lease_store.fenced(taker)
+    theirs.put_vector("lm", "2015", vec(3.0))
+    for store in (mine, shipped):  # the stalled driver wakes, and so does its trial
+        with pytest.raises(LeaseLost, match=rf"taken over by host .* pid {os.getpid()}"):
+            store.put_vector("lm", "2015", vec(2.0))
+        with pytest.raises(LeaseLost):
+            store.delete_vector("lm", "2014")
+        with pytest.raises(LeaseLost):
+            store.write_table("cells", pd.DataFrame({"x": [1]}))
+    assert isinstance(LeaseLost("x"), StoreError)  # exit status 2 in the CLI
+    assert torch.equal(lease_store.get_vector("lm", "2015")["w"], vec(3.0)["w"])
+    assert lease_store.has_vector("lm", "2014") and lease_store.verify() == []
+    assert not lease_store.has_table("cells")
+    taker.release()
+    with pytest.raises(LeaseLost, match="it was released"):
+        theirs.put_vector("lm", "2016", vec(4.0))
+
+
 def test_two_finetune_drivers_on_one_config(ray_session: str, tmp_path: Path) -> None:
     """Two real ``timevec finetune`` processes at once on one store: one trains, one is refused.
 

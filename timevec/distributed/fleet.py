@@ -223,7 +223,8 @@ def run_fleet(
     A second driver on the same store gets :class:`~timevec.store.lease.LeaseHeld` (exit status
     2) naming the first, before it writes anything; a study whose vectors are all stored needs no
     lease. A driver whose lease was taken over while it ran (it stalled past ``store.lease_seconds``)
-    fails with :class:`~timevec.errors.StageFailed` instead of reporting success.
+    fails with :class:`~timevec.errors.StageFailed` instead of reporting success, and its trials'
+    writes are fenced (:meth:`VectorStore.fenced`): a late one is refused, not written.
     """
     store = store if store is not None else VectorStore.from_config(config.store)
     runs = list(runs) if runs is not None else plan_runs(config)
@@ -231,7 +232,7 @@ def run_fleet(
         return _run_fleet(config, store, runs, progress, callbacks, keep_checkpoints)
     lease = store.lease(FINETUNE_LEASE, config.store.lease_seconds, "the finetune stage")
     with lease:
-        out = _run_fleet(config, store, runs, progress, callbacks, keep_checkpoints)
+        out = _run_fleet(config, store.fenced(lease), runs, progress, callbacks, keep_checkpoints)
     if lease.lost:
         raise StageFailed(f"{lease.lost}: check the store with `timevec store verify` and re-run")
     return out

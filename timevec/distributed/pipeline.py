@@ -105,7 +105,7 @@ def _leased(name: str, function: StageFunction) -> StageFunction:
             return function(config, store)
         lease = store.lease(name, config.store.lease_seconds, f"the {name} stage")
         with lease:
-            out = function(config, store)
+            out = function(config, store.fenced(lease))
         if lease.lost:
             raise StageFailed(f"{lease.lost}: re-run the {name} stage; only its missing work is redone")
         return out

@@ -10,9 +10,11 @@ reader never sees a killed writer's temporary files. A local root is read with p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import uuid
 from collections import deque
@@ -27,6 +29,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from timevec.periods import Period
 from timevec.store.errors import StoreError
+
+logger = logging.getLogger("timevec.store")
 
 __all__ = ["CHUNK_BYTES", "TMP_MARK", "Pieces", "StoreFiles", "bounded_map", "json_default", "ray_storage_uri", "safe_url"]
 
@@ -118,6 +122,8 @@ class StoreFiles:
             raise StoreError(f"cannot open store {safe_url(url)}: {exc} (pip install timevec[s3])") from None
         self.root = self.root.rstrip("/") or self.root
         self.local = isinstance(self.fs, LocalFileSystem)
+        # Called with each path before it is written or deleted (a lease's fence, VectorStore.fenced).
+        self.guard: Callable[[str], None] | None = None
         # Shards in flight at once: object stores reward concurrent requests, a local disk less so.
         self.io_threads = max(1, int(io_threads if io_threads is not None else (2 if self.local else 8)))
 
@@ -154,10 +160,52 @@ class StoreFiles:
                         observe(view[got : got + n])
                     got += n
                 return view if got == size else view[:got]
+        if hasattr(self.fs, "_call_s3"):
+            return self._stream_s3(path, observe)
         data = self.fs.cat_file(path)
         if observe is not None:
             observe(memoryview(data))
         return bytearray(data) if writable else data
+
+    def _stream_s3(self, path: str, observe: Callable[[memoryview], None] | None, attempts: int = 3) -> memoryview:
+        """One GET whose body is streamed straight into an uninitialised buffer of its
+        Content-Length; ``observe`` then sees it whole, in the calling thread (so a retried GET
+        never feeds a checksum twice). s3fs's ``cat_file`` joins the body into ``bytes`` (and a
+        writable copy was another pass): measured on a SmolLM2-size fp16 vector here, 393 MB/s
+        streamed and checksummed against 271 MB/s for ``cat_file`` alone. A body cut short is
+        fetched again (``attempts`` in all); a missing key is FileNotFoundError."""
+        from fsspec.asyn import sync
+
+        bucket, key = path.split("/", 1)
+
+        async def get() -> memoryview:
+            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            view = memoryview(np.empty(int(resp["ContentLength"]), dtype=np.uint8))
+            at = 0
+            async with resp["Body"] as body:
+                async for chunk in body.iter_chunks(1 << 20):
+                    n = len(chunk)
+                    if at + n > view.nbytes:
+                        raise OSError(f"{path}: the body is longer than its Content-Length {view.nbytes}")
+                    view[at : at + n] = chunk
+                    at += n
+            if at != view.nbytes:
+                raise OSError(f"{path}: the body ended after {at} of {view.nbytes} bytes")
+            return view
+
+        for attempt in range(1, attempts + 1):
+            try:
+                view = sync(self.fs.loop, get)
+                if observe is not None:
+                    observe(view)
+                return view
+            except FileNotFoundError:
+                raise
+            except (OSError, asyncio.TimeoutError) as exc:  # aiohttp's payload errors are OSErrors
+                if attempt == attempts:
+                    raise
+                logger.warning("store: GET %s failed (%s); retrying (%d of %d)", self.rel(path), exc, attempt + 1, attempts)
+        raise AssertionError("unreachable")
 
     def read_into(self, path: str, start: int, view: memoryview) -> int:
         """Read the file's bytes from ``start`` straight into ``view``; returns how many arrived
@@ -193,6 +241,8 @@ class StoreFiles:
 
     def write(self, path: str, data: bytes | bytearray | memoryview | Pieces) -> None:
         """Publish ``data`` at ``path`` atomically: readers see the old file, or all of the new one."""
+        if self.guard is not None:
+            self.guard(path)
         if isinstance(data, Pieces):
             self.write_pieces(path, data.parts, data.observe)
         else:
@@ -241,6 +291,8 @@ class StoreFiles:
     def remove(self, paths: Sequence[str]) -> None:
         if not paths:
             return
+        if self.guard is not None:
+            self.guard(paths[0])
         if self.local:
             for p in paths:
                 with contextlib.suppress(OSError):

@@ -29,6 +29,17 @@ drivers that find it stale exactly one wins. Staleness is judged on the wall clo
 sharing a store need synchronised clocks (NTP); ``ttl`` must exceed any pause of the holder
 (default 120 s, ``store.lease_seconds``). A holder whose renewal fails (its lease was taken over)
 records it in :attr:`StoreLease.lost`; the stage then reports it instead of claiming success.
+
+Fencing (:class:`Fence`, :meth:`VectorStore.fenced <timevec.store.VectorStore.fenced>`): the stage
+runs on a store whose every write and delete first re-reads the lease and goes ahead only while
+it still names this driver's holder id, unreleased and renewed within its ttl — in the driver and
+in every Ray trial or actor the store is shipped to. So a holder that stalled past its ttl and
+wakes after a takeover gets :class:`LeaseLost` on its next file instead of writing over the new
+holder's shards. What is left is the gap between that read and the write it guards (one small
+GET, milliseconds; an object store offers no conditional write across two keys): a stall inside
+it can still let one late shard through, which the manifest's checksums then expose as corrupt
+(``timevec store verify``) — never a silently wrong vector. Ray's own checkpoint files are not
+written through the store and are not fenced.
 """
 
 from __future__ import annotations
@@ -49,11 +60,15 @@ from timevec.store.fs import TMP_MARK, StoreFiles, safe_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LeaseHeld", "StoreLease"]
+__all__ = ["Fence", "LeaseHeld", "LeaseLost", "StoreLease"]
 
 
 class LeaseHeld(StoreError):
     """Another live driver holds the lease: the message names it and says how it expires."""
+
+
+class LeaseLost(StoreError):
+    """A write through a fenced store after its lease was taken over, released or let expire."""
 
 
 def _precondition_failed(exc: BaseException) -> bool:
@@ -76,6 +91,44 @@ def _alive(pid: Any) -> bool:
     except (PermissionError, ValueError, TypeError, OverflowError):
         return True
     return True
+
+
+class Fence:
+    """Writes allowed only while lease ``name`` names ``holder`` (see the module docstring).
+
+    A small picklable value: a fenced store carries it to Ray workers, which check the lease
+    object themselves (they hold no lease of their own).
+    """
+
+    __slots__ = ("holder", "name", "store_label", "what")
+
+    def __init__(self, name: str, holder: str, store_label: str, what: str) -> None:
+        self.name, self.holder, self.store_label, self.what = name, holder, store_label, what
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Fence, (self.name, self.holder, self.store_label, self.what))
+
+    def check(self, files: StoreFiles, path: str) -> None:
+        """Raise :class:`LeaseLost` unless the lease is still ours; ``path`` is what is about to be written."""
+        reader = StoreLease(files, self.store_label, self.name, 1.0, self.what)
+        current = reader._read()
+        record = current[0] if current is not None else None
+        if record is not None and record.get("holder") == self.holder and not reader.stale(record):
+            return
+        if record is None:
+            state = "it no longer exists"
+        elif record.get("holder") != self.holder:
+            state = f"it was taken over by {reader._describe(record)}"
+        elif record.get("released"):
+            state = "it was released"
+        else:
+            state = (f"it expired: last renewed {time.time() - float(record.get('renewed', 0)):.0f} s ago, "
+                     f"ttl {float(record.get('ttl_s', 0)):.0f} s (store.lease_seconds)")
+        raise LeaseLost(
+            f"store {safe_url(self.store_label)}: {self.what} refused to write {files.rel(path)}: its lease "
+            f"{files.rel(reader.path)} is no longer held by this driver ({state}); nothing more is written — "
+            f"check the store with `timevec store verify` and re-run"
+        )
 
 
 class StoreLease:
@@ -263,6 +316,10 @@ class StoreLease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+    def fence(self) -> Fence:
+        """What a store's writes check while this lease is meant to be held (:class:`Fence`)."""
+        return Fence(self.name, self.holder, self.store_label, self.what)
 
     # ------------------------------------------------------------------ messages
 

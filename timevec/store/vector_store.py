@@ -47,7 +47,7 @@ from timevec.store.layout import (
     new_info,
     shard_names,
 )
-from timevec.store.lease import StoreLease
+from timevec.store.lease import Fence, StoreLease
 from timevec.store.shards import check_shard, read_entry, write_entry
 from timevec.store.tables import ResultTables
 from timevec.vectors import TimeVector
@@ -79,6 +79,7 @@ class VectorStore:
         target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES,
         io_threads: int | None = None,
         checksum: str = DEFAULT_CHECKSUM,
+        fence: Fence | None = None,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
             raise StoreError(f"store url must be a non-empty string, got {url!r}")
@@ -100,6 +101,10 @@ class VectorStore:
         self._default_target = int(target_shard_bytes)
         self._io_threads_arg = io_threads
         self._files = StoreFiles(url, options, io_threads)
+        self.fence = fence
+        if fence is not None:
+            files = self._files
+            files.guard = lambda path: fence.check(files, path)
         self.fs = self._files.fs
         self.root = self._files.root
         self._local = self._files.local
@@ -136,6 +141,7 @@ class VectorStore:
             "target_shard_bytes": self._default_target,
             "io_threads": self._io_threads_arg,
             "checksum": self.checksum,
+            "fence": self.fence,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -146,6 +152,7 @@ class VectorStore:
             target_shard_bytes=state["target_shard_bytes"],
             io_threads=state["io_threads"],
             checksum=state.get("checksum", DEFAULT_CHECKSUM),
+            fence=state.get("fence"),
         )
 
     # ------------------------------------------------------------------ paths and the write seam
@@ -425,9 +432,10 @@ class VectorStore:
         A subset of ``names`` reads only the shards holding them (and, with ``verify=False``, only
         their byte ranges). A low-rank vector comes back dense (every factor multiplied out: the
         SLOW path; :meth:`get_native` keeps its factors). On an fp16/bf16 store this is
-        :meth:`get_tensors` widened: twice the bytes it reads are written.
+        :meth:`get_tensors` widened shard by shard (a shard's half-precision bytes are freed as
+        it is widened): twice the bytes it reads are written.
         """
-        return TimeVector(self.get_tensors(task, period, names, verify))
+        return TimeVector(self._read_stored(task, period, names, verify, widen=True))
 
     def get_tensors(
         self, task: str, period: str, names: list[str] | None = None, verify: bool = True
@@ -440,10 +448,15 @@ class VectorStore:
         adds each τ tensor in fp32) it halves the memory an fp16 vector holds. A low-rank vector
         comes back dense, in fp32.
         """
+        return self._read_stored(task, period, names, verify, widen=False)
+
+    def _read_stored(
+        self, task: str, period: str, names: list[str] | None, verify: bool, widen: bool
+    ) -> dict[str, torch.Tensor]:
         task, period = self._key(task, period)
         label = f"{task}/{period}"
         manifest = self.manifest(task, period)
-        return self._read_entry(label, self._vector_dir(task, period), manifest, names, verify, widen=False)
+        return self._read_entry(label, self._vector_dir(task, period), manifest, names, verify, widen)
 
     def get_native(self, task: str, period: str, verify: bool = True) -> TimeVector | LowRankVector:
         """A stored vector in its own kind: a :class:`LowRankVector` for a low-rank one (factors,
@@ -591,6 +604,19 @@ class VectorStore:
     def lease(self, name: str, ttl_s: float, what: str) -> StoreLease:
         """The writer lease ``leases/<name>.json`` (:mod:`~timevec.store.lease`); use it as ``with``."""
         return StoreLease(self._files, self.url, check_table_name(name), ttl_s, what)
+
+    def fenced(self, lease: StoreLease) -> VectorStore:
+        """This store, with every write and delete checked against ``lease`` first (its fence).
+
+        A write after the lease was taken over, released or let expire raises
+        :class:`~timevec.store.lease.LeaseLost`, here and in every Ray worker the store is
+        shipped to (the fence travels with it); what that does and does not exclude:
+        :mod:`~timevec.store.lease`.
+        """
+        state = self.__getstate__() | {"fence": lease.fence()}
+        out = VectorStore.__new__(VectorStore)
+        out.__setstate__(state)
+        return out
 
     # ------------------------------------------------------------------ Ray
 
