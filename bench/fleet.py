@@ -222,7 +222,10 @@ def main() -> int:
         makespan = table.attrs["makespan_s"]
         fleet_tps = statistics.median(table["tokens_per_second"])
         startup = timeline.first_start - timeline.began
-        per_run = (makespan * args.concurrency - float(table["seconds"].sum())) / len(runs)
+        fleet_train = float(table["seconds"].sum())
+        # slot time outside training once the first trial runs: trial set-up, the vector write, Tune's
+        # bookkeeping between trials (the one-time start-up is printed on its own)
+        per_run = ((makespan - startup) * args.concurrency - fleet_train) / len(runs)
         fleet_tokens = float(table["tokens"].sum())
         trial_cpu = 1e6 * float(table["cpu_seconds"].sum()) / fleet_tokens
         cluster_cpu = 1e6 * timeline.cpu_used / fleet_tokens
@@ -243,8 +246,13 @@ def main() -> int:
         print(f"    plain processes, wall:           {wall1 + wall2:9.1f} s   ratio {makespan / (wall1 + wall2):.3f}")
         print(f"    start-up (Tune run begins -> first trial starts): {startup:.1f} s; the rest {makespan - startup:.1f} s "
               f"= {(makespan - startup) / ideal_train:.3f}x ideal")
-        print(f"    per-run overhead in the fleet (slot time - train time): {per_run:.2f} s/run "
+        print(f"    per-run overhead in the fleet (slot time after the start-up - train time): {per_run:.2f} s/run "
               f"(plain: {(sum_total - sum_train) / len(runs):.2f} s/run)")
+        print(f"    training inside the cluster: sum(train) {fleet_train:.1f} s vs plain {sum_train:.1f} s, "
+              f"ratio {fleet_train / sum_train:.3f}")
+        print(f"    makespan / ideal = start-up {startup / ideal_train:.3f} + training {fleet_train / sum_train:.3f} "
+              f"+ per-run overhead {per_run * len(runs) / args.concurrency / ideal_train:.3f}"
+              " (a slot left idle at the end counts as overhead)")
         print(f"    results Tune's driver handled: {timeline.results} ({timeline.results / len(runs):.0f} per run)")
 
     if args.trainer_runs:
