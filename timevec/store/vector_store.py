@@ -515,7 +515,8 @@ class VectorStore:
         N×D_k fp32 matrix ``X_k``, and ``X_k·X_kᵀ`` is accumulated in float64 over column blocks of
         ``block_columns``. Memory is O(N·D/K); every byte is read once.
 
-        Within a block the products are summed by an fp32 BLAS (syrk) — 3× faster than float64 on
+        Within a block the products are summed in fp32 (``torch.bmm`` over all whole blocks of a panel,
+        :func:`timevec.store.gram._accumulate`) — 3× faster than float64 on
         a 2-core machine, with a measured error ≈ 2e-8 relative to ``|τ_i|·|τ_j|`` (the scale a
         cosine is read on) because blocks are short and the sum over blocks is float64.
         ``exact=True`` converts each block to float64 first (products and sums in float64).
