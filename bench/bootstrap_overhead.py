@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from timevec import bootstrap
-from timevec.cells import prepare_splits
 from timevec.config import load_config
-from timevec.corpus import load_corpus
-from timevec.evaluation import classify, evaluate
-from timevec.models import build_model, load_tokenizer
+from timevec.data.corpus import load_corpus
+from timevec.data.models import build_model, load_tokenizer
+from timevec.evaluate import bootstrap
+from timevec.evaluate.cells import prepare_splits
+from timevec.evaluate.metrics import classify, evaluate
 
 
 def main() -> None:

@@ -39,12 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from timevec.cells import CellEvaluator, prepare_splits  # noqa: E402
 from timevec.config import load_config  # noqa: E402
-from timevec.corpus import load_corpus  # noqa: E402
-from timevec.distributed.cells import run_cells  # noqa: E402
-from timevec.evaluation import evaluate  # noqa: E402
-from timevec.models import (  # noqa: E402
+from timevec.data.corpus import load_corpus  # noqa: E402
+from timevec.data.models import (  # noqa: E402
     assign_parameters,
     base_from_store,
     base_id,
@@ -52,8 +49,11 @@ from timevec.models import (  # noqa: E402
     float_parameters,
     load_tokenizer,
 )
+from timevec.distributed.cells import run_cells  # noqa: E402
+from timevec.evaluate.cells import CellEvaluator, prepare_splits  # noqa: E402
+from timevec.evaluate.metrics import evaluate  # noqa: E402
 from timevec.store import VectorStore  # noqa: E402
-from timevec.vectors import TimeVector  # noqa: E402
+from timevec.weights.vectors import TimeVector  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@
 Why: issue #13 asks that the cell matrix run at ≥ 0.9× the rate of the loop anyone would write
 with transformers alone, so that the actor pool, the patcher, the store reads and the intervals
 cost nothing that matters. The plain loop gets what the stage gets — the same θ_pre, the same
-stored vectors, the same tokenised splits (:func:`timevec.cells.prepare_splits`), the same
+stored vectors, the same tokenised splits (:func:`timevec.evaluate.cells.prepare_splits`), the same
 ``evaluation.batch_size`` and ``max_length`` and the same torch threads — and does it the plain
 way: one model, per vector ``store.get_vector`` and ``load_state_dict(θ_pre + τ)``, batches in the
 split's order padded to the longest, ``model(**batch)``; LM perplexity from the summed token
@@ -29,14 +29,14 @@ from typing import Any
 import torch
 from sklearn.metrics import f1_score
 
-from timevec.cells import BASE, prepare_splits
 from timevec.config import load_config
-from timevec.corpus import load_corpus
-from timevec.evaluation import EvalSplit
-from timevec.models import IGNORE, base_from_store, float_parameters, load_tokenizer
+from timevec.data.corpus import load_corpus
+from timevec.data.models import IGNORE, base_from_store, float_parameters, load_tokenizer
+from timevec.evaluate.cells import BASE, prepare_splits
+from timevec.evaluate.metrics import EvalSplit
 from timevec.store import VectorStore
-from timevec.training import prepare_base
-from timevec.vectors import TimeVector
+from timevec.train.loop import prepare_base
+from timevec.weights.vectors import TimeVector
 
 TABLE = "bench_cells_plain"
 

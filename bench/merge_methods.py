@@ -7,7 +7,7 @@ For every configured (task, granularity) with ≥ 2 stored vectors: the uniform 
 and the interpolation midpoint ½·τ_first + ½·τ_last, each under task arithmetic, TIES, DARE
 (linear and TIES) and magnitude pruning (``merge.density``, ``merge.majority_sign_method`` and
 ``merge.seed`` of the config), evaluated on every configured period's test split
-(:func:`timevec.merge_comparison.merge_methods_table`). Prints the table; ``--write`` also writes
+(:func:`timevec.adapt.merge_comparison.merge_methods_table`). Prints the table; ``--write`` also writes
 it to ``<store>/results/merge_methods.parquet``. The default store is the demo's (``timevec demo``
 first); ``--train`` fills a store that lacks the base or some vectors with the fleet's own run job
 in this process (no Ray), e.g. ``--config timevec/demo/tiny.yaml --set store.url=/tmp/tiny --train``.
@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
+from timevec.adapt.merge_comparison import compared_methods, merge_methods_table  # noqa: E402
 from timevec.config import load_config  # noqa: E402
-from timevec.merge_comparison import compared_methods, merge_methods_table  # noqa: E402
-from timevec.merging import MergeMethod  # noqa: E402
 from timevec.results import MERGE_METHODS_TABLE  # noqa: E402
 from timevec.store import VectorStore  # noqa: E402
+from timevec.weights.merging import MergeMethod  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.merge_methods")
@@ -39,10 +39,10 @@ log = logging.getLogger("bench.merge_methods")
 
 def train_missing(config, store: VectorStore) -> None:
     """θ_pre and every planned run the store lacks, trained here by the fleet's Ray-free run job."""
-    from timevec.corpus import load_corpus
-    from timevec.finetune_run import run_one
-    from timevec.runs import plan_runs
-    from timevec.training import prepare_base
+    from timevec.data.corpus import load_corpus
+    from timevec.train.loop import prepare_base
+    from timevec.train.plan import plan_runs
+    from timevec.train.run import run_one
 
     corpus = load_corpus(config.corpus)
     prepare_base(config, corpus, store)

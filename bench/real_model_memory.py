@@ -55,7 +55,7 @@ def _stage(name: str, config_path: str, url: str) -> dict:
     elif name == "gram":
         store.gram(keys)
     elif name in ("eval_actor", "analogy_trial"):
-        from timevec.cells import CellEvaluator, prepare_splits
+        from timevec.evaluate.cells import CellEvaluator, prepare_splits
 
         splits = prepare_splits(config)
         evaluator = CellEvaluator(config, store, splits)
@@ -66,10 +66,10 @@ def _stage(name: str, config_path: str, url: str) -> dict:
                      (-0.3, evaluator.read_vector(*keys[2]))]
             evaluator.evaluate_weights(terms, [splits[("lm", "year")][keys[0][1]]])
     elif name == "fleet_trial":
-        from timevec.corpus import load_corpus
-        from timevec.models import base_from_store, float_parameters, is_encoder_decoder
-        from timevec.training import task_examples, train
-        from timevec.vectors import TimeVector
+        from timevec.data.corpus import load_corpus
+        from timevec.data.models import base_from_store, float_parameters, is_encoder_decoder
+        from timevec.train.loop import task_examples, train
+        from timevec.weights.vectors import TimeVector
 
         corpus = load_corpus(config.corpus)
         model, tokenizer = base_from_store(config.base, store)

@@ -37,7 +37,7 @@ import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
 
 from timevec.store import VectorStore  # noqa: E402
-from timevec.vectors import TimeVector  # noqa: E402
+from timevec.weights.vectors import TimeVector  # noqa: E402
 
 
 def transformer_shapes(params: float) -> dict[str, tuple[int, ...]]:

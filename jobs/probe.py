@@ -1,4 +1,4 @@
-"""`ray job submit --working-dir . -- python jobs/probe.py --config X.yaml`: linear time probes (timevec.probe)."""
+"""`ray job submit --working-dir . -- python jobs/probe.py --config X.yaml`: linear time probes (timevec.analyze.probe)."""
 
 import sys
 

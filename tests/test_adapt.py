@@ -16,17 +16,20 @@ import pandas as pd
 import pytest
 import torch
 
-from timevec import adapt, periods, results, summaries
-from timevec.cells import CellEvaluator, encoder_decoder_of
+from timevec import results
+from timevec.adapt import interpolation as adapt
+from timevec.adapt import summaries
 from timevec.config import ExperimentConfig, load_config
-from timevec.corpus import load_corpus
+from timevec.data import periods
+from timevec.data.corpus import load_corpus
+from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
+from timevec.data.periods import Period
 from timevec.distributed.interpolate import plan, run_interpolation
-from timevec.evaluation import EvalSplit, prepare_split
-from timevec.models import base_id, build_model, float_parameters, load_tokenizer
-from timevec.periods import Period
+from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of
+from timevec.evaluate.metrics import EvalSplit, prepare_split
 from timevec.results import INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
-from timevec.vectors import TimeVector
+from timevec.weights.vectors import TimeVector
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "timevec" / "demo" / "tiny.yaml"

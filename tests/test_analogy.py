@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from tests.test_adapt import build_store, perturbation, tiny_config
-from timevec import analogy as task_analogy
 from timevec import results
+from timevec.adapt import analogy as task_analogy
 from timevec.config import AnalogyConfig
+from timevec.data.models import build_model, float_parameters, load_tokenizer
 from timevec.distributed.analogy import (
     ANALOGY_BEST_TABLE,
     ANALOGY_TABLE,
@@ -30,8 +31,7 @@ from timevec.distributed.analogy import (
     run_analogy,
     storage_path,
 )
-from timevec.models import build_model, float_parameters, load_tokenizer
-from timevec.vectors import TimeVector, WeightPatcher
+from timevec.weights.vectors import TimeVector, WeightPatcher
 
 
 def test_analogy_formula_matches_dense_reference(tmp_path):

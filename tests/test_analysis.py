@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from timevec import analysis as an
-from timevec import misalignment, similarity, summaries
-from timevec.periods import Period
+from timevec.adapt import summaries
+from timevec.analyze import analysis as an
+from timevec.analyze import misalignment, similarity
+from timevec.data.periods import Period
 
 PERIODS = ["2014", "2015", "2016"]
 # rows = train period, cols = test period

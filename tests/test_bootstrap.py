@@ -13,11 +13,13 @@ import torch
 
 from tests.test_evaluation import EVAL, make_corpus, model_and_tokenizer  # noqa: F401  (fixture)
 from tests.test_store import new_store  # noqa: F401  (fixture: local and S3 stores)
-from timevec import bootstrap, misalignment, results
+from timevec import results
+from timevec.analyze import misalignment
 from timevec.config import EvaluationConfig
+from timevec.data.models import is_encoder_decoder
 from timevec.distributed.cells import append_cells, read_cells
-from timevec.evaluation import evaluate, macro_f1, prepare_split, rouge_l, rouge_l_scores
-from timevec.models import is_encoder_decoder
+from timevec.evaluate import bootstrap
+from timevec.evaluate.metrics import evaluate, macro_f1, prepare_split, rouge_l, rouge_l_scores
 from timevec.store import StoreError, VectorStore
 
 RNG = np.random.default_rng(1234)

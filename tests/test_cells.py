@@ -6,12 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from timevec.cells import CellEvaluator, prepare_splits
 from timevec.config import load_config
-from timevec.corpus import load_corpus
-from timevec.distributed.cells import read_cells, run_cells
-from timevec.evaluation import evaluate
-from timevec.models import (
+from timevec.data.corpus import load_corpus
+from timevec.data.models import (
     assign_parameters,
     base_from_store,
     base_id,
@@ -19,10 +16,13 @@ from timevec.models import (
     float_parameters,
     load_tokenizer,
 )
+from timevec.distributed.cells import read_cells, run_cells
+from timevec.evaluate.cells import CellEvaluator, prepare_splits
+from timevec.evaluate.metrics import evaluate
 from timevec.results import CELL_KEY, CELLS_SCHEMA, CELLS_TABLE, cells_table
 from timevec.results import CELLS_COLUMNS as COLUMNS
 from timevec.store import StoreError, VectorStore
-from timevec.vectors import TimeVector
+from timevec.weights.vectors import TimeVector
 
 PERIODS = ["2014", "2015", "2016"]
 

@@ -20,18 +20,19 @@ import torch
 from ray import tune
 
 import timevec.demo
-from timevec import continual, results
+from timevec import results
+from timevec.analyze.forgetting import by_lag, forgetting_rows
 from timevec.config import ConfigError, load_config
-from timevec.corpus import load_corpus
+from timevec.data.corpus import load_corpus
+from timevec.data.models import base_from_store, float_parameters, is_encoder_decoder
 from timevec.distributed.fleet import run_fleet
-from timevec.finetune_run import RunJob
-from timevec.forgetting import by_lag, forgetting_rows
-from timevec.models import base_from_store, float_parameters, is_encoder_decoder
-from timevec.runs import RunSpec
 from timevec.store import VectorStore
 from timevec.store.checksum import shard_digest
-from timevec.training import prepare_base, task_examples, train
-from timevec.vectors import TimeVector
+from timevec.train import continual
+from timevec.train.loop import prepare_base, task_examples, train
+from timevec.train.plan import RunSpec
+from timevec.train.run import RunJob
+from timevec.weights.vectors import TimeVector
 
 TINY = Path(timevec.demo.__file__).parent / "tiny.yaml"
 CHAIN = ["tasks=[lm]", "corpus.caps={train: 48, validation: 8, test: 8}", "periods.end='2016'", "training.steps=6",

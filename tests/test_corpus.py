@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from timevec.config import CorpusConfig
-from timevec.corpus import CorpusError, load_corpus
+from timevec.data.corpus import CorpusError, load_corpus
 
 RAILS = Path(__file__).resolve().parents[2] / "shared" / "data" / "rails-commits-2012-2020.jsonl.gz"
 

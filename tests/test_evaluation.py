@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from timevec.config import BaseConfig, EvaluationConfig, TinyModel
-from timevec.corpus import Corpus
-from timevec.evaluation import (
+from timevec.data.corpus import Corpus
+from timevec.data.models import IGNORE, build_model, is_encoder_decoder, load_tokenizer
+from timevec.evaluate.metrics import (
     EvalSplit,
     _score,
     candidate_logliks,
@@ -21,7 +22,6 @@ from timevec.evaluation import (
     rouge_l,
     spread,
 )
-from timevec.models import IGNORE, build_model, is_encoder_decoder, load_tokenizer
 
 TINY = TinyModel(d_model=32, num_layers=1, num_heads=2, d_ff=64, max_positions=128)
 EVAL = EvaluationConfig(batch_size=4, max_length=48, max_examples=None, summary_max_new_tokens=6)

@@ -1,4 +1,4 @@
-"""Adding periods to a finished study (timevec/extension.py), Ray-free: what counts as an extension,
+"""Adding periods to a finished study (timevec/train/extension.py), Ray-free: what counts as an extension,
 the refusals naming the field, and the old range's results kept apart byte for byte.
 
 The end-to-end count (runs trained, cells computed, old bytes unchanged) is in
@@ -15,8 +15,8 @@ import torch
 
 from timevec import results
 from timevec.config import ConfigError, load_config
-from timevec.extension import find_extension, keep_apart
 from timevec.store import VectorStore
+from timevec.train.extension import find_extension, keep_apart
 
 TINY = Path(__file__).resolve().parents[1] / "timevec" / "demo" / "tiny.yaml"
 YEARS = ["2014", "2015"]

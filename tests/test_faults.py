@@ -102,7 +102,7 @@ def test_a_stalled_holder_is_fenced_off_after_a_takeover(lease_store: VectorStor
     import torch
 
     from timevec.store.lease import LeaseLost
-    from timevec.vectors import TimeVector
+    from timevec.weights.vectors import TimeVector
 
     base = {"w": torch.zeros(64, 8), "b": torch.zeros(8)}
     lease_store.init("fence-base", base, target_shard_bytes=1024)
@@ -184,9 +184,9 @@ def _store_with_two_vectors(config):
     """θ_pre of ``config`` (untrained) and two random vectors of its size, lm/2014 and lm/2015."""
     import torch
 
-    from timevec.corpus import load_corpus
-    from timevec.training import prepare_base
-    from timevec.vectors import TimeVector
+    from timevec.data.corpus import load_corpus
+    from timevec.train.loop import prepare_base
+    from timevec.weights.vectors import TimeVector
 
     store = VectorStore.from_config(config.store)
     prepare_base(config, load_corpus(config.corpus), store)
@@ -233,8 +233,8 @@ def test_every_later_stage_refuses_a_second_driver_before_writing(tmp_path: Path
     driver of the same stage exits 2 naming the first — here the lease held by this process — and writes
     nothing; a lease released by its holder is free again at once."""
     from tests.reliability import run_cli
-    from timevec.corpus import load_corpus
-    from timevec.training import prepare_base
+    from timevec.data.corpus import load_corpus
+    from timevec.train.loop import prepare_base
 
     config = load_config(TINY, [f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'",
                                 "base.pretrain.steps=0"])  # fmt: skip
@@ -253,7 +253,7 @@ def test_every_later_stage_refuses_a_second_driver_before_writing(tmp_path: Path
 
 
 def _cgroup_or_skip() -> None:
-    from timevec.memory_cgroup import CgroupUnavailable, memory_cgroup_dir
+    from timevec.train.memory_cgroup import CgroupUnavailable, memory_cgroup_dir
 
     try:
         directory, _ = memory_cgroup_dir()
@@ -266,10 +266,10 @@ def _cgroup_or_skip() -> None:
 def test_a_memory_cgroup_gets_its_process_killed_by_the_kernel_and_is_swept() -> None:
     """The real thing the cgroup cap relies on: over its limit, the kernel's OOM killer SIGKILLs the process."""
     _cgroup_or_skip()
-    from timevec.memory_cgroup import PREFIX, memory_cgroup_dir
+    from timevec.train.memory_cgroup import PREFIX, memory_cgroup_dir
 
     child = (
-        "import os, sys, torch; from timevec.memory_cgroup import join_memory_cgroup; "
+        "import os, sys, torch; from timevec.train.memory_cgroup import join_memory_cgroup; "
         "group = join_memory_cgroup(64); print(group, flush=True); "
         "ok = torch.ones(4 * 2**20); print('fits', flush=True); "  # 16 MiB under the limit: fine
         "big = torch.ones(64 * 2**20); print('survived', flush=True)"  # 256 MiB: killed
@@ -283,7 +283,7 @@ def test_a_memory_cgroup_gets_its_process_killed_by_the_kernel_and_is_swept() ->
     assert group.name.startswith(PREFIX) and group.name.removeprefix(PREFIX).isdigit() and group.exists()
     parent, _ = memory_cgroup_dir()
     assert group.parent == parent
-    from timevec.memory_cgroup import sweep_dead_groups
+    from timevec.train.memory_cgroup import sweep_dead_groups
 
     assert sweep_dead_groups(parent) >= 1 and not group.exists()  # the dead process's group is removed
 

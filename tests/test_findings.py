@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from timevec import analysis
-from timevec.findings import FINDINGS_COLUMNS, findings_table, format_findings, verdict
+from timevec.analyze import analysis
+from timevec.analyze.findings import FINDINGS_COLUMNS, findings_table, format_findings, verdict
 
 YEARS = [str(y) for y in range(2012, 2018)]
 

@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import timevec.demo
 from timevec.config import ExperimentConfig, load_config
-from timevec.corpus import load_corpus
+from timevec.data.corpus import load_corpus
 from timevec.distributed.fleet import (
     RESULT_COLUMNS,
     RunSpec,
@@ -31,7 +31,7 @@ from timevec.distributed.fleet import (
     run_one,
 )
 from timevec.store import VectorStore
-from timevec.training import prepare_base
+from timevec.train.loop import prepare_base
 
 TINY = Path(timevec.demo.__file__).parent / "tiny.yaml"
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +217,7 @@ def test_fleet_on_s3_resumes_from_s3_checkpoints(ray_session: str, base_store: P
     import pyarrow.fs
 
     from timevec.distributed.checkpoints import earlier_checkpoint
-    from timevec.finetune_run import RunJob
+    from timevec.train.run import RunJob
 
     url = s3_server.url(f"fleet-{tmp_path.name}")
     local = VectorStore(str(base_store))

@@ -19,11 +19,12 @@ import pytest
 import torch
 from scipy import stats
 
-from timevec import forecast, results
+from timevec import results
+from timevec.adapt import forecast
+from timevec.adapt.forecast import ForecastItem, ForecastParams, HeldOutError
 from timevec.config import ConfigError, load_config
-from timevec.evaluation import EvalSplit
-from timevec.forecast import ForecastItem, ForecastParams, HeldOutError
-from timevec.vectors import TimeVector
+from timevec.evaluate.metrics import EvalSplit
+from timevec.weights.vectors import TimeVector
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "timevec" / "demo" / "tiny.yaml"
@@ -326,8 +327,8 @@ def _cells() -> pd.DataFrame:
 
 
 def test_findings_state_forecast_vs_latest_one_period_ahead() -> None:
-    from timevec import analysis
-    from timevec.findings import PAPER_CLAIMS
+    from timevec.analyze import analysis
+    from timevec.analyze.findings import PAPER_CLAIMS
 
     found = analysis.analyze(_cells(), forecast=_forecast_table()).findings
     rows = found[found["finding"] == "forecast vs latest vector"].set_index("panel")
@@ -365,11 +366,11 @@ def test_report_draws_the_forecast_figure(tmp_path) -> None:
 @pytest.mark.slow
 def test_forecast_stage_on_the_tiny_config(ray_session, tmp_path) -> None:
     from tests.test_adapt import build_store, tiny_config
-    from timevec.cells import CellEvaluator, encoder_decoder_of
-    from timevec.corpus import load_corpus
+    from timevec.data.corpus import load_corpus
+    from timevec.data.models import load_tokenizer
     from timevec.distributed.forecast import plan, run_forecast
-    from timevec.evaluation import prepare_split
-    from timevec.models import load_tokenizer
+    from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of
+    from timevec.evaluate.metrics import prepare_split
 
     config = tiny_config(tmp_path / "store", ["tasks=[lm]", "evaluation.max_examples=4"])
     store, _ = build_store(config, {("lm", p): 10 + i for i, p in enumerate(["2014", "2015", "2016", "2017"])})

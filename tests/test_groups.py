@@ -17,17 +17,19 @@ import pytest
 import torch
 from scipy import stats
 
-from timevec import group_swaps, misalignment, results
-from timevec.cells import CellEvaluator, encoder_decoder_of
+from timevec import results
+from timevec.adapt import group_swaps
+from timevec.analyze import misalignment
+from timevec.analyze.weight_groups import group_analysis, group_headline
 from timevec.config import ConfigError, load_config
-from timevec.corpus import load_corpus
-from timevec.evaluation import evaluate, prepare_split
-from timevec.gains import gain
-from timevec.models import base_id, build_model, float_parameters, load_tokenizer
-from timevec.param_groups import OTHER, group_counts, group_of, layer_of, param_group
+from timevec.data.corpus import load_corpus
+from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
+from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of
+from timevec.evaluate.gains import gain
+from timevec.evaluate.metrics import evaluate, prepare_split
 from timevec.store import VectorStore
-from timevec.vectors import TimeVector
-from timevec.weight_groups import group_analysis, group_headline
+from timevec.weights.param_groups import OTHER, group_counts, group_of, layer_of, param_group
+from timevec.weights.vectors import TimeVector
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "timevec" / "demo" / "tiny.yaml"

@@ -14,14 +14,14 @@ from torch import nn
 
 import timevec.demo
 from timevec.config import load_config
-from timevec.corpus import load_corpus
-from timevec.finetune_run import RunJob
-from timevec.lowrank import Factor, LowRankVector, dot, gram
-from timevec.models import float_parameters
-from timevec.runs import RunSpec
+from timevec.data.corpus import load_corpus
+from timevec.data.models import float_parameters
 from timevec.store import StoreError, VectorStore
-from timevec.training import prepare_base
-from timevec.vectors import TimeVector, WeightPatcher
+from timevec.train.loop import prepare_base
+from timevec.train.plan import RunSpec
+from timevec.train.run import RunJob
+from timevec.weights.lowrank import Factor, LowRankVector, dot, gram
+from timevec.weights.vectors import TimeVector, WeightPatcher
 
 TINY = Path(timevec.demo.__file__).parent / "tiny.yaml"
 SHAPES = {"0.weight": (6, 5), "0.bias": (6,), "1.weight": (4, 6), "1.bias": (4,)}

@@ -13,9 +13,9 @@ import torch
 from peft.utils import merge_utils
 
 from timevec.config import ConfigError, ExperimentConfig, load_config
-from timevec.merging import METHODS, MergeError, MergeMethod, merge_tensor, tensor_seed
 from timevec.store.layout import shard_plan
-from timevec.vectors import TimeVector, WeightPatcher
+from timevec.weights.merging import METHODS, MergeError, MergeMethod, merge_tensor, tensor_seed
+from timevec.weights.vectors import TimeVector, WeightPatcher
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {"corpus": {"source": "demo:trump_tweets"}, "periods": {"start": "2014", "end": "2016"}}
@@ -138,7 +138,7 @@ def test_dare_is_seeded_per_tensor_and_leaves_the_global_rng_alone() -> None:
 
 _CHILD = """
 import hashlib, torch
-from timevec.merging import MergeMethod, merge_tensor
+from timevec.weights.merging import MergeMethod, merge_tensor
 g = torch.Generator().manual_seed(3)
 ts = [torch.randn(32, 16, generator=g) for _ in range(2)]
 torch.manual_seed({global_seed})
@@ -314,9 +314,9 @@ def test_tiny_config_loads_with_a_merge_section() -> None:
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
     """The tiny demo config over 2014–2016 (lm only), a store with the base and 3 random vectors."""
-    from timevec.cells import prepare_splits
-    from timevec.corpus import load_corpus
-    from timevec.models import base_id, build_model, float_parameters, load_tokenizer
+    from timevec.data.corpus import load_corpus
+    from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
+    from timevec.evaluate.cells import prepare_splits
     from timevec.store import VectorStore
 
     root = tmp_path_factory.mktemp("merge-store")
@@ -336,7 +336,7 @@ def tiny_store(tmp_path_factory):
 
 
 def test_cell_evaluator_merges_combinations_with_the_configured_method(tiny_store) -> None:
-    from timevec.cells import CellEvaluator
+    from timevec.evaluate.cells import CellEvaluator
 
     config, store, splits = tiny_store
     evaluator = CellEvaluator(config, store, splits, device="cpu")
@@ -356,8 +356,8 @@ def test_cell_evaluator_merges_combinations_with_the_configured_method(tiny_stor
 def test_merge_comparison_table(tiny_store) -> None:
     import math
 
-    from timevec.cells import CellEvaluator
-    from timevec.merge_comparison import compared_methods, merge_comparison
+    from timevec.adapt.merge_comparison import compared_methods, merge_comparison
+    from timevec.evaluate.cells import CellEvaluator
     from timevec.results import MERGE_METHODS_COLUMNS, MERGE_METHODS_TABLE, merge_methods_frame
 
     config, store, splits = tiny_store

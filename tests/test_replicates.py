@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 
 import timevec.demo
-from timevec import findings as fnd
-from timevec import pipeline, replicates
+from timevec import pipeline
+from timevec.analyze import findings as fnd
 from timevec.config import ConfigError, load_config
-from timevec.corpus import load_corpus
+from timevec.data.corpus import load_corpus
 from timevec.store import VectorStore
-from timevec.training import prepare_base
+from timevec.train import replicates
+from timevec.train.loop import prepare_base
 
 TINY = Path(timevec.demo.__file__).parent / "tiny.yaml"
 

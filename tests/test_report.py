@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from timevec.periods import Period
+from timevec.data.periods import Period
 from timevec.report import build_report
 
 CHROMIUM = "/usr/bin/chromium"

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from timevec import results, selection
+from timevec import results
+from timevec.adapt import selection
 
 YEARS = ["2012", "2013", "2014", "2015", "2016"]
 GRID = [0.0, 0.25, 0.5, 0.75, 1.0]

@@ -23,9 +23,9 @@ import torch
 from tests.reliability import kill_when
 from tests.s3_server import S3Server
 from timevec.config import StoreConfig
-from timevec.models import fingerprint
+from timevec.data.models import fingerprint
 from timevec.store import StoreError, VectorStore, shard_plan
-from timevec.vectors import TimeVector
+from timevec.weights.vectors import TimeVector
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -391,7 +391,7 @@ CHILD = textwrap.dedent(
     """
     import json, os, sys, time, torch
     from timevec.store import VectorStore
-    from timevec.vectors import TimeVector
+    from timevec.weights.vectors import TimeVector
 
     url, options, marker, mode, shapes = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
     store = VectorStore(url, options, io_threads=1)

@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 
 from timevec.store import StoreError, VectorStore
-from timevec.vectors import TimeVector
+from timevec.weights.vectors import TimeVector
 
 # One tensor (768 fp32 columns) wider than a Gram panel (target 1024 bytes → 256 columns): 3 panels.
 SHAPES: dict[str, tuple[int, ...]] = {

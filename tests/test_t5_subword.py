@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from timevec.config import BaseConfig, CorpusConfig, EvaluationConfig, TrainingConfig
-from timevec.corpus import load_corpus
-from timevec.evaluation import evaluate, prepare_split
-from timevec.models import base_id, build_model, is_encoder_decoder, lm_examples, load_tokenizer
-from timevec.subword import build_t5_unigram
-from timevec.training import task_examples, train
+from timevec.data.corpus import load_corpus
+from timevec.data.models import base_id, build_model, is_encoder_decoder, lm_examples, load_tokenizer
+from timevec.data.subword import build_t5_unigram
+from timevec.evaluate.metrics import evaluate, prepare_split
+from timevec.train.loop import task_examples, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RAILS = ROOT.parents[0] / "shared" / "data" / "rails-commits-2012-2020.jsonl.gz"

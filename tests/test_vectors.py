@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from timevec.adapt import interpolation_terms
-from timevec.analogy import analogy_terms
-from timevec.models import fingerprint
-from timevec.vectors import TimeVector, VectorError, WeightPatcher
+from timevec.adapt.analogy import analogy_terms
+from timevec.adapt.interpolation import interpolation_terms
+from timevec.data.models import fingerprint
+from timevec.weights.vectors import TimeVector, VectorError, WeightPatcher
 
 
 def _rand(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:

@@ -71,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _stage_line(headline: dict) -> str:
     """``finetune 8 skipped · evaluate 40 cells (0 computed) · took finetune 12s, evaluate 3s, …``."""
-    from timevec.progress import duration
+    from timevec.train.progress import duration
 
     parts = []
     if isinstance(headline.get("runs"), dict):
@@ -91,7 +91,7 @@ def _print_summary(summary: dict, verbose: bool = False) -> None:
 
     ``-v`` first prints the wide tables and every headline number.
     """
-    from timevec.findings import format_findings
+    from timevec.analyze.findings import format_findings
 
     headline = summary.get("headline", {})
     if verbose:
@@ -127,7 +127,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     """List the store's vectors with their norms and the cosine to the previous period."""
     import pandas as pd
 
-    from timevec.periods import Period
+    from timevec.data.periods import Period
 
     config = _config(args)
     store = _store(config)
@@ -162,8 +162,8 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """Linear time probes of θ_pre and the tuned models (timevec.probe) into results/probe.parquet."""
-    from timevec.probe import probe_stores, summary
+    """Linear time probes of θ_pre and the tuned models (timevec.analyze.probe) into results/probe.parquet."""
+    from timevec.analyze.probe import probe_stores, summary
 
     for where, table in probe_stores(_config(args)):
         _print_table(summary(table).round(4), f"time probes by layer (held-out R² and Spearman; shifts in years): {where}")

@@ -13,16 +13,19 @@ from collections.abc import Callable
 #: been imported, so they are looked up when one is caught, and importing this module stays light:
 #: a mistyped stage or key exits 2 before torch, datasets or Ray are imported.
 _USER_ERRORS = (
-    ("timevec.config", "ConfigError"),
-    ("timevec.corpus", "CorpusError"),
-    ("timevec.periods", "PeriodError"),
+    ("timevec.data.corpus", "CorpusError"),
+    ("timevec.data.periods", "PeriodError"),
     ("timevec.store.errors", "StoreError"),
 )
 
 
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key (exit status 2)."""
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """The bad-input error classes of the modules imported so far (exit status 2)."""
-    return tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules)
+    return (ConfigError, *(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules))
 
 
 class StageFailed(RuntimeError):

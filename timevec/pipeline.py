@@ -43,8 +43,8 @@ def gram_of_store(store: VectorStore) -> tuple[Any, list[tuple[str, str]]]:
 
 def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     """The analyze stage: similarity, degradation, decay, stripes and the headline into the store."""
-    from timevec import analysis
     from timevec import results as r
+    from timevec.analyze import analysis
 
     cells = store.read_table(r.CELLS_TABLE)
     gram, keys = gram_of_store(store)
@@ -72,10 +72,10 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
 
 
 def _analyze_groups(store: VectorStore, rel: pd.DataFrame, headline: dict[str, Any]) -> dict[str, pd.DataFrame]:
-    """The per-group sub-step of analyze (:mod:`timevec.weight_groups`): three tables into the store,
+    """The per-group sub-step of analyze (:mod:`timevec.analyze.weight_groups`): three tables into the store,
     which group carries time into ``headline``."""
     from timevec import results as r
-    from timevec.weight_groups import group_analysis, group_headline
+    from timevec.analyze.weight_groups import group_analysis, group_headline
 
     groups = group_analysis(store, rel)
     if groups is None:
@@ -120,10 +120,10 @@ def run_stages(config: ExperimentConfig, stages: list[str], functions: Mapping[s
 
     The analysis comes after the adaptation stages (which need only vectors and cells) so that
     its headline includes the interpolation, forecast and analogy results. With ``training.seeds``,
-    every replicate runs the stages in turn (:mod:`timevec.replicates`) and the findings returned
+    every replicate runs the stages in turn (:mod:`timevec.train.replicates`) and the findings returned
     are the ones over seeds.
     """
-    from timevec.replicates import replicate_configs
+    from timevec.train.replicates import replicate_configs
 
     assert tuple(functions) == STAGES, "the stage table names the pipeline's stages in order"
     check_stages(stages)
@@ -136,8 +136,8 @@ def run_stages(config: ExperimentConfig, stages: list[str], functions: Mapping[s
 def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, ExperimentConfig]], stages: list[str],
                     functions: Mapping[str, StageFunction]) -> StageResult:
     from timevec import results as r
-    from timevec.replicates import FINDINGS_SEEDS_TABLE, findings_over_seeds, share_base
     from timevec.store import VectorStore
+    from timevec.train.replicates import FINDINGS_SEEDS_TABLE, findings_over_seeds, share_base
 
     root = VectorStore.from_config(config.store)
     first = VectorStore.from_config(replicates[0][1].store)
@@ -168,15 +168,15 @@ def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, Experi
 
 
 def _run_one(config: ExperimentConfig, stages: list[str], functions: Mapping[str, StageFunction]) -> StageResult:
-    from timevec.continual import for_mode
     from timevec.store import VectorStore
-    from timevec.training import check_store_base
+    from timevec.train.continual import for_mode
+    from timevec.train.loop import check_store_base
 
-    config = for_mode(config)  # training.mode continual: the mode's own store (timevec.continual)
+    config = for_mode(config)  # training.mode continual: the mode's own store (timevec.train.continual)
     store = VectorStore.from_config(config.store)
     if store.exists():
         check_store_base(config, store)
-        from timevec.extension import prepare_extension
+        from timevec.train.extension import prepare_extension
 
         prepare_extension(config, store)  # new periods: keep the old range's results apart first (ARCHITECTURE §15)
     summary: StageResult = {"tables": {}, "headline": {}}

@@ -14,15 +14,15 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 | ``forecast`` | forecast | one forecast (or baseline) of one held-out period, δ periods ahead |
 | ``analogy`` | analogy | one (α₁, α₂, α₃) grid point on one split |
 | ``analogy_best`` | analogy | the best point, or one baseline, of one (j, k) pair on one split |
-| ``interpolation_protocols`` | analyze | one middle period under one α-selection protocol or baseline (:mod:`timevec.selection`) |
-| ``analogy_protocols`` | analyze | one (j, k) pair under one selection protocol or baseline (:mod:`timevec.selection`) |
-| ``relative_change``, ``diagonal``, ``decay_*``, ``stripes`` | analyze | see :mod:`timevec.misalignment` |
-| ``similarity``, ``similarity_centred`` | analyze | one pair of vectors (:mod:`timevec.similarity`) |
-| ``group_norms``, ``group_similarity``, ``group_similarity_degradation`` | analyze | see :mod:`timevec.weight_groups` |
-| ``group_swaps`` | groups | τ_j with one parameter group from τ_k, on k: :mod:`timevec.group_swaps` |
+| ``interpolation_protocols`` | analyze | one middle period under one α-selection protocol or baseline (:mod:`timevec.adapt.selection`) |
+| ``analogy_protocols`` | analyze | one (j, k) pair under one selection protocol or baseline (:mod:`timevec.adapt.selection`) |
+| ``relative_change``, ``diagonal``, ``decay_*``, ``stripes`` | analyze | see :mod:`timevec.analyze.misalignment` |
+| ``similarity``, ``similarity_centred`` | analyze | one pair of vectors (:mod:`timevec.analyze.similarity`) |
+| ``group_norms``, ``group_similarity``, ``group_similarity_degradation`` | analyze | see :mod:`timevec.analyze.weight_groups` |
+| ``group_swaps`` | groups | τ_j with one parameter group from τ_k, on k: :mod:`timevec.adapt.group_swaps` |
 | ``merged_cells`` | forgetting | one running mean of independent vectors θ_pre + mean(τ_1..τ_t) on one test period (cells schema) |
-| ``forgetting`` | forgetting | one (updating mode, test period s, train period t ≥ s): :mod:`timevec.forgetting` |
-| ``merge_methods`` | ``bench/merge_methods.py --write`` | one (combination, merge method, test period): :mod:`timevec.merge_comparison` |
+| ``forgetting`` | forgetting | one (updating mode, test period s, train period t ≥ s): :mod:`timevec.analyze.forgetting` |
+| ``merge_methods`` | ``bench/merge_methods.py --write`` | one (combination, method, test period): :mod:`timevec.adapt.merge_comparison` |
 | ``fig_<figure>`` | report | the numbers behind one figure of the report |
 """
 
@@ -110,7 +110,7 @@ ANALOGY_TABLE = "analogy"
 ANALOGY_BEST_TABLE = "analogy_best"
 INTERPOLATION_PROTOCOLS_TABLE = "interpolation_protocols"
 ANALOGY_PROTOCOLS_TABLE = "analogy_protocols"
-# written by the analysis stage (schemas: the frames of timevec.misalignment / timevec.similarity)
+# written by the analysis stage (schemas: the frames of timevec.analyze.misalignment / timevec.analyze.similarity)
 RELATIVE_CHANGE_TABLE = "relative_change"
 DIAGONAL_TABLE = "diagonal"
 DECAY_BY_GAP_TABLE = "decay_by_gap"
@@ -118,8 +118,8 @@ DECAY_FIT_TABLE = "decay_fit"
 STRIPES_TABLE = "stripes"
 SIMILARITY_TABLE = "similarity"
 SIMILARITY_CENTRED_TABLE = "similarity_centred"
-FINDINGS_TABLE = "findings"  # the verdict per finding (timevec.findings)
-MERGE_METHODS_TABLE = "merge_methods"  # merge methods against task arithmetic (timevec.merge_comparison)
+FINDINGS_TABLE = "findings"  # the verdict per finding (timevec.analyze.findings)
+MERGE_METHODS_TABLE = "merge_methods"  # merge methods against task arithmetic (timevec.adapt.merge_comparison)
 HEADLINE_FILE = "results/headline.json"
 # where in the weights time lives (the GROUP_* schemas are at the end)
 GROUP_NORMS_TABLE = "group_norms"
@@ -150,7 +150,7 @@ CELLS_SCHEMA = pa.schema(
         ("test_period", pa.string()),
         ("metric", pa.string()),
         ("value", pa.float64()),
-        ("low", pa.float64()),  # the bootstrap interval of value (timevec.bootstrap); NaN: none
+        ("low", pa.float64()),  # the bootstrap interval of value (timevec.evaluate.bootstrap); NaN: none
         ("high", pa.float64()),
         ("higher_is_better", pa.bool_()),
         ("n_examples", pa.int64()),
@@ -194,7 +194,7 @@ def cells_table(frame: pd.DataFrame) -> pa.Table:
 # ----------------------------------------------------------------------------- interpolation
 
 #: ``split``: ``test`` on every configured period; ``validation`` on the MIDDLE periods (strictly between
-#: the ends), where the α-selection protocols (:mod:`timevec.selection`) choose α.
+#: the ends), where the α-selection protocols (:mod:`timevec.adapt.selection`) choose α.
 INTERPOLATION_COLUMNS = ["task", "granularity", "first", "last", "alpha", "test_period", "split", "metric", "value",
                          "higher_is_better"]
 INTERPOLATION_KEY = ["task", "granularity", "first", "last", "alpha", "test_period", "split"]
@@ -316,7 +316,7 @@ def analogy_best_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 #: One (task, granularity, combination, merge method, test period). ``combination``: ``uniform_soup``
 #: (every stored vector, weight 1/n) or ``midpoint`` (½·τ_first + ½·τ_last); ``method``:
-#: :attr:`timevec.merging.MergeMethod.label`; ``gain_vs_task_arithmetic``: :func:`timevec.gains.gain`
+#: :attr:`timevec.weights.merging.MergeMethod.label`; ``gain_vs_task_arithmetic``: :func:`timevec.evaluate.gains.gain`
 #: of the value against task arithmetic's on the same combination and period (0 on its own rows).
 MERGE_METHODS_COLUMNS = ["task", "granularity", "combination", "method", "period", "metric", "value", "gain_vs_task_arithmetic"]
 
@@ -329,20 +329,20 @@ def merge_methods_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- parameter groups
 
-#: Where in the weights time lives (:mod:`timevec.weight_groups`, :mod:`timevec.group_swaps`). ``scope``:
-#: ``all`` (the whole vector), ``group`` (``part`` is one of :data:`timevec.param_groups.GROUPS`) or
+#: Where in the weights time lives (:mod:`timevec.analyze.weight_groups`, :mod:`timevec.adapt.group_swaps`). ``scope``:
+#: ``all`` (the whole vector), ``group`` (``part`` is one of :data:`timevec.weights.param_groups.GROUPS`) or
 #: ``layer`` (``part`` is ``"3"`` or ``"encoder.3"``: every group of that layer).
 #: One (vector, part): |τ| on the part, its share of |τ|², the part's share of the parameters.
 GROUP_NORMS_COLUMNS = ["task", "period", "scope", "part", "n_tensors", "n_params", "norm", "norm_sq_share",
                        "param_share"]
 #: One pair of vectors on one part; ``centred``: within (task, granularity), on its mean τ.
 GROUP_SIMILARITY_COLUMNS = ["scope", "part", "centred", "task_a", "period_a", "task_b", "period_b", "cosine"]
-#: r(cosine on the part, degradation_pct) as :func:`timevec.similarity.correlate` computes it; the
+#: r(cosine on the part, degradation_pct) as :func:`timevec.analyze.similarity.correlate` computes it; the
 #: pooled row over every task has task = granularity = metric = "all".
 GROUP_SIM_DEG_COLUMNS = ["scope", "part", "centred", "task", "granularity", "metric", "n", "pearson_r", "pearson_p",
                          "pearson_low", "pearson_high", "spearman_rho", "spearman_p", "reason"]
 #: θ_pre + τ_j with group G taken from τ_k, on k's test split. ``value_source``/``value_target``: τ_j / τ_k
-#: on k; ``gap_share`` = gain(value, value_source) / gain(value_target, value_source) (:mod:`timevec.gains`):
+#: on k; ``gap_share`` = gain(value, value_source) / gain(value_target, value_source) (:mod:`timevec.evaluate.gains`):
 #: the share of the gap between τ_j and the in-period τ_k that group G closes (1: all of it).
 GROUP_SWAPS_COLUMNS = ["task", "granularity", "source_period", "target_period", "group", "n_tensors", "metric",
                        "value", "low", "high", "higher_is_better", "value_source", "value_target", "gain_vs_source",
@@ -378,7 +378,7 @@ def group_swaps_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- time probes
 
-PROBE_TABLE = "probe"  # written by `timevec probe` (timevec.probe)
+PROBE_TABLE = "probe"  # written by `timevec probe` (timevec.analyze.probe)
 #: One (model, layer, pooling, probe). ``model``: ``base`` or ``task/period``; ``layer``: index into
 #: ``output_hidden_states`` (0 = embeddings); ``pooling``: ``last`` | ``mean``; ``probe``: ``own`` (refitted
 #: on this model's features) or ``base`` (θ_pre's probe applied to them; tuned models only). ``r2``,
@@ -405,7 +405,7 @@ __all__ += ["PROBE_COLUMNS", "PROBE_TABLE", "probe_frame"]
 
 FORGETTING_TABLE = "forgetting"
 MERGED_CELLS_TABLE = "merged_cells"  # cells schema; vector "task/mean(first..last)", train_period = last
-#: One (task, granularity, mode, test period s, train period t ≥ s) of :mod:`timevec.forgetting`. ``mode``:
+#: One (task, granularity, mode, test period s, train period t ≥ s) of :mod:`timevec.analyze.forgetting`. ``mode``:
 #: continual | independent | merged; ``lag``: t − s in periods; ``value_at_learning``: the same mode's score
 #: on s after learning s; ``forgetting``: −gain(value, value_at_learning) (positive = worse than when
 #: learned; ``_pct``: in % of it); ``in_period_value``: the independent τ_s on s; ``gap_to_in_period_pct``:

@@ -83,7 +83,7 @@ def cli_subprocess(*args: str, env: dict | None = None, cwd: Path | None = None,
 
 def random_vector(store, seed: int, scale: float = 0.02):
     """A vector with the store's names and shapes (no training needed)."""
-    from timevec.vectors import TimeVector
+    from timevec.weights.vectors import TimeVector
 
     g = torch.Generator().manual_seed(seed)
     return TimeVector({n: scale * torch.randn(tuple(s), generator=g) for n, s in store.shapes.items()})

@@ -12,9 +12,9 @@ from tests.reliability import tiny_config
 @pytest.fixture(scope="session")
 def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local store holding the tiny config's base (built once for the session, copied by tests)."""
-    from timevec.corpus import load_corpus
+    from timevec.data.corpus import load_corpus
     from timevec.store import VectorStore
-    from timevec.training import prepare_base
+    from timevec.train.loop import prepare_base
 
     root = tmp_path_factory.mktemp("reliability-base") / "store"
     config = tiny_config(root)

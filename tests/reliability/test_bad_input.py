@@ -31,10 +31,10 @@ from tests.reliability import (
     write_config,
 )
 from timevec.config import CorpusConfig, dump_config
-from timevec.corpus import load_corpus
+from timevec.data.corpus import load_corpus
 from timevec.results import CELL_KEY, cells_frame, cells_table
 from timevec.store import StoreError, VectorStore
-from timevec.vectors import TimeVector
+from timevec.weights.vectors import TimeVector
 
 YEARS = ["2014", "2015"]
 

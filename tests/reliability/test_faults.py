@@ -36,7 +36,7 @@ from tests.reliability import (
 )
 from tests.s3_server import S3Server, S3ServerUnavailable, _wait_ready, start_s3_server
 from timevec.store import StoreError, VectorStore
-from timevec.vectors import TimeVector
+from timevec.weights.vectors import TimeVector
 
 PERIODS = ["2014", "2015"]
 # the fleet test needs one more: Ray may let the run in flight finish before it ends the dead

@@ -246,7 +246,7 @@ def test_shards_and_checkpoints_with_a_pickle_payload_are_refused(base_store: Pa
 
     # a planted Tune checkpoint: the fleet loads train_state.pt with torch.load(weights_only=True)
     from timevec.distributed.checkpoints import earlier_checkpoint, load_checkpoint
-    from timevec.runs import RunSpec
+    from timevec.train.plan import RunSpec
 
     run = RunSpec("lm", "2014", "year")
     checkpoint = tmp_path / "ray" / "exp" / f"{run.key}_00000" / "checkpoint_000000"

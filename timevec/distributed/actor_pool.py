@@ -25,14 +25,14 @@ Errors cross the actor boundary as exceptions, never as text to match:
   ``ActorDiedError`` that carries only the text).
 
 Memory (ARCHITECTURE §4, "Out of memory"): with ``ray.eval_actor_memory_mb`` each actor caps its
-own private memory once set up (:mod:`timevec.memory_limit`). An item that runs out of memory under
+own private memory once set up (:mod:`timevec.train.memory_limit`). An item that runs out of memory under
 the cap is returned as :class:`OutOfMemory` naming the actor (id, pid, host), the cap and the
 peak RSS; the driver then restarts that actor (``ray.kill(no_restart=False)``: a fresh process,
 fragmentation and caches gone) and retries the item, up to ``ray.max_failures`` times, before
 reporting it. An actor that DIES (the kernel's OOM killer, Ray's memory monitor, a crash) after
 Ray's own restarts and task retries (``max_restarts``/``max_task_retries``) fails its item as
 :class:`ActorDied` with Ray's reason, and its slot gets a fresh actor for the items left. With
-``ray.eval_actor_memory_kind: cgroup`` the cap is a memory cgroup (:mod:`timevec.memory_cgroup`) and
+``ray.eval_actor_memory_kind: cgroup`` the cap is a memory cgroup (:mod:`timevec.train.memory_cgroup`) and
 running out of memory IS that death: the kernel kills the actor at the limit. Either way the rows
 of the items that finished are already streamed to the store, and the stage's error
 (:func:`failure_error`: :class:`~timevec.errors.StageFailed`, exit status 1) names every failed item.
@@ -57,11 +57,11 @@ import ray
 from timevec.config import RayConfig
 from timevec.distributed.runtime import ensure_ray
 from timevec.errors import StageFailed
-from timevec.memory_cgroup import join_memory_cgroup
-from timevec.memory_limit import cap_data_memory, is_out_of_memory, peak_rss_mb
-from timevec.progress import Progress
 from timevec.store import StoreError
-from timevec.vectors import VectorError
+from timevec.train.memory_cgroup import join_memory_cgroup
+from timevec.train.memory_limit import cap_data_memory, is_out_of_memory, peak_rss_mb
+from timevec.train.progress import Progress
+from timevec.weights.vectors import VectorError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Design, and why:
 
 - **Trials re-combine weights, nothing else.** A trial is a class :class:`AnalogyTrial` run with
   ``TuneConfig(reuse_actors=True)``: Tune keeps the actor and calls :meth:`reset_config` for the
-  next point, so θ_pre (in a :class:`~timevec.cells.CellEvaluator`), the three vectors
+  next point, so θ_pre (in a :class:`~timevec.evaluate.cells.CellEvaluator`), the three vectors
   and the tokenised splits are loaded once per actor. The splits arrive once through
   ``tune.with_parameters`` (the object store); the weights are read from the vector store by the
   actor itself (workers need nothing but the store), and are additionally cached at module level
@@ -59,17 +59,17 @@ import ray
 import torch
 from ray import tune
 
-from timevec import analogy as task_analogy
 from timevec import results
-from timevec.cells import CellEvaluator, encoder_decoder_of, require_base
+from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
-from timevec.devices import pick_device
-from timevec.evaluation import METRICS, EvalSplit, prepare_split
-from timevec.periods import Period
-from timevec.progress import Progress
+from timevec.data.periods import Period
+from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of, require_base
+from timevec.evaluate.metrics import METRICS, EvalSplit, prepare_split
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
 from timevec.store import StoreError, VectorStore
 from timevec.store.checksum import shard_digest
+from timevec.train.devices import pick_device
+from timevec.train.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -411,8 +411,8 @@ def _replace_rows(store: VectorStore, table: str, frame: pd.DataFrame, keys: dic
 
 
 def _prepared_splits(config: ExperimentConfig, task: str, periods: list[str]) -> dict[str, tuple[EvalSplit, EvalSplit]]:
-    from timevec.corpus import load_corpus
-    from timevec.models import load_tokenizer
+    from timevec.data.corpus import load_corpus
+    from timevec.data.models import load_tokenizer
 
     corpus = load_corpus(config.corpus)
     tokenizer = load_tokenizer(config.base)

@@ -8,8 +8,8 @@ Design, and why:
 
 - **Actors, not tasks.** Loading a model is the expensive, repeated part of a naive loop (build the
   architecture, read θ_pre, move it to the device). Each evaluation actor loads θ_pre ONCE
-  (:func:`timevec.models.base_from_store`) and keeps a :class:`~timevec.vectors.WeightPatcher`
-  (the Ray-free :class:`timevec.cells.CellEvaluator`); per
+  (:func:`timevec.data.models.base_from_store`) and keeps a :class:`~timevec.weights.vectors.WeightPatcher`
+  (the Ray-free :class:`timevec.evaluate.cells.CellEvaluator`); per
   vector it reads τ from the store, writes θ_pre + τ into the live model in place, evaluates EVERY
   test split of that granularity, and restores θ_pre bit for bit. Model loads are one per actor,
   vector reads one per vector, instead of one of each per cell.
@@ -19,7 +19,7 @@ Design, and why:
   store and to resume. The pool gives exactly that — a fixed number of actors with explicit
   resources, Ray's scheduling, results as they complete — without Ray Data's block
   formatting, autoscaling actor pool and Arrow round trip of what are only a few rows per item.
-- **Splits are tokenised once** on the driver (:func:`timevec.evaluation.prepare_split`) and put
+- **Splits are tokenised once** on the driver (:func:`timevec.evaluate.metrics.prepare_split`) and put
   in Ray's object store once; each actor receives the reference in its constructor, so every actor
   deserialises them once, not per cell.
 - **Streaming and resumption.** Rows are appended to ``results/cells.parquet`` in batches (by row
@@ -37,7 +37,7 @@ Cells table schema (``results/cells.parquet``; other stages read it): ``task`` s
 ``granularity`` str (year|month), ``vector`` str (``"lm/2014"`` or ``"base"``), ``train_period``
 str|None, ``test_period`` str, ``metric`` str (perplexity|macro_f1|rougeL), ``value`` float,
 ``low``/``high`` float (the bootstrap interval of ``value`` over the test examples,
-:mod:`timevec.bootstrap`; NaN when off, and in rows of a table written before the bounds
+:mod:`timevec.evaluate.bootstrap`; NaN when off, and in rows of a table written before the bounds
 existed), ``higher_is_better`` bool, ``n_examples`` int, ``n_tokens`` int, ``seconds`` float
 (wall time of that cell's forward passes, metric and interval).
 """
@@ -52,7 +52,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from timevec.cells import (
+from timevec.config import ExperimentConfig
+from timevec.data.periods import Period
+from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
+from timevec.evaluate.cells import (
     BASE,
     CellEvaluator,
     SplitKey,
@@ -61,12 +64,9 @@ from timevec.cells import (
     prepare_splits,
     require_base,
 )
-from timevec.config import ExperimentConfig
-from timevec.devices import pick_device
-from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
-from timevec.periods import Period
 from timevec.results import CELL_KEY, CELLS_ADDED_COLUMNS, CELLS_TABLE, cells_frame, cells_table
 from timevec.store import StoreError, VectorStore
+from timevec.train.devices import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ __all__ = ["CellRunStats", "append_cells", "read_cells", "run_cells"]
 
 
 class _CellActor(PoolActor):
-    """The Ray actor: a :class:`~timevec.cells.CellEvaluator` on the actor's device with its own torch threads.
+    """The Ray actor: a :class:`~timevec.evaluate.cells.CellEvaluator` on the actor's device with its own torch threads.
 
     The splits arrive as an object reference wrapped in a list (so Ray does not resolve it per
     call) and are fetched once per actor process (:class:`~timevec.distributed.actor_pool.PoolActor`):
@@ -162,7 +162,7 @@ def run_cells(
     began = time.perf_counter()
     store = store or VectorStore.from_config(config.store)
     require_base(store)
-    from timevec.training import check_store_base
+    from timevec.train.loop import check_store_base
 
     check_store_base(config, store)  # names both bases when the architecture/vocabulary or weights differ
     stats = CellRunStats()

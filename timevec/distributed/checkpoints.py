@@ -18,8 +18,8 @@ import pyarrow.fs
 import ray.train
 import torch
 
-from timevec.finetune_run import RunJob
-from timevec.runs import RunSpec
+from timevec.train.plan import RunSpec
+from timevec.train.run import RunJob
 
 log = logging.getLogger(__name__)
 

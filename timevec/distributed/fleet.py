@@ -45,7 +45,7 @@ loop (``Reporter``: Ray's report blocks); a checkpoint only when the training lo
 (every ``checkpoint_every`` steps and at the end). Once a run's vector is stored its checkpoints
 are deleted (``keep_checkpoints=True`` keeps them).
 
-Continual chains (``training.mode: continual``, :mod:`timevec.continual`)
+Continual chains (``training.mode: continual``, :mod:`timevec.train.continual`)
 -------------------------------------------------------------------------
 Run t starts from θ_pre + τ_{t−1} read from the store, so a chain is sequential while different
 (task, granularity) chains are independent. The driver submits WAVES: each is one ordinary Tune
@@ -67,7 +67,7 @@ Tests kill the real trial process (its PID is in every Tune result) from a Tune 
 is no fault-injection code path here.
 
 This module is the driver only. The fleet's other parts, one job each: the run plan
-(:mod:`timevec.runs`) and one run without Ray (:mod:`timevec.finetune_run`) in the core; the trial
+(:mod:`timevec.train.plan`) and one run without Ray (:mod:`timevec.train.run`) in the core; the trial
 functions (:mod:`.fleet_trials`), checkpoints over pyarrow.fs (:mod:`.checkpoints`), the reporter
 thread (:mod:`.reporter`) and the progress/TensorBoard callbacks (:mod:`.fleet_callbacks`) here.
 """
@@ -83,9 +83,9 @@ import pandas as pd
 import ray
 from ray import tune
 
-from timevec import continual
 from timevec.config import ExperimentConfig
-from timevec.corpus import load_corpus
+from timevec.data.corpus import load_corpus
+from timevec.data.periods import Period
 from timevec.distributed.checkpoints import drop_checkpoints
 from timevec.distributed.fleet_callbacks import FleetProgress, LossCurves
 from timevec.distributed.fleet_trials import (
@@ -98,11 +98,11 @@ from timevec.distributed.fleet_trials import (
 )
 from timevec.distributed.runtime import check_fits, ensure_ray
 from timevec.errors import StageFailed
-from timevec.finetune_run import run_one
-from timevec.periods import Period
-from timevec.runs import RunSpec, experiment_name, plan_runs
 from timevec.store import VectorStore
-from timevec.training import prepare_base
+from timevec.train import continual
+from timevec.train.loop import prepare_base
+from timevec.train.plan import RunSpec, experiment_name, plan_runs
+from timevec.train.run import run_one
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The fleet's Tune trial functions: one (task, period) run per trial, in the trial or on Ray Train.
 
-One job: adapt a :class:`~timevec.finetune_run.RunJob` to Ray — ``in_trial_run`` trains in the
+One job: adapt a :class:`~timevec.train.run.RunJob` to Ray — ``in_trial_run`` trains in the
 trial process (``workers_per_run == 0``), ``trainer_run`` builds and fits a ``TorchTrainer``
 whose workers run ``train_worker`` (``workers_per_run >= 1``); both resume from the checkpoint
 Ray hands back or one an earlier submission left (:mod:`timevec.distributed.checkpoints`), report
@@ -21,13 +21,13 @@ import torch
 from ray import tune
 
 from timevec.config import ExperimentConfig
-from timevec.corpus import Corpus
-from timevec.devices import pick_device
+from timevec.data.corpus import Corpus
 from timevec.distributed.checkpoints import earlier_checkpoint, resume_state
 from timevec.distributed.reporter import Reporter
-from timevec.finetune_run import RunJob
-from timevec.runs import RunSpec
 from timevec.store import VectorStore
+from timevec.train.devices import pick_device
+from timevec.train.plan import RunSpec
+from timevec.train.run import RunJob
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """The forecast stage on Ray: predict the held-out last periods' weights from past vectors only.
 
 For each configured task and granularity, the last ``forecast.horizon`` periods are held out and
-every method of :mod:`timevec.forecast` (and the baselines base, latest and the in_period oracle)
+every method of :mod:`timevec.adapt.forecast` (and the baselines base, latest and the in_period oracle)
 is evaluated on each held-out period's test split → ``results/forecast.parquet``
 (:data:`timevec.results.FORECAST_COLUMNS`).
 
-Execution is the interpolation stage's: actors each hold one :class:`~timevec.cells.CellEvaluator`
+Execution is the interpolation stage's: actors each hold one :class:`~timevec.evaluate.cells.CellEvaluator`
 and a :class:`~timevec.distributed.interpolate.VectorCache`, the pool driver
 (:mod:`timevec.distributed.actor_pool`) schedules one item per (task, granularity, method), and rows
 are appended as items finish, so a re-run skips every row already in the table. The actors are
@@ -22,12 +22,13 @@ from typing import Any
 
 import pandas as pd
 
-from timevec import forecast, results
-from timevec.cells import require_base
+from timevec import results
+from timevec.adapt import forecast
 from timevec.config import ExperimentConfig
+from timevec.data.periods import sort_periods
 from timevec.distributed.actor_pool import Failure, drive, failure_error
 from timevec.distributed.interpolate import CombinationActor, KnownCells, SplitSets, known_cells, prepare_split_sets
-from timevec.periods import sort_periods
+from timevec.evaluate.cells import require_base
 from timevec.results import FORECAST_TABLE
 from timevec.store import VectorStore
 

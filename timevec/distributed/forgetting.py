@@ -1,7 +1,7 @@
 """The forgetting stage on Ray: evaluate the merged states, then the forgetting table.
 
 Runs in a continual study (``training.mode: continual``; the stage gets the continual store,
-:func:`timevec.continual.for_mode`). It reads three sets of cells (:mod:`timevec.forgetting`):
+:func:`timevec.train.continual.for_mode`). It reads three sets of cells (:mod:`timevec.analyze.forgetting`):
 the continual store's own ``cells`` (the evaluate stage, unchanged), the independent study's
 ``cells`` in the parent store, and ``merged_cells`` — θ_pre + mean(τ_1 … τ_t) of the INDEPENDENT
 vectors, which this stage evaluates on the actor pool of the interpolation stage
@@ -17,13 +17,15 @@ import logging
 
 import pandas as pd
 
-from timevec import continual, forgetting, results
-from timevec.cells import prepare_splits, require_base
+from timevec import results
+from timevec.analyze import forgetting
 from timevec.config import ExperimentConfig
+from timevec.data.periods import sort_periods
 from timevec.distributed.actor_pool import Failure, drive, failure_error
 from timevec.distributed.interpolate import CombinationActor
-from timevec.periods import sort_periods
+from timevec.evaluate.cells import prepare_splits, require_base
 from timevec.store import VectorStore
+from timevec.train import continual
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The groups stage on Ray: group swaps (τ_j with one parameter group from τ_k, on k's test split).
 
-What a swap is and how its share of the gap is read: :mod:`timevec.group_swaps`. Execution is the
+What a swap is and how its share of the gap is read: :mod:`timevec.adapt.group_swaps`. Execution is the
 interpolation stage's: actors of :class:`~timevec.distributed.interpolate.CombinationActor` (θ_pre
 loaded once, combinations written in place by the WeightPatcher, a bounded vector cache), the pool
 driver of :mod:`timevec.distributed.actor_pool`, one item per (task, granularity, j, k) with all its
@@ -17,15 +17,16 @@ from typing import Any
 
 import pandas as pd
 
-from timevec import group_swaps, results
-from timevec.cells import require_base
+from timevec import results
+from timevec.adapt import group_swaps
 from timevec.config import ExperimentConfig
+from timevec.data.periods import sort_periods
 from timevec.distributed.actor_pool import Failure, drive, failure_error
 from timevec.distributed.interpolate import CombinationActor, KnownCells, SplitSets, known_cells, prepare_split_sets
-from timevec.param_groups import group_counts
-from timevec.periods import sort_periods
+from timevec.evaluate.cells import require_base
 from timevec.results import GROUP_SWAPS_TABLE
 from timevec.store import VectorStore
+from timevec.weights.param_groups import group_counts
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ For each configured task and granularity with at least two stored vectors:
 - **interpolation**: τ(α) = (1−α)·τ_first + α·τ_last for every α of ``interpolation.alphas``
   (first/last: the earliest and latest stored period of that granularity), evaluated on the test
   split of EVERY configured period and on the validation split of the middle ones (where
-  :mod:`timevec.selection` chooses α without the test labels) → ``results/interpolation.parquet``
+  :mod:`timevec.adapt.selection` chooses α without the test labels) → ``results/interpolation.parquet``
   (:data:`timevec.results.INTERPOLATION_COLUMNS`), summarised per middle period in
   ``results/interpolation_best.parquet`` (:data:`timevec.results.INTERPOLATION_BEST_COLUMNS`, with
   the in-period and previous-vector baselines from ``cells.parquet`` when present);
@@ -16,7 +16,7 @@ For each configured task and granularity with at least two stored vectors:
   ``results/soups.parquet`` and ``results/patching.parquet``.
 
 Execution reuses the cell machinery: actors each hold one
-:class:`~timevec.cells.CellEvaluator` (θ_pre loaded once, combinations written in
+:class:`~timevec.evaluate.cells.CellEvaluator` (θ_pre loaded once, combinations written in
 place by the WeightPatcher, θ_pre restored exactly), a bounded cache of vectors read from the
 store, and the tokenised splits (put in the object store once). Work items are one α point (all its
 test periods) or one period's soup + patching; the pool driver shared with the cells stage
@@ -37,16 +37,18 @@ from typing import Any
 import pandas as pd
 import torch
 
-from timevec import adapt, results, summaries
-from timevec.cells import CellEvaluator, encoder_decoder_of, require_base
+from timevec import results
+from timevec.adapt import interpolation as adapt
+from timevec.adapt import summaries
 from timevec.config import ExperimentConfig
-from timevec.devices import pick_device
+from timevec.data.periods import Period, sort_periods
 from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
-from timevec.evaluation import EvalSplit, prepare_split
-from timevec.periods import Period, sort_periods
+from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of, require_base
+from timevec.evaluate.metrics import EvalSplit, prepare_split
 from timevec.results import CELLS_TABLE, INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
-from timevec.vectors import TimeVector
+from timevec.train.devices import pick_device
+from timevec.weights.vectors import TimeVector
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +226,8 @@ def _patchable(period: str, stored: tuple[str, ...]) -> bool:
 
 def prepare_split_sets(config: ExperimentConfig, needed: dict[tuple[str, str], set[str]]) -> SplitSets:
     """Tokenised test AND validation splits of every needed (task, granularity, period), once."""
-    from timevec.corpus import load_corpus
-    from timevec.models import load_tokenizer
+    from timevec.data.corpus import load_corpus
+    from timevec.data.models import load_tokenizer
 
     corpus = load_corpus(config.corpus)
     tokenizer = load_tokenizer(config.base)

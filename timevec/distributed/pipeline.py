@@ -47,8 +47,8 @@ def _evaluate(config: ExperimentConfig, store: VectorStore) -> StageResult:
 
 
 def _forgetting(config: ExperimentConfig, store: VectorStore) -> StageResult:
+    from timevec.analyze.forgetting import by_lag, headline
     from timevec.distributed.forgetting import run_forgetting
-    from timevec.forgetting import by_lag, headline
 
     table = run_forgetting(config, store)
     if table is None:
@@ -130,8 +130,8 @@ assert tuple(STAGE_FUNCTIONS) == STAGES, "STAGES names the pipeline's stages in 
 def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
     """Run ``stages`` in the pipeline's order; returns the tables and findings to print."""
     if "forecast" in stages:
+        from timevec.adapt.forecast import check_horizon
         from timevec.config import ConfigError
-        from timevec.forecast import check_horizon
 
         try:
             check_horizon(config)  # a horizon the periods cannot hold fails now, not after the fine-tunes

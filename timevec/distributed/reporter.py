@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from timevec.distributed.checkpoints import save_checkpoint
-from timevec.finetune_run import RunJob
+from timevec.train.run import RunJob
 
 __all__ = ["Reporter"]
 

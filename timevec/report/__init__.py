@@ -21,8 +21,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from timevec import analysis as an
-from timevec import results, similarity
+from timevec import results
+from timevec.analyze import analysis as an
+from timevec.analyze import similarity
 from timevec.report.adaptation import adaptation_figures, analogy_figures, forecast_figures, interpolation_figures
 from timevec.report.forgetting import forgetting_figures
 from timevec.report.groups import group_figures
@@ -95,7 +96,7 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
     if forgetting is not None and not forgetting.empty:
         forgetting_figures(forgetting, figures, write_table)
     group_figures(tables, figures, write_table)  # where in the weights time lives (timevec.report.groups)
-    probe = tables.get(results.PROBE_TABLE)  # `timevec probe` (timevec.probe); absent: no probe figures
+    probe = tables.get(results.PROBE_TABLE)  # `timevec probe` (timevec.analyze.probe); absent: no probe figures
     if probe is not None and not probe.empty:
         probe_figures(probe, figures, write_table)
 

@@ -3,14 +3,14 @@
 One panel pair per (task, granularity): left, the mean forgetting by lag t − s (the score on s after
 learning t, in % worse than right after learning s); right, the same rows against one common
 yardstick, the independent in-period model of s. Continual, independent and merged updating are
-the three lines (:mod:`timevec.forgetting`). The numbers are ``fig_forgetting_<task>_<granularity>``.
+the three lines (:mod:`timevec.analyze.forgetting`). The numbers are ``fig_forgetting_<task>_<granularity>``.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from timevec.forgetting import MODES, by_lag
+from timevec.analyze.forgetting import MODES, by_lag
 from timevec.report.plotting import Figure, WriteTable, new_figure, to_png
 
 __all__ = ["forgetting_figures"]

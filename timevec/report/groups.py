@@ -1,6 +1,6 @@
 """Figures of "where in the weights time lives": per parameter group and layer, how much of τ it
 holds, whether its cosine predicts degradation, and how much of the in-period vector's advantage
-it carries when swapped in (:mod:`timevec.weight_groups`, :mod:`timevec.group_swaps`).
+it carries when swapped in (:mod:`timevec.analyze.weight_groups`, :mod:`timevec.adapt.group_swaps`).
 
 Each figure reads one stored table (``group_norms``, ``group_similarity_degradation``,
 ``group_swaps``) and writes the rows it drew as its ``fig_<name>`` table.

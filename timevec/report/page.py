@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from timevec import findings as findings_mod
+from timevec.analyze import findings as findings_mod
 from timevec.report.plotting import Figure, fmt
 
 _CSS = """

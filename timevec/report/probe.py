@@ -1,4 +1,4 @@
-"""Figures of the linear time probes (:mod:`timevec.probe`): where in depth a text's date is linearly
+"""Figures of the linear time probes (:mod:`timevec.analyze.probe`): where in depth a text's date is linearly
 readable, for θ_pre against the tuned models, and whether fine-tuning on t moves θ_pre's read-out toward t.
 
 Two figures, one panel per pooling: held-out R² by layer (θ_pre, the tuned models' refitted probes

@@ -3,7 +3,7 @@ oracle, chosen from the dates alone, or chosen on other periods — beside the a
 
 The question each figure answers is the one a user moving a model to a new period has: without the
 new period's labels, does the method beat simply deploying the latest vector, and is what it gains
-more than averaging (midpoint α, uniform soup)? See :mod:`timevec.selection`.
+more than averaging (midpoint α, uniform soup)? See :mod:`timevec.adapt.selection`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from timevec import periods
+from timevec.data import periods
 from timevec.report.adaptation import gain_unit
 from timevec.report.plotting import Figure, WriteTable, new_figure, set_ticks, to_png
 

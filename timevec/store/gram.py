@@ -1,6 +1,6 @@
 """The all-pairs Gram matrix of stored vectors, streamed over the shard plan.
 
-Why it is here and not in :mod:`timevec.vectors`: the computation follows the store's layout.
+Why it is here and not in :mod:`timevec.weights.vectors`: the computation follows the store's layout.
 Shard k of every vector holds the same tensors, so for each k the shard-k slices of all N
 vectors form one N×D_k matrix ``X_k`` and ``X_k·X_kᵀ`` is added to the N×N result. Every byte is
 read once, and the L2 norms need no pass: the diagonal is ``|τ_i|²``, and each manifest carries
@@ -56,7 +56,7 @@ __all__ = ["GroupKey", "gram_matrix", "grouped_gram_matrix"]
 
 #: One vector of the pass: (label, its directory, its manifest, already checked against the base).
 Entry = tuple[str, str, dict[str, Any]]
-#: What a tensor name is grouped under (e.g. ``(group, layer)``, :func:`timevec.param_groups.group_of`).
+#: What a tensor name is grouped under (e.g. ``(group, layer)``, :func:`timevec.weights.param_groups.group_of`).
 GroupKey = Hashable
 
 _HEAD_BYTES = 64 * 1024  # the first read of a shard: the header of any shard the store writes

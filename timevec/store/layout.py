@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from timevec.periods import Period, PeriodError
+from timevec.data.periods import Period, PeriodError
 from timevec.store.codec import bytes_per
 from timevec.store.errors import StoreError
-from timevec.vectors import TimeVector
+from timevec.weights.vectors import TimeVector
 
 __all__ = [
     "DEFAULT_TARGET_SHARD_BYTES",

@@ -1,6 +1,6 @@
 """The store layout of low-rank vectors: factors per module in the store's own shard plan.
 
-Why a module of its own: a low-rank vector (:class:`timevec.lowrank.LowRankVector`) is a second
+Why a module of its own: a low-rank vector (:class:`timevec.weights.lowrank.LowRankVector`) is a second
 vector KIND, and everything the store does with it — write, read, verify, the streamed Gram — differs
 from the dense kind only in what a shard holds. Dense stays the default and the dense code
 (:mod:`.shards`, :mod:`.gram`) is untouched: the façade branches on the manifest's kind.
@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from timevec.lowrank import Factor, LowRankVector, Part, module_gram
 from timevec.store.checksum import DEFAULT_CHECKSUM, new_hasher
 from timevec.store.codec import decode_safetensors, encode_safetensors
 from timevec.store.errors import StoreError
 from timevec.store.fs import StoreFiles
 from timevec.store.layout import FORMAT_VERSION, STORE_DTYPES, now, shard_entry, shard_file, shard_names
 from timevec.store.shards import check_header, load_shard, read_shard_bytes, shard_where
-from timevec.vectors import VectorError
+from timevec.weights.lowrank import Factor, LowRankVector, Part, module_gram
+from timevec.weights.vectors import VectorError
 
 __all__ = ["KIND", "is_lowrank", "lowrank_gram", "read_lowrank", "check_lowrank_shard", "vector_kind", "write_lowrank"]
 
@@ -234,7 +234,7 @@ def lowrank_gram(
 
     Streamed over the shard plan like :func:`timevec.store.gram.gram_matrix`: for each shard k, the
     shard-k parts of all N vectors are read (a bounded number in flight) and each parameter's N×N
-    block is added by :func:`timevec.lowrank.module_gram` — factors never multiplied out. Memory
+    block is added by :func:`timevec.weights.lowrank.module_gram` — factors never multiplied out. Memory
     O(N · shard). Products and sums are float64 (an all-dense request goes to the dense path).
     """
     n = len(entries)

@@ -40,7 +40,7 @@ from timevec.store.layout import (
     shard_file,
     shard_names,
 )
-from timevec.vectors import TimeVector, sum_of_squares
+from timevec.weights.vectors import TimeVector, sum_of_squares
 
 _CHECK_CHUNK = 1024 * 4096  # elements per step of the NaN/Inf + norm pass
 

@@ -7,32 +7,29 @@ written when); the work is done by :mod:`~timevec.store.fs` (IO), :mod:`~timevec
 integrity), :mod:`~timevec.store.codec` (safetensors), :mod:`~timevec.store.gram` and
 :mod:`~timevec.store.tables`. Credentials come only from the standard AWS chain (environment,
 profiles, instance roles): the store refuses credential-like ``storage_options``, never writes
-them and never logs them (:mod:`timevec.credentials`).
+them and never logs them (:mod:`timevec.store.credentials`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from timevec.credentials import (
+from timevec.data.periods import Period
+from timevec.store import lowrank as lowrank_layout
+from timevec.store.checksum import DEFAULT_CHECKSUM, check_algorithm
+from timevec.store.credentials import (
     credential_keys,
     environment_secrets,
     is_credential_key,
     scrub_credentials,
 )
-from timevec.lowrank import LowRankVector
-from timevec.periods import Period
-from timevec.store import lowrank as lowrank_layout
-from timevec.store.checksum import DEFAULT_CHECKSUM, check_algorithm
 from timevec.store.errors import StoreError
 from timevec.store.fs import TMP_MARK, Pieces, StoreFiles, ray_storage_uri, safe_url
-from timevec.store.gram import gram_matrix, grouped_gram_matrix
 from timevec.store.layout import (
     DEFAULT_TARGET_SHARD_BYTES,
     STORE_DTYPES,
@@ -48,20 +45,22 @@ from timevec.store.layout import (
     shard_names,
 )
 from timevec.store.lease import Fence, StoreLease
-from timevec.store.shards import check_shard, read_entry, write_entry
+from timevec.store.results_files import ResultFiles
+from timevec.store.scans import StoreScans
+from timevec.store.shards import read_entry, write_entry
 from timevec.store.tables import ResultTables
-from timevec.vectors import TimeVector
+from timevec.weights.lowrank import LowRankVector
+from timevec.weights.vectors import TimeVector
 
 if TYPE_CHECKING:  # pandas/pyarrow are imported on first table use: workers that only move vectors skip them
-    import pandas as pd
-    import pyarrow as pa
+    pass
 
 logger = logging.getLogger("timevec.store")
 
 __all__ = ["VectorStore"]
 
 
-class VectorStore:
+class VectorStore(StoreScans, ResultFiles):
     """Time vectors, the base, result tables and report files under one fsspec root URL.
 
     ``url`` is a local path (relative or absolute), ``file://…`` or ``s3://bucket/prefix``;
@@ -256,8 +255,8 @@ class VectorStore:
         if dtype not in STORE_DTYPES:
             raise StoreError(f"store dtype {dtype!r} is not one of {sorted(STORE_DTYPES)}")
         target = int(target_shard_bytes or self._default_target)
-        from timevec.models import (
-            fingerprint,  # deferred: timevec.models imports transformers (seconds)
+        from timevec.data.models import (
+            fingerprint,  # deferred: timevec.data.models imports transformers (seconds)
         )
 
         floats = {n: t for n, t in base_tensors.items() if t.dtype.is_floating_point}
@@ -444,7 +443,7 @@ class VectorStore:
 
         The tensors are views into the shard bytes as read (writable, nothing else allocated), so
         this is the read at the store's bandwidth; :meth:`get_vector` is this widened to fp32. For
-        a consumer that widens tensor by tensor anyway (:class:`~timevec.vectors.WeightPatcher`
+        a consumer that widens tensor by tensor anyway (:class:`~timevec.weights.vectors.WeightPatcher`
         adds each τ tensor in fp32) it halves the memory an fp16 vector holds. A low-rank vector
         comes back dense, in fp32.
         """
@@ -469,136 +468,6 @@ class VectorStore:
         directory = self._vector_dir(task, period)
         self._check_manifest_base(label, directory, manifest)
         return lowrank_layout.read_lowrank(self._files, self.info(), label, directory, manifest, verify)
-
-    # ------------------------------------------------------------------ integrity
-
-    def verify(self, task: str | None = None) -> list[str]:
-        """Re-hash every shard of every visible vector (and the base when ``task`` is None).
-
-        Returns one message per problem (empty: all good); also checks shapes and NaN/Inf.
-        """
-        problems: list[str] = []
-        entries: list[tuple[str, str, Callable[[], dict[str, Any]]]] = []
-        if task is None:
-            entries.append(("base", self._path("base"), self._base_manifest))
-        for t, p in self.list_vectors(task):
-            entries.append((f"{t}/{p}", self._vector_dir(t, p), lambda t=t, p=p: self.manifest(t, p)))
-        for label, directory, get_manifest in entries:
-            try:
-                manifest = get_manifest()
-                self._check_manifest_base(label, directory, manifest)
-            except StoreError as exc:
-                problems.append(str(exc))
-                continue
-
-            def check(k: int, label: str = label, directory: str = directory, manifest: dict = manifest) -> str | None:
-                if lowrank_layout.is_lowrank(manifest):
-                    return lowrank_layout.check_lowrank_shard(self._files, self.info(), label, directory, manifest, k)
-                return check_shard(self._files, self.info(), label, directory, manifest, k)
-
-            problems.extend(msg for msg in self._files.map(check, range(self.num_shards)) if msg)
-        return problems
-
-    # ------------------------------------------------------------------ similarity
-
-    def gram(
-        self,
-        keys: Sequence[tuple[str, str]],
-        verify: bool = True,
-        exact: bool = False,
-        block_columns: int = 4096,
-    ) -> np.ndarray:
-        """The N×N Gram matrix ``G[i, j] = ⟨τ_i, τ_j⟩`` (float64), streamed shard by shard.
-
-        For each shard k the shard-k slices of all N vectors are read (checksum-verified, a bounded
-        number in flight, the next shard's reads overlapping this shard's arithmetic) into one
-        N×D_k fp32 matrix ``X_k``, and ``X_k·X_kᵀ`` is accumulated in float64 over column blocks of
-        ``block_columns``. Memory is O(N·D/K); every byte is read once.
-
-        Within a block the products are summed in fp32 (``torch.bmm`` over all whole blocks of a panel,
-        :func:`timevec.store.gram._accumulate`) — 3× faster than float64 on
-        a 2-core machine, with a measured error ≈ 2e-8 relative to ``|τ_i|·|τ_j|`` (the scale a
-        cosine is read on) because blocks are short and the sum over blocks is float64.
-        ``exact=True`` converts each block to float64 first (products and sums in float64).
-        The L2 norms are ``sqrt(diag(G))``, or each manifest's ``l2_norm`` (float64, at write time).
-        """
-        entries = self._gram_entries(keys)
-        info = self.info() if entries else None
-        if any(lowrank_layout.is_lowrank(m) for _, _, m in entries):  # mixed or low-rank: exact from the factors
-            return lowrank_layout.lowrank_gram(self._files, info, entries, verify=verify)
-        return gram_matrix(self._files, info, entries, verify=verify, exact=exact, block_columns=block_columns)
-
-    def grouped_gram(
-        self,
-        keys: Sequence[tuple[str, str]],
-        group_of: Callable[[str], Hashable],
-        verify: bool = True,
-        exact: bool = False,
-        block_columns: int = 4096,
-    ) -> dict[Hashable, np.ndarray]:
-        """One Gram matrix per group of tensors (``group_of(name)``), from the same single pass as
-        :meth:`gram` (:func:`timevec.store.gram.grouped_gram_matrix`); they sum to :meth:`gram`."""
-        entries = self._gram_entries(keys)
-        lowrank = [label for label, _, m in entries if lowrank_layout.is_lowrank(m)]
-        if lowrank:
-            raise StoreError(f"vector {lowrank[0]}: per-group Gram matrices of low-rank (LoRA-factor) vectors are "
-                             "not computed; store these vectors dense (training.lora.store: dense)")
-        info = self.info() if entries else None
-        return grouped_gram_matrix(self._files, info, entries, group_of, verify=verify, exact=exact,
-                                   block_columns=block_columns)
-
-    def _gram_entries(self, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str, dict[str, Any]]]:
-        entries = []
-        for t, p in (self._key(t, p) for t, p in keys):
-            label = f"{t}/{p}"
-            m = self.manifest(t, p)
-            self._check_manifest_base(label, self._vector_dir(t, p), m)
-            entries.append((label, self._vector_dir(t, p), m))
-        return entries
-
-    # ------------------------------------------------------------------ tables
-
-    def write_table(self, name: str, data: pd.DataFrame | pa.Table) -> None:
-        """Write ``results/<name>.parquet``, replacing any previous table atomically."""
-        self._tables.write(name, data)
-
-    def append_table(self, name: str, data: pd.DataFrame | pa.Table, new_columns: Collection[str] = ()) -> None:
-        """Append rows to a table (read, concatenate, replace); the columns must match, except
-        ``new_columns``, which an older table may lack (its rows get nulls there)."""
-        self._tables.append(name, data, new_columns)
-
-    def read_table(self, name: str) -> pd.DataFrame:
-        """``results/<name>.parquet`` as a DataFrame; a missing table is a :class:`StoreError`."""
-        return self._tables.read(name)
-
-    def has_table(self, name: str) -> bool:
-        return self._tables.has(name)
-
-    # ------------------------------------------------------------------ raw files (reports)
-
-    def write_bytes(self, relpath: str, data: bytes) -> None:
-        """Write a file under the root (atomically replaced), e.g. ``reports/index.html``."""
-        self._files.write(self._path(check_relpath(relpath)), data)
-
-    def read_bytes(self, relpath: str) -> bytes:
-        path = self._path(check_relpath(relpath))
-        try:
-            return bytes(self._files.read(path))
-        except FileNotFoundError:
-            raise StoreError(f"{relpath} not found in store {self}") from None
-
-    def exists_path(self, relpath: str) -> bool:
-        return self._files.exists(self._path(check_relpath(relpath)))
-
-    def remove_paths(self, relpaths: list[str]) -> None:
-        """Remove files under the root (absent ones are ignored), e.g. results moved aside by an extension."""
-        self._files.remove([self._path(check_relpath(rel)) for rel in relpaths])
-
-    def list_paths(self, prefix: str = "") -> list[str]:
-        """Relative paths of every file under ``prefix`` (recursive, sorted; '' = the whole store)."""
-        prefix = prefix.rstrip("/")
-        base = self._path(check_relpath(prefix)) if prefix else self.root
-        return self._files.find_rel(base, prefix)
 
     # ------------------------------------------------------------------ leases
 

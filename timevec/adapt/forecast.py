@@ -1,0 +1,413 @@
+"""Forecasting future periods: the weights of a held-out period predicted from earlier vectors only.
+
+The question (ARCHITECTURE §1, "adaptation without training"): when a new period begins, before any
+of its data is labelled, can arithmetic on the past time vectors beat deploying the latest one? The
+last ``forecast.horizon`` = H periods of each granularity are held out; from the past vectors
+τ_1 … τ_n (periods p_1 < … < p_n, the last non-held-out ones that are stored) each method predicts
+the weights of every held-out period p*, δ = p* − p_n periods ahead (:meth:`Period.distance`):
+
+| method | weights (θ_pre + …) |
+| --- | --- |
+| ``latest`` | τ_n: what a practitioner deploys today, the reference of every gain |
+| ``taylor`` | τ_n + (δ/d)·(τ_n − τ_{n−1}), d = p_n − p_{n−1} (d = 1 when no period is missing) |
+| ``trend`` | the least-squares line through the last m vectors over time, read at p* |
+| ``ema`` | Σ wᵢ·τᵢ, wᵢ ∝ β^(p_n − pᵢ), Σ wᵢ = 1 |
+| ``scaled_latest`` | λ·τ_n, λ of a grid chosen as the best λ·τ_{n−1} on p_n's VALIDATION split |
+| ``uniform_soup`` | the mean of all past vectors |
+
+with the baselines ``base`` (θ_pre) and ``in_period`` (τ of p* itself: an ORACLE, labelled so).
+
+Design choices, and why:
+
+- **A forecast is a coefficient list over past periods** (:func:`forecast_coefficients`, pure and
+  vector-free), turned into :data:`~timevec.adapt.interpolation.Term` lists and evaluated with the injected
+  :data:`~timevec.adapt.interpolation.EvaluateWeights`, exactly like interpolation: no combined vector is ever
+  materialised, and the tests check every list against a dense formula. The trend's list is the row
+  of the OLS hat matrix: cᵢ = 1/m + (t* − t̄)(tᵢ − t̄)/Σ(tᵢ − t̄)², so the same weights serve T5-3b.
+- **The held-out periods cannot leak.** Every vector read by a forecast goes through
+  :func:`past_only`, which raises :class:`HeldOutError` for any period that is not a past period;
+  λ is chosen on p_n's validation split (p_n's labels exist when p* begins) and nothing else; only
+  the ``in_period`` oracle row reads a held-out vector, through its own ``load_oracle`` (or the
+  cells table), and its ``selection`` says "oracle".
+- **Baselines come from the all-pairs table when it holds them** (``known``, as
+  :func:`timevec.adapt.interpolation.period_baselines`): base, latest and in_period on p*'s test split are cells
+  (base, p*), (p_n, p*), (p*, p*); only what is absent is evaluated.
+- **One work item is one (task, granularity, method)** over its held-out periods: λ is chosen once,
+  and periods whose coefficients coincide (latest, ema, soup, scaled_latest) share one evaluation.
+  Rows are keyed by :data:`~timevec.results.FORECAST_KEY` (task, granularity, method, target,
+  horizon, history), so a re-run skips what the table holds, and a changed horizon or trend window
+  (a different history) is recomputed; a changed β or λ grid is not detected (remove the table).
+
+Ray-free; the Ray stage is :mod:`timevec.distributed.forecast`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term, task_higher, task_metric, value_of
+from timevec.config import ConfigError
+from timevec.data.periods import Period, sort_periods
+from timevec.evaluate.gains import better, gain, gain_pct
+from timevec.evaluate.metrics import EvalSplit
+from timevec.results import FORECAST_KEY
+
+if TYPE_CHECKING:
+    from timevec.config import ExperimentConfig, ForecastConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BASELINES",
+    "FORECASTS",
+    "ForecastItem",
+    "ForecastParams",
+    "HeldOutError",
+    "ORACLE",
+    "PAST_ONLY",
+    "check_horizon",
+    "choose_scale",
+    "evaluate_item",
+    "forecast_coefficients",
+    "forecast_done",
+    "forecast_terms",
+    "history_of",
+    "past_only",
+    "plan_forecast",
+    "split_history",
+]
+
+#: Methods that see only the past; ``latest`` is also the reference of every gain.
+FORECASTS = ("latest", "taylor", "trend", "ema", "scaled_latest", "uniform_soup")
+#: The other rows of every forecast table: θ_pre, and the held-out period's own vector (oracle).
+BASELINES = ("base", "in_period")
+PAST_ONLY, ORACLE = "past-only", "oracle"
+
+
+class HeldOutError(RuntimeError):
+    """A forecast asked for a vector that is not a past period's: a bug, never a user error."""
+
+
+@dataclass(frozen=True)
+class ForecastParams:
+    """The settings of the methods (``forecast`` of the config) and, once chosen, scaled_latest's λ."""
+
+    trend_window: int = 3
+    ema_decay: float = 0.5
+    lambdas: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
+    scale: float | None = None
+
+    @classmethod
+    def from_config(cls, config: ForecastConfig) -> ForecastParams:
+        return cls(config.trend_window, config.ema_decay, tuple(config.lambdas))
+
+
+# ----------------------------------------------------------------------------- history and held-out periods
+
+
+def split_history(periods: Sequence[str], horizon: int, granularity: str = "") -> tuple[list[str], list[str]]:
+    """(past periods, held-out periods): the last ``horizon`` periods are held out.
+
+    At least two past periods must remain (the trend and the Taylor step need two vectors): otherwise
+    a :class:`~timevec.config.ConfigError` that names ``forecast.horizon`` and the period count.
+    """
+    ordered = sort_periods(periods)
+    n = len(ordered)
+    if n - horizon < 2:
+        span = f" ({ordered[0]}–{ordered[-1]})" if ordered else ""
+        kind = f"{granularity} " if granularity else ""
+        raise ConfigError(
+            f"forecast.horizon = {horizon} holds out {min(horizon, n)} of the {n} {kind}period(s){span} and leaves "
+            f"{max(n - horizon, 0)} past period(s); forecasting needs at least 2: lower forecast.horizon or add periods"
+        )
+    return ordered[:-horizon], ordered[-horizon:]
+
+
+def check_horizon(config: ExperimentConfig) -> None:
+    """:func:`split_history` for every configured granularity (the forecast stage's precondition)."""
+    for granularity in config.granularities:
+        split_history(config.period_list(granularity), config.forecast.horizon, granularity)
+
+
+def past_only(load_vector: LoadVector, past: Sequence[str], what: str = "forecast") -> LoadVector:
+    """``load_vector`` restricted to ``past``: any other period raises :class:`HeldOutError`."""
+    allowed = frozenset(past)
+
+    def load(period: str) -> Any:
+        if period not in allowed:
+            raise HeldOutError(f"{what}: read of the vector of {period}, which is not a past period ({', '.join(past)})")
+        return load_vector(period)
+
+    return load
+
+
+# ----------------------------------------------------------------------------- the methods
+
+
+def _steps(a: str, b: str) -> int:
+    return Period.parse(a).distance(b)
+
+
+def forecast_coefficients(method: str, past: Sequence[str], target: str, params: ForecastParams) -> list[tuple[float, str]]:
+    """The forecast of ``target`` as ``[(cᵢ, past period)]``, in time order (module table).
+
+    ``past`` are the stored past periods; ``target`` must come after the last of them.
+    """
+    past = sort_periods(past)
+    if not past:
+        raise ValueError(f"{method}: no past vector to forecast {target} from")
+    last = past[-1]
+    h = _steps(last, target)
+    if h <= 0:
+        raise ValueError(f"{method}: target {target} is not after the last past period {last}")
+    if method in ("taylor", "trend", "scaled_latest") and len(past) < 2:
+        raise ValueError(f"{method} needs two past vectors, got {past}")
+    if method == "latest":
+        return [(1.0, last)]
+    if method == "taylor":
+        ratio = h / _steps(past[-2], last)
+        return [(-ratio, past[-2]), (1.0 + ratio, last)]
+    if method == "trend":
+        window = past[-params.trend_window:]
+        t = [float(_steps(window[0], p)) for p in window]
+        t_star = float(_steps(window[0], target))
+        mean = sum(t) / len(t)
+        spread = sum((ti - mean) ** 2 for ti in t)
+        return [(1.0 / len(t) + (t_star - mean) * (ti - mean) / spread, p) for ti, p in zip(t, window)]
+    if method == "ema":
+        weights = [params.ema_decay ** _steps(p, last) for p in past]
+        total = sum(weights)
+        return [(w / total, p) for w, p in zip(weights, past)]
+    if method == "scaled_latest":
+        if params.scale is None:
+            raise ValueError("scaled_latest: λ has not been chosen (choose_scale)")
+        return [(float(params.scale), last)]
+    if method == "uniform_soup":
+        return [(1.0 / len(past), p) for p in past]
+    raise ValueError(f"unknown forecast method {method!r} (known: {', '.join(FORECASTS)})")
+
+
+def forecast_terms(
+    method: str, past_periods: Sequence[str], target: str, load_vector: LoadVector, params: ForecastParams
+) -> list[Term]:
+    """:func:`forecast_coefficients` with each period's vector read by ``load_vector``."""
+    return [(c, load_vector(p)) for c, p in forecast_coefficients(method, past_periods, target, params)]
+
+
+def history_of(method: str, past: Sequence[str], target: str, params: ForecastParams) -> str:
+    """The ``history`` column: the past periods a row was built from, comma-joined.
+
+    scaled_latest also used τ_{n−1} (to choose λ); base none; in_period only the target itself.
+    """
+    past = sort_periods(past)
+    if method == "base":
+        return ""
+    if method == "in_period":
+        return str(target)
+    if method == "scaled_latest":
+        return ",".join(past[-2:])
+    return ",".join(p for _, p in forecast_coefficients(method, past, target, replace(params, scale=1.0)))
+
+
+def _param(method: str, past: Sequence[str], params: ForecastParams) -> float:
+    if method == "trend":
+        return float(min(params.trend_window, len(past)))
+    if method == "ema":
+        return float(params.ema_decay)
+    if method == "scaled_latest" and params.scale is not None:
+        return float(params.scale)
+    return math.nan
+
+
+def choose_scale(
+    evaluate_weights: EvaluateWeights,
+    load_vector: LoadVector,
+    past: Sequence[str],
+    validation: EvalSplit,
+    lambdas: Sequence[float],
+    higher: bool,
+) -> tuple[float, list[tuple[float, float]]]:
+    """scaled_latest's λ: the best λ·τ_{n−1} on p_n's validation split; returns (λ, [(λ, value)]).
+
+    The step from p_{n−1} to p_n is the last one whose outcome is known when p* begins, so it is the
+    one λ is fitted on. Ties keep the first (smallest) λ of the grid.
+    """
+    past = sort_periods(past)
+    if validation.period != past[-1] or validation.split != "validation":
+        raise ValueError(f"λ is chosen on {past[-1]}'s validation split, got {validation.period}'s {validation.split} split")
+    previous = load_vector(past[-2])
+    trace = [(float(lam), value_of(evaluate_weights([(float(lam), previous)], [validation]))) for lam in sorted(lambdas)]
+    best_lam, best = trace[0]
+    for lam, value in trace[1:]:
+        if better(value, best, higher):
+            best_lam, best = lam, value
+    return best_lam, trace
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class ForecastItem:
+    """One method (or baseline) of one (task, granularity) on the held-out periods still to evaluate."""
+
+    task: str
+    granularity: str
+    method: str
+    past: tuple[str, ...]  # the stored past periods, in order; the last is "latest"
+    targets: tuple[str, ...]
+    params: ForecastParams
+
+
+def _key(task: str, granularity: str, method: str, target: str, past: Sequence[str], params: ForecastParams) -> tuple:
+    return (task, granularity, method, str(target), int(_steps(past[-1], target)), history_of(method, past, target, params))
+
+
+def forecast_done(table: pd.DataFrame | None) -> set[tuple]:
+    """The :data:`~timevec.results.FORECAST_KEY` tuples present in a forecast table."""
+    if table is None or table.empty:
+        return set()
+    keys = table[FORECAST_KEY].astype({"target_period": str, "history": str}).astype({"horizon": "int64"})
+    return set(map(tuple, keys.itertuples(index=False, name=None)))
+
+
+def plan_forecast(
+    task: str,
+    granularity: str,
+    periods: Sequence[str],
+    stored: Sequence[str],
+    horizon: int,
+    params: ForecastParams,
+    methods: Sequence[str],
+    done: set[tuple] | None = None,
+) -> tuple[list[ForecastItem], str | None]:
+    """(items still to evaluate, a note when nothing can be forecast).
+
+    Past periods are the configured ones before the held-out ones that have a stored vector; the
+    in_period oracle is planned for held-out periods whose own vector is stored.
+    """
+    past_all, held_out = split_history(periods, horizon, granularity)
+    stored_set = set(stored)
+    past = tuple(p for p in past_all if p in stored_set)
+    if len(past) < 2:
+        return [], f"{task}/{granularity}: {len(past)} stored past vector(s) before {held_out[0]}, nothing to forecast"
+    done = done or set()
+    items = []
+    for method in ("base", "latest", "in_period", *(m for m in methods if m != "latest")):
+        targets = [t for t in held_out if method != "in_period" or t in stored_set]
+        missing = tuple(t for t in targets if _key(task, granularity, method, t, past, params) not in done)
+        if missing:
+            items.append(ForecastItem(task, granularity, method, past, missing, params))
+    return items, None
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _cell_values(
+    evaluate_weights: EvaluateWeights,
+    known: KnownValue | None,
+    source: str,
+    terms: Any,
+    targets: Sequence[str],
+    tests: Mapping[str, EvalSplit],
+) -> dict[str, float]:
+    """The value of one weight state on each target's test split: cells ``(source, target)`` when
+    ``known`` has them, the rest in one evaluation (``terms()`` is called only then)."""
+    values = {t: known(source, t) if known is not None else None for t in targets}
+    missing = [t for t, v in values.items() if v is None]
+    if missing:
+        rows = evaluate_weights(terms(), [tests[t] for t in missing])
+        values.update({t: value_of(rows, i) for i, t in enumerate(missing)})
+    return {t: float(v) for t, v in values.items()}
+
+
+def _evaluate_grouped(
+    evaluate_weights: EvaluateWeights,
+    load: LoadVector,
+    item: ForecastItem,
+    params: ForecastParams,
+    targets: Sequence[str],
+    tests: Mapping[str, EvalSplit],
+) -> dict[str, float]:
+    """Each target's forecast on its test split; targets with the same coefficients share one evaluation."""
+    groups: dict[tuple, list[str]] = {}
+    for t in targets:
+        groups.setdefault(tuple(forecast_coefficients(item.method, item.past, t, params)), []).append(t)
+    values: dict[str, float] = {}
+    for coefficients, members in groups.items():
+        terms = [(c, load(p)) for c, p in coefficients]
+        rows = evaluate_weights(terms, [tests[t] for t in members])
+        values.update({t: value_of(rows, i) for i, t in enumerate(members)})
+    return values
+
+
+def evaluate_item(
+    evaluate_weights: EvaluateWeights,
+    load_vector: LoadVector,
+    item: ForecastItem,
+    tests: Mapping[str, EvalSplit],
+    validation: Mapping[str, EvalSplit],
+    known: KnownValue | None = None,
+    load_oracle: LoadVector | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of :data:`~timevec.results.FORECAST_COLUMNS` for one item (one work item of the stage).
+
+    ``tests``: test splits by period (the held-out ones are used); ``validation``: validation splits
+    by period, of which only the last past period's is ever evaluated. ``load_vector`` is wrapped in
+    :func:`past_only`; ``load_oracle`` (any period) serves the in_period row alone, when ``known``
+    lacks its cell (without either, that row is left out).
+    """
+    label = f"forecast {item.task}/{item.granularity} {item.method}"
+    load = past_only(load_vector, item.past, label)
+    targets = [t for t in item.targets if t in tests]
+    for t in item.targets:
+        if t not in tests:
+            log.warning("%s: no test split of %s, no row", label, t)
+    if not targets:
+        return []
+    higher, latest = task_higher(item.task), item.past[-1]
+    params = item.params
+    if item.method == "scaled_latest":
+        split = validation.get(latest)
+        if split is None or split.n_examples == 0:
+            log.warning("%s: no validation split of %s to choose λ on, no row", label, latest)
+            return []
+        lam, trace = choose_scale(evaluate_weights, load, item.past, split, params.lambdas, higher)
+        log.info("%s: λ = %g chosen on %s validation (%s)", label, lam, latest, ", ".join(f"{a:g}: {v:.4g}" for a, v in trace))
+        params = replace(params, scale=lam)
+    reference = _cell_values(evaluate_weights, known, latest, lambda: [(1.0, load(latest))], targets, tests)
+    if item.method == "latest":
+        values = reference
+    elif item.method == "base":
+        values = _cell_values(evaluate_weights, known, "base", lambda: [], targets, tests)
+    elif item.method == "in_period":
+        values = {}
+        for t in targets:
+            value = known(t, t) if known is not None else None
+            if value is None and load_oracle is not None:
+                value = value_of(evaluate_weights([(1.0, load_oracle(t))], [tests[t]]))
+            if value is not None:
+                values[t] = float(value)
+    else:
+        values = _evaluate_grouped(evaluate_weights, load, item, params, targets, tests)
+    rows = []
+    for t in targets:
+        if t not in values:
+            continue
+        value = values[t]
+        rows.append({
+            "task": item.task, "granularity": item.granularity, "method": item.method,
+            "selection": ORACLE if item.method == "in_period" else PAST_ONLY, "target_period": t,
+            "horizon": _steps(latest, t), "history": history_of(item.method, item.past, t, params),
+            "param": _param(item.method, item.past, params), "split": "test", "metric": task_metric(item.task),
+            "value": value, "higher_is_better": higher,
+            "gain_vs_latest": gain(value, reference[t], higher), "gain_vs_latest_pct": gain_pct(value, reference[t], higher),
+        })
+    return rows

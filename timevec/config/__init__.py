@@ -1,0 +1,158 @@
+"""The experiment config: pydantic models loaded from YAML, every field validated.
+
+One file describes a whole study (base model, corpus, periods, tasks, training, store, Ray
+resources, evaluation and the α grids), so any stage can be re-run anywhere from the config and
+the store alone. Unknown keys are errors (``extra="forbid"``) because a misspelt key that is
+silently ignored is how a 300-run fleet trains with the wrong learning rate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from timevec.config.sections import (
+    TASKS,
+    BaseConfig,
+    CapConfig,
+    CorpusConfig,
+    LoraConfig,
+    PeriodRange,
+    PretrainConfig,
+    RayConfig,
+    SplitConfig,
+    StoreConfig,
+    Task,
+    TinyModel,
+    TrainingConfig,
+    _Strict,
+)
+from timevec.config.stages import (
+    AnalogyConfig,
+    EvaluationConfig,
+    ForecastConfig,
+    GroupsConfig,
+    InterpolationConfig,
+    MergeConfig,
+    ProbeConfig,
+)
+from timevec.data.periods import Granularity
+from timevec.errors import ConfigError
+
+__all__ = [
+    "TASKS", "AnalogyConfig", "BaseConfig", "CapConfig", "ConfigError", "CorpusConfig", "EvaluationConfig",
+    "ExperimentConfig", "ForecastConfig", "GroupsConfig", "InterpolationConfig", "LoraConfig", "MergeConfig",
+    "PeriodRange", "PretrainConfig", "ProbeConfig", "RayConfig", "SplitConfig", "StoreConfig", "Task", "TinyModel",
+    "TrainingConfig", "dump_config", "load_config",
+]
+
+
+class ExperimentConfig(_Strict):
+    """A whole study."""
+
+    name: str = Field("timevec", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 42
+    base: BaseConfig = BaseConfig()
+    corpus: CorpusConfig
+    granularities: list[Granularity] = Field(default_factory=lambda: ["year"])
+    periods: PeriodRange
+    month_periods: PeriodRange | None = Field(None, description="narrower year range for monthly runs")
+    tasks: list[Task] = Field(default_factory=lambda: ["lm"])
+    training: TrainingConfig = TrainingConfig()
+    store: StoreConfig = StoreConfig()
+    ray: RayConfig = RayConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    interpolation: InterpolationConfig = InterpolationConfig()
+    analogy: AnalogyConfig = AnalogyConfig()
+    merge: MergeConfig = MergeConfig()
+    forecast: ForecastConfig = ForecastConfig()
+    groups: GroupsConfig = GroupsConfig()
+    probe: ProbeConfig = ProbeConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if not self.granularities:
+            raise ValueError("granularities is empty")
+        if not self.tasks:
+            raise ValueError("tasks is empty")
+        if "year" in self.granularities and self.periods.has_month_bounds():
+            raise ValueError(f"periods: month bounds ({self.periods.start}, {self.periods.end}) are for monthly runs only; "
+                             "with granularity year give years here and the months in month_periods")
+        if "classification" in self.tasks and not self.corpus.label_column:
+            raise ValueError("tasks includes classification but corpus.label_column is not set")
+        if "summarization" in self.tasks and not (
+            self.corpus.summary_source_column and self.corpus.summary_target_column
+        ):
+            raise ValueError("tasks includes summarization but corpus.summary_source/target_column are not set")
+        for task in self.training.task_overrides:
+            if task not in TASKS:
+                raise ValueError(f"training.task_overrides.{task}: unknown task (expected one of {TASKS})")
+            self.training.for_task(task)
+        for granularity in self.training.granularity_overrides:
+            self.training.for_task(self.tasks[0], granularity)
+        return self
+
+    def period_list(self, granularity: Granularity) -> list[str]:
+        """The periods of one granularity that this study trains and tests on."""
+        if granularity == "month" and self.month_periods is not None:
+            return self.month_periods.periods("month")
+        return self.periods.periods(granularity)
+
+    def all_periods(self) -> list[str]:
+        return [p for g in self.granularities for p in self.period_list(g)]
+
+    def with_overrides(self, overrides: list[str]) -> ExperimentConfig:
+        """Apply ``dotted.key=value`` overrides (YAML values), re-validating everything."""
+        data = self.model_dump()
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key.path=value")
+            key, raw = item.split("=", 1)
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    if node.get(part) is None and part in node:
+                        node[part] = {}
+                    else:
+                        raise ConfigError(f"override {key!r}: {part!r} is not a section")
+                node = node[part]
+            node[parts[-1]] = yaml.safe_load(raw)
+        return _validate(data, "overrides")
+
+
+def _validate(data: Any, origin: str) -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the config must be a mapping, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"  {where}: {message}")
+        raise ConfigError(f"{origin}: invalid config\n" + "\n".join(problems)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load and validate a YAML config; errors name the file and each bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    config = _validate(data, str(path))
+    return config.with_overrides(overrides) if overrides else config
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The config as YAML (what a run's manifest records to be repeated)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,331 @@
+"""The config's input and resource sections: the base, the corpus, the periods, training, the store
+and Ray. Every section is a strict pydantic model: unknown keys are errors (``extra="forbid"``),
+because a misspelt key that is silently ignored is how a 300-run fleet trains with the wrong
+learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from timevec.data.periods import Granularity, Period, PeriodError, period_range
+from timevec.store.credentials import refuse_credentials
+
+Task = Literal["lm", "classification", "summarization"]
+TASKS: tuple[Task, ...] = ("lm", "classification", "summarization")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModel(_Strict):
+    """Sizes of the embedded tiny model (built from a config, no download)."""
+
+    d_model: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    d_ff: int = Field(256, ge=8)
+    max_positions: int = Field(256, ge=16, description="decoder-only context length")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class PretrainConfig(_Strict):
+    """The short 'pretraining' that turns the embedded tiny model into a real base."""
+
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_length: int = Field(128, ge=8)
+
+
+class BaseConfig(_Strict):
+    """The pretrained model θ_pre.
+
+    ``source: hub`` loads with the Auto classes from ``hub_id``: a Hugging Face model id
+    (``google-t5/t5-small``) or a local directory that ``save_pretrained`` wrote (the same
+    ``from_pretrained`` path either way), optionally one GGUF file in it (``gguf_file``,
+    dequantised on load). ``preset`` names a base that a pip package ships (see
+    :mod:`timevec.data.presets`; ``smollm2-135m-instruct``) and implies ``source: hub``. The store
+    records the base by its weights' fingerprint and a portable ``name`` (default: the preset's
+    name, the hub id, or a local directory's folder name), never by a local path.
+    """
+
+    source: Literal["embedded", "hub"] = "embedded"
+    arch: Literal["t5", "gpt2"] = Field("t5", description="embedded architecture: encoder-decoder or decoder-only")
+    hub_id: str | None = Field(
+        None, description="Hugging Face model id (google-t5/t5-small) or a local save_pretrained directory (source: hub)"
+    )
+    revision: str | None = None
+    gguf_file: str | None = Field(None, description="a GGUF file inside hub_id to load (dequantised), e.g. model.Q4_1.gguf")
+    preset: str | None = Field(None, description="a packaged base, e.g. smollm2-135m-instruct (implies source: hub)")
+    name: str | None = Field(None, description="portable base name recorded in the store; default from preset/hub_id")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the base is loaded and fine-tuned in (the store keeps its own store.dtype)"
+    )
+    tiny: TinyModel = TinyModel()
+    pretrain: PretrainConfig = PretrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_is_hub(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") and "source" not in data:
+            data = {**data, "source": "hub"}
+        return data
+
+    @field_validator("hub_id")
+    @classmethod
+    def _absolute_local_dir(cls, value: str | None) -> str | None:
+        # Tune runs each trial in its own working directory: a relative folder would name another one there
+        if value is None:
+            return value
+        from timevec.data.presets import looks_local
+
+        return os.path.abspath(os.path.expanduser(value)) if looks_local(value) else value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        from timevec.data.presets import PRESETS
+
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r} (known: {', '.join(sorted(PRESETS))})")
+        return value
+
+    @model_validator(mode="after")
+    def _hub_needs_id(self) -> BaseConfig:
+        if self.preset and self.source != "hub":
+            raise ValueError("base.preset needs base.source 'hub' (or leave source out)")
+        if self.preset and (self.hub_id or self.gguf_file):
+            raise ValueError("give base.preset or base.hub_id/gguf_file, not both")
+        if self.source == "hub" and not (self.hub_id or self.preset):
+            raise ValueError("base.hub_id (or base.preset) is required when base.source is 'hub'")
+        if self.source == "embedded" and (self.hub_id or self.gguf_file):
+            raise ValueError("base.hub_id/gguf_file are for base.source 'hub'")
+        return self
+
+
+class SplitConfig(_Strict):
+    """Fractions of each period's rows held out; the rest is train."""
+
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _leave_train(self) -> SplitConfig:
+        if self.validation + self.test >= 1.0:
+            raise ValueError(f"split.validation + split.test = {self.validation + self.test} leaves no train rows")
+        return self
+
+
+class CapConfig(_Strict):
+    """Per-period row caps (after splitting); null means no cap."""
+
+    train: int | None = Field(None, ge=1)
+    validation: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+
+
+class CorpusConfig(_Strict):
+    """Where dated records come from and which columns mean what."""
+
+    source: str = Field(..., description="'demo:trump_tweets' or a file URL/path (Parquet, JSONL, CSV; .gz ok)")
+    format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
+    text_column: str = "text"
+    date_column: str = "date"
+    label_column: str | None = None
+    summary_source_column: str | None = Field(None, description="summarisation input column, e.g. body")
+    summary_target_column: str | None = Field(None, description="summarisation target column, e.g. subject")
+    key_column: str | None = Field(None, description="stable row key for the split hash; default: hash of date+text")
+    bad_dates: Literal["report", "reject"] = Field(
+        "report", description="rows with missing/unparseable dates: count and report them, or fail"
+    )
+    min_rows_per_period: int = Field(1, ge=1, description="a period with fewer rows is an error")
+    split: SplitConfig = SplitConfig()
+    caps: CapConfig = CapConfig()
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options; never credentials")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return refuse_credentials(value)
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="default: peft's choice for the architecture")
+    store: Literal["dense", "factors"] = Field(
+        "dense",
+        description="how τ is stored: 'dense' (merged, the reference protocol and every existing store) or "
+        "'factors' (B, A and α/r per target module, the low-rank kind: timevec.weights.lowrank)",
+    )
+
+
+class TrainingConfig(_Strict):
+    """Hyper-parameters of one fine-tune (one per (task, period))."""
+
+    lr: float = Field(8e-4, gt=0)
+    steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(128, ge=8)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "linear"] = "linear"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 42
+    seeds: list[int] | None = Field(
+        None, description="seed replicates: the study once per seed, each in <store.url>/seeds/<seed> (timevec.train.replicates)"
+    )
+    checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (resume points)")
+    lora: LoraConfig | None = None
+    task_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-task overrides of any field above, e.g. {classification: {epochs: 3}}"
+    )
+    granularity_overrides: dict[Granularity, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-granularity overrides applied after the task's, e.g. {month: {steps: 40}} (a month has ~1/12 of a year's text)",
+    )
+    mode: Literal["independent", "continual"] = Field(
+        "independent",
+        description="continual: the run for period t starts from θ_pre + τ_{t−1} (timevec.train.continual); τ_t is still θ_t − θ_pre",
+    )
+    replay: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="continual only: replay round(replay·n_t) training examples drawn from the earlier periods of the chain",
+    )
+
+    @model_validator(mode="after")
+    def _continual_settings(self) -> TrainingConfig:
+        if not math.isfinite(self.replay):
+            raise ValueError(f"training.replay must be a finite fraction in [0, 1] (got {self.replay})")
+        if self.replay > 0 and self.mode != "continual":
+            raise ValueError(f"training.replay {self.replay} needs training.mode: continual (got mode {self.mode!r})")
+        for where, overrides in (("task_overrides", self.task_overrides), ("granularity_overrides", self.granularity_overrides)):
+            for key, fields in overrides.items():
+                if "mode" in fields:
+                    raise ValueError(f"training.{where}.{key}.mode: the mode is one per study (its store), not per task")
+        return self
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"training.seeds must be distinct seeds, at least one (got {seeds})")
+        return seeds
+
+    def for_task(self, task: str, granularity: Granularity | None = None) -> TrainingConfig:
+        """The settings of one run: this config with the task's, then the granularity's overrides."""
+        overrides = {**self.task_overrides.get(task, {}), **(self.granularity_overrides.get(granularity, {}) if granularity else {})}
+        if not overrides:
+            return self
+        data = self.model_dump()
+        data.update(overrides)
+        data["task_overrides"] = {}
+        data["granularity_overrides"] = {}
+        return TrainingConfig.model_validate(data)
+
+
+class StoreConfig(_Strict):
+    url: str = "./runs/demo"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    target_shard_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="shard plan: bytes per shard")
+    checksum: Literal["xxh3_128", "sha256"] = Field(
+        "xxh3_128", description="checksum of new shards (readers follow each manifest; old ones say sha256)"
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://...}; never credentials"
+    )
+    lease_seconds: float = Field(
+        120.0, gt=0, description="a writing driver's store lease expires this long after its last renewal (ARCHITECTURE §3)"
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return refuse_credentials(value)
+
+
+class RayConfig(_Strict):
+    """How the distributed stages use Ray."""
+
+    address: str | None = Field(None, description="None: attach to RAY_ADDRESS or start a local cluster")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster started by timevec")
+    storage_path: str | None = Field(None, description="Train/Tune storage; default <store>/ray")
+    cpus_per_run: float = Field(1.0, gt=0)
+    gpus_per_run: float = Field(0.0, ge=0)
+    workers_per_run: int = Field(0, ge=0, description="0: train inside the Tune trial; >=1: a TorchTrainer per run")
+    max_concurrent_runs: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0)
+    eval_actors: int = Field(2, ge=1)
+    cpus_per_eval_actor: float = Field(1.0, gt=0)
+    gpus_per_eval_actor: float = Field(0.0, ge=0)
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per run/actor on CPU")
+    eval_actor_memory_mb: float | None = Field(
+        None, gt=0, description="cap (MiB of private writable memory, RLIMIT_DATA) on what an evaluation actor may map beyond "
+        "θ_pre and the splits once loaded; an item over it is retried on a restarted actor, then reported (ARCHITECTURE §4); None: no cap",
+    )
+    eval_actor_memory_kind: Literal["data", "cgroup"] = Field(
+        "data", description="how eval_actor_memory_mb is enforced: 'data' (RLIMIT_DATA: an allocation over it fails, the "
+        "item is retried, then reported) or 'cgroup' (a memory cgroup per actor: the kernel's OOM killer kills the actor, "
+        "as a container limit does; needs a writable cgroup filesystem)",
+    )
+    autoscaling: bool = Field(
+        False, description="the cluster adds nodes on demand: do not fail fast when no current node fits a run or actor"
+    )
+    dashboard: bool = Field(False, description="a local cluster starts Ray's dashboard (its URL is logged); costs seconds at start")
+    report_interval_s: float = Field(
+        0.5, ge=0, description="a fleet run reports its per-step metrics at most this often (checkpoints always); 0: every step"
+    )
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute_local_path(cls, value: str | None) -> str | None:
+        # Tune runs each trial in its own working directory: a relative folder would name another one there
+        if value is None or "://" in value:
+            return value
+        return os.path.abspath(os.path.expanduser(value))
+
+
+class PeriodRange(_Strict):
+    """Bounds are years (whole years of periods) or, for monthly runs only, months ("2017-03"), so
+    that a monthly study can be extended one month at a time (ARCHITECTURE §12)."""
+
+    start: str
+    end: str
+
+    @field_validator("start", "end")
+    @classmethod
+    def _valid_year(cls, value: str) -> str:
+        try:
+            period = Period.parse(str(value))
+        except PeriodError as exc:
+            raise ValueError(str(exc)) from None
+        return str(period)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PeriodRange:
+        try:
+            self.periods("month")
+        except PeriodError:
+            raise ValueError(f"periods.end {self.end} is before periods.start {self.start}") from None
+        return self
+
+    def has_month_bounds(self) -> bool:
+        return Period.parse(self.start).granularity == "month" or Period.parse(self.end).granularity == "month"
+
+    def periods(self, granularity: Granularity) -> list[str]:
+        """Every period of ``granularity`` between the bounds (whole years, or from/to a month bound)."""
+        if granularity == "year":
+            return [str(p) for p in period_range(self.start, self.end)]
+        first = self.start if Period.parse(self.start).granularity == "month" else f"{self.start}-01"
+        last = self.end if Period.parse(self.end).granularity == "month" else f"{self.end}-12"
+        return [str(p) for p in period_range(first, last)]
+

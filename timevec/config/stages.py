@@ -1,0 +1,216 @@
+"""The config's stage sections: evaluation, interpolation, analogy, merge methods, forecasts,
+probes and group swaps — what each later stage computes and on which grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from timevec.config.sections import Task, _Strict
+from timevec.data.periods import Period, PeriodError
+
+
+class EvaluationConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    max_examples: int | None = Field(None, ge=1, description="cap per test split")
+    max_length: int = Field(128, ge=8)
+    summary_max_new_tokens: int = Field(48, ge=1)
+    bootstrap_samples: int = Field(
+        1000, ge=0, description="bootstrap resamples of the test examples per cell (timevec.evaluate.bootstrap); 0: off, NaN bounds"
+    )
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="confidence of the cells' bootstrap intervals")
+    bootstrap_seed: int = Field(0, ge=0, description="seed of the resample indices (shared by every cell of a split)")
+
+
+def _alpha_grid(start: float, stop: float, step: float) -> list[float]:
+    n = int(round((stop - start) / step))
+    return [round(start + i * step, 10) for i in range(n + 1)]
+
+
+class InterpolationConfig(_Strict):
+    alphas: list[float] = Field(default_factory=lambda: _alpha_grid(0.0, 1.0, 0.1))
+    soup_max_distance: int | None = Field(
+        None, ge=1, description="greedy soups try vectors at most this many periods away; None: every stored vector"
+    )
+
+    @field_validator("alphas")
+    @classmethod
+    def _in_unit(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("interpolation.alphas is empty")
+        bad = [a for a in value if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"interpolation.alphas must lie in [0, 1]; got {bad}")
+        return sorted(set(value))
+
+
+class AnalogyConfig(_Strict):
+    task: Task = "classification"
+    alpha1: list[float] = Field(default_factory=lambda: _alpha_grid(0.6, 2.2, 0.2))
+    alpha2: list[float] = Field(default_factory=lambda: _alpha_grid(0.1, 0.6, 0.1))
+    alpha3: list[float] = Field(default_factory=lambda: _alpha_grid(0.1, 0.6, 0.1))
+    searcher: Literal["grid", "optuna"] = "grid"
+    num_samples: int = Field(40, ge=1, description="trials for the optuna searcher")
+    source_periods: list[str] | None = Field(None, description="j; default: the first period")
+    max_concurrent_trials: int = Field(2, ge=1)
+
+    @field_validator("source_periods")
+    @classmethod
+    def _valid_periods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        try:
+            return [str(Period.parse(str(p))) for p in value]
+        except PeriodError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("alpha1", "alpha2", "alpha3")
+    @classmethod
+    def _finite_nonneg(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("an analogy α list is empty")
+        bad = [a for a in value if not (0.0 <= a <= 10.0)]
+        if bad:
+            raise ValueError(f"analogy α values must lie in [0, 10]; got {bad}")
+        return value
+
+
+MergeMethodName = Literal["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+SignMethod = Literal["total", "frequency"]
+
+
+class MergeConfig(_Strict):
+    """How combinations of ≥ 2 vectors are merged (soups, interpolation, analogies, forecasts).
+
+    The methods are ``peft.utils.merge_utils``'s, applied tensor by tensor (:mod:`timevec.weights.merging`);
+    single vectors and the base are never merged. ``density``: fraction of each tensor the
+    pruning methods keep; ``seed``: DARE's seed (default: the experiment's ``seed``).
+    """
+
+    method: MergeMethodName = "task_arithmetic"
+    density: float = Field(0.5, gt=0.0, le=1.0, description="ties / dare_* / magnitude_prune: fraction of each tensor kept")
+    majority_sign_method: SignMethod = Field("total", description="ties / dare_ties: sign election by total mass or by count")
+    seed: int | None = Field(None, description="dare_*: seed of the drop masks; default: the experiment seed")
+
+
+#: The forecast methods a config can choose (the baselines base, latest and in_period are always evaluated).
+ForecastMethod = Literal["taylor", "trend", "ema", "scaled_latest", "uniform_soup"]
+FORECAST_METHODS: tuple[ForecastMethod, ...] = ("taylor", "trend", "ema", "scaled_latest", "uniform_soup")
+
+
+class ForecastConfig(_Strict):
+    """The forecast stage: hold out the last ``horizon`` periods, predict their weights from earlier vectors.
+
+    Whether the horizon leaves at least two past periods depends on the periods of each
+    granularity; the forecast stage checks it when it starts (:func:`timevec.adapt.forecast.split_history`),
+    so a short study still loads for its other stages.
+    """
+
+    horizon: int = Field(2, ge=1, description="H: the last H periods of each granularity are held out and forecast")
+    trend_window: int = Field(3, ge=2, description="m: the trend is a least-squares line through the last m past vectors")
+    ema_decay: float = Field(0.5, gt=0.0, lt=1.0, description="β: the EMA weighs a vector k periods old by β^k")
+    lambdas: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5],
+                                 description="the grid of λ for scaled_latest (λ·τ_latest), chosen on the past")
+    methods: list[ForecastMethod] = Field(default_factory=lambda: list(FORECAST_METHODS))
+
+    @field_validator("lambdas")
+    @classmethod
+    def _positive_finite(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("forecast.lambdas is empty")
+        bad = [v for v in value if not 0.0 < v <= 10.0]  # NaN fails too
+        if bad:
+            raise ValueError(f"forecast.lambdas must lie in (0, 10]; got {bad}")
+        return sorted(set(value))
+
+    @field_validator("methods")
+    @classmethod
+    def _some_methods(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("forecast.methods is empty")
+        return list(dict.fromkeys(value))
+
+
+#: What one text's hidden states are pooled to: the last real token, or the mean over the attention mask.
+Pooling = Literal["last", "mean"]
+
+
+class ProbeConfig(_Strict):
+    """Linear time probes (:mod:`timevec.analyze.probe`): ridge regression from hidden states to each text's date.
+
+    Texts come from the validation and test splits of every period (never what a vector was
+    fine-tuned on); ``test_fraction`` of them, stratified by period and drawn with ``seed``, are
+    held out from the probe's fit. ``layers``: indices into ``output_hidden_states`` (0 = the
+    embeddings; default: every layer). ``tasks``: whose stored vectors give the tuned models.
+    """
+
+    texts_per_period: int = Field(200, ge=4, description="texts drawn per period (from its validation + test splits)")
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of each period's texts held out from the fit")
+    layers: list[int] | None = Field(None, description="hidden-state indices (0 = embeddings); default: all")
+    poolings: list[Pooling] = Field(default_factory=lambda: ["last", "mean"])
+    alphas: list[float] = Field(default_factory=lambda: [round(10.0 ** (k / 2), 6) for k in range(-6, 11)],
+                                description="RidgeCV's grid (default 10^-3 … 10^5, half decades)")
+    tasks: list[Task] = Field(default_factory=lambda: ["lm"], description="tasks whose vectors are probed")
+    batch_size: int = Field(32, ge=1)
+    max_length: int | None = Field(None, ge=8, description="tokens per text; default: evaluation.max_length")
+    seed: int | None = Field(None, description="text draw and held-out split; default: the experiment seed")
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) < 0 or len(set(value)) != len(value)):
+            raise ValueError(f"probe.layers must be distinct indices >= 0, at least one (got {value})")
+        return value
+
+    @field_validator("poolings", "tasks")
+    @classmethod
+    def _some(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("is empty")
+        return list(dict.fromkeys(value))
+
+    @field_validator("alphas")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        bad = [a for a in value if not 0.0 < a < 1e12]  # NaN fails too
+        if not value or bad:
+            raise ValueError(f"probe.alphas must be positive and finite, at least one (bad: {bad or 'empty'})")
+        return sorted(set(value))
+
+
+class GroupsConfig(_Strict):
+    """Where in the weights time lives (:mod:`timevec.analyze.weight_groups`, :mod:`timevec.adapt.group_swaps`).
+
+    ``analyze``: per parameter group and layer, the norms, cosines and r(cosine, degradation) in the
+    analyze stage (one extra streaming pass over the vectors, no evaluation). ``swaps``: the
+    ``groups`` stage evaluates τ_j with each group from τ_k on k, for ``pairs`` (default: the first
+    and the last period of each granularity, both ways) of ``tasks`` (default: every task) — one
+    evaluation per (pair, group).
+    """
+
+    analyze: bool = True
+    swaps: bool = False
+    pairs: list[tuple[str, str]] | None = Field(None, description="(j, k) periods; default: first↔last")
+    tasks: list[Task] | None = Field(None, description="tasks whose vectors are swapped; default: every task")
+    groups: list[str] | None = Field(None, description="groups to swap; default: every group the base has")
+
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _pairs_as_text(cls, value: Any) -> Any:
+        # YAML reads [[2012, 2017]] as numbers; periods are strings everywhere
+        if isinstance(value, list):
+            return [[str(p) for p in pair] if isinstance(pair, (list, tuple)) else pair for pair in value]
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _known_groups(cls, value: list[str] | None) -> list[str] | None:
+        from timevec.weights.param_groups import GROUPS
+
+        bad = [g for g in value or [] if g not in GROUPS]
+        if bad:
+            raise ValueError(f"unknown group(s) {bad}; choose from {list(GROUPS)}")
+        return value
+

@@ -1,0 +1,456 @@
+"""Metrics of one weight state on one test split: perplexity, macro-F1, ROUGE-L.
+
+Two halves, on purpose:
+
+- :func:`prepare_split` turns one period's test rows into token ids ONCE. The all-pairs matrix
+  evaluates every test split under every vector, so tokenising per cell would repeat the same work
+  N times; an :class:`EvalSplit` is a plain picklable value that the cell stage puts in Ray's
+  object store and every evaluation actor shares.
+- :func:`evaluate` runs the model over a prepared split. It is deterministic (``model.eval()``,
+  ``torch.inference_mode``, a fixed batch order), so two evaluations of the same weights give the
+  same number and the matrix can be resumed cell by cell without mixing noise into it.
+
+The metric helpers (:func:`macro_f1`, :func:`rouge_l`) are pure functions of strings so that
+tests can check them against hand-computed values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from timevec.config import EvaluationConfig
+from timevec.data.corpus import Corpus, Split
+from timevec.data.models import (
+    IGNORE,
+    Example,
+    collate,
+    is_encoder_decoder,
+    prompt_examples,
+    token_losses,
+)
+from timevec.evaluate import bootstrap
+from timevec.train.loop import task_examples
+
+log = logging.getLogger(__name__)
+
+#: metric name and direction of each task (the ``metric`` column of the cells table)
+METRICS: dict[str, tuple[str, bool]] = {
+    "lm": ("perplexity", False),
+    "classification": ("macro_f1", True),
+    "summarization": ("rougeL", True),
+}
+
+
+class EvaluationError(ValueError):
+    """A split that cannot be evaluated (empty, wrong architecture, missing tokenizer)."""
+
+
+# ----------------------------------------------------------------------------- metric helpers
+
+
+def macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
+    """Macro-averaged F1 over the labels present in ``gold ∪ pred``.
+
+    The same definition as ``sklearn.metrics.f1_score(gold, pred, average="macro")``: per label
+    F1 = 2·TP / (2·TP + FP + FN), unweighted mean over the union of labels (a label that is only
+    ever predicted counts with F1 = 0). Computed by hand so the library needs no scikit-learn.
+    """
+    if len(gold) != len(pred):
+        raise ValueError(f"macro_f1: {len(gold)} gold labels but {len(pred)} predictions")
+    if not gold:
+        return 0.0
+    labels = sorted(set(gold) | set(pred))
+    scores = []
+    for label in labels:
+        tp = sum(1 for g, p in zip(gold, pred) if g == label and p == label)
+        fp = sum(1 for g, p in zip(gold, pred) if g != label and p == label)
+        fn = sum(1 for g, p in zip(gold, pred) if g == label and p != label)
+        denominator = 2 * tp + fp + fn
+        scores.append(2 * tp / denominator if denominator else 0.0)
+    return sum(scores) / len(scores)
+
+
+_ROUGE_SCORERS: dict[bool, object] = {}
+
+
+def rouge_l(references: Sequence[str], hypotheses: Sequence[str], use_stemmer: bool = True) -> float:
+    """Mean ROUGE-L F-measure (``rouge-score``, sentence-level LCS) over pairs, in [0, 1].
+
+    Stemming is on by default, as in Hugging Face's summarisation scripts; an empty hypothesis
+    scores 0.
+    """
+    scores = rouge_l_scores(references, hypotheses, use_stemmer)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def rouge_l_scores(references: Sequence[str], hypotheses: Sequence[str], use_stemmer: bool = True) -> list[float]:
+    """The ROUGE-L F-measure of each (reference, hypothesis) pair (:func:`rouge_l` is their mean)."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"rouge_l: {len(references)} references but {len(hypotheses)} hypotheses")
+    scorer = _ROUGE_SCORERS.get(use_stemmer)
+    if scorer is None:
+        from rouge_score import rouge_scorer
+
+        scorer = _ROUGE_SCORERS[use_stemmer] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+    return [scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, hypotheses)]
+
+
+# ----------------------------------------------------------------------------- test splits
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One period's tokenised test split for one task, ready for :func:`evaluate`.
+
+    ``examples`` are what the model scores: LM blocks (lm); every (text, candidate label) pair in
+    row-major order, ``len(gold) × len(candidates)`` of them (classification); for summarisation
+    the (prompt, reference) pairs, whose ``input_ids`` are also the generation prompts for an
+    encoder-decoder model. ``prompts`` are the decoder-only generation prompts (the text up to the
+    ``=>`` separator, truncated to leave room for ``summary_max_new_tokens``).
+    """
+
+    task: str
+    period: str
+    encoder_decoder: bool
+    pad_id: int
+    eos_id: int
+    examples: tuple[Example, ...]
+    split: str = "test"  # or "validation" (selection in the α searches and soups)
+    candidates: tuple[str, ...] = ()
+    gold: tuple[str, ...] = ()
+    prompts: tuple[tuple[int, ...], ...] = ()
+    references: tuple[str, ...] = ()
+    n_rows: int = 0
+
+    @property
+    def n_examples(self) -> int:
+        """Evaluated units: LM blocks, classified texts, or summarised documents."""
+        if self.task == "classification":
+            return len(self.gold)
+        if self.task == "summarization":
+            return len(self.references)
+        return len(self.examples)
+
+
+def spread(n: int, cap: int | None) -> list[int]:
+    """``cap`` indices out of ``range(n)``, evenly spaced (all of them when ``cap`` is None or ≥ n).
+
+    The cap keeps a spread over the whole period instead of its first weeks, so a monthly or
+    seasonal signal is not cut away; it depends on nothing but ``n`` and ``cap`` (deterministic).
+    """
+    if cap is None or n <= cap:
+        return list(range(n))
+    return [(i * n) // cap for i in range(cap)]
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prepare_split(
+    task: str,
+    corpus: Corpus,
+    period: str,
+    tokenizer: PreTrainedTokenizerBase,
+    encoder_decoder: bool,
+    eval_cfg: EvaluationConfig,
+    labels: Sequence[str] | None = None,
+    split: Split = "test",
+) -> EvalSplit:
+    """Tokenise the test split of one period for ``task``, capped at ``eval_cfg.max_examples``.
+
+    ``split="validation"`` prepares the validation rows the same way: the α searches and soups
+    select on validation and report on test, and must not see a difference in formatting.
+
+    Formatting is the training formatting (:func:`timevec.train.loop.task_examples` and
+    :func:`timevec.data.models.prompt_examples`), so a fine-tuned model is evaluated on exactly the
+    kind of sequence it was trained on. Classification candidates default to every label of the
+    corpus (sorted), the same for every period, so a label that is rare in one year can still be
+    predicted there.
+    """
+    if task not in METRICS:
+        raise EvaluationError(f"unknown task {task!r} (expected one of {sorted(METRICS)})")
+    max_length = eval_cfg.max_length
+    common = dict(task=task, period=period, split=split, encoder_decoder=encoder_decoder, pad_id=tokenizer.pad_token_id,
+                  eos_id=tokenizer.eos_token_id)
+    if task == "lm":
+        blocks = task_examples("lm", corpus, period, split, tokenizer, encoder_decoder, max_length)
+        keep = spread(len(blocks), eval_cfg.max_examples)
+        prepared = EvalSplit(examples=tuple(blocks[i] for i in keep), n_rows=len(corpus.rows(period, split)), **common)
+    elif task == "classification":
+        rows = corpus.rows(period, split)
+        rows = rows[rows["label"].notna()]
+        rows = rows.iloc[spread(len(rows), eval_cfg.max_examples)]
+        if labels is None:
+            labels = corpus.records["label"].dropna().astype(str).unique().tolist()
+        candidates = tuple(sorted(set(map(str, labels))))
+        if not candidates:
+            raise EvaluationError(f"classification on {period}: the corpus has no labels")
+        texts = rows["text"].tolist()
+        sources = [t for t in texts for _ in candidates]
+        targets = [c for _ in texts for c in candidates]
+        longest = max(len(_ids(tokenizer, c)) for c in candidates) + 1  # + EOS
+        examples = prompt_examples(sources, targets, tokenizer, encoder_decoder, max_length, "classify", longest)
+        prepared = EvalSplit(examples=tuple(examples), candidates=candidates, gold=tuple(rows["label"].astype(str)),
+                          n_rows=len(rows), **common)
+    else:
+        rows = corpus.rows(period, split)
+        rows = rows[(rows["summary_source"].fillna("").str.strip() != "") & (rows["summary_target"].fillna("").str.strip() != "")]
+        rows = rows.iloc[spread(len(rows), eval_cfg.max_examples)]
+        sources, references = rows["summary_source"].tolist(), rows["summary_target"].tolist()
+        examples = prompt_examples(sources, references, tokenizer, encoder_decoder, max_length, "summarize")
+        prompts: list[tuple[int, ...]] = []
+        if not encoder_decoder:
+            room = max(max_length - eval_cfg.summary_max_new_tokens, 1)
+            prompts = [tuple(_ids(tokenizer, f"summarize: {s} => ")[:room]) for s in sources]
+        prepared = EvalSplit(examples=tuple(examples), prompts=tuple(prompts), references=tuple(references),
+                          n_rows=len(rows), **common)
+    if prepared.n_examples == 0:
+        log.warning("%s %s split of %s is empty", task, split, period)
+    return prepared
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _score(
+    model: PreTrainedModel, examples: Sequence[Example], split: EvalSplit, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss and scored-token count of every example (float64 / int64, input order).
+
+    Examples are batched in order of length (stable), which keeps padding small; the order is a
+    function of the split alone, so results are reproducible.
+    """
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids) + len(examples[i].labels))
+    sums = torch.zeros(len(examples), dtype=torch.float64)
+    counts = torch.zeros(len(examples), dtype=torch.int64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([examples[i] for i in idx], split.pad_id, split.encoder_decoder)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        loss, n = token_losses(model, batch)
+        index = torch.tensor(idx)
+        sums[index] = loss.double().cpu()
+        counts[index] = n.cpu()
+    return sums, counts
+
+
+def _generate(
+    model: PreTrainedModel,
+    split: EvalSplit,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_cfg: EvaluationConfig,
+    device: torch.device,
+) -> tuple[list[str], int]:
+    """Greedy summaries of the split (decoded text, generated-token count)."""
+    if split.encoder_decoder:
+        prompts = [e.input_ids for e in split.examples]
+    else:
+        prompts = list(split.prompts)
+    hypotheses: list[str] = []
+    generated = 0
+    eos, pad = split.eos_id, split.pad_id
+    for start in range(0, len(prompts), eval_cfg.batch_size):
+        chunk = prompts[start : start + eval_cfg.batch_size]
+        width = max(len(p) for p in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, prompt in enumerate(chunk):
+            if split.encoder_decoder:  # the encoder is bidirectional: pad on the right
+                input_ids[i, : len(prompt)] = torch.tensor(prompt)
+                attention[i, : len(prompt)] = 1
+            else:  # a causal model continues from the last position: pad on the left
+                input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
+                attention[i, width - len(prompt) :] = 1
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=eval_cfg.summary_max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+        new = output if split.encoder_decoder else output[:, width:]
+        for row in new.tolist():
+            tokens = []
+            for token in row:
+                if token == eos:
+                    break
+                tokens.append(token)
+            if split.encoder_decoder and tokens and tokens[0] == pad:  # decoder start token
+                tokens = tokens[1:]
+            tokens = [t for t in tokens if t != pad]
+            generated += len(tokens)
+            hypotheses.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return hypotheses, generated
+
+
+def classify(model: PreTrainedModel, split: EvalSplit, batch_size: int, device: torch.device | None = None) -> tuple[list[str], int]:
+    """Predicted label of every text (highest summed log-likelihood) and the scored-token count.
+
+    Ties go to the first candidate in sorted label order (``torch.argmax`` returns the first
+    maximum), so predictions never depend on batch composition or dictionary order.
+    """
+    device = device or _model_device(model)
+    loglik, n_tokens = candidate_logliks(model, split, batch_size, device)
+    best = torch.argmax(loglik, dim=1).tolist() if len(split.gold) else []
+    return [split.candidates[i] for i in best], n_tokens
+
+
+def _shared_prompts(split: EvalSplit) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """(one prompt per text, one target per example): the prompt that every candidate of a text shares.
+
+    Decoder-only examples are ``prompt + target`` with the prompt masked; encoder-decoder examples
+    have the prompt as encoder input. :func:`prepare_split` truncates a text's prompt once for all
+    of its candidates, which is what lets the prompt run once.
+    """
+    n_labels = len(split.candidates)
+    prompts, targets = [], []
+    for row in range(len(split.gold)):
+        group = split.examples[row * n_labels : (row + 1) * n_labels]
+        cut = [0 if split.encoder_decoder else sum(1 for t in e.labels if t == IGNORE) for e in group]
+        own = [e.input_ids if split.encoder_decoder else e.input_ids[:c] for e, c in zip(group, cut)]
+        if any(p != own[0] for p in own):
+            raise EvaluationError(
+                f"classification/{split.period}: the candidates of text {row} do not share one prompt "
+                "(prepare the split with timevec.evaluate.metrics.prepare_split)"
+            )
+        prompts.append(own[0])
+        targets.extend(e.labels if split.encoder_decoder else e.input_ids[c:] for e, c in zip(group, cut))
+    return prompts, targets
+
+
+def candidate_logliks(
+    model: PreTrainedModel, split: EvalSplit, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """``[texts, candidates]`` summed log-likelihoods of every label, and the scored-token count.
+
+    The prompt (a tweet is ~15× longer than its label) runs through the model ONCE per text and
+    only the candidates' few tokens run per candidate: the decoder-only model continues from the
+    prompt's key/value cache, the encoder-decoder model's encoder output is shared. That makes
+    classification about as cheap as one LM pass over the texts instead of one per label. The
+    scores equal scoring each ``prompt + candidate`` sequence alone (up to float rounding; a test
+    checks it). ``batch_size`` counts (text, candidate) sequences, as for the other tasks.
+    """
+    n_labels = len(split.candidates)
+    prompts, targets = _shared_prompts(split)
+    sums = torch.zeros(len(prompts), n_labels, dtype=torch.float64)
+    n_tokens = 0
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts_per_batch = max(1, batch_size // max(n_labels, 1))
+    for start in range(0, len(order), texts_per_batch):
+        idx = order[start : start + texts_per_batch]
+        prompt_ids, prompt_mask = _pad([prompts[i] for i in idx], split.pad_id)
+        target_ids, target_mask = _pad([targets[i * n_labels + c] for i in idx for c in range(n_labels)], split.pad_id)
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        target_ids, target_mask = target_ids.to(device), target_mask.to(device)
+        if split.encoder_decoder:
+            encoded = model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask).last_hidden_state
+            logits = model(
+                encoder_outputs=(encoded.repeat_interleave(n_labels, dim=0),),
+                attention_mask=prompt_mask.repeat_interleave(n_labels, dim=0),
+                labels=target_ids.masked_fill(target_mask == 0, IGNORE),
+            ).logits
+        else:
+            out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+            lengths = prompt_mask.sum(dim=1)
+            last = out.logits[torch.arange(len(idx), device=device), lengths - 1]  # predicts each target's 1st token
+            cache = out.cache
+            cache.batch_repeat_interleave(n_labels)
+            positions = lengths.repeat_interleave(n_labels)[:, None] + torch.arange(target_ids.size(1), device=device)
+            rest = model(
+                input_ids=target_ids,
+                attention_mask=torch.cat([prompt_mask.repeat_interleave(n_labels, dim=0), target_mask], dim=1),
+                position_ids=positions,
+                cache=cache,
+            ).logits
+            logits = torch.cat([last.repeat_interleave(n_labels, dim=0)[:, None], rest[:, :-1]], dim=1)
+        losses = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), target_ids.reshape(-1), reduction="none"
+        ).view(target_ids.shape)
+        sums[torch.tensor(idx)] = -(losses * target_mask).sum(dim=1).double().cpu().view(len(idx), n_labels)
+        n_tokens += int(target_mask.sum())
+    return sums, n_tokens
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def evaluate(
+    model: PreTrainedModel,
+    split: EvalSplit,
+    eval_cfg: EvaluationConfig,
+    device: torch.device | str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> dict:
+    """The task metric of ``model`` (as it is now) on ``split``.
+
+    Returns ``{metric, value, low, high, higher_is_better, n_examples, n_tokens}``: perplexity =
+    exp(total loss / total tokens) over the whole split (lm); macro-F1 of likelihood-scored labels
+    (classification); mean ROUGE-L F of greedy summaries (summarization; needs ``tokenizer`` to
+    decode). ``low``/``high``: the percentile bootstrap interval of ``value`` over the split's
+    examples (:mod:`timevec.evaluate.bootstrap`; ``eval_cfg.bootstrap_samples`` resamples at
+    ``eval_cfg.confidence``), NaN when it is off or the split has fewer than 2 examples.
+    ``n_tokens`` counts the tokens the model scored (lm, classification: over every candidate) or
+    generated (summarization). The model is put in eval mode and left on its device; ``device``
+    defaults to the model's.
+    """
+    if split.encoder_decoder != is_encoder_decoder(model):
+        raise EvaluationError(
+            f"{split.task}/{split.period}: split was tokenised for encoder_decoder={split.encoder_decoder}, "
+            f"the model is encoder_decoder={is_encoder_decoder(model)}"
+        )
+    device = torch.device(device) if device is not None else _model_device(model)
+    metric, higher = METRICS[split.task]
+    resamples = dict(samples=eval_cfg.bootstrap_samples, confidence=eval_cfg.confidence, seed=eval_cfg.bootstrap_seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if split.task == "lm":
+                sums, counts = _score(model, split.examples, split, eval_cfg.batch_size, device)
+                n_tokens = int(counts.sum())
+                value = math.exp(float(sums.sum()) / n_tokens) if n_tokens else math.inf
+                interval = bootstrap.perplexity_interval(sums.numpy(), counts.numpy(), **resamples)
+            elif split.task == "classification":
+                pred, n_tokens = classify(model, split, eval_cfg.batch_size, device)
+                value = macro_f1(list(split.gold), pred)
+                interval = bootstrap.macro_f1_interval(list(split.gold), pred, **resamples)
+            else:
+                if tokenizer is None:
+                    raise EvaluationError("summarization needs the tokenizer to decode the generated summaries")
+                hypotheses, n_tokens = _generate(model, split, tokenizer, eval_cfg, device)
+                scores = rouge_l_scores(list(split.references), hypotheses)
+                value = sum(scores) / len(scores) if scores else 0.0  # = rouge_l(references, hypotheses)
+                interval = bootstrap.mean_interval(scores, **resamples)
+    finally:
+        if was_training:
+            model.train()
+    return {
+        "metric": metric,
+        "value": float(value),
+        "low": interval.low,
+        "high": interval.high,
+        "higher_is_better": higher,
+        "n_examples": split.n_examples,
+        "n_tokens": n_tokens,
+    }

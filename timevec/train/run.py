@@ -1,0 +1,280 @@
+"""One fine-tune run without Ray: build it from the store and the corpus, train, write τ.
+
+One job: everything a single (task, period) run does, the same whether it trains in a Tune trial,
+in each worker of a Ray Train run (``shard=(rank, world)``), or in a plain process (``run_one``,
+the benchmark baseline). The Ray side (:mod:`timevec.distributed.fleet_trials`) only wires Ray's
+reporting and checkpoints into it, which is why it lives in the core: no Ray import here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from timevec.config import ExperimentConfig, TrainingConfig
+from timevec.data.corpus import Corpus
+from timevec.data.models import (
+    IGNORE,
+    Example,
+    base_from_store,
+    float_parameters,
+    is_encoder_decoder,
+)
+from timevec.store import VectorStore
+from timevec.train import continual
+from timevec.train.loop import (
+    TrainResult,
+    batch_indices,
+    merge_lora,
+    seed_everything,
+    task_examples,
+    total_steps,
+    train,
+    wrap_lora,
+)
+from timevec.train.plan import RunSpec
+from timevec.weights.lowrank import from_lora_run
+from timevec.weights.vectors import TimeVector, WeightPatcher
+
+__all__ = ["RunJob", "examples_digest", "run_one", "tokens_before"]
+
+
+def label_tokens(example: Example, encoder_decoder: bool) -> int:
+    """Tokens the loss is taken on (what ``token_losses`` counts): decoder-only shifts by one."""
+    labels = example.labels if encoder_decoder else example.labels[1:]
+    return sum(1 for t in labels if t != IGNORE)
+
+
+def tokens_before(examples: Sequence[Example], cfg: TrainingConfig, steps: int, encoder_decoder: bool) -> int:
+    """Loss tokens of the first ``steps`` optimizer steps: the batches are a pure function of the step.
+
+    Lets a resumed run report the tokens of the WHOLE run, not just of its last attempt.
+    """
+    if steps <= 0:
+        return 0
+    counts = torch.tensor([label_tokens(e, encoder_decoder) for e in examples], dtype=torch.long)
+    total = 0
+    for micro in range(steps * cfg.grad_accum):
+        total += int(counts[batch_indices(len(examples), cfg.batch_size, micro, cfg.seed)].sum())
+    return total
+
+
+def examples_digest(examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(array("i", e.input_ids).tobytes())
+        digest.update(b"|")
+        digest.update(array("i", e.labels).tobytes())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+class RunJob:
+    """Everything one run needs, built from the store and the corpus (shared by trials and workers).
+
+    ``shard=(rank, world)`` gives a data-parallel worker its slice of the examples and of the
+    batch (the config's ``batch_size`` stays the EFFECTIVE batch of the run).
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        store: VectorStore,
+        corpus: Corpus,
+        run: RunSpec,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        self.config, self.store, self.run = config, store, run
+        self.began = time.perf_counter()
+        self.model, self.tokenizer = base_from_store(config.base, store)
+        self.base = {name: p.detach().clone() for name, p in float_parameters(self.model).items()}
+        self.encoder_decoder = is_encoder_decoder(self.model)
+        self.training = config.training.for_task(run.task, run.granularity)
+        examples = task_examples(
+            run.task, corpus, run.period, "train", self.tokenizer, self.encoder_decoder,
+            self.training.max_length, self.training.seed,
+        )
+        if not examples:
+            raise ValueError(f"run {run.key}: no training examples in period {run.period}")
+        examples = self._continue_chain(corpus, examples)
+        self.total_examples = len(examples)
+        self.steps = total_steps(len(examples), self.training)  # the run's steps, as one device would count them
+        rank, world = shard
+        self.rank, self.world = rank, world
+        # Fingerprint before sharding: every worker of a run agrees, and so does a later submission.
+        self.fingerprint = hashlib.sha256(
+            json.dumps(
+                {
+                    "run": run.as_dict(),
+                    "training": self.training.model_dump(mode="json"),
+                    "base": store.base_fingerprint,
+                    "examples": examples_digest(examples),
+                    "world": world,
+                    "start": self.start,
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+        if world > 1:
+            if self.training.batch_size % world:
+                raise ValueError(
+                    f"training.batch_size {self.training.batch_size} is not divisible by ray.workers_per_run {world}"
+                )
+            examples = examples[rank::world]
+            self.training = self.training.model_copy(
+                update={"batch_size": self.training.batch_size // world, "steps": self.steps}
+            )
+        self.examples = examples
+        self.cpu_seconds = 0.0
+
+    def _continue_chain(self, corpus: Corpus, examples: list[Example]) -> list[Example]:
+        """Continual mode: start from θ_pre + τ_{t−1} read from the store, and mix in the replay.
+
+        Sets ``start`` (what the manifest and the checkpoint fingerprint record about the start).
+        Independent mode: nothing changes.
+        """
+        run, store, cfg = self.run, self.store, self.training
+        self.replayed = 0
+        before = continual.predecessor(self.config, run)
+        if before is not None:
+            if not store.has_vector(run.task, before):
+                raise ValueError(f"run {run.key} (training.mode continual): its predecessor vector {run.task}/{before} "
+                                 f"is not in the store {store}; a chain is trained in period order")
+            stored = store.manifest(run.task, before).get("run", {}).get("continual", {})
+            if stored.get("replay") != self.config.training.replay:
+                raise ValueError(f"run {run.key}: the predecessor vector {run.task}/{before} in {store} is not a continual "
+                                 f"vector with training.replay {self.config.training.replay} (its manifest: {stored or 'independent'})")
+            WeightPatcher(self.model).apply(store.get_vector(run.task, before))  # θ_pre + τ_{t−1}, as evaluated
+        if before is not None and self.config.training.replay > 0:
+            periods = self.config.period_list(run.granularity)
+            pool = [e for p in periods[: periods.index(run.period)]
+                    for e in task_examples(run.task, corpus, p, "train", self.tokenizer, self.encoder_decoder,
+                                           cfg.max_length, cfg.seed)]
+            examples, self.replayed = continual.mix_replay(examples, pool, self.config.training.replay, cfg.seed)
+        self.start = continual.start_manifest(self.config, run, store, self.replayed)
+        return examples
+
+    def fit(
+        self,
+        report: Callable[[dict, dict | None], None] | None,
+        resume: dict | None,
+        device: torch.device,
+    ) -> tuple[torch.nn.Module, TrainResult]:
+        """The library's training loop; with ``world > 1`` gradients are averaged across workers.
+
+        Gradient averaging uses per-parameter hooks (all-reduce, then ÷ world) rather than DDP:
+        ``training.train`` reads ``model.config`` and saves ``model.state_dict()``, which a DDP
+        wrapper would hide or rename. LoRA is applied here first, so that the hooks sit on the
+        adapter parameters that are actually trained.
+        """
+        model, cfg = self.model, self.training
+        if self.world > 1:
+            import torch.distributed as dist
+
+            seed_everything(cfg.seed)  # as ``train`` does before it wraps: the same LoRA init
+            model = wrap_lora(model, cfg)
+            cfg = cfg.model_copy(update={"lora": None})
+            world = self.world
+
+            def average(grad: torch.Tensor) -> torch.Tensor:
+                grad = grad.clone()
+                dist.all_reduce(grad)
+                return grad.div_(world)
+
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.register_hook(average)
+        cpu = time.process_time()
+        model, result = train(model, self.examples, cfg, self.tokenizer.pad_token_id, report=report, resume=resume, device=device)
+        # CPU of the whole process while training (the loop, and the reporting threads beside it).
+        self.cpu_seconds = time.process_time() - cpu
+        return merge_lora(model), result
+
+    def tokens_before(self, step: int) -> int:
+        return tokens_before(self.examples, self.training, step, self.encoder_decoder)
+
+    def finish(
+        self,
+        model: torch.nn.Module,
+        result: TrainResult,
+        start_step: int,
+        resume_meta: dict | None,
+        tokens: int,
+        extra: dict[str, Any] | None = None,
+        write: bool = True,
+    ) -> dict[str, Any]:
+        """τ = θ_run − θ_pre into the store (with its manifest); returns the run's final metrics."""
+        first_loss = (resume_meta or {}).get("first_loss", result.first_loss) if start_step else result.first_loss
+        final_loss = result.final_loss
+        if math.isnan(final_loss) and resume_meta:  # resumed at the very end: nothing left to train
+            final_loss = float(resume_meta.get("loss", math.nan))
+        metrics = {
+            "run_status": "done",
+            "step": self.steps,
+            "steps": self.steps,
+            "start_step": start_step,
+            "first_loss": float(first_loss),
+            "final_loss": float(final_loss),
+            "tokens": int(tokens),
+            "examples": self.total_examples,
+            "train_seconds": result.seconds,
+            "tokens_per_second": (result.tokens * self.world) / result.seconds if result.seconds > 0 else 0.0,
+            "cpu_seconds": self.cpu_seconds,
+        }
+        if write:
+            tensors = {name: p.detach() for name, p in float_parameters(model).items()}
+            vector = TimeVector.between(tensors, self.base)
+            lora = self.training.lora
+            kind = "lora_merged" if lora is not None else "full"
+            factor_check: dict[str, Any] = {}
+            if lora is not None and lora.store == "factors":
+                factors = getattr(model, "timevec_lora_factors", None)
+                if not factors:
+                    raise RuntimeError(f"run {self.run.key}: training.lora.store is 'factors' but the model has no LoRA factors")
+                vector, err = from_lora_run(factors, vector)
+                kind, factor_check = "lora_factors", {"factor_max_rel_error": err}
+            manifest = {
+                "task": self.run.task,
+                "period": self.run.period,
+                "granularity": self.run.granularity,
+                "kind": kind,
+                "seed": self.training.seed,
+                "steps": self.steps,
+                "tokens": int(tokens),
+                "examples": self.total_examples,
+                "metrics": {k: metrics[k] for k in ("first_loss", "final_loss", "train_seconds", "tokens_per_second")}
+                | {"resumed_from_step": start_step},
+                "training": self.config.training.for_task(self.run.task, self.run.granularity).model_dump(mode="json"),
+                "config": self.config.model_dump(mode="json"),
+                "workers": self.world,
+                **self.start,
+                **factor_check,
+                **(extra or {}),
+            }
+            self.store.put_vector(self.run.task, self.run.period, vector, manifest=manifest)
+        metrics["wall_seconds"] = time.perf_counter() - self.began
+        return metrics
+
+
+def run_one(
+    config: ExperimentConfig,
+    run: RunSpec,
+    corpus: Corpus,
+    store: VectorStore,
+    device: torch.device | str = "cpu",
+    write: bool = True,
+) -> dict[str, Any]:
+    """One run in this process, without Ray: the same job a fleet trial does (the benchmark baseline).
+
+    Returns the run's final metrics; writes its vector unless ``write`` is False.
+    """
+    job = RunJob(config, store, corpus, run)
+    model, result = job.fit(None, None, torch.device(device))
+    return job.finish(model, result, 0, None, result.tokens, write=write)
