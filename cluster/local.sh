@@ -154,7 +154,7 @@ print_info() {
   cat <<EOF
 Ray head (pid ${HEAD_PID:-?}, auth ${HEAD_AUTH:-?}, Ray temp dir $RAY_TMP)
   dashboard:         $HEAD_DASHBOARD_URL
-  job submission:    ${auth_prefix}ray job submit --address $HEAD_DASHBOARD_URL --working-dir . -- python jobs/pipeline.py --config timevec/demo/demo.yaml --set store.url=~/timevec-runs/demo
+  job submission:    ${auth_prefix}ray job submit --address $HEAD_DASHBOARD_URL --working-dir . -- python -m timevec run timevec/demo/demo.yaml --set store.url=~/timevec-runs/demo
                      (or: export RAY_ADDRESS=$HEAD_DASHBOARD_URL${HEAD_AUTH:+ RAY_AUTH_MODE=$HEAD_AUTH})
   ray.init address:  $HEAD_GCS_ADDRESS
   logs:              $LOG_FILE and $RAY_TMP/session_latest/logs

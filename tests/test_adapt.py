@@ -307,17 +307,15 @@ def test_interpolation_stage_resumes(ray_session, study):
     assert len(run_interpolation(config, store)) == before[INTERPOLATION_TABLE]
 
 
-def test_job_rejects_bad_input(tmp_path, monkeypatch, capsys):
+def test_job_rejects_bad_input(tmp_path, capsys):
     # the real entrypoint, as `ray job submit` runs it: a missing config is a clear error, exit != 0
-    missing = subprocess.run([sys.executable, "jobs/interpolate.py", "--config", str(tmp_path / "nope.yaml")],
+    missing = subprocess.run([sys.executable, "-m", "timevec", "interpolate", str(tmp_path / "nope.yaml")],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "nope.yaml" in missing.stderr and "Traceback" not in missing.stderr
     # a bad override names the key (in-process: the same code path, without another interpreter start)
-    monkeypatch.syspath_prepend(str(REPO / "jobs"))
-    from _common import run_stages
+    from timevec.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["interpolate.py", "--config", str(TINY), "--set", "interpolation.alphas=[2.0]"])
-    assert run_stages(["interpolate"], "interpolate") != 0
+    assert main(["interpolate", str(TINY), "--set", "interpolation.alphas=[2.0]"]) != 0
     assert "interpolation.alphas" in capsys.readouterr().err
 
 

@@ -73,16 +73,17 @@ def test_unknown_stage_exits_2_in_the_cli_and_the_job(tmp_path):
     config = ROOT / "timevec" / "demo" / "tiny.yaml"
     result = timevec("run", str(config), "--stages", "finetune,evaluat", "--set", f"store.url={tmp_path / 's'}")
     assert result.returncode == 2 and "unknown stage(s) ['evaluat']" in result.stderr
+    # `python -m timevec` is what `ray job submit` runs: the same command line, the same exit statuses
     job = subprocess.run(
-        [sys.executable, "jobs/pipeline.py", "--config", str(config), "--stages", "evaluat"],
+        [sys.executable, "-m", "timevec", "run", str(config), "--stages", "evaluat"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert job.returncode == 2 and "unknown stage(s) ['evaluat']" in job.stderr
     single = subprocess.run(
-        [sys.executable, "jobs/evaluate.py", "--config", str(config), "--stages", "finetune"],
+        [sys.executable, "-m", "timevec", "evaluate", str(config), "--stages", "finetune"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
-    assert single.returncode == 2 and "unrecognized arguments: --stages" in single.stderr  # fixed-stage jobs
+    assert single.returncode == 2 and "unrecognized arguments: --stages" in single.stderr  # single-stage commands
 
 
 def _digests(folder: Path) -> dict[str, str]:

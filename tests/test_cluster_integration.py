@@ -3,7 +3,7 @@
 1. a local Ray head node started by ``cluster/local.sh`` (``ray start --head``, auth disabled, its
    own temp dir and free ports, 2 CPUs);
 2. a real S3 endpoint on loopback (SeaweedFS, the ``s3_server`` fixture of tests/s3_server.py);
-3. ``ray job submit --working-dir . -- python jobs/pipeline.py --config timevec/demo/tiny.yaml
+3. ``ray job submit --working-dir . -- python -m timevec run timevec/demo/tiny.yaml
    --set store.url=s3://<bucket>/<prefix> --set store.storage_options.endpoint_url=<endpoint>``;
 4. the results (vectors, cells.parquet, reports/index.html, Ray's own storage) read back from S3
    with the store API.
@@ -134,8 +134,8 @@ def test_kuberay_manifests() -> None:
         assert "AWS_SECRET_ACCESS_KEY" not in (REPO / "cluster" / name).read_text()
         if ray_docs[0]["kind"] == "RayJob":
             entry = spec["entrypoint"].split()
-            assert entry[:2] == ["python", "jobs/pipeline.py"]
-            assert (REPO / entry[entry.index("--config") + 1]).is_file()
+            assert entry[:4] == ["python", "-m", "timevec", "run"]
+            assert (REPO / entry[4]).is_file()
 
 
 def test_local_sh_usage_errors() -> None:
@@ -261,7 +261,7 @@ def test_pipeline_job_on_local_head_with_s3_store(ray_head: Head, s3_server) -> 
         "--working-dir", ".",
         "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
         "--",
-        "python", "jobs/pipeline.py", "--config", CONFIG,
+        "python", "-m", "timevec", "run", CONFIG,
         "--set", f"store.url={store_url}",
         "--set", f"store.storage_options.endpoint_url={s3_server.endpoint_url}",
         # No interpolation or analogy (tests/test_adapt.py, tests/test_analogy.py): their actors read the S3

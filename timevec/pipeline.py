@@ -8,7 +8,7 @@ resumable steps and any one stage can be re-run alone.
 Layering: the core never imports :mod:`timevec.distributed`. Which function runs each stage is
 given to :func:`run_stages`; :mod:`timevec.distributed.pipeline` binds the Ray stages (fleet,
 cells, interpolation, forecast, analogy) and the two here into that table and is what the CLI, ``timevec
-demo`` and ``jobs/pipeline.py`` call. Module-level imports stay light, so that ``timevec --help``
+demo`` and ``python -m timevec run`` call. Module-level imports stay light, so that ``timevec --help``
 (which lists :data:`STAGES`) needs no torch.
 """
 

@@ -14,8 +14,8 @@ Design, and why:
   next point, so θ_pre (in a :class:`~timevec.evaluate.cells.CellEvaluator`), the three vectors
   and the tokenised splits are loaded once per actor. The splits arrive once through
   ``tune.with_parameters`` (the object store); the weights are read from the vector store by the
-  actor itself (workers need nothing but the store), and are additionally cached at module level
-  by (store, base, task, j, k) so that a re-created trainable in the same worker process does not
+  actor itself (workers need nothing but the store), and are additionally kept in the worker's
+  :class:`WorkerCache` by (store, base, task, j, k) so that a re-created trainable in the same worker process does not
   reload them. A trial writes θ_pre + Σ cᵢ·τᵢ IN PLACE (tensor by tensor) and restores θ_pre after.
 - **A class trainable, with ``checkpoint_at_end=False``.** Ray 2.60 schedules a SAVE after a class
   trial's last result unless told otherwise; without a ``save_checkpoint`` the trial errors and its
@@ -70,8 +70,12 @@ from timevec.store import StoreError, VectorStore
 from timevec.store.checksum import shard_digest
 from timevec.train.devices import pick_device
 from timevec.train.progress import Progress
+from timevec.weights.lowrank import LowRankVector
+from timevec.weights.vectors import TimeVector
 
 log = logging.getLogger(__name__)
+
+StoredVector = TimeVector | LowRankVector
 
 VALIDATION = "validation"
 TEST = "test"
@@ -99,20 +103,66 @@ class AnalogyPayload:
 
 
 @dataclass
-class _Loaded:
-    evaluator: Any  # CellEvaluator
-    task_j: Any
-    lm_k: Any
-    lm_j: Any
+class LoadedPair:
+    """θ_pre (in its evaluator) and the three vectors of one (task, j, k), on this worker's device."""
+
+    evaluator: CellEvaluator
+    task_j: StoredVector
+    lm_k: StoredVector
+    lm_j: StoredVector
     load_seconds: float
 
 
-#: Weights loaded in this worker process, by :attr:`AnalogyPayload.key` (at most one entry: a
-#: t5-3b base plus three vectors is ~48 GB, so an actor keeps only the pair it is working on).
-_LOADED: dict[str, _Loaded] = {}
-#: Points this worker has evaluated, by (payload key, α₁, α₂, α₃): evaluation is deterministic, so
-#: a point proposed again (searchers do re-propose on a finite grid) is answered from memory.
-_POINTS: dict[tuple[str, float, float, float], dict[str, float]] = {}
+class WorkerCache:
+    """What one Ray worker process keeps between analogy trials, and the rule for keeping it.
+
+    At most ONE loaded pair (a t5-3b base plus three vectors is ~48 GB, so an actor keeps only the
+    pair it is working on; loading another pair drops it and its points), and the points evaluated
+    on it by (α₁, α₂, α₃): evaluation is deterministic, so a point proposed again (Optuna's TPE
+    re-proposes points on a finite grid) is answered from memory. It is per process on purpose: a
+    re-created trainable in the same worker does not reload the weights.
+    """
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.loaded: LoadedPair | None = None
+        self.points: dict[tuple[float, float, float], dict[str, float]] = {}
+
+    def pair(self, payload: AnalogyPayload) -> LoadedPair:
+        """θ_pre and τ_task(j), τ_lm(k), τ_lm(j) of ``payload``, loaded once per process."""
+        if self.loaded is not None and self.key == payload.key:
+            return self.loaded
+        self.drop()
+        began = time.perf_counter()
+        evaluator = CellEvaluator(payload.config, payload.store, device=_device(payload.config))
+        self.loaded = LoadedPair(
+            evaluator=evaluator,
+            task_j=evaluator.read_vector(payload.task, payload.j),
+            lm_k=evaluator.read_vector("lm", payload.k),
+            lm_j=evaluator.read_vector("lm", payload.j),
+            load_seconds=time.perf_counter() - began,
+        )
+        self.key = payload.key
+        log.info("analogy %s→%s: base and vectors loaded in %.1f s (pid %d)", payload.j, payload.k,
+                 self.loaded.load_seconds, os.getpid())
+        return self.loaded
+
+    def point(self, payload: AnalogyPayload, a1: float, a2: float, a3: float) -> tuple[dict[str, float], bool]:
+        """The point's scores (computed now, or remembered) and whether it was remembered."""
+        cached = self.points.get((a1, a2, a3)) if self.key == payload.key else None
+        if cached is not None:
+            return {**cached, "patch_seconds": 0.0, "eval_seconds": 0.0}, True
+        point = evaluate_point(self.pair(payload), payload, a1, a2, a3)
+        self.points[(a1, a2, a3)] = point
+        return point, False
+
+    def drop(self) -> None:
+        """Forget the loaded pair and its points (a pooled task worker must not keep a base)."""
+        self.key, self.loaded, self.points = None, None, {}
+
+
+#: This worker process's cache (each Ray worker is its own process: nothing is shared across them).
+WORKER_CACHE = WorkerCache()
 
 
 def _device(config: ExperimentConfig) -> torch.device:
@@ -121,27 +171,6 @@ def _device(config: ExperimentConfig) -> torch.device:
     if device.type == "cpu":
         torch.set_num_threads(config.ray.torch_threads)
     return device
-
-
-def load_pair(payload: AnalogyPayload) -> _Loaded:
-    """θ_pre on this worker's device and τ_task(j), τ_lm(k), τ_lm(j), loaded once per process."""
-    loaded = _LOADED.get(payload.key)
-    if loaded is not None:
-        return loaded
-    _LOADED.clear()
-    _POINTS.clear()
-    began = time.perf_counter()
-    evaluator = CellEvaluator(payload.config, payload.store, device=_device(payload.config))
-    loaded = _Loaded(
-        evaluator=evaluator,
-        task_j=evaluator.read_vector(payload.task, payload.j),
-        lm_k=evaluator.read_vector("lm", payload.k),
-        lm_j=evaluator.read_vector("lm", payload.j),
-        load_seconds=time.perf_counter() - began,
-    )
-    _LOADED[payload.key] = loaded
-    log.info("analogy %s→%s: base and vectors loaded in %.1f s (pid %d)", payload.j, payload.k, loaded.load_seconds, os.getpid())
-    return loaded
 
 
 def alphas_of(trial_config: dict[str, Any], payload: AnalogyPayload) -> tuple[float, float, float]:
@@ -154,7 +183,7 @@ def alphas_of(trial_config: dict[str, Any], payload: AnalogyPayload) -> tuple[fl
     return a1, a2, a3
 
 
-def evaluate_point(loaded: _Loaded, payload: AnalogyPayload, a1: float, a2: float, a3: float) -> dict[str, float]:
+def evaluate_point(loaded: LoadedPair, payload: AnalogyPayload, a1: float, a2: float, a3: float) -> dict[str, float]:
     """One analogy point on validation and test: the trial's whole work."""
     stats = loaded.evaluator.stats
     patch0, forward0 = stats.patch_seconds, stats.forward_seconds
@@ -178,7 +207,7 @@ class AnalogyTrial(tune.Trainable):
         if payload is None:
             raise ValueError("AnalogyTrial needs its payload: wrap it with tune.with_parameters(..., payload=...)")
         self.payload = payload
-        self.loaded = load_pair(payload)
+        WORKER_CACHE.pair(payload)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # The payload is per experiment, so a reused actor keeps everything; only α's change.
@@ -186,13 +215,8 @@ class AnalogyTrial(tune.Trainable):
 
     def step(self) -> dict[str, Any]:
         a1, a2, a3 = alphas_of(self.config, self.payload)
-        key = (self.payload.key, a1, a2, a3)
-        cached = _POINTS.get(key)
-        if cached is None:
-            point = _POINTS[key] = evaluate_point(self.loaded, self.payload, a1, a2, a3)
-        else:  # Optuna's TPE re-proposes points (about a third of its trials in bench/analogy.py)
-            point = {**cached, "patch_seconds": 0.0, "eval_seconds": 0.0}
-        return {**point, "cached": int(cached is not None), "pid": os.getpid(), "finished_at": time.time(), "done": True}
+        point, cached = WORKER_CACHE.point(self.payload, a1, a2, a3)  # Optuna re-proposes ~1/3 of its points
+        return {**point, "cached": int(cached), "pid": os.getpid(), "finished_at": time.time(), "done": True}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         return None  # nothing to save: a trial is one evaluation (checkpoints are off anyway)
@@ -367,7 +391,7 @@ def _baselines_task(
     payload: AnalogyPayload, latest: str | None, in_period: bool
 ) -> tuple[list[dict[str, Any]], list[task_analogy.AnalogyPoint]]:
     """The baseline rows of one pair (runs as a Ray task next to the search)."""
-    loaded = load_pair(payload)
+    loaded = WORKER_CACHE.pair(payload)
     read = loaded.evaluator.read_vector
     vectors = task_analogy.AnalogyVectors(
         task_j=loaded.task_j, lm_k=loaded.lm_k, lm_j=loaded.lm_j,
@@ -379,7 +403,7 @@ def _baselines_task(
                                        payload.validation, payload.test, payload.alpha1)
     finally:
         # A task worker is pooled and outlives the task: do not leave a base and vectors in it.
-        _LOADED.pop(payload.key, None)
+        WORKER_CACHE.drop()
 
 
 # ----------------------------------------------------------------------------- the driver

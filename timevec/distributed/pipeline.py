@@ -3,7 +3,7 @@
 One job: the composition root of the study. The order, the loop and the Ray-free stages (analyze,
 report) are the core's (:mod:`timevec.pipeline`); the five Ray stages are adapters here that call
 their drivers (fleet, cells, interpolation, forecast, analogy) and turn the outcome into a stage result.
-``run_pipeline`` is what the CLI, ``timevec demo`` and ``jobs/pipeline.py`` call. Each driver is
+``run_pipeline`` is what the CLI, ``timevec demo`` and ``python -m timevec run`` call. Each driver is
 imported when its stage runs, so a run of ``analyze`` alone never imports Ray.
 """
 
