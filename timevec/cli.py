@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from timevec.pipeline import STAGES
+from timevec.pipeline import STAGE_HELP, STAGES
 
 
 def _config(args: argparse.Namespace):
@@ -255,19 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     run.set_defaults(func=cmd_run)
 
-    helps = {
-        "finetune": "fine-tune one model per (task, period) on Ray and store each time vector (skips finished runs)",
-        "evaluate": "evaluate the all-pairs (train vector × test period) matrix into results/cells.parquet (resumable)",
-        "analyze": "similarity, degradation, decay fits, stripe test and UMAP into results/*.parquet",
-        "forgetting": "training.mode continual: forgetting of continual vs independent vs merged updating into results/forgetting.parquet",
-        "interpolate": "evaluate (1−α)·τ_first + α·τ_last on the periods in between",
-        "forecast": "hold out the last forecast.horizon periods and predict their weights from earlier vectors only",
-        "analogy": "search α1·τ_task(j) + α2·τ_lm(k) − α3·τ_lm(j) with Ray Tune",
-        "groups": "group swaps: τ_j with one parameter group from τ_k, on k (needs groups.swaps: true)",
-        "report": "figures and a self-contained reports/index.html in the store",
-    }
     for name in STAGES:
-        stage = sub.add_parser(name, help=helps[name], description=helps[name])
+        stage = sub.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name])
         _add_config_args(stage)
         stage.set_defaults(func=_stage(name))
 

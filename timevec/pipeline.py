@@ -28,8 +28,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("finetune", "evaluate", "forgetting", "interpolate", "forecast", "analogy", "groups", "analyze",
-                           "report")
+STAGE_HELP: dict[str, str] = {
+    "finetune": "fine-tune one model per (task, period) on Ray and store each time vector (skips finished runs)",
+    "evaluate": "evaluate the all-pairs (train vector × test period) matrix into results/cells.parquet (resumable)",
+    "forgetting": "training.mode continual: forgetting of continual vs independent vs merged updating into "
+                  "results/forgetting.parquet",
+    "interpolate": "evaluate (1−α)·τ_first + α·τ_last on the periods in between; time soups and patching",
+    "forecast": "hold out the last forecast.horizon periods and predict their weights from earlier vectors only",
+    "analogy": "search α1·τ_task(j) + α2·τ_lm(k) − α3·τ_lm(j) with Ray Tune",
+    "groups": "group swaps: τ_j with one parameter group from τ_k, on k (needs groups.swaps: true)",
+    "analyze": "similarity, degradation, decay fits, stripes and the findings into results/*.parquet",
+    "report": "figures and a self-contained reports/index.html in the store",
+}
+"""Every stage, in pipeline order, with what it does (the CLI's help for its subcommand)."""
+
+STAGES: tuple[str, ...] = tuple(STAGE_HELP)
 """The stage names in pipeline order."""
 
 StageResult = dict[str, Any]
