@@ -48,11 +48,14 @@ import torch  # noqa: E402
 from timevec.adapt import analogy as task_analogy  # noqa: E402
 from timevec.config import ExperimentConfig, TrainingConfig, load_config  # noqa: E402
 from timevec.data.corpus import load_corpus  # noqa: E402
+from timevec.data.examples import (
+    prepare_split,  # noqa: E402
+    task_examples,  # noqa: E402
+)
 from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer  # noqa: E402
 from timevec.evaluate.cells import CellEvaluator  # noqa: E402
-from timevec.evaluate.metrics import prepare_split  # noqa: E402
 from timevec.store import VectorStore  # noqa: E402
-from timevec.train.loop import pretrain_base, task_examples, train  # noqa: E402
+from timevec.train.loop import pretrain_base, train
 from timevec.weights.vectors import TimeVector  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ import torch
 
 from timevec.config import load_config
 from timevec.data.corpus import load_corpus
+from timevec.data.examples import prepare_eval_sets
 from timevec.data.models import build_model, load_tokenizer
 from timevec.evaluate import bootstrap
-from timevec.evaluate.cells import prepare_splits
 from timevec.evaluate.metrics import classify, evaluate
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     config = load_config(args.config)
     tokenizer = load_tokenizer(config.base)
     model = build_model(config.base, tokenizer).eval()
-    splits = prepare_splits(config, corpus=load_corpus(config.corpus), tokenizer=tokenizer)
+    splits = prepare_eval_sets(config, corpus=load_corpus(config.corpus), tokenizer=tokenizer)["test"]
     on = config.evaluation
     off = on.model_copy(update={"bootstrap_samples": 0})
     kw = dict(samples=on.bootstrap_samples, confidence=on.confidence, seed=on.bootstrap_seed)

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 from timevec.config import load_config  # noqa: E402
 from timevec.data.corpus import load_corpus  # noqa: E402
+from timevec.data.examples import prepare_eval_sets
 from timevec.data.models import (  # noqa: E402
     assign_parameters,
     base_from_store,
@@ -50,7 +51,7 @@ from timevec.data.models import (  # noqa: E402
     load_tokenizer,
 )
 from timevec.distributed.cells import run_cells  # noqa: E402
-from timevec.evaluate.cells import CellEvaluator, prepare_splits  # noqa: E402
+from timevec.evaluate.cells import CellEvaluator  # noqa: E402
 from timevec.evaluate.metrics import evaluate  # noqa: E402
 from timevec.store import VectorStore  # noqa: E402
 from timevec.weights.vectors import TimeVector  # noqa: E402
@@ -143,7 +144,7 @@ def main() -> int:
         n_params = sum(t.numel() for t in store.get_base().values())
         print(f"bench/cells.py: {n} vectors × {m} test periods = {len(cells)} cells; model {n_params / 1e6:.2f} M params; "
               f"{args.max_examples} LM blocks per split; {args.actors} workers; torch {torch.__version__}, ray {ray.__version__}")
-        splits = prepare_splits(config, corpus=load_corpus(config.corpus), tokenizer=load_tokenizer(config.base))
+        splits = prepare_eval_sets(config, corpus=load_corpus(config.corpus), tokenizer=load_tokenizer(config.base))["test"]
         lm = splits[("lm", "year")]
 
         # ---------------------------------------------------------------- in one process, no Ray

@@ -5,7 +5,7 @@
 Why: issue #13 asks that the cell matrix run at ≥ 0.9× the rate of the loop anyone would write
 with transformers alone, so that the actor pool, the patcher, the store reads and the intervals
 cost nothing that matters. The plain loop gets what the stage gets — the same θ_pre, the same
-stored vectors, the same tokenised splits (:func:`timevec.evaluate.cells.prepare_splits`), the same
+stored vectors, the same tokenised splits (:func:`timevec.data.examples.prepare_eval_sets`), the same
 ``evaluation.batch_size`` and ``max_length`` and the same torch threads — and does it the plain
 way: one model, per vector ``store.get_vector`` and ``load_state_dict(θ_pre + τ)``, batches in the
 split's order padded to the longest, ``model(**batch)``; LM perplexity from the summed token
@@ -31,9 +31,9 @@ from sklearn.metrics import f1_score
 
 from timevec.config import load_config
 from timevec.data.corpus import load_corpus
+from timevec.data.examples import EvalSplit, prepare_eval_sets
 from timevec.data.models import IGNORE, base_from_store, float_parameters, load_tokenizer
-from timevec.evaluate.cells import BASE, prepare_splits
-from timevec.evaluate.metrics import EvalSplit
+from timevec.evaluate.cells import BASE
 from timevec.store import VectorStore
 from timevec.train.loop import prepare_base
 from timevec.weights.vectors import TimeVector
@@ -141,7 +141,7 @@ def compare(config_path: str, overrides: list[str], vector_periods: str | None, 
         extra = [(t, p) for t in config.tasks for _t, p in store.list_vectors(t) if p not in wanted]
         if extra:
             raise SystemExit(f"{store} holds vectors outside --vector-periods: {extra[:4]}; use a store with only those")
-    splits = prepare_splits(config, corpus=load_corpus(config.corpus), tokenizer=load_tokenizer(config.base))
+    splits = prepare_eval_sets(config, corpus=load_corpus(config.corpus), tokenizer=load_tokenizer(config.base))["test"]
     n_params = sum(t.numel() for t in store.get_base().values())
     sizes = {k: sorted({s.n_examples for s in v.values()}) for k, v in splits.items()}
     print(f"cells vs a plain HF loop: {config_path} {' '.join(overrides)}; {n_params / 1e6:.1f} M params; "

@@ -335,8 +335,9 @@ class GpuBench:
     def plain_train(self, period: str, task: str = "lm") -> dict[str, Any]:
         """A plain Hugging Face loop: peft LoRA, AdamW, HF's own loss; timevec's examples and batches."""
         torch = self.torch
+        from timevec.data.examples import task_examples
         from timevec.data.models import IGNORE, base_from_store, collate, is_encoder_decoder
-        from timevec.train.loop import batch_indices, task_examples, total_steps
+        from timevec.train.loop import batch_indices, total_steps
 
         cfg = self.config.training.for_task(task, "year")
         model, tokenizer = base_from_store(self.config.base, self.store())  # the same θ_pre as every run
@@ -428,10 +429,10 @@ class GpuBench:
     def plain_forward(self) -> dict[str, Any]:
         """θ_pre over every test split the stage evaluates: ``model(**batch).loss``, inference mode, no patching."""
         torch = self.torch
+        from timevec.data.examples import prepare_eval_sets
         from timevec.data.models import IGNORE, base_from_store, collate, load_tokenizer
-        from timevec.evaluate.cells import prepare_splits
 
-        splits = prepare_splits(self.config, corpus=self.corpus(), tokenizer=load_tokenizer(self.config.base))
+        splits = prepare_eval_sets(self.config, corpus=self.corpus(), tokenizer=load_tokenizer(self.config.base))["test"]
         model, _ = base_from_store(self.config.base, self.store())
         model.to(self.device).eval()
         batch_size = self.config.evaluation.batch_size
@@ -507,9 +508,9 @@ class GpuBench:
 
     def analogy_ratio(self, repeats: int = 3) -> dict[str, Any]:
         from timevec.adapt.analogy import analogy_terms
+        from timevec.data.examples import prepare_split
         from timevec.data.models import base_is_encoder_decoder, load_tokenizer
         from timevec.evaluate.cells import CellEvaluator
-        from timevec.evaluate.metrics import prepare_split
 
         store = self.store()
         keys = sorted(store.list_vectors("lm"))

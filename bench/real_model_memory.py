@@ -55,9 +55,10 @@ def _stage(name: str, config_path: str, url: str) -> dict:
     elif name == "gram":
         store.gram(keys)
     elif name in ("eval_actor", "analogy_trial"):
-        from timevec.evaluate.cells import CellEvaluator, prepare_splits
+        from timevec.data.examples import prepare_eval_sets
+        from timevec.evaluate.cells import CellEvaluator
 
-        splits = prepare_splits(config)
+        splits = prepare_eval_sets(config)["test"]
         evaluator = CellEvaluator(config, store, splits)
         if name == "eval_actor":
             evaluator.evaluate_vector(keys[0])
@@ -67,8 +68,9 @@ def _stage(name: str, config_path: str, url: str) -> dict:
             evaluator.evaluate_weights(terms, [splits[("lm", "year")][keys[0][1]]])
     elif name == "fleet_trial":
         from timevec.data.corpus import load_corpus
+        from timevec.data.examples import task_examples
         from timevec.data.models import base_from_store, float_parameters, is_encoder_decoder
-        from timevec.train.loop import task_examples, train
+        from timevec.train.loop import train
         from timevec.weights.vectors import TimeVector
 
         corpus = load_corpus(config.corpus)

@@ -22,11 +22,11 @@ from timevec.adapt import summaries
 from timevec.config import ExperimentConfig, load_config
 from timevec.data import periods
 from timevec.data.corpus import load_corpus
+from timevec.data.examples import EvalSplit, prepare_split
 from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
 from timevec.data.periods import Period
 from timevec.distributed.interpolate import plan, run_interpolation
 from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of
-from timevec.evaluate.metrics import EvalSplit, prepare_split
 from timevec.results import INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
 from timevec.weights.vectors import TimeVector

@@ -16,10 +16,11 @@ from tests.test_store import new_store  # noqa: F401  (fixture: local and S3 sto
 from timevec import results
 from timevec.analyze import misalignment
 from timevec.config import EvaluationConfig
+from timevec.data.examples import prepare_split
 from timevec.data.models import is_encoder_decoder
 from timevec.distributed.cells import append_cells, read_cells
 from timevec.evaluate import bootstrap
-from timevec.evaluate.metrics import evaluate, macro_f1, prepare_split, rouge_l, rouge_l_scores
+from timevec.evaluate.metrics import evaluate, macro_f1, rouge_l, rouge_l_scores
 from timevec.store import StoreError, VectorStore
 
 RNG = np.random.default_rng(1234)

@@ -8,6 +8,7 @@ import torch
 
 from timevec.config import load_config
 from timevec.data.corpus import load_corpus
+from timevec.data.examples import prepare_eval_sets
 from timevec.data.models import (
     assign_parameters,
     base_from_store,
@@ -17,7 +18,7 @@ from timevec.data.models import (
     load_tokenizer,
 )
 from timevec.distributed.cells import read_cells, run_cells
-from timevec.evaluate.cells import CellEvaluator, prepare_splits
+from timevec.evaluate.cells import CellEvaluator
 from timevec.evaluate.metrics import evaluate
 from timevec.results import CELL_KEY, CELLS_SCHEMA, CELLS_TABLE, cells_table
 from timevec.results import CELLS_COLUMNS as COLUMNS
@@ -51,7 +52,7 @@ def study(tmp_path_factory):
     for i, period in enumerate(PERIODS):
         g = torch.Generator().manual_seed(100 + i)
         store.put_vector("lm", period, TimeVector({n: 0.05 * torch.randn(t.shape, generator=g) for n, t in base.items()}))
-    splits = prepare_splits(config, corpus=load_corpus(config.corpus), tokenizer=tokenizer)
+    splits = prepare_eval_sets(config, corpus=load_corpus(config.corpus), tokenizer=tokenizer)["test"]
     return config, store, base, splits
 
 

@@ -24,12 +24,13 @@ from timevec import results
 from timevec.analyze.forgetting import by_lag, forgetting_rows
 from timevec.config import ConfigError, load_config
 from timevec.data.corpus import load_corpus
+from timevec.data.examples import task_examples
 from timevec.data.models import base_from_store, float_parameters, is_encoder_decoder
 from timevec.distributed.fleet import run_fleet
 from timevec.store import VectorStore
 from timevec.store.checksum import shard_digest
 from timevec.train import continual
-from timevec.train.loop import prepare_base, task_examples, train
+from timevec.train.loop import prepare_base, train
 from timevec.train.plan import RunSpec
 from timevec.train.run import RunJob
 from timevec.weights.vectors import TimeVector

@@ -10,18 +10,9 @@ import torch
 
 from timevec.config import BaseConfig, EvaluationConfig, TinyModel
 from timevec.data.corpus import Corpus
+from timevec.data.examples import EvalSplit, prepare_split, spread
 from timevec.data.models import IGNORE, build_model, is_encoder_decoder, load_tokenizer
-from timevec.evaluate.metrics import (
-    EvalSplit,
-    _score,
-    candidate_logliks,
-    classify,
-    evaluate,
-    macro_f1,
-    prepare_split,
-    rouge_l,
-    spread,
-)
+from timevec.evaluate.metrics import _score, candidate_logliks, classify, evaluate, macro_f1, rouge_l
 
 TINY = TinyModel(d_model=32, num_layers=1, num_heads=2, d_ff=64, max_positions=128)
 EVAL = EvaluationConfig(batch_size=4, max_length=48, max_examples=None, summary_max_new_tokens=6)

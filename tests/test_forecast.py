@@ -22,7 +22,7 @@ from timevec import results
 from timevec.adapt import forecast
 from timevec.adapt.forecast import ForecastItem, ForecastParams, HeldOutError
 from timevec.config import ConfigError, load_config
-from timevec.evaluate.metrics import EvalSplit
+from timevec.data.examples import EvalSplit
 from timevec.weights.vectors import TimeVector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -362,10 +362,10 @@ def test_report_draws_the_forecast_figure(tmp_path) -> None:
 def test_forecast_stage_on_the_tiny_config(ray_session, tmp_path) -> None:
     from tests.test_adapt import build_store, tiny_config
     from timevec.data.corpus import load_corpus
+    from timevec.data.examples import prepare_split
     from timevec.data.models import load_tokenizer
     from timevec.distributed.forecast import plan, run_forecast
     from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of
-    from timevec.evaluate.metrics import prepare_split
 
     config = tiny_config(tmp_path / "store", ["tasks=[lm]", "evaluation.max_examples=4"])
     store, _ = build_store(config, {("lm", p): 10 + i for i, p in enumerate(["2014", "2015", "2016", "2017"])})

@@ -23,10 +23,11 @@ from timevec.analyze import misalignment
 from timevec.analyze.weight_groups import group_analysis, group_headline
 from timevec.config import ConfigError, load_config
 from timevec.data.corpus import load_corpus
+from timevec.data.examples import prepare_split
 from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
 from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of
 from timevec.evaluate.gains import gain
-from timevec.evaluate.metrics import evaluate, prepare_split
+from timevec.evaluate.metrics import evaluate
 from timevec.store import VectorStore
 from timevec.weights.param_groups import OTHER, group_counts, group_of, layer_of, param_group
 from timevec.weights.vectors import TimeVector

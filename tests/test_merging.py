@@ -315,8 +315,8 @@ def test_tiny_config_loads_with_a_merge_section() -> None:
 def tiny_store(tmp_path_factory):
     """The tiny demo config over 2014–2016 (lm only), a store with the base and 3 random vectors."""
     from timevec.data.corpus import load_corpus
+    from timevec.data.examples import prepare_eval_sets
     from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
-    from timevec.evaluate.cells import prepare_splits
     from timevec.store import VectorStore
 
     root = tmp_path_factory.mktemp("merge-store")
@@ -331,7 +331,7 @@ def tiny_store(tmp_path_factory):
     for i, period in enumerate(["2014", "2015", "2016"]):
         g = torch.Generator().manual_seed(200 + i)
         store.put_vector("lm", period, TimeVector({n: 0.05 * torch.randn(t.shape, generator=g) for n, t in base.items()}))
-    splits = prepare_splits(config, corpus=load_corpus(config.corpus), tokenizer=tokenizer)
+    splits = prepare_eval_sets(config, corpus=load_corpus(config.corpus), tokenizer=tokenizer)["test"]
     return config, store, splits
 
 

@@ -20,10 +20,11 @@ import yaml
 
 from timevec.config import BaseConfig, CorpusConfig, EvaluationConfig, TrainingConfig
 from timevec.data.corpus import load_corpus
+from timevec.data.examples import prepare_split, task_examples
 from timevec.data.models import base_id, build_model, is_encoder_decoder, lm_examples, load_tokenizer
 from timevec.data.subword import build_t5_unigram
-from timevec.evaluate.metrics import evaluate, prepare_split
-from timevec.train.loop import task_examples, train
+from timevec.evaluate.metrics import evaluate
+from timevec.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RAILS = ROOT.parents[0] / "shared" / "data" / "rails-commits-2012-2020.jsonl.gz"

@@ -53,9 +53,9 @@ import pandas as pd
 
 from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term, task_higher, task_metric, value_of
 from timevec.config import ConfigError
+from timevec.data.examples import EvalSplit
 from timevec.data.periods import Period, sort_periods
 from timevec.evaluate.gains import better, gain, gain_pct
-from timevec.evaluate.metrics import EvalSplit
 from timevec.results import FORECAST_KEY
 
 if TYPE_CHECKING:

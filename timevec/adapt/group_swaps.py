@@ -26,9 +26,9 @@ from typing import Any
 
 from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term
 from timevec.config import ConfigError
+from timevec.data.examples import EvalSplit
 from timevec.data.periods import Period, PeriodError, sort_periods
 from timevec.evaluate.gains import gain
-from timevec.evaluate.metrics import EvalSplit
 from timevec.weights.param_groups import GROUPS, param_group
 from timevec.weights.vectors import TimeVector
 

@@ -40,9 +40,10 @@ from typing import Any
 
 import pandas as pd
 
+from timevec.data.examples import EvalSplit
 from timevec.data.periods import Period, latest_before, sort_periods
 from timevec.evaluate.gains import better, gain
-from timevec.evaluate.metrics import METRICS, EvalSplit
+from timevec.evaluate.metrics import METRICS
 from timevec.results import INTERPOLATION_KEY, alpha_key, with_split
 from timevec.weights.vectors import TimeVector
 

@@ -25,8 +25,9 @@ import pandas as pd
 
 from timevec.adapt.interpolation import Term, interpolation_ends
 from timevec.config import ExperimentConfig
+from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import Period, sort_periods
-from timevec.evaluate.cells import CellEvaluator, Splits, prepare_splits
+from timevec.evaluate.cells import CellEvaluator, Splits
 from timevec.evaluate.gains import gain
 from timevec.results import merge_methods_frame
 from timevec.store import VectorStore
@@ -113,5 +114,5 @@ def merge_methods_table(
     """Load θ_pre from the store, tokenise every configured test split, build the table (not written)."""
     store = store or VectorStore.from_config(config.store)
     evaluator = CellEvaluator(config, store, device=device)
-    tests = prepare_splits(config, tokenizer=evaluator.tokenizer)
+    tests = prepare_eval_sets(config, store=store, tokenizer=evaluator.tokenizer)["test"]
     return merge_comparison(evaluator, config, tests, store.list_vectors(), methods)

@@ -62,9 +62,10 @@ from ray import tune
 from timevec import results
 from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
+from timevec.data.examples import EvalSplit, prepare_eval_sets
 from timevec.data.periods import Period
-from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of, require_base
-from timevec.evaluate.metrics import METRICS, EvalSplit, prepare_split
+from timevec.evaluate.cells import CellEvaluator, require_base
+from timevec.evaluate.metrics import METRICS
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
 from timevec.store import StoreError, VectorStore
 from timevec.store.checksum import shard_digest
@@ -434,19 +435,14 @@ def _replace_rows(store: VectorStore, table: str, frame: pd.DataFrame, keys: dic
     store.write_table(table, frame.reset_index(drop=True))
 
 
-def _prepared_splits(config: ExperimentConfig, task: str, periods: list[str]) -> dict[str, tuple[EvalSplit, EvalSplit]]:
-    from timevec.data.corpus import load_corpus
-    from timevec.data.models import load_tokenizer
-
-    corpus = load_corpus(config.corpus)
-    tokenizer = load_tokenizer(config.base)
-    encoder_decoder = encoder_decoder_of(config.base)
-    out = {}
+def _prepared_splits(config: ExperimentConfig, store: VectorStore, task: str, periods: list[str]
+                     ) -> dict[str, tuple[EvalSplit, EvalSplit]]:
+    """(validation, test) of every target period k, empty ones included (a pair without them is skipped)."""
+    wanted: dict[tuple[str, str], list[str]] = {}
     for k in periods:
-        val, test = (prepare_split(task, corpus, k, tokenizer, encoder_decoder, config.evaluation, split=s)
-                     for s in (VALIDATION, TEST))
-        out[k] = (val, test)
-    return out
+        wanted.setdefault((task, Period.parse(k).granularity), []).append(k)
+    sets = prepare_eval_sets(config, wanted, (VALIDATION, TEST), store=store, keep_empty=True)
+    return {k: (sets[VALIDATION][(task, g)][k], sets[TEST][(task, g)][k]) for (_, g), ks in wanted.items() for k in ks}
 
 
 def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame:
@@ -465,7 +461,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
         raise StoreError(f"analogy for task {task!r}: no (j, k) pair has its vectors in {store}: " + "; ".join(skipped))
     ensure_ray(config.ray)
     storage = storage_path(config, store)
-    splits = _prepared_splits(config, task, sorted({k for _, k in pairs}, key=Period.parse))
+    splits = _prepared_splits(config, store, task, sorted({k for _, k in pairs}, key=Period.parse))
     best_old = store.read_table(ANALOGY_BEST_TABLE) if store.has_table(ANALOGY_BEST_TABLE) else None
     grid_old = store.read_table(ANALOGY_TABLE) if store.has_table(ANALOGY_TABLE) else None
     baselines_remote = ray.remote(_baselines_task).options(

@@ -19,7 +19,7 @@ Design, and why:
   store and to resume. The pool gives exactly that — a fixed number of actors with explicit
   resources, Ray's scheduling, results as they complete — without Ray Data's block
   formatting, autoscaling actor pool and Arrow round trip of what are only a few rows per item.
-- **Splits are tokenised once** on the driver (:func:`timevec.evaluate.metrics.prepare_split`) and put
+- **Splits are tokenised once** on the driver (:func:`timevec.data.examples.prepare_split`) and put
   in Ray's object store once; each actor receives the reference in its constructor, so every actor
   deserialises them once, not per cell.
 - **Streaming and resumption.** Rows are appended to ``results/cells.parquet`` in batches (by row
@@ -53,6 +53,7 @@ import pandas as pd
 import torch
 
 from timevec.config import ExperimentConfig
+from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import Period
 from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
 from timevec.evaluate.cells import (
@@ -61,7 +62,6 @@ from timevec.evaluate.cells import (
     SplitKey,
     WorkItem,
     plan_cells,
-    prepare_splits,
     require_base,
 )
 from timevec.results import CELL_KEY, CELLS_ADDED_COLUMNS, CELLS_TABLE, cells_frame, cells_table
@@ -234,7 +234,7 @@ def _compute(
         wanted: dict[SplitKey, set[str]] = {}
         for item in items:
             wanted.setdefault((item.task, item.granularity), set()).update(item.test_periods)
-        prepared = prepare_splits(config, wanted)
+        prepared = prepare_eval_sets(config, wanted, store=store)["test"]
         stats.prepare_seconds = time.perf_counter() - started
         log.info("prepared %d test splits in %.1f s", sum(len(s) for s in prepared.values()), stats.prepare_seconds)
         return [prepared]

@@ -25,9 +25,10 @@ import pandas as pd
 from timevec import results
 from timevec.adapt import forecast
 from timevec.config import ExperimentConfig
+from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import sort_periods
 from timevec.distributed.actor_pool import Failure, drive, failure_error
-from timevec.distributed.interpolate import CombinationActor, KnownCells, SplitSets, known_cells, prepare_split_sets
+from timevec.distributed.interpolate import CombinationActor, KnownCells, SplitSets, known_cells
 from timevec.evaluate.cells import require_base
 from timevec.results import FORECAST_TABLE
 from timevec.store import VectorStore
@@ -85,9 +86,10 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[forecast.Fo
     return items, needed, notes
 
 
-def _splits(config: ExperimentConfig, needed: Needed) -> SplitSets:
+def _splits(config: ExperimentConfig, store: VectorStore, needed: Needed) -> SplitSets:
     """The held-out periods' test splits and the last past period's validation split, nothing else."""
-    prepared = prepare_split_sets(config, {key: targets | {last} for key, (targets, last) in needed.items()})
+    prepared = prepare_eval_sets(config, {key: targets | {last} for key, (targets, last) in needed.items()}, ("test", "validation"),
+                                 store=store)
     out: SplitSets = {"test": {}, "validation": {}}
     for key, (targets, last) in needed.items():
         out["test"][key] = {p: s for p, s in prepared["test"].get(key, {}).items() if p in targets}
@@ -121,7 +123,7 @@ def _compute(config: ExperimentConfig, store: VectorStore, items: list[forecast.
     ordered = sorted(items, key=lambda i: cost.get(i.method, 2))
     outcome = drive(
         _ForecastActor, (config, store), config.ray, ordered,
-        lambda: [_splits(config, needed), known_cells(store)],
+        lambda: [_splits(config, store, needed), known_cells(store)],
         {FORECAST_TABLE: lambda rows: store.append_table(FORECAST_TABLE, results.forecast_frame(rows))},
         desc="forecast", unit="item", flush_rows=256, flush_seconds=30.0, on_failure=failed,
     )

@@ -20,10 +20,11 @@ import pandas as pd
 from timevec import results
 from timevec.analyze import forgetting
 from timevec.config import ExperimentConfig
+from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import sort_periods
 from timevec.distributed.actor_pool import Failure, drive, failure_error
 from timevec.distributed.interpolate import CombinationActor
-from timevec.evaluate.cells import prepare_splits, require_base
+from timevec.evaluate.cells import require_base
 from timevec.store import VectorStore
 from timevec.train import continual
 
@@ -85,7 +86,7 @@ def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -
             log.error("merged %s failed: %s", failure.item.vector, failure.text)
 
         outcome = drive(
-            _MergedActor, (root_config, root), config.ray, items, lambda: [prepare_splits(config, needed)],
+            _MergedActor, (root_config, root), config.ray, items, lambda: [prepare_eval_sets(config, needed, store=store)["test"]],
             {results.MERGED_CELLS_TABLE: lambda rows: store.append_table(
                 results.MERGED_CELLS_TABLE, results.cells_table(results.cells_frame(rows)))},
             desc="merged states", unit="state", flush_rows=64, flush_seconds=30.0, on_failure=failed,

@@ -20,9 +20,10 @@ import pandas as pd
 from timevec import results
 from timevec.adapt import group_swaps
 from timevec.config import ExperimentConfig
+from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import sort_periods
 from timevec.distributed.actor_pool import Failure, drive, failure_error
-from timevec.distributed.interpolate import CombinationActor, KnownCells, SplitSets, known_cells, prepare_split_sets
+from timevec.distributed.interpolate import CombinationActor, KnownCells, SplitSets, known_cells
 from timevec.evaluate.cells import require_base
 from timevec.results import GROUP_SWAPS_TABLE
 from timevec.store import VectorStore
@@ -92,7 +93,7 @@ def run_group_swaps(config: ExperimentConfig, store: VectorStore | None = None) 
 
         outcome = drive(
             _SwapActor, (config, store), config.ray, items,
-            lambda: [prepare_split_sets(config, needed), known_cells(store)],
+            lambda: [prepare_eval_sets(config, needed, ("test", "validation"), store=store), known_cells(store)],
             {GROUP_SWAPS_TABLE: lambda rows: store.append_table(GROUP_SWAPS_TABLE, results.group_swaps_frame(rows))},
             desc="group swaps", unit="pair", flush_rows=256, flush_seconds=30.0, on_failure=failed,
         )

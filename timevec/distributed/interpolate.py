@@ -41,10 +41,10 @@ from timevec import results
 from timevec.adapt import interpolation as adapt
 from timevec.adapt import summaries
 from timevec.config import ExperimentConfig
+from timevec.data.examples import EvalSets, prepare_eval_sets
 from timevec.data.periods import Period, sort_periods
 from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
-from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of, require_base
-from timevec.evaluate.metrics import EvalSplit, prepare_split
+from timevec.evaluate.cells import CellEvaluator, require_base
 from timevec.results import CELLS_TABLE, INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
 from timevec.train.devices import pick_device
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 
 #: (task, granularity) -> period -> split, for "test" and "validation"
-SplitSets = dict[str, dict[tuple[str, str], dict[str, EvalSplit]]]
+SplitSets = EvalSets
 #: (task, granularity, "base" or train period, test period) -> value, from the cells table
 KnownCells = dict[tuple[str, str, str, str], float]
 
@@ -224,28 +224,6 @@ def _patchable(period: str, stored: tuple[str, ...]) -> bool:
     return str(parsed.shift(-1)) in stored and str(parsed.shift(1)) in stored
 
 
-def prepare_split_sets(config: ExperimentConfig, needed: dict[tuple[str, str], set[str]]) -> SplitSets:
-    """Tokenised test AND validation splits of every needed (task, granularity, period), once."""
-    from timevec.data.corpus import load_corpus
-    from timevec.data.models import load_tokenizer
-
-    corpus = load_corpus(config.corpus)
-    tokenizer = load_tokenizer(config.base)
-    encoder_decoder = encoder_decoder_of(config.base)
-    out: SplitSets = {"test": {}, "validation": {}}
-    for (task, granularity), periods in needed.items():
-        for name in ("test", "validation"):
-            splits: dict[str, EvalSplit] = {}
-            for period in sort_periods(periods):
-                split = prepare_split(task, corpus, period, tokenizer, encoder_decoder, config.evaluation, split=name)
-                if split.n_examples == 0:
-                    log.warning("no %s %s examples in %s", task, name, period)
-                    continue
-                splits[period] = split
-            out[name][(task, granularity)] = splits
-    return out
-
-
 # ----------------------------------------------------------------------------- the driver
 
 
@@ -290,7 +268,8 @@ def _compute(
     # Actors load θ_pre while the driver tokenises.
     outcome = drive(
         _AdaptActor, (config, store), config.ray, ordered,
-        lambda: [prepare_split_sets(config, needed), known_cells(store)], {name: sink(name) for name in frames},
+        lambda: [prepare_eval_sets(config, needed, ("test", "validation"), store=store), known_cells(store)],
+        {name: sink(name) for name in frames},
         desc="interpolation", unit="item", flush_rows=512, flush_seconds=30.0, on_failure=failed,
     )
     if outcome.failures:

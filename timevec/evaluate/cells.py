@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from timevec.config import BaseConfig, ExperimentConfig
-from timevec.data.corpus import Corpus, load_corpus
-from timevec.data.models import base_from_store, load_tokenizer
+from timevec.data.examples import EvalSplit
+from timevec.data.models import base_from_store
 from timevec.data.periods import Period
-from timevec.evaluate.metrics import EvalSplit, evaluate, prepare_split
+from timevec.evaluate.metrics import evaluate
 from timevec.store import StoreError, VectorStore
 from timevec.train.devices import pick_device
 from timevec.weights.merging import MergeMethod
@@ -96,35 +95,6 @@ def encoder_decoder_of(base: BaseConfig) -> bool:
     from timevec.data.models import base_is_encoder_decoder
 
     return base_is_encoder_decoder(base)
-
-
-def prepare_splits(
-    config: ExperimentConfig,
-    wanted: dict[SplitKey, set[str]] | None = None,
-    corpus: Corpus | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-) -> Splits:
-    """Tokenise the test split of every (task, granularity, period) needed, once.
-
-    ``wanted`` limits it to the periods a run still has to evaluate (default: all configured).
-    Empty splits are left out with a warning: they have no metric.
-    """
-    corpus = corpus if corpus is not None else load_corpus(config.corpus)
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base)
-    encoder_decoder = encoder_decoder_of(config.base)
-    if wanted is None:
-        wanted = {(t, g): set(config.period_list(g)) for t in config.tasks for g in config.granularities}
-    splits: Splits = {}
-    for (task, granularity), periods in wanted.items():
-        out: dict[str, EvalSplit] = {}
-        for period in sorted(periods, key=Period.parse):
-            split = prepare_split(task, corpus, period, tokenizer, encoder_decoder, config.evaluation)
-            if split.n_examples == 0:
-                log.warning("no %s test examples in %s: its cells are left out", task, period)
-                continue
-            out[period] = split
-        splits[(task, granularity)] = out
-    return splits
 
 
 # ----------------------------------------------------------------------------- the evaluator

@@ -2,10 +2,11 @@
 
 Two halves, on purpose:
 
-- :func:`prepare_split` turns one period's test rows into token ids ONCE. The all-pairs matrix
-  evaluates every test split under every vector, so tokenising per cell would repeat the same work
-  N times; an :class:`EvalSplit` is a plain picklable value that the cell stage puts in Ray's
-  object store and every evaluation actor shares.
+- :func:`timevec.data.examples.prepare_split` turns one period's test rows into token ids ONCE
+  (:func:`~timevec.data.examples.prepare_eval_sets`, once per study). The all-pairs matrix evaluates
+  every test split under every vector, so tokenising per cell would repeat the same work N times; an
+  :class:`~timevec.data.examples.EvalSplit` is a plain picklable value that the cell stage puts in
+  Ray's object store and every evaluation actor shares.
 - :func:`evaluate` runs the model over a prepared split. It is deterministic (``model.eval()``,
   ``torch.inference_mode``, a fixed batch order), so two evaluations of the same weights give the
   same number and the matrix can be resumed cell by cell without mixing noise into it.
@@ -19,23 +20,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from timevec.config import EvaluationConfig
-from timevec.data.corpus import Corpus, Split
+from timevec.data.examples import EvalSplit, EvaluationError
 from timevec.data.models import (
     IGNORE,
     Example,
     collate,
     is_encoder_decoder,
-    prompt_examples,
     token_losses,
 )
 from timevec.evaluate import bootstrap
-from timevec.train.loop import task_examples
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +43,6 @@ METRICS: dict[str, tuple[str, bool]] = {
     "classification": ("macro_f1", True),
     "summarization": ("rougeL", True),
 }
-
-
-class EvaluationError(ValueError):
-    """A split that cannot be evaluated (empty, wrong architecture, missing tokenizer)."""
 
 
 # ----------------------------------------------------------------------------- metric helpers
@@ -102,118 +96,6 @@ def rouge_l_scores(references: Sequence[str], hypotheses: Sequence[str], use_ste
 
 
 # ----------------------------------------------------------------------------- test splits
-
-
-@dataclass(frozen=True)
-class EvalSplit:
-    """One period's tokenised test split for one task, ready for :func:`evaluate`.
-
-    ``examples`` are what the model scores: LM blocks (lm); every (text, candidate label) pair in
-    row-major order, ``len(gold) × len(candidates)`` of them (classification); for summarisation
-    the (prompt, reference) pairs, whose ``input_ids`` are also the generation prompts for an
-    encoder-decoder model. ``prompts`` are the decoder-only generation prompts (the text up to the
-    ``=>`` separator, truncated to leave room for ``summary_max_new_tokens``).
-    """
-
-    task: str
-    period: str
-    encoder_decoder: bool
-    pad_id: int
-    eos_id: int
-    examples: tuple[Example, ...]
-    split: str = "test"  # or "validation" (selection in the α searches and soups)
-    candidates: tuple[str, ...] = ()
-    gold: tuple[str, ...] = ()
-    prompts: tuple[tuple[int, ...], ...] = ()
-    references: tuple[str, ...] = ()
-    n_rows: int = 0
-
-    @property
-    def n_examples(self) -> int:
-        """Evaluated units: LM blocks, classified texts, or summarised documents."""
-        if self.task == "classification":
-            return len(self.gold)
-        if self.task == "summarization":
-            return len(self.references)
-        return len(self.examples)
-
-
-def spread(n: int, cap: int | None) -> list[int]:
-    """``cap`` indices out of ``range(n)``, evenly spaced (all of them when ``cap`` is None or ≥ n).
-
-    The cap keeps a spread over the whole period instead of its first weeks, so a monthly or
-    seasonal signal is not cut away; it depends on nothing but ``n`` and ``cap`` (deterministic).
-    """
-    if cap is None or n <= cap:
-        return list(range(n))
-    return [(i * n) // cap for i in range(cap)]
-
-
-def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def prepare_split(
-    task: str,
-    corpus: Corpus,
-    period: str,
-    tokenizer: PreTrainedTokenizerBase,
-    encoder_decoder: bool,
-    eval_cfg: EvaluationConfig,
-    labels: Sequence[str] | None = None,
-    split: Split = "test",
-) -> EvalSplit:
-    """Tokenise the test split of one period for ``task``, capped at ``eval_cfg.max_examples``.
-
-    ``split="validation"`` prepares the validation rows the same way: the α searches and soups
-    select on validation and report on test, and must not see a difference in formatting.
-
-    Formatting is the training formatting (:func:`timevec.train.loop.task_examples` and
-    :func:`timevec.data.models.prompt_examples`), so a fine-tuned model is evaluated on exactly the
-    kind of sequence it was trained on. Classification candidates default to every label of the
-    corpus (sorted), the same for every period, so a label that is rare in one year can still be
-    predicted there.
-    """
-    if task not in METRICS:
-        raise EvaluationError(f"unknown task {task!r} (expected one of {sorted(METRICS)})")
-    max_length = eval_cfg.max_length
-    common = dict(task=task, period=period, split=split, encoder_decoder=encoder_decoder, pad_id=tokenizer.pad_token_id,
-                  eos_id=tokenizer.eos_token_id)
-    if task == "lm":
-        blocks = task_examples("lm", corpus, period, split, tokenizer, encoder_decoder, max_length)
-        keep = spread(len(blocks), eval_cfg.max_examples)
-        prepared = EvalSplit(examples=tuple(blocks[i] for i in keep), n_rows=len(corpus.rows(period, split)), **common)
-    elif task == "classification":
-        rows = corpus.rows(period, split)
-        rows = rows[rows["label"].notna()]
-        rows = rows.iloc[spread(len(rows), eval_cfg.max_examples)]
-        if labels is None:
-            labels = corpus.records["label"].dropna().astype(str).unique().tolist()
-        candidates = tuple(sorted(set(map(str, labels))))
-        if not candidates:
-            raise EvaluationError(f"classification on {period}: the corpus has no labels")
-        texts = rows["text"].tolist()
-        sources = [t for t in texts for _ in candidates]
-        targets = [c for _ in texts for c in candidates]
-        longest = max(len(_ids(tokenizer, c)) for c in candidates) + 1  # + EOS
-        examples = prompt_examples(sources, targets, tokenizer, encoder_decoder, max_length, "classify", longest)
-        prepared = EvalSplit(examples=tuple(examples), candidates=candidates, gold=tuple(rows["label"].astype(str)),
-                          n_rows=len(rows), **common)
-    else:
-        rows = corpus.rows(period, split)
-        rows = rows[(rows["summary_source"].fillna("").str.strip() != "") & (rows["summary_target"].fillna("").str.strip() != "")]
-        rows = rows.iloc[spread(len(rows), eval_cfg.max_examples)]
-        sources, references = rows["summary_source"].tolist(), rows["summary_target"].tolist()
-        examples = prompt_examples(sources, references, tokenizer, encoder_decoder, max_length, "summarize")
-        prompts: list[tuple[int, ...]] = []
-        if not encoder_decoder:
-            room = max(max_length - eval_cfg.summary_max_new_tokens, 1)
-            prompts = [tuple(_ids(tokenizer, f"summarize: {s} => ")[:room]) for s in sources]
-        prepared = EvalSplit(examples=tuple(examples), prompts=tuple(prompts), references=tuple(references),
-                          n_rows=len(rows), **common)
-    if prepared.n_examples == 0:
-        log.warning("%s %s split of %s is empty", task, split, period)
-    return prepared
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -324,7 +206,7 @@ def _shared_prompts(split: EvalSplit) -> tuple[list[tuple[int, ...]], list[tuple
         if any(p != own[0] for p in own):
             raise EvaluationError(
                 f"classification/{split.period}: the candidates of text {row} do not share one prompt "
-                "(prepare the split with timevec.evaluate.metrics.prepare_split)"
+                "(prepare the split with timevec.data.examples.prepare_split)"
             )
         prompts.append(own[0])
         targets.extend(e.labels if split.encoder_decoder else e.input_ids[c:] for e, c in zip(group, cut))

@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from timevec.config import ConfigError, ExperimentConfig, TrainingConfig
-from timevec.data.corpus import Corpus, Split
+from timevec.data.corpus import Corpus
 from timevec.data.models import (
     Example,
     base_id,
@@ -34,7 +34,6 @@ from timevec.data.models import (
     lm_examples,
     load_tokenizer,
     max_positions,
-    prompt_examples,
     skeleton,
     token_losses,
 )
@@ -43,35 +42,6 @@ log = logging.getLogger(__name__)
 
 TrainState = dict  # {"model": state_dict, "optimizer": ..., "scheduler": ..., "step": int}
 ReportHook = Callable[[dict, "TrainState | None"], None]
-
-
-def task_examples(
-    task: str,
-    corpus: Corpus,
-    period: str,
-    split: Split,
-    tokenizer: PreTrainedTokenizerBase,
-    encoder_decoder: bool,
-    max_length: int,
-    seed: int = 0,
-) -> list[Example]:
-    """The examples of one task on one split of one period.
-
-    lm: the period's texts as next-block (encoder-decoder) or next-token (decoder-only) blocks;
-    classification: text → label; summarization: summary_source → summary_target (rows where
-    both are non-empty).
-    """
-    rows = corpus.rows(period, split)
-    if task == "lm":
-        return lm_examples(rows["text"].tolist(), tokenizer, encoder_decoder, max_length, seed=seed)
-    if task == "classification":
-        return prompt_examples(rows["text"].tolist(), rows["label"].tolist(), tokenizer, encoder_decoder, max_length, "classify")
-    if task == "summarization":
-        rows = rows[(rows["summary_source"].fillna("").str.strip() != "") & (rows["summary_target"].fillna("").str.strip() != "")]
-        return prompt_examples(
-            rows["summary_source"].tolist(), rows["summary_target"].tolist(), tokenizer, encoder_decoder, max_length, "summarize"
-        )
-    raise ValueError(f"unknown task {task!r}")
 
 
 def seed_everything(seed: int) -> None:

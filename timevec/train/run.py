@@ -20,6 +20,7 @@ import torch
 
 from timevec.config import ExperimentConfig, TrainingConfig
 from timevec.data.corpus import Corpus
+from timevec.data.examples import task_examples
 from timevec.data.models import (
     IGNORE,
     Example,
@@ -29,16 +30,7 @@ from timevec.data.models import (
 )
 from timevec.store import VectorStore
 from timevec.train import continual
-from timevec.train.loop import (
-    TrainResult,
-    batch_indices,
-    merge_lora,
-    seed_everything,
-    task_examples,
-    total_steps,
-    train,
-    wrap_lora,
-)
+from timevec.train.loop import TrainResult, batch_indices, merge_lora, seed_everything, total_steps, train, wrap_lora
 from timevec.train.plan import RunSpec
 from timevec.weights.lowrank import from_lora_run
 from timevec.weights.vectors import TimeVector, WeightPatcher
