@@ -11,6 +11,7 @@ import pytest
 import timevec.demo
 from timevec import pipeline
 from timevec.analyze import findings as fnd
+from timevec.analyze import seeds
 from timevec.config import ConfigError, load_config
 from timevec.data.corpus import load_corpus
 from timevec.store import VectorStore
@@ -49,7 +50,7 @@ def test_findings_over_seeds_t_interval_and_verdict() -> None:
                    "unit": "r", "side": "below"}]),
                3: pd.DataFrame([_finding(3, 4.0), _finding(3, 0.4, "cosine vs degradation", "all") | {
                    "unit": "r", "side": "below"}])}
-    over = replicates.findings_over_seeds(by_seed).set_index("finding")
+    over = seeds.findings_over_seeds(by_seed).set_index("finding")
     decay = over.loc["decay with the gap"]
     half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) · sd / √n, sd = 1
     assert decay["estimate"] == pytest.approx(3.0) and decay["n_seeds"] == 3
@@ -59,9 +60,9 @@ def test_findings_over_seeds_t_interval_and_verdict() -> None:
     assert over.loc["cosine vs degradation", "holds"] == "unclear"  # one seed disagrees
     assert over.loc["cosine vs degradation", "low"] == -1.0  # clipped: r cannot leave [−1, 1]
     # one seed: no interval over seeds
-    single = replicates.findings_over_seeds({1: by_seed[1]})
+    single = seeds.findings_over_seeds({1: by_seed[1]})
     assert single["low"].isna().all()
-    assert replicates.findings_over_seeds({}).empty
+    assert seeds.findings_over_seeds({}).empty
 
 
 def test_the_pipeline_runs_every_replicate_on_one_base(tmp_path: Path) -> None:
@@ -93,6 +94,6 @@ def test_the_pipeline_runs_every_replicate_on_one_base(tmp_path: Path) -> None:
     assert {c[2] for c in calls} == {f"{tmp_path}/study/seeds/11", f"{tmp_path}/study/seeds/12"}
     over = summary["findings"]
     assert over.iloc[0]["estimate"] == pytest.approx(1.15) and over.iloc[0]["n_seeds"] == 2
-    stored = VectorStore(f"{tmp_path}/study").read_table(replicates.FINDINGS_SEEDS_TABLE)
+    stored = VectorStore(f"{tmp_path}/study").read_table(seeds.FINDINGS_SEEDS_TABLE)
     pd.testing.assert_frame_equal(stored, over.reset_index(drop=True))
     assert summary["headline"]["seed 12: runs"] == 1

@@ -149,8 +149,9 @@ def run_stages(config: ExperimentConfig, stages: list[str], functions: Mapping[s
 def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, ExperimentConfig]], stages: list[str],
                     functions: Mapping[str, StageFunction]) -> StageResult:
     from timevec import results as r
+    from timevec.analyze.seeds import FINDINGS_SEEDS_TABLE, findings_over_seeds
     from timevec.store import VectorStore
-    from timevec.train.replicates import FINDINGS_SEEDS_TABLE, findings_over_seeds, share_base
+    from timevec.train.replicates import share_base
 
     root = VectorStore.from_config(config.store)
     first = VectorStore.from_config(replicates[0][1].store)

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -314,7 +314,7 @@ def _cell_values(
     evaluate_weights: EvaluateWeights,
     known: KnownValue | None,
     source: str,
-    terms: Any,
+    terms: Callable[[], Sequence[Term]],
     targets: Sequence[str],
     tests: Mapping[str, EvalSplit],
 ) -> dict[str, float]:

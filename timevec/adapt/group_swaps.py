@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term
 from timevec.config import ConfigError
@@ -31,6 +31,9 @@ from timevec.data.periods import Period, PeriodError, sort_periods
 from timevec.evaluate.gains import gain
 from timevec.weights.param_groups import GROUPS, param_group
 from timevec.weights.vectors import TimeVector
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["SwapItem", "evaluate_swaps", "plan_swaps", "swap_pairs", "swap_terms", "swap_vector", "swaps_done"]
 
@@ -78,7 +81,7 @@ def swap_pairs(pairs: Sequence[Sequence[str]] | None, stored: Sequence[str], gra
     return out
 
 
-def swaps_done(table: Any) -> set[tuple[str, str, str, str, str]]:
+def swaps_done(table: pd.DataFrame | None) -> set[tuple[str, str, str, str, str]]:
     """Keys (task, granularity, j, k, group) already in the ``group_swaps`` table."""
     if table is None or len(table) == 0:
         return set()

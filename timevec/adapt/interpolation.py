@@ -55,6 +55,8 @@ Term = tuple[float, TimeVector]
 EvaluateWeights = Callable[[Sequence[Term], Sequence[EvalSplit]], list[dict[str, Any]]]
 #: ``load_vector(period) -> τ`` for one task (callers bind the task and cache as they see fit).
 LoadVector = Callable[[str], TimeVector]
+#: τ of (task, period) as the store holds it (a worker's vector reader)
+GetVector = Callable[[str, str], TimeVector]
 #: (source: "base" or a train period, test period) -> the cell's value, or None when not computed
 KnownValue = Callable[[str, str], "float | None"]
 

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+if TYPE_CHECKING:
+    from timevec.analyze.analysis import Analysis
 
 __all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "findings_table", "format_findings", "verdict"]
 
@@ -252,7 +255,7 @@ def _analogy_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
     return rows
 
 
-def findings_table(analysis: Any) -> pd.DataFrame:
+def findings_table(analysis: Analysis) -> pd.DataFrame:
     """Every finding the available tables support, as rows of :data:`FINDINGS_COLUMNS`."""
     rows = [
         *_diagonal_rows(analysis.diagonal),

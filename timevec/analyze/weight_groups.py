@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,9 @@ import pandas as pd
 from timevec import results
 from timevec.analyze.similarity import Key, grouped_similarity, similarity_table, similarity_vs_degradation
 from timevec.weights.param_groups import GROUPS, OTHER, group_of
+
+if TYPE_CHECKING:
+    from timevec.store import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,7 @@ class GroupAnalysis(NamedTuple):
     tensor_counts: dict[str, int]  # tensors per group (OTHER: names no rule matched)
 
 
-def group_analysis(store: Any, rel: pd.DataFrame, keys: Sequence[Key] | None = None) -> GroupAnalysis | None:
+def group_analysis(store: VectorStore, rel: pd.DataFrame, keys: Sequence[Key] | None = None) -> GroupAnalysis | None:
     """The three per-group tables of ``store``'s vectors (``keys``; default every stored vector),
     from one grouped streaming pass; None when the store holds no vector."""
     keys = [(str(t), str(p)) for t, p in (store.list_vectors() if keys is None else keys)]

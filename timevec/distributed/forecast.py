@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import pandas as pd
 
 from timevec import results
 from timevec.adapt import forecast
+from timevec.adapt.interpolation import EvaluateWeights, GetVector
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import sort_periods
@@ -51,7 +51,8 @@ class _ForecastActor(CombinationActor):
 
 
 def run_item(
-    evaluate_weights: Any, get_vector: Any, item: forecast.ForecastItem, splits: SplitSets, known: KnownCells | None = None
+    evaluate_weights: EvaluateWeights, get_vector: GetVector, item: forecast.ForecastItem, splits: SplitSets,
+    known: KnownCells | None = None,
 ) -> list[dict]:
     """Evaluate one item (no Ray): its forecast rows. ``get_vector(task, period)``."""
     key = (item.task, item.granularity)

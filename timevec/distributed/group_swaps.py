@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import pandas as pd
 
 from timevec import results
 from timevec.adapt import group_swaps
+from timevec.adapt.interpolation import EvaluateWeights, GetVector
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import sort_periods
@@ -44,7 +44,7 @@ class _SwapActor(CombinationActor):
                                             group_counts(self.evaluator.store.shapes))}
 
 
-def run_item(evaluate_weights: Any, get_vector: Any, item: group_swaps.SwapItem, splits: SplitSets,
+def run_item(evaluate_weights: EvaluateWeights, get_vector: GetVector, item: group_swaps.SwapItem, splits: SplitSets,
              known: KnownCells | None, n_tensors: dict[str, int]) -> list[dict]:
     """One item's rows (no Ray). ``get_vector(task, period)``."""
     split = splits["test"].get((item.task, item.granularity), {}).get(item.target)

@@ -140,7 +140,7 @@ class _AdaptActor(CombinationActor):
 
 def run_item(
     evaluate_weights: adapt.EvaluateWeights,
-    get_vector: Any,
+    get_vector: adapt.GetVector,
     item: Item,
     splits: SplitSets,
     known: KnownCells | None = None,

@@ -53,6 +53,7 @@ from timevec.weights.lowrank import LowRankVector
 from timevec.weights.vectors import TimeVector
 
 if TYPE_CHECKING:  # pandas/pyarrow are imported on first table use: workers that only move vectors skip them
+    from timevec.config import StoreConfig
     pass
 
 logger = logging.getLogger("timevec.store")
@@ -116,7 +117,7 @@ class VectorStore(StoreScans, ResultFiles):
         self._info: dict[str, Any] | None = None
 
     @classmethod
-    def from_config(cls, store_cfg: Any) -> VectorStore:
+    def from_config(cls, store_cfg: StoreConfig) -> VectorStore:
         """From a :class:`timevec.config.StoreConfig` (url, dtype, target_shard_bytes, storage_options)."""
         return cls(
             store_cfg.url,

@@ -1,0 +1,80 @@
+"""The package's shape: its public API, and the layering every package's docstring promises."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import timevec
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "timevec"
+#: What each package may import from timevec besides itself (imports for type checking only are not counted):
+#: the study's order, data → weights → store → train / evaluate → adapt → analyze. ``config`` reads the
+#: periods (data), the credential policy (store) and the parameter-group names (weights, in one validator).
+ALLOWED = {
+    "config": {"data", "store", "weights", "errors"},
+    "data": {"config", "errors", "demo"},
+    "weights": {"data", "config", "errors"},
+    "store": {"data", "weights", "errors"},
+    "train": {"data", "weights", "store", "config", "errors", "results"},
+    "evaluate": {"data", "weights", "store", "train", "config", "errors", "results"},  # train.devices: the device rule
+    "adapt": {"data", "weights", "store", "train", "evaluate", "config", "errors", "results"},
+    "analyze": {"data", "weights", "store", "train", "evaluate", "adapt", "config", "errors", "results"},
+    "report": {"data", "weights", "store", "train", "evaluate", "adapt", "analyze", "config", "errors", "results"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for stmt in node.body for n in ast.walk(stmt)}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            if node.module == "timevec":
+                out.update(f"timevec.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_the_public_api_resolves_and_import_stays_light():
+    for name in timevec.__all__:
+        assert getattr(timevec, name) is not None, name
+    code = "import sys, timevec; print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert subprocess.run([sys.executable, "-m", "timevec", "--help"], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def test_packages_import_only_downward_and_ray_only_in_distributed():
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        package = rel.parts[0] if len(rel.parts) > 1 else None
+        imports = _imports(path)
+        if package != "distributed" and any(m == "ray" or m.startswith("ray.") for m in imports):
+            problems.append(f"{rel}: imports ray outside timevec/distributed")
+        if package in ALLOWED:
+            for module in imports:
+                parts = module.split(".")
+                if parts[0] != "timevec" or len(parts) < 2 or parts[1] == package:
+                    continue
+                if parts[1] not in ALLOWED[package]:
+                    problems.append(f"{rel}: {package} imports {module}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_package_says_what_it_holds_and_no_module_is_oversized():
+    for init in PACKAGE.glob("*/__init__.py"):
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{init.relative_to(ROOT)} has no docstring"
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert not {p: n for p, n in sizes.items() if n > 520}, "modules over ~500 lines"
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "cli.py", "errors.py", "pipeline.py", "results.py"]
