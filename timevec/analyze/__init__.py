@@ -1,6 +1,6 @@
 """Reading the tables: misalignment and decay, vector similarity, per-group structure, forgetting,
 time probes, the findings and the verdict.
 
-May import: ``data``, ``weights``, ``evaluate``, ``adapt`` (summaries), ``store``, ``config``, ``results``.
+May import: ``data``, ``weights``, ``store``, ``train``, ``evaluate``, ``adapt``, ``config``, ``results``.
 Ray-free.
 """

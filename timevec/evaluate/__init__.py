@@ -1,5 +1,5 @@
 """Scoring one weight state: metrics (perplexity, macro-F1, ROUGE-L), the cell evaluator that holds
 θ_pre once, bootstrap intervals, and gains in each metric's own direction.
 
-May import: ``data``, ``weights``, ``store``, ``config``, ``results``. Ray-free.
+May import: ``data``, ``weights``, ``store``, ``train`` (the device rule), ``config``, ``results``. Ray-free.
 """

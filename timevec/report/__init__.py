@@ -1,5 +1,7 @@
 """Figures and one self-contained HTML report from the result tables.
 
+May import every Ray-free package (it reads what they wrote); never Ray.
+
 Design choices, and why:
 
 * Output goes through two callables (``write_bytes(path, data)`` and ``write_table(name, df)``)

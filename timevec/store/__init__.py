@@ -33,6 +33,8 @@ The package, one job per module: :mod:`.vector_store` (the :class:`VectorStore` 
 names, manifest checks), :mod:`.shards` (writing and reading one entry with its integrity
 checks), :mod:`.checksum` (which digest, and checking it), :mod:`.codec` (safetensors),
 :mod:`.gram` (the streamed Gram matrix), :mod:`.tables` (Parquet results), :mod:`.errors` (:class:`StoreError`).
+
+May import: ``data`` (periods, fingerprints), ``weights`` (the vector types) and ``errors``; never Ray.
 """
 
 from timevec.store.errors import StoreError

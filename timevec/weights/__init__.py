@@ -1,4 +1,4 @@
 """Weight arithmetic: time vectors, LoRA factors, merge methods and parameter groups.
 
-May import: ``data`` (models, fingerprints) and ``config``. Torch, never Ray; storage is ``timevec.store``.
+May import: ``data`` (models, fingerprints), ``config`` and ``errors``. Torch, never Ray; storage is ``timevec.store``.
 """
