@@ -40,6 +40,7 @@ test-all: $(STAMP) $(REAL_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) runs

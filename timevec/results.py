@@ -29,7 +29,7 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, overload
 
 import pandas as pd
 import pyarrow as pa
@@ -127,7 +127,7 @@ GROUP_SIMILARITY_TABLE = "group_similarity"
 GROUP_SIM_DEG_TABLE = "group_similarity_degradation"
 GROUP_SWAPS_TABLE = "group_swaps"
 #: What the report reads (figures get their own ``fig_<name>`` tables, written by the report).
-REPORT_TABLES = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE, ANALOGY_TABLE,
+REPORT_TABLES: tuple[str, ...] = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE, ANALOGY_TABLE,
                  FORECAST_TABLE)
 REPORT_TABLES += (GROUP_NORMS_TABLE, GROUP_SIM_DEG_TABLE, GROUP_SWAPS_TABLE)
 
@@ -216,6 +216,10 @@ def interpolation_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame.astype({"alpha": "float64", "value": "float64", "higher_is_better": "bool"})
 
 
+@overload
+def with_split(frame: None, default: str = ...) -> None: ...
+@overload
+def with_split(frame: pd.DataFrame, default: str = ...) -> pd.DataFrame: ...
 def with_split(frame: pd.DataFrame | None, default: str = "test") -> pd.DataFrame | None:
     """A table written before it had a ``split`` column (every row was a test value), with one.
 

@@ -325,7 +325,7 @@ def _cell_values(
     if missing:
         rows = evaluate_weights(terms(), [tests[t] for t in missing])
         values.update({t: value_of(rows, i) for i, t in enumerate(missing)})
-    return {t: float(v) for t, v in values.items()}
+    return {t: float(v) for t, v in values.items() if v is not None}  # every missing value was evaluated above
 
 
 def _evaluate_grouped(

@@ -145,7 +145,7 @@ def hidden_features(
     a :class:`ConfigError` naming ``probe.layers``.
     """
     device = next(model.parameters()).device
-    encoder = model.get_encoder() if is_encoder_decoder(model) else None
+    encoder = model.get_encoder() if is_encoder_decoder(model) else None  # type: ignore[operator,arg-type]  # a PreTrainedModel method on an nn.Module annotation
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: dict[str, list[np.ndarray]] = {p: [] for p in poolings}
     chosen: list[int] | None = None
@@ -238,10 +238,10 @@ def probe_model_rows(
             moved = fixed.predict(x[test])
             r2b, rhob = probe_scores(y_test, moved)
             shift = moved - base.predicted[(layer, pooling)]
-            others = [_shift_toward(shift, y_test, text_period, s) for s in periods if s != period]
+            others = [_shift_toward(shift, y_test, text_period, s) for s in periods if s != period]  # type: ignore[arg-type]  # text_period is set with the test split
             rows.append({
                 **key, "probe": "base", "alpha": float(fixed[-1].alpha_), "r2": r2b, "spearman": rhob,
-                "mean_shift": float(shift.mean()), "shift_toward": _shift_toward(shift, y_test, text_period, period),
+                "mean_shift": float(shift.mean()), "shift_toward": _shift_toward(shift, y_test, text_period, period),  # type: ignore[arg-type]  # text_period is set with the test split
                 "shift_toward_other": float(np.nanmean(others)) if others else float("nan"),
             })
     return rows, mine
@@ -270,7 +270,7 @@ def run_probe(config: ExperimentConfig, store, corpus: Corpus | None = None) -> 
     texts = draw_texts(corpus, _text_periods(config), cfg.texts_per_period, cfg.test_fraction, seed)
     model, tokenizer = base_from_store(config.base, store)
     device = pick_device()
-    model = model.to(device).eval()
+    model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() as a decorator
     patcher = WeightPatcher(model)
     max_length = cfg.max_length or config.evaluation.max_length
 
@@ -304,7 +304,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     ``models_pulled`` of ``models``: the tuned models whose shift toward their own period exceeds the
     shift toward the other periods (the uniform-drift control). A table of θ_pre alone gives task ``None``.
     """
-    tasks = [t for t in dict.fromkeys(table["task"]) if isinstance(t, str)] or [None]
+    tasks: list[str | None] = [t for t in dict.fromkeys(table["task"]) if isinstance(t, str)] or [None]
     return pd.concat([_summary_of(table[(table["model"] == "base") | (table["task"] == task)], task) for task in tasks],
                      ignore_index=True)
 

@@ -138,7 +138,7 @@ def group_analysis(store: VectorStore, rel: pd.DataFrame, keys: Sequence[Key] | 
     if not keys:
         return None
     grams = store.grouped_gram(keys, group_of)
-    parts = part_grams(grams)
+    parts = part_grams(grams)  # type: ignore[arg-type]  # group_of returns (part, layer) keys
     sizes = part_sizes(store.shapes)
     counts = {g: sizes.get(("group", g), (0, 0))[0] for g in GROUPS}
     if counts[OTHER]:

@@ -63,10 +63,10 @@ class ExperimentConfig(_Strict):
     seed: int = 42
     base: BaseConfig = BaseConfig()
     corpus: CorpusConfig
-    granularities: list[Granularity] = Field(default_factory=lambda: ["year"])
+    granularities: list[Granularity] = Field(default_factory=lambda: ["year"])  # type: ignore[arg-type]  # the literals are the list's type
     periods: PeriodRange
     month_periods: PeriodRange | None = Field(None, description="narrower year range for monthly runs")
-    tasks: list[Task] = Field(default_factory=lambda: ["lm"])
+    tasks: list[Task] = Field(default_factory=lambda: ["lm"])  # type: ignore[arg-type]  # the literals are the list's type
     training: TrainingConfig = TrainingConfig()
     store: StoreConfig = StoreConfig()
     ray: RayConfig = RayConfig()

@@ -149,10 +149,10 @@ class ProbeConfig(_Strict):
     texts_per_period: int = Field(200, ge=4, description="texts drawn per period (from its validation + test splits)")
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of each period's texts held out from the fit")
     layers: list[int] | None = Field(None, description="hidden-state indices (0 = embeddings); default: all")
-    poolings: list[Pooling] = Field(default_factory=lambda: ["last", "mean"])
+    poolings: list[Pooling] = Field(default_factory=lambda: ["last", "mean"])  # type: ignore[arg-type]  # the literals are the list's type
     alphas: list[float] = Field(default_factory=lambda: [round(10.0 ** (k / 2), 6) for k in range(-6, 11)],
                                 description="RidgeCV's grid (default 10^-3 … 10^5, half decades)")
-    tasks: list[Task] = Field(default_factory=lambda: ["lm"], description="tasks whose vectors are probed")
+    tasks: list[Task] = Field(default_factory=lambda: ["lm"], description="tasks whose vectors are probed")  # type: ignore[arg-type]  # the literals are the list's type
     batch_size: int = Field(32, ge=1)
     max_length: int | None = Field(None, ge=8, description="tokens per text; default: evaluation.max_length")
     seed: int | None = Field(None, description="text draw and held-out split; default: the experiment seed")

@@ -173,7 +173,7 @@ def build_model(base: BaseConfig, tokenizer: PreTrainedTokenizerBase, pretrained
     tiny = base.tiny
     torch.manual_seed(0)  # the embedded architecture's initial weights are part of its identity
     if base.arch == "t5":
-        config = T5Config(
+        config = T5Config(  # type: ignore[call-arg]  # PretrainedConfig's **kwargs
             vocab_size=len(tokenizer),
             d_model=tiny.d_model,
             d_kv=max(tiny.d_model // tiny.num_heads, 4),
@@ -340,12 +340,12 @@ def lm_examples(
 
 def _sentinel_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """T5's ``<extra_id_k>`` sentinel ids (T5 and ByT5 tokenizers both define them)."""
-    ids = []
+    ids: list[int] = []
     for k in range(100):
         token_id = tokenizer.convert_tokens_to_ids(f"<extra_id_{k}>")
         if token_id is None or token_id == tokenizer.unk_token_id:
             break
-        ids.append(token_id)
+        ids.append(token_id)  # type: ignore[arg-type]  # one token in, one id out
     if not ids:
         raise ValueError("span corruption needs a tokenizer with <extra_id_k> sentinel tokens (T5/ByT5)")
     return ids

@@ -51,7 +51,7 @@ def build_t5_unigram(
 
     directory = Path(directory)
     tokenizer = train_unigram_tokenizer(texts, vocab_size)
-    config = T5Config(
+    config = T5Config(  # type: ignore[call-arg]  # PretrainedConfig's **kwargs
         vocab_size=len(tokenizer),
         d_model=d_model,
         d_kv=max(d_model // num_heads, 4),

@@ -71,12 +71,10 @@ from timevec.store import StoreError, VectorStore
 from timevec.store.checksum import shard_digest
 from timevec.train.devices import pick_device
 from timevec.train.progress import Progress
-from timevec.weights.lowrank import LowRankVector
 from timevec.weights.vectors import TimeVector
 
 log = logging.getLogger(__name__)
 
-StoredVector = TimeVector | LowRankVector
 
 VALIDATION = "validation"
 TEST = "test"
@@ -108,9 +106,9 @@ class LoadedPair:
     """θ_pre (in its evaluator) and the three vectors of one (task, j, k), on this worker's device."""
 
     evaluator: CellEvaluator
-    task_j: StoredVector
-    lm_k: StoredVector
-    lm_j: StoredVector
+    task_j: TimeVector  # or a LowRankVector, which serves as one (CellEvaluator.read_vector)
+    lm_k: TimeVector
+    lm_j: TimeVector
     load_seconds: float
 
 
@@ -373,7 +371,7 @@ def search_pair(
     if tuner is not None:
         if done:
             log.info("analogy %s→%s: %d trial(s) already in %s, running the rest", payload.j, payload.k, len(done), name)
-        for result in tuner.fit():
+        for result in tuner.fit():  # type: ignore[attr-defined]  # ResultGrid is iterable (__getitem__/__len__)
             if result.error is not None:
                 errors.append(f"{result.path}: {result.error}")
             elif VALIDATION not in (result.metrics or {}):
@@ -441,7 +439,7 @@ def _prepared_splits(config: ExperimentConfig, store: VectorStore, task: str, pe
     wanted: dict[tuple[str, str], list[str]] = {}
     for k in periods:
         wanted.setdefault((task, Period.parse(k).granularity), []).append(k)
-    sets = prepare_eval_sets(config, wanted, (VALIDATION, TEST), store=store, keep_empty=True)
+    sets = prepare_eval_sets(config, wanted, ("validation", "test"), store=store, keep_empty=True)
     return {k: (sets[VALIDATION][(task, g)][k], sets[TEST][(task, g)][k]) for (_, g), ks in wanted.items() for k in ks}
 
 
@@ -494,7 +492,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
         pending = None if have is not None else baselines_remote.remote(payload, latest, (task, k) in stored)
         points, facts = search_pair(config, payload, storage, name)
         metric = METRICS[task][0]
-        baseline_rows, scaled = (have[0].to_dict("records"), have[1]) if have is not None else ray.get(pending)
+        baseline_rows, scaled = (have[0].to_dict("records"), have[1]) if have is not None else ray.get(pending)  # type: ignore[arg-type]  # pending is set whenever have is None
         grid = pd.concat([task_analogy.analogy_grid_frame(task, j, k, metric, points),
                           task_analogy.analogy_grid_frame(task, j, k, metric, scaled, method="task_j_scaled")],
                          ignore_index=True)

@@ -128,7 +128,7 @@ RESULT_COLUMNS = [
 
 
 def _row(run: RunSpec, status: str, **values: Any) -> dict[str, Any]:
-    row = {column: None for column in RESULT_COLUMNS}
+    row: dict[str, Any] = {column: None for column in RESULT_COLUMNS}
     row.update(task=run.task, period=run.period, granularity=run.granularity, status=status)
     row.update(values)
     return row
@@ -178,7 +178,7 @@ class _Submission:
         began = time.perf_counter()
         grid = tuner.fit()
         self.attrs["makespan_s"] += time.perf_counter() - began
-        for result in grid:
+        for result in grid:  # type: ignore[attr-defined]  # ResultGrid is iterable (__getitem__/__len__)
             run = RunSpec(**result.config["run"])
             metrics = result.metrics or {}
             attempts = tracker.attempts.get(run.key, 1)

@@ -70,7 +70,7 @@ class FleetProgress(tune.Callback):
             self._last = now
             log.info("%s", self.line())
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, **info: Any) -> None:  # type: ignore[override]  # Tune calls setup(**info)
         self._began = time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -146,7 +146,7 @@ def trainer_run(params: dict, ctx: FleetContext) -> None:
             name=f"{ctx.experiment}-{run.key}",
             storage_path=ctx.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=rc.max_failures),
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # a transformers callback (Ray's stubs name Tune's)
         ),
     )
     trainer.fit()

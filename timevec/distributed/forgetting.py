@@ -94,7 +94,7 @@ def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -
         if outcome.failures:
             names = ", ".join(f.item.vector for f in outcome.failures)
             raise failure_error(f"{len(outcome.failures)} merged state(s) failed: {names}", outcome.failures)
-    table = forgetting.forgetting_rows(periods_of, _cells(store, results.CELLS_TABLE), _cells(root, results.CELLS_TABLE),
+    table = forgetting.forgetting_rows(periods_of, _cells(store, results.CELLS_TABLE), _cells(root, results.CELLS_TABLE),  # type: ignore[arg-type]  # Literal keys are str keys
                                        _cells(store, results.MERGED_CELLS_TABLE))
     store.write_table(results.FORGETTING_TABLE, table)
     return table

@@ -87,7 +87,7 @@ class Reporter:
             if directory is None:
                 self._report_fn(metrics)
             else:
-                self._report_fn(metrics, checkpoint=self._checkpoint_cls.from_directory(directory))
+                self._report_fn(metrics, checkpoint=self._checkpoint_cls.from_directory(directory))  # type: ignore[attr-defined]  # ray.train.Checkpoint, imported lazily
         finally:
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)

@@ -143,7 +143,7 @@ class CellEvaluator:
         self.stats = EvaluatorStats()
         began = time.perf_counter()
         model, self.tokenizer = base_from_store(config.base, store)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]  # transformers types .to() as a decorator
         self.patcher = WeightPatcher(self.model)
         self.merge = MergeMethod.from_config(config)
         self.stats.model_loads += 1
@@ -191,7 +191,7 @@ class CellEvaluator:
         vector = self.store.get_native(task, period)
         self.stats.vector_reads += 1
         self.stats.read_seconds += time.perf_counter() - began
-        return vector
+        return vector  # type: ignore[return-value]  # a LowRankVector serves as a TimeVector (WeightPatcher adds its factors)
 
     def _splits_for(self, task: str, granularity: str, test_periods: Sequence[str] | None) -> list[EvalSplit]:
         try:

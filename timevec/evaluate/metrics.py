@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -92,7 +93,7 @@ def rouge_l_scores(references: Sequence[str], hypotheses: Sequence[str], use_ste
         from rouge_score import rouge_scorer
 
         scorer = _ROUGE_SCORERS[use_stemmer] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-    return [scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, hypotheses)]
+    return [scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, hypotheses)]  # type: ignore[attr-defined]  # rouge_score is untyped
 
 
 # ----------------------------------------------------------------------------- test splits
@@ -154,7 +155,7 @@ def _generate(
             else:  # a causal model continues from the last position: pad on the left
                 input_ids[i, width - len(prompt) :] = torch.tensor(prompt)
                 attention[i, width - len(prompt) :] = 1
-        output = model.generate(
+        output = model.generate(  # type: ignore[operator]  # GenerationMixin.generate, seen as a Module attribute
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             max_new_tokens=eval_cfg.summary_max_new_tokens,
@@ -174,7 +175,7 @@ def _generate(
                 tokens = tokens[1:]
             tokens = [t for t in tokens if t != pad]
             generated += len(tokens)
-            hypotheses.append(tokenizer.decode(tokens, skip_special_tokens=True))
+            hypotheses.append(tokenizer.decode(tokens, skip_special_tokens=True))  # type: ignore[arg-type]  # one sequence decodes to one str
     return hypotheses, generated
 
 
@@ -198,7 +199,8 @@ def _shared_prompts(split: EvalSplit) -> tuple[list[tuple[int, ...]], list[tuple
     of its candidates, which is what lets the prompt run once.
     """
     n_labels = len(split.candidates)
-    prompts, targets = [], []
+    prompts: list[tuple[int, ...]] = []
+    targets: list[tuple[int, ...]] = []
     for row in range(len(split.gold)):
         group = split.examples[row * n_labels : (row + 1) * n_labels]
         cut = [0 if split.encoder_decoder else sum(1 for t in e.labels if t == IGNORE) for e in group]
@@ -303,7 +305,7 @@ def evaluate(
         )
     device = torch.device(device) if device is not None else _model_device(model)
     metric, higher = METRICS[split.task]
-    resamples = dict(samples=eval_cfg.bootstrap_samples, confidence=eval_cfg.confidence, seed=eval_cfg.bootstrap_seed)
+    resamples: dict[str, Any] = dict(samples=eval_cfg.bootstrap_samples, confidence=eval_cfg.confidence, seed=eval_cfg.bootstrap_seed)
     was_training = model.training
     model.eval()
     try:

@@ -16,7 +16,7 @@ algorithms is checked with sha256 first (the one a hand-repaired entry sets).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import xxhash
@@ -33,7 +33,7 @@ class Hasher(Protocol):
 
 
 #: name → constructor of an incremental hasher (``update`` / ``hexdigest``), in reader preference order.
-ALGORITHMS = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
+ALGORITHMS: dict[str, Callable[[], Hasher]] = {"sha256": hashlib.sha256, "xxh3_128": xxhash.xxh3_128}
 DEFAULT_CHECKSUM = "xxh3_128"
 
 

@@ -150,7 +150,7 @@ class StoreFiles:
         if self.local:
             with open(path, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
-                view = memoryview(np.empty(size, dtype=np.uint8))
+                view = memoryview(np.empty(size, dtype=np.uint8))  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
                 got = 0
                 while got < size:
                     n = f.readinto(view[got : got + CHUNK_BYTES])
@@ -180,7 +180,7 @@ class StoreFiles:
 
         async def get() -> memoryview:
             resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
-            view = memoryview(np.empty(int(resp["ContentLength"]), dtype=np.uint8))
+            view = memoryview(np.empty(int(resp["ContentLength"]), dtype=np.uint8))  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
             at = 0
             async with resp["Body"] as body:
                 async for chunk in body.iter_chunks(1 << 20):
@@ -246,7 +246,7 @@ class StoreFiles:
         if isinstance(data, Pieces):
             self.write_pieces(path, data.parts, data.observe)
         else:
-            self.write_pieces(path, [data])
+            self.write_pieces(path, [data])  # type: ignore[list-item]  # a bytearray is written like bytes
 
     def write_pieces(
         self, path: str, pieces: Sequence[bytes | memoryview], observe: Callable[[memoryview], None] | None = None

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from timevec.store.checksum import check_digest, entry_checksum, new_hasher
+from timevec.store.checksum import Hasher, check_digest, entry_checksum, new_hasher
 from timevec.store.codec import parse_header
 from timevec.store.errors import StoreError
 from timevec.store.fs import StoreFiles
@@ -86,7 +86,7 @@ class _ShardReader:
         self.names = shard_names(info, k)
         self.verify = verify
         self.whole_limit = 2 * int(info.get("target_shard_bytes") or DEFAULT_TARGET_SHARD_BYTES)
-        self.hasher = None
+        self.hasher: Hasher | None = None
         self.cached: np.ndarray | None = None
         try:
             self._open()
@@ -136,8 +136,8 @@ class _ShardReader:
             self.dtype = next(iter(dtypes))
             self.data_start = data_start
             if self.verify:
-                self.hasher = new_hasher(self.algorithm)
-                self.hasher.update(head[:data_start])
+                self.hasher = hasher = new_hasher(self.algorithm)
+                hasher.update(head[:data_start])
         else:  # decode (verified as a whole) and keep the flattened row until the shard is done
             self.whole = None
             tensors = load_shard(
@@ -155,7 +155,7 @@ class _ShardReader:
         kind = _WIDEN[self.dtype]
         item = 4 if kind is None else 2
         target = row if kind is None else _scratch_u16(c1 - c0)
-        view = memoryview(target).cast("B")
+        view = memoryview(target).cast("B")  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
         offset = self.data_start + c0 * item
         if self.whole is not None:
             data = memoryview(self.whole)[offset : offset + view.nbytes]

@@ -13,9 +13,19 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from timevec.store.fs import StoreFiles
+    from timevec.store.tables import ResultTables
+
 
 class ResultFiles:
     """write/append/read tables and write/read/list/remove files, relative to the store's root."""
+
+    if TYPE_CHECKING:  # provided by the façade (:class:`~timevec.store.VectorStore`)
+        _tables: ResultTables
+        _files: StoreFiles
+        root: str
+
+        def _path(self, *parts: str) -> str: ...
 
     # ------------------------------------------------------------------ tables
 

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,10 +14,28 @@ from timevec.store.errors import StoreError
 from timevec.store.gram import gram_matrix, grouped_gram_matrix
 from timevec.store.shards import check_shard
 
+if TYPE_CHECKING:
+    from timevec.store.fs import StoreFiles
+
 
 class StoreScans:
     """verify / gram / grouped_gram over the entries the façade lists (its ``_files``, ``info``,
     ``manifest`` and ``list_vectors``)."""
+
+    if TYPE_CHECKING:  # provided by the façade (:class:`~timevec.store.VectorStore`)
+        _files: StoreFiles
+
+        @property
+        def num_shards(self) -> int: ...
+
+        def _path(self, *parts: str) -> str: ...
+        def _key(self, task: str, period: str) -> tuple[str, str]: ...
+        def _vector_dir(self, task: str, period: str) -> str: ...
+        def _base_manifest(self) -> dict[str, Any]: ...
+        def _check_manifest_base(self, label: str, directory: str, manifest: dict[str, Any]) -> None: ...
+        def info(self) -> dict[str, Any]: ...
+        def manifest(self, task: str, period: str) -> dict[str, Any]: ...
+        def list_vectors(self, task: str | None = None) -> list[tuple[str, str]]: ...
 
     # ------------------------------------------------------------------ integrity
 
@@ -30,7 +49,7 @@ class StoreScans:
         if task is None:
             entries.append(("base", self._path("base"), self._base_manifest))
         for t, p in self.list_vectors(task):
-            entries.append((f"{t}/{p}", self._vector_dir(t, p), lambda t=t, p=p: self.manifest(t, p)))
+            entries.append((f"{t}/{p}", self._vector_dir(t, p), partial(self.manifest, t, p)))
         for label, directory, get_manifest in entries:
             try:
                 manifest = get_manifest()
@@ -72,7 +91,7 @@ class StoreScans:
         """
         entries = self._gram_entries(keys)
         info = self.info() if entries else None
-        if any(lowrank_layout.is_lowrank(m) for _, _, m in entries):  # mixed or low-rank: exact from the factors
+        if info is not None and any(lowrank_layout.is_lowrank(m) for _, _, m in entries):  # mixed or low-rank: exact from the factors
             return lowrank_layout.lowrank_gram(self._files, info, entries, verify=verify)
         return gram_matrix(self._files, info, entries, verify=verify, exact=exact, block_columns=block_columns)
 

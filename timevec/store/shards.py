@@ -169,7 +169,7 @@ def load_shard(
         else:
             buf = read_shard_bytes(files, path, entry, where, verify, writable=not as_numpy)
             decode = decode_numpy if as_numpy else decode_safetensors
-            meta, tensors = decode(buf, where)
+            meta, tensors = decode(buf, where)  # type: ignore[assignment,arg-type]  # numpy arrays when as_numpy, tensors otherwise
             if verify:
                 check_header(where, info, meta, tensors, expected)
             tensors = {n: tensors[n] for n in wanted if n in tensors}

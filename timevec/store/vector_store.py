@@ -315,7 +315,6 @@ class VectorStore(StoreScans, ResultFiles):
         """
         task, period = self._key(task, period)
         label = f"{task}/{period}"
-        low_rank = isinstance(vector, LowRankVector)
         vec = vector if isinstance(vector, TimeVector | LowRankVector) else TimeVector(vector)
         directory = self._vector_dir(task, period)
         run = scrub_credentials(dict(manifest or {}), environment_secrets(), log=logger)
@@ -326,7 +325,7 @@ class VectorStore(StoreScans, ResultFiles):
         stale = [
             p for p in self._files.list_files(directory) if p == manifest_path or TMP_MARK in os.path.basename(p)
         ]
-        if low_rank:  # the low-rank kind: factors per module (timevec.store.lowrank)
+        if isinstance(vec, LowRankVector):  # the low-rank kind: factors per module (timevec.store.lowrank)
             out = lowrank_layout.write_lowrank(
                 self._files, info, label, directory, vec, info["dtype"], run, task=task, period=period,
                 write=self._write, publish=self._publish_manifest, stale=stale, checksum=self.checksum,

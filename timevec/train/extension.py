@@ -111,8 +111,8 @@ def find_extension(config: ExperimentConfig, store: VectorStore) -> Extension | 
     added = {key: periods for key, periods in added.items() if periods}
     if not added:
         return None
-    extension = Extension({key: before[key] for key in added}, added)
-    check_compatible(config, store, before, wanted)
+    extension = Extension({key: before[key] for key in added}, added)  # type: ignore[arg-type]  # Literal keys are str keys
+    check_compatible(config, store, before, wanted)  # type: ignore[arg-type]  # Literal keys are str keys
     return extension
 
 

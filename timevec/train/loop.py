@@ -130,7 +130,7 @@ def wrap_lora(model: PreTrainedModel, cfg: TrainingConfig) -> PreTrainedModel:
         target_modules=cfg.lora.target_modules,
         task_type="SEQ_2_SEQ_LM" if is_encoder_decoder(model) else "CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora)  # type: ignore[return-value]  # a PeftModel wraps and acts as the PreTrainedModel
 
 
 def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
@@ -145,7 +145,7 @@ def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
     from timevec.weights.lowrank import lora_factors
 
     factors = lora_factors(model)
-    merged = model.merge_and_unload()
+    merged = model.merge_and_unload()  # type: ignore[operator]  # a PeftModel method, typed as a Tensor attribute
     merged.timevec_lora_factors = factors
     return merged
 
@@ -169,7 +169,7 @@ def train(
     if not examples:
         raise ValueError("no training examples")
     seed_everything(cfg.seed)
-    model = wrap_lora(model, cfg).to(device)
+    model = wrap_lora(model, cfg).to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorator
     encoder_decoder = is_encoder_decoder(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)

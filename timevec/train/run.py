@@ -230,7 +230,7 @@ class RunJob:
                 factors = getattr(model, "timevec_lora_factors", None)
                 if not factors:
                     raise RuntimeError(f"run {self.run.key}: training.lora.store is 'factors' but the model has no LoRA factors")
-                vector, err = from_lora_run(factors, vector)
+                vector, err = from_lora_run(factors, vector)  # type: ignore[assignment]  # the store takes either kind
                 kind, factor_check = "lora_factors", {"factor_max_rel_error": err}
             manifest = {
                 "task": self.run.task,

@@ -185,7 +185,7 @@ class LowRankVector:
         for name in list(self.factors) + list(self.dense):
             part = self.factors.get(name, self.dense.get(name))
             tensors = (part.B, part.A) if isinstance(part, Factor) else (part,)
-            if not all(bool(torch.isfinite(t).all()) for t in tensors):
+            if not all(bool(torch.isfinite(t).all()) for t in tensors):  # type: ignore[arg-type]  # part is one of the two maps' values
                 raise VectorError(f"{label}: tensor {name!r} has NaN/Inf value(s)")
 
 
@@ -231,9 +231,9 @@ def inner(x: Part, y: Part) -> float:
     if isinstance(x, Factor):
         x, y = y, x
     if isinstance(y, Factor):
-        d = _f64(x).reshape(y.shape)
+        d = _f64(x).reshape(y.shape)  # type: ignore[arg-type]  # x is dense: the Factor was swapped into y
         return y.scale * float(((_f64(y.B).T @ d) * _f64(y.A)).sum())
-    return dot64(x, y)
+    return dot64(x, y)  # type: ignore[arg-type]  # both dense here
 
 
 def dot(a: Operand, b: Operand) -> float:
@@ -304,7 +304,7 @@ def lora_factors(model: torch.nn.Module) -> dict[str, Factor]:
     """
     from peft.tuners.lora import LoraLayer  # deferred: only LoRA runs need peft
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]  # a PeftModel method, guarded by hasattr
     out: dict[str, Factor] = {}
     for name, module in base.named_modules():
         if not isinstance(module, LoraLayer):
@@ -312,8 +312,8 @@ def lora_factors(model: torch.nn.Module) -> dict[str, Factor]:
         for adapter in module.active_adapters:
             if adapter not in module.lora_A:
                 continue
-            a = module.lora_A[adapter].weight.detach().float().cpu().clone()
-            b = module.lora_B[adapter].weight.detach().float().cpu().clone()
+            a = module.lora_A[adapter].weight.detach().float().cpu().clone()  # type: ignore[operator]  # peft's ModuleDict, typed as a Tensor attribute
+            b = module.lora_B[adapter].weight.detach().float().cpu().clone()  # type: ignore[operator]  # peft's ModuleDict, typed as a Tensor attribute
             scale = float(module.scaling[adapter])
             if getattr(module, "fan_in_fan_out", False):
                 b, a = a.T.contiguous(), b.T.contiguous()

@@ -66,10 +66,10 @@ from typing import TYPE_CHECKING, get_args
 
 import torch
 
-from timevec.config import MergeMethodName, SignMethod
+from timevec.config import MergeConfig, MergeMethodName, SignMethod
 
 if TYPE_CHECKING:
-    from timevec.config import ExperimentConfig, MergeConfig
+    from timevec.config import ExperimentConfig
 
 __all__ = [
     "METHODS",
@@ -125,10 +125,10 @@ class MergeMethod:
     def from_config(cls, config: ExperimentConfig | MergeConfig, default_seed: int = 0) -> MergeMethod:
         """From an experiment config (``merge.seed`` unset: the experiment's ``seed``) or from its
         ``merge`` section alone (``merge.seed`` unset: ``default_seed``)."""
-        if hasattr(config, "merge"):
-            section, default_seed = config.merge, config.seed
-        else:
+        if isinstance(config, MergeConfig):
             section = config
+        else:
+            section, default_seed = config.merge, config.seed
         seed = section.seed if section.seed is not None else default_seed
         return cls(section.method, section.density, section.majority_sign_method, int(seed))
 

@@ -353,12 +353,13 @@ class WeightPatcher:
 
     def _check_delta(self, delta: TensorMap, label: str) -> None:
         if hasattr(delta, "factors"):  # a LowRankVector (timevec.weights.lowrank): check its layout, not tensors
+            shapes = delta.shapes  # type: ignore[attr-defined]  # LowRankVector (imports this module)
             for name in delta:
                 if name not in self._params:
                     raise VectorError(f"{label}: tensor {name!r} is not a floating-point parameter of the model")
-                if tuple(delta.shapes[name]) != tuple(self._params[name].shape):
+                if tuple(shapes[name]) != tuple(self._params[name].shape):
                     raise VectorError(
-                        f"{label}: tensor {name!r} has shape {tuple(delta.shapes[name])}, "
+                        f"{label}: tensor {name!r} has shape {tuple(shapes[name])}, "
                         f"the model's parameter has {tuple(self._params[name].shape)}"
                     )
             return
