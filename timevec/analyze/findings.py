@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "findings_table", "format_findings", "verdict"]
+__all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "PROTOCOL_WORDS", "findings_table", "format_findings", "verdict"]
 
 #: ``line``/``side``: the verdict's threshold and the paper's side of it (``above``/``below``), kept so
 #: that the same verdict can be drawn again over seeds (:mod:`timevec.train.replicates`).
@@ -166,7 +166,7 @@ def _stripe_rows(stripes: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 #: protocol -> the words in a finding's panel
-_PROTOCOL_WORDS = {"oracle": "oracle α", "time_proportional": "time-proportional α", "leave_one_out": "leave-one-out α",
+PROTOCOL_WORDS = {"oracle": "oracle α", "time_proportional": "time-proportional α", "leave_one_out": "leave-one-out α",
                    "midpoint": "midpoint α=0.5", "uniform_soup": "uniform soup", "past_only": "past-only α"}
 
 
@@ -188,7 +188,7 @@ def _interpolation_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
             sel = grp.loc[(grp["method"] == method) & grp["value"].notna()]
             if sel.empty:
                 continue
-            panel = f"{base_panel} · {_PROTOCOL_WORDS[method]}"
+            panel = f"{base_panel} · {PROTOCOL_WORDS[method]}"
             n_periods = len(sel)
             if method != "uniform_soup":
                 k = int(sel["beats_both_ends"].sum())
@@ -236,7 +236,7 @@ def _analogy_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
         return rows
     analogy = protocols.loc[protocols["method"] == "analogy"]
     for (task, selection), grp in analogy.groupby(["task", "selection"], sort=True):
-        panel = f"{task} · {_PROTOCOL_WORDS[selection]}"
+        panel = f"{task} · {PROTOCOL_WORDS[selection]}"
         how = ("α chosen on k's validation labels (oracle)" if selection == "oracle"
                else "α chosen on the previous pair (j, k′ < k): k's labels unused")
         for col, finding in (("gain_vs_task_j", "analogy vs τ_task(j)"),

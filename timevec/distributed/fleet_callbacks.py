@@ -16,6 +16,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 from timevec.distributed.fleet_trials import trial_name
+from timevec.train.progress import log as progress_log
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class FleetProgress(tune.Callback):
         now = time.monotonic()
         if self.verbose and (force or now - self._last >= self.every_s):
             self._last = now
-            log.info("%s", self.line())
+            progress_log.info("%s", self.line())
 
     def setup(self, **info: Any) -> None:
         self._began = time.monotonic()

@@ -8,6 +8,7 @@ import os
 import ray
 
 from timevec.config import ConfigError, RayConfig
+from timevec.train.progress import log as progress_log
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def ensure_ray(cfg: RayConfig) -> None:
         logging_level=logging.INFO if _verbose else logging.ERROR,
     )
     if cfg.dashboard and context.dashboard_url:
-        log.info("Ray dashboard: http://%s", context.dashboard_url)
+        progress_log.info("Ray dashboard: http://%s", context.dashboard_url)  # where to look: shown without -v
 
 
 def check_fits(cfg: RayConfig, request: dict[str, float], what: str) -> None:
