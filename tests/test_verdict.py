@@ -96,3 +96,9 @@ def test_report_opens_with_the_verdict_then_folds_every_row() -> None:
     assert 'class="num better">+1.20 [+0.20, +2.20] %<' in html and 'class="num worse">-0.020' in html
     assert "-0.65 % (one target period)" in html
     assert "midpoint α=0.5" in html[full:]  # every row is still there, folded
+
+
+def test_over_seeds_the_reason_counts_the_seeds() -> None:
+    table = adaptation_vs_latest(_findings().assign(n_seeds=1))  # timevec.train.replicates' table has n_seeds
+    assert set(table.loc[table["low"].isna(), "why"]) == {"one seed"}
+    assert set(adaptation_vs_latest(_findings().assign(n_seeds=3)).query("low != low")["why"]) == {"no spread over 3 seeds"}

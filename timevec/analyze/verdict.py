@@ -76,15 +76,18 @@ def no_interval_reason(row: dict[str, Any], findings: pd.DataFrame | None = None
 
     No estimate: the row's note (the reason it could not be computed). One unit of data: "one
     target period", "one middle period", "one (j, k) pair". Several but no interval: every value
-    the same, so there is no spread to draw one from (``counted``: say over how many). ``findings``:
+    the same, so there is no spread to draw one from (``counted``: say over how many). Over seeds
+    (an ``n_seeds`` column) the count is the seeds'. ``findings``:
     the whole table, where a row counts its periods on a sibling row (``interpolation vs midpoint``).
     """
     if not (_nan(row.get("low")) or _nan(row.get("high"))):
         return ""
     if _nan(row.get("estimate")):
         return str(row.get("note") or "not computable")
-    n = _count(row, findings)
-    noun = _COUNTS.get(row["finding"], ("", "value"))[1]
+    if not _nan(row.get("n_seeds")):  # over seeds (timevec.train.replicates): the interval is over the seeds
+        n, noun = int(row["n_seeds"]), "seed"
+    else:
+        n, noun = _count(row, findings), _COUNTS.get(row["finding"], ("", "value"))[1]
     if n == 1:
         return f"one {noun}"
     if n == 0:
