@@ -25,7 +25,7 @@ table.headline td,table.headline th{border:1px solid #ccc;padding:3px 8px;text-a
 table.headline td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.holds-yes td:nth-child(5){color:#1a7f37;font-weight:600} tr.holds-no td:nth-child(5){color:#cf222e;font-weight:600}
 td.better{background:#dafbe1} td.worse{background:#ffebe9} td.unclear{background:#f6f8fa;color:#555}
-td.holds-yes{color:#1a7f37;font-weight:600} td.holds-no{color:#cf222e;font-weight:600}
+td.holds-yes{color:#1a7f37;font-weight:600} td.holds-no{color:#cf222e;font-weight:600} td.nowrap{white-space:nowrap}
 details{margin:0.6em 0} summary{cursor:pointer}
 figure{margin:2em 0;border-top:1px solid #eee;padding-top:1em}
 figure img{max-width:100%;height:auto;display:block}
@@ -45,7 +45,8 @@ def verdict_html(findings: pd.DataFrame) -> list[str]:
     for r in verdict_mod.paper_findings(findings).to_dict("records"):
         claim = findings_mod.PAPER_CLAIMS[r["finding"]][1]
         parts.append(f'<tr><td>{e(r["finding"])}</td><td title="{e(claim)}">{e(r["paper"])}</td>'
-                     f'<td class="holds-{e(r["holds"])}">{e(r["holds"])}</td><td>{e(r["panels"])}</td><td>{e(r["why"])}</td></tr>')
+                     f'<td class="holds-{e(r["holds"])}">{e(r["holds"])}</td><td class="nowrap">{e(r["panels"])}</td>'
+                     f'<td>{e(r["why"])}</td></tr>')
     parts.append("</tbody></table>")
     table = verdict_mod.adaptation_vs_latest(findings)
     if len(table):
