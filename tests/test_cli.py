@@ -98,7 +98,7 @@ def test_quiet_by_default_every_info_line_with_v(tmp_path):
         store.put_vector("lm", period, TimeVector({"w": torch.ones(2, 2)}))
     quiet = timevec("store", "rm", store.url, "lm/2014")
     assert quiet.returncode == 0 and "removed lm/2014" in quiet.stdout and quiet.stderr == "", quiet.stderr
-    loud = timevec("-v", "store", "rm", store.url, "lm/2015")
+    loud = timevec("store", "rm", store.url, "lm/2015", "-v")  # -v after the command as well as before it
     assert loud.returncode == 0 and "INFO timevec.store: deleted vector lm/2015" in loud.stderr, loud.stderr
     lines = subprocess.run(  # the three kinds of line through the CLI's one logging set-up
         [sys.executable, "-c", "import logging; from timevec.cli import configure_logging; "

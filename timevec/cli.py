@@ -237,12 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time vectors at cluster scale: fine-tune one model copy per period on Ray, store τ = θ_ft − θ_pre "
         "on object storage, evaluate the all-pairs matrix, analyse, and adapt by interpolation and task analogies.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="every INFO line (each table written, each run and trial), Ray/Tune's own output, and every "
-                        "table and number at the end; -vv adds DEBUG logging")
+    verbose_help = ("every INFO line (each table written, each run and trial), Ray/Tune's own output, and every "
+                    "table and number at the end; -vv adds DEBUG logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=verbose_help)
+    # -v after the command too (timevec demo --tiny -v); SUPPRESS: absent there, the top-level count stands
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the whole pipeline on the embedded default (tiny model, bundled tweets, local store)",
+    demo = sub.add_parser("demo", parents=[verbose],
+                          help="run the whole pipeline on the embedded default (tiny model, bundled tweets, local store)",
                           description="Run every stage (pretrain base → fleet by year and month → store → cells → interpolation → "
                           "analogies → analysis → HTML report) on a local Ray cluster and print the headline findings.")
     demo.add_argument("--tiny", action="store_true", help="the smallest setting (a few minutes; what the tests run)")
@@ -252,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the demo config (repeatable)")
     demo.set_defaults(func=cmd_demo)
 
-    run = sub.add_parser("run", help="run the whole pipeline (or --stages) for a config")
+    run = sub.add_parser("run", parents=[verbose], help="run the whole pipeline (or --stages) for a config")
     _add_config_args(run)
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     run.set_defaults(func=cmd_run)
@@ -269,22 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
         "report": "figures and a self-contained reports/index.html in the store",
     }
     for name in STAGES:
-        stage = sub.add_parser(name, help=helps[name], description=helps[name])
+        stage = sub.add_parser(name, parents=[verbose], help=helps[name], description=helps[name])
         _add_config_args(stage)
         stage.set_defaults(func=_stage(name))
 
-    vectors = sub.add_parser("vectors", help="list the stored vectors with norms and cosine to the previous period")
+    vectors = sub.add_parser("vectors", parents=[verbose], help="list the stored vectors with norms and cosine to the previous period")
     _add_config_args(vectors)
     vectors.add_argument("--task", help="only this task")
     vectors.set_defaults(func=cmd_vectors)
 
-    probe = sub.add_parser("probe", help="linear time probes: ridge regression from every layer's hidden states to each text's date",
+    probe = sub.add_parser("probe", parents=[verbose],
+                           help="linear time probes: ridge regression from every layer's hidden states to each text's date",
                            description="Fit RidgeCV probes from the pooled hidden states of θ_pre and of every tuned model "
                            "θ_pre + τ_t to the dates of held-out texts; R² and Spearman per layer into results/probe.parquet.")
     _add_config_args(probe)
     probe.set_defaults(func=cmd_probe)
 
-    store = sub.add_parser("store", help="inspect or maintain a vector store: ls | info | verify | rm")
+    store = sub.add_parser("store", parents=[verbose], help="inspect or maintain a vector store: ls | info | verify | rm")
     store.add_argument("action", choices=["ls", "info", "verify", "rm"],
                        help="ls: vectors; info: store.json; verify: re-hash every shard; rm: delete vectors")
     store.add_argument("url", help="store root: a local folder or s3://bucket/prefix")
