@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "PROTOCOL_WORDS", "findings_table", "format_findings", "verdict"]
+__all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "PROTOCOL_WORDS", "findings_table", "format_findings", "text_table",
+           "verdict"]
 
 #: ``line``/``side``: the verdict's threshold and the paper's side of it (``above``/``below``), kept so
 #: that the same verdict can be drawn again over seeds (:mod:`timevec.train.replicates`).
@@ -271,8 +272,13 @@ def format_findings(findings: pd.DataFrame) -> str:
     if findings.empty:
         return "no findings: the store holds no cells yet"
     cols = ["finding", "panel", "measured", "paper", "holds"]
-    cells = [cols] + [[str(r[c]) for c in cols] for r in findings.to_dict("records")]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join(text_table(cols, [[str(r[c]) for c in cols] for r in findings.to_dict("records")]))
+
+
+def text_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """Plain-text columns, two spaces apart, a dashed rule under the header (the terminal's tables)."""
+    cells = [list(header), *map(list, body)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return lines

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from timevec.analyze.findings import PAPER_CLAIMS, PROTOCOL_WORDS, verdict
+from timevec.analyze.findings import PAPER_CLAIMS, PROTOCOL_WORDS, text_table, verdict
 
 __all__ = ["ADAPTATION_FINDINGS", "adaptation_cells", "adaptation_vs_latest", "cell_text", "format_verdict", "gain_side",
            "no_interval_reason", "paper_findings"]
@@ -216,14 +216,6 @@ def cell_text(record: dict[str, Any] | None) -> str:
 _MARK = {"better": "▲ ", "worse": "▼ ", "unclear": "  "}
 
 
-def _text_table(header: list[str], body: list[list[str]]) -> list[str]:
-    cells = [header, *body]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
-
-
 def format_verdict(findings: pd.DataFrame, full_table: str | None = None) -> str:
     """The verdict block as plain text: the paper's findings, then the adaptation table.
 
@@ -234,7 +226,7 @@ def format_verdict(findings: pd.DataFrame, full_table: str | None = None) -> str
     where = f"; all {len(findings)} rows: {full_table}" if full_table else ""
     lines = [f"Verdict (95 % intervals over this run's test periods and cells{where})", ""]
     paper = paper_findings(findings)
-    lines += _text_table(["the paper's finding", "the paper", "holds", "panels", "why not settled"],
+    lines += text_table(["the paper's finding", "the paper", "holds", "panels", "why not settled"],
                          [[r["finding"], r["paper"], r["holds"], r["panels"], r["why"]] for r in paper.to_dict("records")])
     table = adaptation_vs_latest(findings)
     if len(table):
@@ -248,5 +240,5 @@ def format_verdict(findings: pd.DataFrame, full_table: str | None = None) -> str
                 record = cells.get((method, how, task))
                 texts.append((_MARK[record["side"]] if record else "  ") + cell_text(record))
             body.append([method, how, *texts])
-        lines += _text_table(["method", "α chosen", *tasks], body)
+        lines += text_table(["method", "α chosen", *tasks], body)
     return "\n".join(lines)
