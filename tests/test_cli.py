@@ -86,6 +86,32 @@ def test_unknown_stage_exits_2_in_the_cli_and_the_job(tmp_path):
     assert single.returncode == 2 and "unrecognized arguments: --stages" in single.stderr  # single-stage commands
 
 
+def test_quiet_by_default_every_info_line_with_v(tmp_path):
+    """Without -v: progress lines, warnings and the command's own output; with -v every INFO line too."""
+    import torch
+
+    from timevec.store import VectorStore
+    from timevec.weights.vectors import TimeVector
+
+    store = VectorStore(str(tmp_path / "s"))
+    store.init("b", {"w": torch.zeros(2, 2)})
+    for period in ("2014", "2015"):
+        store.put_vector("lm", period, TimeVector({"w": torch.ones(2, 2)}))
+    quiet = timevec("store", "rm", store.url, "lm/2014")
+    assert quiet.returncode == 0 and "removed lm/2014" in quiet.stdout and quiet.stderr == "", quiet.stderr
+    loud = timevec("store", "rm", store.url, "lm/2015", "-v")  # -v after the command as well as before it
+    assert loud.returncode == 0 and "INFO timevec.store: deleted vector lm/2015" in loud.stderr, loud.stderr
+    lines = subprocess.run(  # the three kinds of line through the CLI's one logging set-up
+        [sys.executable, "-c", "import logging; from timevec.cli import configure_logging; "
+         "from timevec.train.progress import Progress; configure_logging(0); "
+         "logging.getLogger('timevec.store').info('wrote table x'); Progress('step', 1).advance(); "
+         "logging.getLogger('timevec.store').warning('careful')"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    ).stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith(" step: 1/1 (100 %), 0s elapsed") and lines[1].endswith(" WARNING timevec.store: careful")
+
+
 def _digests(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -101,18 +127,22 @@ def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path, caps
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     report = store / "reports" / "index.html"
     assert report.exists() and f"HTML report: {report}" in result.stdout
+    results_file = str(store / "results" / "findings.txt")
     # the default output is quiet and ends with the verdict: no colour codes, no Ray/Tune chatter,
-    # no deprecation warnings, the findings table last
+    # no deprecation warnings, no INFO line but the progress ones, at most 40 lines before the verdict block
     everything = result.stdout + result.stderr
     assert "\x1b[" not in everything
     for noise in ("Checkpoint successfully created", "FutureWarning", "Configuration for experiment",
-                  "To visualize your results with TensorBoard", "experiment_state.py"):
+                  "To visualize your results with TensorBoard", "experiment_state.py", " INFO ", "wrote table",
+                  "Started a local Ray instance"):
         assert noise not in everything, noise
-    tail = result.stdout.rstrip().split("\n\nFindings (95 % intervals")
-    assert len(tail) == 2, result.stdout[-2000:]
-    table = tail[1].splitlines()[1:]
-    assert table[0].split() == ["finding", "panel", "measured", "paper", "holds"]
-    assert any(line.startswith("own period best") for line in table) and any("decay with the gap" in line for line in table)
+    before, verdict = result.stdout.split("\nVerdict (95 % intervals")
+    assert len(before.splitlines()) + len(result.stderr.splitlines()) <= 40, everything
+    assert "stage finetune: done in" in result.stderr and "stage report: done in" in result.stderr
+    assert results_file in verdict.splitlines()[0]
+    assert "the paper's finding" in verdict and "own period best" in verdict and "decay with the gap" in verdict
+    assert "Adaptation vs the latest vector" in verdict
+    assert "Every finding, per panel" in Path(results_file).read_text()  # the full table, in the file it names
     results = store / "results"
     cells = pd.read_parquet(results / "cells.parquet")
     years = ["2014", "2015", "2016"]

@@ -96,4 +96,6 @@ def test_the_pipeline_runs_every_replicate_on_one_base(tmp_path: Path) -> None:
     assert over.iloc[0]["estimate"] == pytest.approx(1.15) and over.iloc[0]["n_seeds"] == 2
     stored = VectorStore(f"{tmp_path}/study").read_table(seeds.FINDINGS_SEEDS_TABLE)
     pd.testing.assert_frame_equal(stored, over.reset_index(drop=True))
+    assert summary["findings_file"] == f"{tmp_path}/study/results/{replicates.FINDINGS_SEEDS_TABLE}.txt"
+    assert Path(summary["findings_file"]).read_text().startswith("Verdict (95 % intervals")  # the block, then every row
     assert summary["headline"]["seed 12: runs"] == 1

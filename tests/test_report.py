@@ -186,7 +186,9 @@ def test_html_renders_in_chromium(report_dir: Path) -> None:
             images = page.evaluate(
                 "() => Array.from(document.images).map(i => "
                 "({alt: i.alt, ok: i.complete, w: i.naturalWidth, h: i.naturalHeight}))")
-            first_table = page.evaluate("() => document.querySelector('table').id")
+            tables = page.evaluate("() => Array.from(document.querySelectorAll('table')).map(t => t.id)")
+            verdict_text = page.locator("#verdict-findings").inner_text()
+            page.locator("#findings > summary").click()  # every findings row is folded below the verdict
             findings = page.locator("#findings-table tbody tr").count()
             findings_text = page.locator("#findings-table").inner_text()
             page.get_by_text("Headline numbers", exact=True).click()  # the raw numbers are folded
@@ -197,7 +199,9 @@ def test_html_renders_in_chromium(report_dir: Path) -> None:
     assert {i["alt"] for i in images} == EXPECTED
     bad = [i for i in images if not (i["ok"] and i["w"] > 0 and i["h"] > 0)]
     assert not bad, f"images that did not render: {bad}"
-    assert first_table == "findings-table", "the findings table comes first"
+    assert tables[0] == "verdict-findings", "the verdict comes first"
+    assert tables.index("verdict-findings") < tables.index("findings-table")
+    assert "decay with the gap" in verdict_text and "holds?" in verdict_text
     assert findings >= 6
     for finding in ("own period best", "decay with the gap", "cosine vs degradation", "12-month stripes",
                     "interpolation beats both ends", "analogy vs τ_task(j) scaled"):

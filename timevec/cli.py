@@ -87,11 +87,12 @@ def _stage_line(headline: dict) -> str:
 
 
 def _print_summary(summary: dict, verbose: bool = False) -> None:
-    """Where everything is, then the verdict per finding (last, so it is what stays on screen).
+    """Where everything is, then the verdict block (last, so it is what stays on screen): the paper's
+    findings one row each and the adaptation-vs-latest table; every findings row is in the file it names.
 
     ``-v`` first prints the wide tables and every headline number.
     """
-    from timevec.analyze.findings import format_findings
+    from timevec.analyze.verdict import format_verdict
 
     headline = summary.get("headline", {})
     if verbose:
@@ -109,7 +110,7 @@ def _print_summary(summary: dict, verbose: bool = False) -> None:
             print(f"{label}: {summary[key]}")
     findings = summary.get("findings")
     if findings is not None:
-        print(f"\nFindings (95 % intervals; holds = the interval is on the paper's side)\n{format_findings(findings)}")
+        print(f"\n{format_verdict(findings, summary.get('findings_file'))}")
 
 
 def _stage(name: str) -> Callable[[argparse.Namespace], int]:
@@ -236,11 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time vectors at cluster scale: fine-tune one model copy per period on Ray, store τ = θ_ft − θ_pre "
         "on object storage, evaluate the all-pairs matrix, analyse, and adapt by interpolation and task analogies.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging, Ray/Tune's own output, and every table and number at the end")
+    verbose_help = ("every INFO line (each table written, each run and trial), Ray/Tune's own output, and every "
+                    "table and number at the end; -vv adds DEBUG logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=verbose_help)
+    # -v after the command too (timevec demo --tiny -v); SUPPRESS: absent there, the top-level count stands
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the whole pipeline on the embedded default (tiny model, bundled tweets, local store)",
+    demo = sub.add_parser("demo", parents=[verbose],
+                          help="run the whole pipeline on the embedded default (tiny model, bundled tweets, local store)",
                           description="Run every stage (pretrain base → fleet by year and month → store → cells → interpolation → "
                           "analogies → analysis → HTML report) on a local Ray cluster and print the headline findings.")
     demo.add_argument("--tiny", action="store_true", help="the smallest setting (a few minutes; what the tests run)")
@@ -250,28 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the demo config (repeatable)")
     demo.set_defaults(func=cmd_demo)
 
-    run = sub.add_parser("run", help="run the whole pipeline (or --stages) for a config")
+    run = sub.add_parser("run", parents=[verbose], help="run the whole pipeline (or --stages) for a config")
     _add_config_args(run)
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     run.set_defaults(func=cmd_run)
 
     for name in STAGES:
-        stage = sub.add_parser(name, help=STAGE_HELP[name], description=STAGE_HELP[name])
+        stage = sub.add_parser(name, parents=[verbose], help=STAGE_HELP[name], description=STAGE_HELP[name])
         _add_config_args(stage)
         stage.set_defaults(func=_stage(name))
 
-    vectors = sub.add_parser("vectors", help="list the stored vectors with norms and cosine to the previous period")
+    vectors = sub.add_parser("vectors", parents=[verbose], help="list the stored vectors with norms and cosine to the previous period")
     _add_config_args(vectors)
     vectors.add_argument("--task", help="only this task")
     vectors.set_defaults(func=cmd_vectors)
 
-    probe = sub.add_parser("probe", help="linear time probes: ridge regression from every layer's hidden states to each text's date",
+    probe = sub.add_parser("probe", parents=[verbose],
+                           help="linear time probes: ridge regression from every layer's hidden states to each text's date",
                            description="Fit RidgeCV probes from the pooled hidden states of θ_pre and of every tuned model "
                            "θ_pre + τ_t to the dates of held-out texts; R² and Spearman per layer into results/probe.parquet.")
     _add_config_args(probe)
     probe.set_defaults(func=cmd_probe)
 
-    store = sub.add_parser("store", help="inspect or maintain a vector store: ls | info | verify | rm")
+    store = sub.add_parser("store", parents=[verbose], help="inspect or maintain a vector store: ls | info | verify | rm")
     store.add_argument("action", choices=["ls", "info", "verify", "rm"],
                        help="ls: vectors; info: store.json; verify: re-hash every shard; rm: delete vectors")
     store.add_argument("url", help="store root: a local folder or s3://bucket/prefix")
@@ -281,21 +288,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler on whatever ``sys.stderr`` is when a line is written (pytest's capsys swaps it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _QuietFormatter(logging.Formatter):
+    """``12:03:04 fleet: 3/8 done …`` for the lines a person always sees; level and logger for warnings and errors."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        self._loud = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._loud.format(record) if record.levelno >= logging.WARNING else super().format(record)
+
+
+def configure_logging(verbosity: int) -> None:
+    """Logging for one ``timevec`` process, configured here once.
+
+    Quiet (the default): warnings and errors, plus the progress lines of
+    :data:`timevec.train.progress.PROGRESS_LOGGER` (long steps, the fleet, the stage times) —
+    every other INFO line (each table written, each run, each trial) waits for ``-v``; ``-vv`` adds
+    DEBUG. Ray's and Tune's own output follows the same switch (:func:`timevec.distributed.runtime.set_verbose`).
+    """
+    from timevec.train.progress import PROGRESS_LOGGER
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "timevec", False)]:
+        root.removeHandler(handler)  # main() called again in one process (tests): one handler, not two
+    handler = _StderrHandler()
+    handler.timevec = True  # type: ignore[attr-defined]
+    if verbosity:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    else:  # the handler filters, not the loggers' levels: whatever else listens (pytest's caplog) still hears INFO
+        handler.setFormatter(_QuietFormatter())
+        handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name == PROGRESS_LOGGER)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
     for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3", "fsspec", "filelock"):
         # at DEBUG these log request headers (the AWS access key id among them): never let -v do that
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     from timevec.distributed.runtime import set_verbose
     from timevec.errors import run_with_exit_status
 
-    set_verbose(args.verbose)
+    set_verbose(bool(args.verbose))
 
     return run_with_exit_status(lambda: args.func(args), f"timevec {args.command}: ")
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from timevec.train.progress import log as progress_log  # the stage times: shown without -v (light: no torch)
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -81,7 +83,21 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     if config.groups.analyze:
         tables.update(_analyze_groups(store, result.rel, result.headline))
     store.write_bytes(r.HEADLINE_FILE, json.dumps(result.headline, indent=2, default=str).encode())
-    return {"tables": tables, "headline": result.headline, "findings": result.findings}
+    return {"tables": tables, "headline": result.headline, "findings": result.findings,
+            "findings_file": write_findings_text(store, r.FINDINGS_TEXT_FILE, result.findings)}
+
+
+def write_findings_text(store: VectorStore, name: str, findings: pd.DataFrame) -> str:
+    """The verdict block and then every findings row, as plain text in the store; returns where it is.
+
+    The terminal shows the block only (:func:`timevec.analyze.verdict.format_verdict`) and names this file.
+    """
+    from timevec.analyze.findings import format_findings
+    from timevec.analyze.verdict import format_verdict
+
+    text = f"{format_verdict(findings)}\n\nEvery finding, per panel\n{format_findings(findings)}\n"
+    store.write_bytes(name, text.encode("utf-8"))
+    return f"{store.url.rstrip('/')}/{name}"
 
 
 def _analyze_groups(store: VectorStore, rel: pd.DataFrame, headline: dict[str, Any]) -> dict[str, pd.DataFrame]:
@@ -177,6 +193,7 @@ def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, Experi
         over = findings_over_seeds(by_seed)
         root.write_table(FINDINGS_SEEDS_TABLE, over)
         summary["findings"] = over
+        summary["findings_file"] = write_findings_text(root, f"results/{FINDINGS_SEEDS_TABLE}.txt", over)
         summary["results"] += f"; over seeds: {root.url.rstrip('/')}/results/{FINDINGS_SEEDS_TABLE}.parquet"
     return summary
 
@@ -197,16 +214,16 @@ def _run_one(config: ExperimentConfig, stages: list[str], functions: Mapping[str
     ordered = [s for s in STAGES if s in stages]
     for name in ordered:
         began = time.perf_counter()
-        log.info("stage %s: starting", name)
+        log.info("stage %s: starting", name)  # (-v) the stage's progress lines and its time are on the progress channel
         result = functions[name](config, store)
         summary["tables"].update(result.get("tables", {}))
         summary["headline"].update(result.get("headline", {}))
-        for key in ("report", "findings"):
+        for key in ("report", "findings", "findings_file"):
             if key in result:
                 summary[key] = result[key]
         seconds = time.perf_counter() - began
         summary["headline"][f"seconds_{name}"] = round(seconds, 1)
-        log.info("stage %s: done in %.1f s", name, seconds)
+        progress_log.info("stage %s: done in %.1f s", name, seconds)
     summary["results"] = f"{store.url.rstrip('/')}/results/*.parquet"
     ray_storage = config.ray.storage_path or store.ray_storage_path()
     if "://" not in ray_storage and {"finetune", "analogy"} & set(ordered):

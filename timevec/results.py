@@ -50,6 +50,7 @@ __all__ = [
     "FORECAST_KEY",
     "FORECAST_TABLE",
     "FINDINGS_TABLE",
+    "FINDINGS_TEXT_FILE",
     "HEADLINE_FILE",
     "RELATIVE_CHANGE_TABLE",
     "REPORT_TABLES",
@@ -121,6 +122,7 @@ SIMILARITY_CENTRED_TABLE = "similarity_centred"
 FINDINGS_TABLE = "findings"  # the verdict per finding (timevec.analyze.findings)
 MERGE_METHODS_TABLE = "merge_methods"  # merge methods against task arithmetic (timevec.adapt.merge_comparison)
 HEADLINE_FILE = "results/headline.json"
+FINDINGS_TEXT_FILE = "results/findings.txt"  # the verdict block and every findings row as text (timevec.analyze.verdict)
 # where in the weights time lives (the GROUP_* schemas are at the end)
 GROUP_NORMS_TABLE = "group_norms"
 GROUP_SIMILARITY_TABLE = "group_similarity"

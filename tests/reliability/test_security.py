@@ -139,7 +139,7 @@ def test_verbose_cli_logs_no_credentials(s3_server, base_store: Path, tmp_path: 
     store.put_vector("lm", "2014", random_vector(store, 1))
     config = write_config(tmp_path / "s3.yaml", store.url, f"store.storage_options.endpoint_url={s3_server.endpoint_url}",
                           "periods.end='2014'")
-    result = cli_subprocess("-v", "vectors", config)
+    result = cli_subprocess("-vv", "vectors", config)  # -vv: DEBUG
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert "DEBUG" in output and "2014" in result.stdout

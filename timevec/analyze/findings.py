@@ -34,7 +34,8 @@ from scipy import stats
 if TYPE_CHECKING:
     from timevec.analyze.analysis import Analysis
 
-__all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "findings_table", "format_findings", "verdict"]
+__all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "PROTOCOL_WORDS", "findings_table", "format_findings", "text_table",
+           "verdict"]
 
 #: ``line``/``side``: the verdict's threshold and the paper's side of it (``above``/``below``), kept so
 #: that the same verdict can be drawn again over seeds (:mod:`timevec.train.replicates`).
@@ -169,7 +170,7 @@ def _stripe_rows(stripes: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 #: protocol -> the words in a finding's panel
-_PROTOCOL_WORDS = {"oracle": "oracle α", "time_proportional": "time-proportional α", "leave_one_out": "leave-one-out α",
+PROTOCOL_WORDS = {"oracle": "oracle α", "time_proportional": "time-proportional α", "leave_one_out": "leave-one-out α",
                    "midpoint": "midpoint α=0.5", "uniform_soup": "uniform soup", "past_only": "past-only α"}
 
 
@@ -191,7 +192,7 @@ def _interpolation_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
             sel = grp.loc[(grp["method"] == method) & grp["value"].notna()]
             if sel.empty:
                 continue
-            panel = f"{base_panel} · {_PROTOCOL_WORDS[method]}"
+            panel = f"{base_panel} · {PROTOCOL_WORDS[method]}"
             n_periods = len(sel)
             if method != "uniform_soup":
                 k = int(sel["beats_both_ends"].sum())
@@ -239,7 +240,7 @@ def _analogy_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
         return rows
     analogy = protocols.loc[protocols["method"] == "analogy"]
     for (task, selection), grp in analogy.groupby(["task", "selection"], sort=True):
-        panel = f"{task} · {_PROTOCOL_WORDS[selection]}"
+        panel = f"{task} · {PROTOCOL_WORDS[selection]}"
         how = ("α chosen on k's validation labels (oracle)" if selection == "oracle"
                else "α chosen on the previous pair (j, k′ < k): k's labels unused")
         for col, finding in (("gain_vs_task_j", "analogy vs τ_task(j)"),
@@ -274,8 +275,13 @@ def format_findings(findings: pd.DataFrame) -> str:
     if findings.empty:
         return "no findings: the store holds no cells yet"
     cols = ["finding", "panel", "measured", "paper", "holds"]
-    cells = [cols] + [[str(r[c]) for c in cols] for r in findings.to_dict("records")]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join(text_table(cols, [[str(r[c]) for c in cols] for r in findings.to_dict("records")]))
+
+
+def text_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """Plain-text columns, two spaces apart, a dashed rule under the header (the terminal's tables)."""
+    cells = [list(header), *map(list, body)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return lines

@@ -16,6 +16,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 from timevec.distributed.fleet_trials import trial_name
+from timevec.train.progress import log as progress_log
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,10 @@ __all__ = ["FleetProgress", "LossCurves"]
 class FleetProgress(tune.Callback):
     """A live one-line view of the fleet: runs done / running / failed, retries and an ETA.
 
-    Logged when a run finishes, fails or is retried, and at most every ``every_s`` seconds in
-    between. The ETA extrapolates the completion rate since the first run started (the one-time
-    start-up of the trial processes is not spread over the remaining runs). Also counts attempts
+    Logged when a run fails or is retried, when the last one finishes, and at most every ``every_s``
+    seconds in between (a finished run's own line, with its loss, is INFO: ``timevec -v``). The ETA
+    extrapolates the completion rate since the first run started (the one-time start-up of the trial
+    processes is not spread over the remaining runs). Also counts attempts
     per run (1 + Tune's retries), which ``run_fleet`` reports.
     """
 
@@ -68,7 +70,7 @@ class FleetProgress(tune.Callback):
         now = time.monotonic()
         if self.verbose and (force or now - self._last >= self.every_s):
             self._last = now
-            log.info("%s", self.line())
+            progress_log.info("%s", self.line())
 
     def setup(self, **info: Any) -> None:  # type: ignore[override]  # Tune calls setup(**info)
         self._began = time.monotonic()
@@ -103,7 +105,7 @@ class FleetProgress(tune.Callback):
                 key, result.get("first_loss", math.nan), result.get("final_loss", math.nan),
                 result.get("steps", 0), result.get("start_step", 0), result.get("tokens_per_second", 0.0),
             )
-        self._log(force=True)
+        self._log(force=len(self._done) + len(self._failed) >= self.total)  # the last one; else every every_s
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = self._key(trial)

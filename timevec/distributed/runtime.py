@@ -8,6 +8,7 @@ import os
 import ray
 
 from timevec.config import ConfigError, RayConfig
+from timevec.train.progress import log as progress_log
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,14 @@ def ensure_ray(cfg: RayConfig) -> None:
         return
     log.info("starting a local Ray cluster with %s CPUs", cfg.num_cpus or "all")
     context = ray.init(
+        address="local",  # a new local cluster even when another one's address is on record (ray start)
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.dashboard,
         log_to_driver=_verbose,
         logging_level=logging.INFO if _verbose else logging.ERROR,
     )
     if cfg.dashboard and context.dashboard_url:
-        log.info("Ray dashboard: http://%s", context.dashboard_url)
+        progress_log.info("Ray dashboard: http://%s", context.dashboard_url)  # where to look: shown without -v
 
 
 def check_fits(cfg: RayConfig, request: dict[str, float], what: str) -> None:

@@ -1,5 +1,7 @@
-"""The self-contained HTML page: the findings table first, the figures by section, every raw number
-and full table folded at the end. No script, no stylesheet link, no network."""
+"""The self-contained HTML page: the verdict at a glance first (the paper's findings one row each, the
+adaptation-vs-latest table, coloured; :mod:`timevec.analyze.verdict`), every findings row folded below
+it, the figures by section, every raw number and full table folded at the end. No script, no
+stylesheet link, no network."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from timevec.analyze import findings as findings_mod
+from timevec.analyze import verdict as verdict_mod
 from timevec.report.plotting import Figure, fmt
 
 _CSS = """
@@ -21,6 +24,8 @@ table.headline{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 table.headline td,table.headline th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 table.headline td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.holds-yes td:nth-child(5){color:#1a7f37;font-weight:600} tr.holds-no td:nth-child(5){color:#cf222e;font-weight:600}
+td.better{background:#dafbe1} td.worse{background:#ffebe9} td.unclear{background:#f6f8fa;color:#555}
+td.holds-yes{color:#1a7f37;font-weight:600} td.holds-no{color:#cf222e;font-weight:600} td.nowrap{white-space:nowrap}
 details{margin:0.6em 0} summary{cursor:pointer}
 figure{margin:2em 0;border-top:1px solid #eee;padding-top:1em}
 figure img{max-width:100%;height:auto;display:block}
@@ -28,12 +33,46 @@ figcaption{color:#444;font-size:0.9em;margin-top:0.5em} code{font-size:0.9em}
 """
 
 
-def findings_html(findings: pd.DataFrame) -> list[str]:
+def verdict_html(findings: pd.DataFrame) -> list[str]:
+    """The verdict at a glance: the paper's findings one row each, then the adaptation-vs-latest table."""
     e = html.escape
-    parts = ['<h2 id="findings">Findings</h2>',
-             '<p class="meta">Each finding of Nylund et al. (2023) as measured here, with a 95 % interval. '
-             "<b>holds</b>: yes = the whole interval is on the paper's side, no = on the other side, unclear = "
-             "it straddles (or too little data). Intervals are over test periods and cells of this run.</p>",
+    parts = ['<h2 id="verdict">Verdict</h2>',
+             '<p class="meta">Each finding of Nylund et al. (2023) as measured here, with 95 % intervals over this '
+             "run's test periods and cells. <b>holds</b>: yes = every panel's interval is on the paper's side, "
+             "no = every one on the other side, unclear otherwise (why: in words).</p>",
+             '<table class="headline" id="verdict-findings"><thead><tr><th>the paper\'s finding</th><th>the paper</th>'
+             "<th>holds?</th><th>panels</th><th>why not settled</th></tr></thead><tbody>"]
+    for r in verdict_mod.paper_findings(findings).to_dict("records"):
+        claim = findings_mod.PAPER_CLAIMS[r["finding"]][1]
+        parts.append(f'<tr><td>{e(r["finding"])}</td><td title="{e(claim)}">{e(r["paper"])}</td>'
+                     f'<td class="holds-{e(r["holds"])}">{e(r["holds"])}</td><td class="nowrap">{e(r["panels"])}</td>'
+                     f'<td>{e(r["why"])}</td></tr>')
+    parts.append("</tbody></table>")
+    table = verdict_mod.adaptation_vs_latest(findings)
+    if len(table):
+        rows, tasks, cells = verdict_mod.adaptation_cells(table)
+        parts += ['<h3 id="adaptation">Adaptation vs the latest vector</h3>',
+                  '<p class="meta">The adapted model\'s gain over the latest stored vector, mean [95 % interval] '
+                  "(points of macro-F1/ROUGE-L, percent of perplexity; &gt; 0 = better than the latest vector). "
+                  'Green: the whole interval above 0; red: below 0; grey: unclear. Oracle α is chosen on the target\'s '
+                  "own labels (an upper bound); past-only α never reads them.</p>",
+                  '<table class="headline" id="adaptation-table"><thead><tr><th>method</th><th>α chosen</th>'
+                  + "".join(f"<th>{e(t)}</th>" for t in tasks) + "</tr></thead><tbody>"]
+        for method, how in rows:
+            tds = []
+            for task in tasks:
+                record = cells.get((method, how, task))
+                side = record["side"] if record else "none"
+                tds.append(f'<td class="num {side}">{e(verdict_mod.cell_text(record))}</td>')
+            parts.append(f"<tr><td>{e(method)}</td><td>{e(how)}</td>{''.join(tds)}</tr>")
+        parts.append("</tbody></table>")
+    return parts
+
+
+def findings_html(findings: pd.DataFrame) -> list[str]:
+    """Every findings row (finding × panel), folded: the verdict above is its summary."""
+    e = html.escape
+    parts = [f'<details id="findings"><summary>Every finding per panel ({len(findings)} rows)</summary>',
              '<table class="headline" id="findings-table"><thead><tr><th>finding</th><th>panel</th>'
              "<th>measured [95 % interval]</th><th>the paper's</th><th>holds?</th><th>note</th></tr></thead><tbody>"]
     for r in findings.to_dict("records"):
@@ -41,9 +80,7 @@ def findings_html(findings: pd.DataFrame) -> list[str]:
         parts.append(f'<tr class="holds-{e(r["holds"])}"><td>{e(r["finding"])}</td><td>{e(r["panel"])}</td>'
                      f'<td class="num">{e(r["measured"])}</td><td title="{e(claim)}">{e(r["paper"])}</td>'
                      f'<td>{e(r["holds"])}</td><td>{e(str(r["note"]))}</td></tr>')
-    parts.append("</tbody></table>")
-    if findings.empty:
-        parts.append("<p>No findings yet: the store holds no cells of trained vectors.</p>")
+    parts.append("</tbody></table></details>")
     return parts
 
 
@@ -62,7 +99,11 @@ def page(title: str, findings: pd.DataFrame, head: Mapping[str, Any], figures: S
              f"<h1>{e(title)}</h1>",
              f'<p class="meta">Generated {e(generated)} by timevec. Every figure below has its '
              "data table in the store as <code>fig_&lt;name&gt;</code> (Parquet).</p>"]
-    parts.extend(findings_html(findings))
+    if findings.empty:
+        parts.append("<p>No findings yet: the store holds no cells of trained vectors.</p>")
+    else:
+        parts.extend(verdict_html(findings))
+        parts.extend(findings_html(findings))
     if notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     if figures:

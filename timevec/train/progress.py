@@ -5,6 +5,10 @@ report through this one class, so a newcomer sees the same kind of line for ever
 every ``every_s`` seconds plus a final one — never a silent minute, never a flood. Plain
 ``logging`` lines (no carriage returns, no colour), so they read the same in a terminal, a
 ``ray job logs`` stream and a CI log.
+
+Their logger, :data:`PROGRESS_LOGGER`, is the one channel a quiet terminal shows besides warnings
+and errors (:func:`timevec.cli.configure_logging`): the fleet's line, the stage times and where to
+look (the dashboard) go through it too; every other INFO line waits for ``timevec -v``.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import logging
 import time
 
-__all__ = ["Progress", "duration"]
+__all__ = ["PROGRESS_LOGGER", "Progress", "duration", "log"]
 
-log = logging.getLogger("timevec.train.progress")
+PROGRESS_LOGGER = "timevec.train.progress"
+log = logging.getLogger(PROGRESS_LOGGER)
 
 
 def duration(seconds: float) -> str:
