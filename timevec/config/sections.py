@@ -289,6 +289,13 @@ class RayConfig(_Strict):
     report_interval_s: float = Field(
         0.5, ge=0, description="a fleet run reports its per-step metrics at most this often (checkpoints always); 0: every step"
     )
+    loggers: list[Literal["mlflow"]] = Field(
+        default_factory=list, description="experiment trackers beside TensorBoard (always on): 'mlflow' records every fine-tune's "
+        "curve and every α-search trial with Ray Tune's MLflow callback (extra: timevec[mlflow])",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="where ray.loggers' mlflow writes; default file://<store>/mlruns (a local store only)"
+    )
 
     @field_validator("storage_path")
     @classmethod

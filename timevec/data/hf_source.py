@@ -55,13 +55,9 @@ def is_dataset_source(url: str, storage_options: dict[str, Any] | None = None) -
 
 
 def _datasets():
-    try:
-        import datasets
-    except ImportError:
-        from timevec.data.corpus import CorpusError
+    from timevec.errors import require_extra
 
-        raise CorpusError("reading a Hugging Face dataset needs the `datasets` package: pip install 'timevec[datasets]'") from None
-    return datasets
+    return require_extra("datasets", "datasets", "a Hugging Face dataset as corpus.source")
 
 
 def _frame(data: Any) -> pd.DataFrame:

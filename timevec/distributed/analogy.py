@@ -63,6 +63,7 @@ from timevec import results
 from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
 from timevec.data.periods import Period
+from timevec.distributed.tracking import tracker_callbacks
 from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of, require_base
 from timevec.evaluate.metrics import METRICS, EvalSplit, prepare_split
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
@@ -296,6 +297,9 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
         param_space: dict[str, Any] = {"point": tune.grid_search(todo)}
         num_samples = 1
     else:
+        from timevec.errors import require_extra
+
+        require_extra("optuna", "optuna", "analogy.searcher: optuna")
         from ray.tune.search.optuna import OptunaSearch
 
         num_samples = cfg.num_samples - len(done)
@@ -332,6 +336,7 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
+            callbacks=tracker_callbacks(config, name),  # ray.loggers: [mlflow]
         ),
     )
 
