@@ -40,5 +40,10 @@ def tracker_callbacks(config: ExperimentConfig, experiment: str) -> list[Any]:
     require_extra("mlflow", "mlflow", "ray.loggers: [mlflow]")
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    return [MLflowLoggerCallback(tracking_uri=mlflow_tracking_uri(config), experiment_name=experiment,
+    uri = mlflow_tracking_uri(config)
+    if uri.startswith("file:"):
+        # MLflow ≥ 3.x refuses its file store unless this is set ("maintenance mode"); the file store is what
+        # needs no server and no database, so keep it (a sqlite:// or http:// URI is the way out)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment,
                                  tags={"timevec.study": config.name}, save_artifact=False)]
