@@ -23,6 +23,7 @@ def _runs(uri: str, experiment: str) -> list:
     return client, client.search_runs([found.experiment_id])
 
 
+@pytest.mark.slow  # a fleet and an α search on a local Ray: ≈ 3 min on the loaded 2-core machine
 def test_fine_tune_curves_and_alpha_trials_land_in_a_local_mlflow_store(ray_session, tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "store", [
         "periods.start='2016'", "periods.end='2017'", "tasks=[lm]", "training.steps=4", "ray.report_interval_s=0",
