@@ -285,6 +285,28 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("keys", nargs="*", help="for rm: vectors as task/period")
     store.add_argument("--task", help="ls/verify: only this task")
     store.set_defaults(func=cmd_store)
+
+    # `timevec export`: a weight state the study knows, as a save_pretrained directory (timevec.adapt.export)
+    def cmd_export(args: argparse.Namespace) -> int:
+        from timevec.adapt.export import export, export_summary
+
+        card = export(_config(args), args.recipe, args.out, score=not args.no_score, lora=not args.no_lora, overwrite=args.force)
+        print("\n".join([*export_summary(card), f"written: {args.out}"]))
+        return 0
+
+    export_p = sub.add_parser(
+        "export", help="write a stored vector or a combination (interpolation, soup, analogy, forecast, best of a protocol) "
+        "as a save_pretrained directory with tokenizer and model card",
+        description="RECIPE: base | TASK/PERIOD | interpolation:task=lm,alpha=0.5 | soup:task=lm,members=2014+2015 | "
+        "analogy:task=classification,j=2014,k=2016,a1=1,a2=0.2,a3=0.1 | forecast:task=lm,method=taylor,target=2018 | "
+        "best:task=lm,protocol=time_proportional,period=2015 (kind=analogy for the analogy's oracle/past_only)")
+    _add_config_args(export_p)
+    export_p.add_argument("recipe", help="what to export (see the description)")
+    export_p.add_argument("--out", required=True, type=Path, help="the directory to write (local)")
+    export_p.add_argument("--no-score", action="store_true", help="skip re-evaluating the export on the study's test splits")
+    export_p.add_argument("--no-lora", action="store_true", help="no PEFT adapter even when every vector is stored as LoRA factors")
+    export_p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    export_p.set_defaults(func=cmd_export)
     return parser
 
 

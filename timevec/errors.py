@@ -28,6 +28,20 @@ def user_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, *(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules))
 
 
+class MissingExtra(ConfigError):
+    """A feature used without its optional dependency; the message names the extra to install (exit status 2)."""
+
+
+def require_extra(module: str, extra: str, feature: str):
+    """``import module``, or :class:`MissingExtra` saying ``pip install 'timevec[extra]'`` for ``feature``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{feature} needs the optional dependency {module!r}: pip install 'timevec[{extra}]'") from None
+
+
 class StageFailed(RuntimeError):
     """A stage finished with some of its work failed (after Ray's retries): exit status 1."""
 

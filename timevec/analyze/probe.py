@@ -42,11 +42,17 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
-from sklearn.linear_model import RidgeCV
-from sklearn.metrics import r2_score
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+
+try:
+    from sklearn.linear_model import RidgeCV
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import StandardScaler
+except ImportError:  # the `probe` extra
+    from timevec.errors import MissingExtra
+
+    raise MissingExtra("the time probes (timevec probe) need scikit-learn: pip install 'timevec[probe]'") from None
 
 from timevec.config import ConfigError, ExperimentConfig
 from timevec.data.corpus import Corpus, CorpusError, load_corpus

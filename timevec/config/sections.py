@@ -133,7 +133,9 @@ class CapConfig(_Strict):
 class CorpusConfig(_Strict):
     """Where dated records come from and which columns mean what."""
 
-    source: str = Field(..., description="'demo:trump_tweets' or a file URL/path (Parquet, JSONL, CSV; .gz ok)")
+    source: str = Field(
+        ..., description="'demo:trump_tweets', a file URL/path or glob (Parquet, JSONL, CSV; .gz ok), a datasets save_to_disk "
+        "directory, a local dataset repository (data files + card: what load_dataset(path) reads), or hf://datasets/<owner>/<name>")
     format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
     text_column: str = "text"
     date_column: str = "date"
@@ -141,6 +143,9 @@ class CorpusConfig(_Strict):
     summary_source_column: str | None = Field(None, description="summarisation input column, e.g. body")
     summary_target_column: str | None = Field(None, description="summarisation target column, e.g. subject")
     key_column: str | None = Field(None, description="stable row key for the split hash; default: hash of date+text")
+    split_column: str | None = Field(
+        None, description="take each row's split from this column (train/validation/test; valid/dev too) instead of the hash "
+        "split; a datasets source with several splits has them in the column 'split'")
     bad_dates: Literal["report", "reject"] = Field(
         "report", description="rows with missing/unparseable dates: count and report them, or fail"
     )
@@ -283,6 +288,13 @@ class RayConfig(_Strict):
     dashboard: bool = Field(False, description="a local cluster starts Ray's dashboard (its URL is logged); costs seconds at start")
     report_interval_s: float = Field(
         0.5, ge=0, description="a fleet run reports its per-step metrics at most this often (checkpoints always); 0: every step"
+    )
+    loggers: list[Literal["mlflow"]] = Field(
+        default_factory=list, description="experiment trackers beside TensorBoard (always on): 'mlflow' records every fine-tune's "
+        "curve and every α-search trial with Ray Tune's MLflow callback (extra: timevec[mlflow])",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="where ray.loggers' mlflow writes; default file://<store>/mlruns (a local store only)"
     )
 
     @field_validator("storage_path")

@@ -13,14 +13,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import datasets
 import fsspec
 import pandas as pd
 
 from timevec.config import CorpusConfig
 from timevec.data.periods import Granularity, Period
+
+if TYPE_CHECKING:
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ class Corpus:
 
     def dataset(self, period: str, split: Split) -> datasets.Dataset:
         """One split of one period as a Hugging Face ``datasets.Dataset`` (Arrow-backed)."""
+        from timevec.data.hf_source import _datasets
+
+        datasets = _datasets()
         frame = self.rows(period, split)[CANONICAL].reset_index(drop=True)
         frame = frame.assign(date=frame["date"].dt.strftime("%Y-%m-%d"))
         return datasets.Dataset.from_pandas(frame, preserve_index=False)
@@ -97,7 +102,10 @@ def _read_frame(url: str, fmt: str, storage_options: dict) -> pd.DataFrame:
         elif name.endswith((".csv", ".tsv")):
             fmt = "csv"
         else:
-            raise CorpusError(f"{url}: cannot tell the format from the name; set corpus.format")
+            from timevec.data.hf_source import FORMS
+
+            raise CorpusError(f"corpus.source {url!r}: cannot tell the format from the name (set corpus.format); "
+                              "a source is one of: " + "; ".join(FORMS))
     files = fsspec.open_files(url, "rb", compression="infer", **storage_options)
     if not files:
         raise CorpusError(f"{url}: corpus file not found (no file matches)")
@@ -137,6 +145,21 @@ def _split_of(key: str, validation: float, test: float) -> Split:
     return "train"
 
 
+#: a source's own split names (corpus.split_column) -> timevec's splits
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation", "dev": "validation",
+               "val": "validation", "test": "test", "testing": "test"}
+
+
+def _own_splits(values: pd.Series, origin: str, column: str) -> list[Split]:
+    """The source's own split per row (corpus.split_column), mapped to train/validation/test."""
+    names = values.astype(str).str.strip().str.lower()
+    unknown = sorted(set(names) - set(SPLIT_NAMES))
+    if unknown:
+        raise CorpusError(f"{origin}: split column {column!r} holds {', '.join(map(repr, unknown[:5]))}, not one of "
+                          f"{', '.join(sorted(SPLIT_NAMES))}")
+    return [SPLIT_NAMES[n] for n in names]
+
+
 def _rank(key: str) -> str:
     return hashlib.sha1(("cap:" + key).encode("utf-8")).hexdigest()
 
@@ -152,6 +175,8 @@ def canonicalize(raw: pd.DataFrame, cfg: CorpusConfig, origin: str) -> Corpus:
         "key": cfg.key_column,
     }
     missing = [f"{role} column {col!r}" for role, col in wanted.items() if col and col not in raw.columns]
+    if cfg.split_column and cfg.split_column not in raw.columns:
+        missing.append(f"split column {cfg.split_column!r}")
     if missing:
         raise CorpusError(f"{origin}: missing {', '.join(missing)} (columns present: {list(raw.columns)})")
     frame = pd.DataFrame({"row": range(len(raw))})
@@ -193,7 +218,11 @@ def canonicalize(raw: pd.DataFrame, cfg: CorpusConfig, origin: str) -> Corpus:
         frame = frame.loc[~duplicated]
     frame["year"] = frame["date"].dt.strftime("%Y")
     frame["month"] = frame["date"].dt.strftime("%Y-%m")
-    frame["split"] = [_split_of(k, cfg.split.validation, cfg.split.test) for k in frame["key"]]
+    if cfg.split_column:
+        frame["split"] = _own_splits(pd.Series(raw[cfg.split_column].to_numpy()[frame["row"].to_numpy()]), origin,
+                                     cfg.split_column)
+    else:
+        frame["split"] = [_split_of(k, cfg.split.validation, cfg.split.test) for k in frame["key"]]
     frame = _apply_caps(frame, cfg)
     frame = frame.sort_values(["date", "key"]).reset_index(drop=True)
     return Corpus(source=origin, records=frame, bad_rows=bad_rows)
@@ -222,8 +251,9 @@ def _apply_caps(frame: pd.DataFrame, cfg: CorpusConfig) -> pd.DataFrame:
 
 
 def load_corpus(cfg: CorpusConfig) -> Corpus:
-    """Read the configured corpus (the embedded demo tweets, or a file URL or glob such as
-    ``s3://bucket/news/*.parquet``, whose files are concatenated) into a :class:`Corpus`."""
+    """Read the configured corpus (the embedded demo tweets, a file URL or glob such as
+    ``s3://bucket/news/*.parquet``, whose files are concatenated, or a Hugging Face dataset:
+    :mod:`timevec.data.hf_source`) into a :class:`Corpus`."""
     if cfg.source.startswith("demo:"):
         from timevec.demo.tweets import load_tweets
 
@@ -232,7 +262,12 @@ def load_corpus(cfg: CorpusConfig) -> Corpus:
             raise CorpusError(f"corpus.source {cfg.source!r}: the only embedded corpus is 'demo:trump_tweets'")
         raw = load_tweets()
     else:
-        raw = _read_frame(cfg.source, cfg.format, cfg.storage_options)
+        from timevec.data.hf_source import is_dataset_source, read_dataset
+
+        if cfg.format == "auto" and is_dataset_source(cfg.source, cfg.storage_options):
+            raw = read_dataset(cfg.source, cfg.storage_options)
+        else:
+            raw = _read_frame(cfg.source, cfg.format, cfg.storage_options)
     try:
         corpus = canonicalize(raw, cfg, cfg.source)
     except UnicodeDecodeError as exc:  # bytes columns (e.g. Parquet binary) decoded while mapping columns

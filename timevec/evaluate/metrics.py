@@ -90,7 +90,9 @@ def rouge_l_scores(references: Sequence[str], hypotheses: Sequence[str], use_ste
         raise ValueError(f"rouge_l: {len(references)} references but {len(hypotheses)} hypotheses")
     scorer = _ROUGE_SCORERS.get(use_stemmer)
     if scorer is None:
-        from rouge_score import rouge_scorer
+        from timevec.errors import require_extra
+
+        rouge_scorer = require_extra("rouge_score.rouge_scorer", "summarization", "the summarization task's ROUGE-L")
 
         scorer = _ROUGE_SCORERS[use_stemmer] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
     return [scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, hypotheses)]  # type: ignore[attr-defined]  # rouge_score is untyped
