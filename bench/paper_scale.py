@@ -1,0 +1,311 @@
+"""Paper scale: the orchestration at the monthly study's count, with a micro model, on three Ray nodes.
+
+    .venv/bin/python bench/paper_scale.py [--months 58] [--tasks lm,classification,summarization]
+                                          [--steps 2] [--texts 4] [--stages finetune,evaluate,interpolate,analyze]
+                                          [--tmp DIR] [--keep]
+
+The paper's monthly study has 58 months; with 3 tasks that is 174 fine-tunes and 3 × (58² + 58)
+cells (every vector × every test month, plus the base's row). Here every run is a micro model
+(an embedded GPT-2 of d_model 8, ≈4 k parameters, byte-level vocabulary), ``--steps`` steps on
+``--texts`` texts per month (the demo corpus, months 2013-01 … by default 2017-10), so what is
+measured is the orchestration: Tune, the actor pool, the store, the tables. The cluster is three
+Ray nodes on loopback (``ray.cluster_utils.Cluster``: a head and two workers, 1 CPU each); the
+store is a folder that every node sees (one host).
+
+Printed, for the one count of this invocation (run it at two counts to see what grows):
+
+- start-up: the cluster (head + 2 workers up), the fleet's until its first trial started, the
+  cells' until the first actor could evaluate;
+- fine-tunes: makespan, Σ training seconds (the loop's compute), and the per-run overhead beyond
+  compute, ``(makespan − start-up) × slots − Σ train seconds) / runs`` (a slot idle because of the
+  driver counts as overhead);
+- the Tune driver's peak RSS (this process, sampled every 50 ms during the fleet) and the
+  number of results Tune returned;
+- cells: wall, Σ forward seconds (compute), per-cell overhead beyond compute, as above over
+  the actors' slots, and the actors' own share (ready → end, minus forward);
+- every results-table append (rows in the table before it, seconds) and the cost of the last
+  ones against the first ones: a table rewritten whole on each append would grow linearly per
+  append, quadratically in total;
+- interpolation and analysis walls; the streamed Gram over every vector (seconds, RSS added).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local head without token auth (ARCHITECTURE §5)
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import psutil  # noqa: E402
+import ray  # noqa: E402
+
+from timevec.config import ExperimentConfig, StoreConfig  # noqa: E402
+from timevec.data.periods import Period  # noqa: E402
+from timevec.store import VectorStore  # noqa: E402
+from timevec.store.tables import ResultTables  # noqa: E402
+
+log = logging.getLogger("paper_scale")
+
+FIRST_MONTH = "2013-01"
+
+
+def month_range(months: int) -> tuple[str, str]:
+    """``months`` consecutive months from :data:`FIRST_MONTH` (58 → 2013-01 … 2017-10)."""
+    first = Period.parse(FIRST_MONTH)
+    index = first.year * 12 + (first.month - 1) + months - 1
+    return FIRST_MONTH, f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def paper_config(months: int, tasks: list[str], steps: int, texts: int, store_url: str, nodes: int) -> ExperimentConfig:
+    """The monthly study at ``months`` months with a micro model: the config this bench runs."""
+    start, end = month_range(months)
+    store: dict = {"url": store_url}
+    if "shared" in StoreConfig.model_fields:  # a local folder on a multi-node cluster must be declared shared
+        store["shared"] = True
+    data = {
+        "name": f"paper-scale-{months}",
+        "seed": 0,
+        "base": {
+            "source": "embedded",
+            "arch": "gpt2",
+            "tiny": {"d_model": 8, "num_layers": 1, "num_heads": 1, "d_ff": 16, "max_positions": 32},
+            "pretrain": {"steps": 2, "batch_size": 4, "lr": 0.003, "max_length": 32},
+        },
+        "corpus": {
+            "source": "demo:trump_tweets", "text_column": "text", "date_column": "date", "label_column": "source",
+            "key_column": "key",
+            # the demo corpus has no summary pair: the text → its posting client stands in (orchestration only)
+            **({"summary_source_column": "text", "summary_target_column": "source"} if "summarization" in tasks else {}),
+            "caps": {"train": texts, "validation": texts, "test": texts},
+        },
+        "granularities": ["month"],
+        "periods": {"start": start, "end": end},
+        "tasks": tasks,
+        "training": {"lr": 0.001, "steps": steps, "batch_size": texts, "max_length": 32, "checkpoint_every": 1000},
+        "store": store,
+        "ray": {"cpus_per_run": 1, "max_concurrent_runs": nodes, "eval_actors": nodes, "cpus_per_eval_actor": 1,
+                "torch_threads": 1, "max_failures": 1},
+        "evaluation": {"batch_size": texts, "max_length": 32, "max_examples": texts, "summary_max_new_tokens": 2,
+                       "bootstrap_samples": 0},
+        "interpolation": {"alphas": [0.0, 0.5, 1.0], "soup_max_distance": 1},
+    }
+    return ExperimentConfig.model_validate(data)
+
+
+class Sampler:
+    """This process's RSS sampled in a thread, with the peak per named phase."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every, self.phase, self.peaks = every, "setup", {}
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = self._proc.memory_info().rss
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
+            time.sleep(self.every)
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+        self.peaks[phase] = self._proc.memory_info().rss
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class AppendLog:
+    """Times every :meth:`ResultTables.append` (measurement only: the method itself runs unchanged)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.calls: list[tuple[str, int, int, float]] = []  # name, rows before, rows added, seconds
+        original = ResultTables.append
+        log_ = self
+
+        def append(tables, name, data, new_columns=()):  # noqa: ANN001, ANN202
+            added = data.num_rows if hasattr(data, "num_rows") else len(data)
+            began = time.perf_counter()
+            original(tables, name, data, new_columns)
+            log_.calls.append((name, log_.rows.get(name, 0), added, time.perf_counter() - began))
+            log_.rows[name] = log_.rows.get(name, 0) + added
+
+        ResultTables.append = append  # type: ignore[method-assign]
+
+    def summary(self, name: str) -> str:
+        calls = [c for c in self.calls if c[0] == name]
+        if not calls:
+            return f"{name}: no appends"
+        k = max(1, len(calls) // 4)
+        first, last = calls[:k], calls[-k:]
+        mean = lambda cs: sum(c[3] for c in cs) / len(cs) * 1000  # noqa: E731
+        return (f"{name}: {len(calls)} appends, {sum(c[2] for c in calls)} rows, {sum(c[3] for c in calls):.2f} s in all; "
+                f"first {k}: {mean(first):.1f} ms each (table ≤ {first[-1][1]} rows), "
+                f"last {k}: {mean(last):.1f} ms each (table ≥ {last[0][1]} rows)")
+
+
+def start_cluster(nodes: int, temp_dir: str):  # noqa: ANN201 - ray.cluster_utils.Cluster
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                             "temp_dir": temp_dir})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR)
+    return cluster
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--months", type=int, default=58)
+    parser.add_argument("--tasks", default="lm,classification,summarization")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--texts", type=int, default=4)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--stages", default="finetune,evaluate,interpolate,analyze")
+    parser.add_argument("--tmp", default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the store and Ray's folder")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
+
+    tmp = Path(tempfile.mkdtemp(prefix="paper_scale_", dir=args.tmp))
+    tasks = args.tasks.split(",")
+    stages = args.stages.split(",")
+    config = paper_config(args.months, tasks, args.steps, args.texts, str(tmp / "store"), args.nodes)
+    store = VectorStore.from_config(config.store)
+    appends = AppendLog()
+    sampler = Sampler()
+    load_before = os.getloadavg()
+    out: dict[str, float] = {}
+    began = time.perf_counter()
+    cluster = None
+    try:
+        sampler.enter("cluster")
+        t = time.perf_counter()
+        cluster = start_cluster(args.nodes, str(tmp / "ray"))
+        out["cluster_s"] = time.perf_counter() - t
+        nodes = sorted(n["NodeManagerAddress"] + ":" + n["NodeID"][:6] for n in ray.nodes() if n["Alive"])
+        log.info("cluster: %d nodes up in %.1f s", len(nodes), out["cluster_s"])
+
+        if "finetune" in stages:
+            from timevec.distributed.fleet import run_fleet
+
+            sampler.enter("fleet")
+            t = time.perf_counter()
+            runs = run_fleet(config, store, progress=False)
+            out["fleet_wall_s"] = time.perf_counter() - t
+            out["fleet_makespan_s"] = runs.attrs["makespan_s"]
+            out["fleet_prepare_s"] = out["fleet_wall_s"] - out["fleet_makespan_s"]  # corpus, base, lease
+            done = runs[runs["status"] == "done"]
+            out["runs"], out["runs_done"] = len(runs), len(done)
+            out["train_s"] = float(done["seconds"].sum())
+            out["run_wall_s"] = float(done["wall_seconds"].sum())
+        if "evaluate" in stages:
+            from timevec.distributed.cells import run_cells
+
+            sampler.enter("cells")
+            t = time.perf_counter()
+            cells, stats = run_cells(config, store)
+            out["cells_wall_s"] = time.perf_counter() - t
+            out["cells"] = stats.cells_computed
+            out["cells_forward_s"] = stats.forward_seconds
+            out["cells_startup_s"] = stats.startup_seconds
+            out["cells_prepare_s"] = stats.prepare_seconds
+            out["cells_actor_s"] = stats.actor_seconds
+            out["cells_actors"] = stats.actors
+            out["cells_flushes"] = stats.flushes
+            out["cells_rows"] = len(cells)
+        if "interpolate" in stages:
+            from timevec.distributed.interpolate import run_interpolation
+
+            sampler.enter("interpolate")
+            t = time.perf_counter()
+            run_interpolation(config, store)
+            out["interpolate_s"] = time.perf_counter() - t
+        if "analyze" in stages:
+            from timevec.distributed.pipeline import STAGE_FUNCTIONS
+
+            sampler.enter("gram")
+            keys = sorted(k for task in tasks for k in store.list_vectors(task))
+            rss0 = psutil.Process().memory_info().rss
+            t = time.perf_counter()
+            gram = store.gram(keys)
+            out["gram_s"] = time.perf_counter() - t
+            out["gram_n"] = gram.shape[0]
+            out["gram_rss_mb"] = (sampler.peaks["gram"] - rss0) / 2**20
+            sampler.enter("analyze")
+            t = time.perf_counter()
+            STAGE_FUNCTIONS["analyze"](config, store)
+            out["analyze_s"] = time.perf_counter() - t
+    finally:
+        sampler.stop()
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    out["total_s"] = time.perf_counter() - began
+    report(args, config, out, sampler, appends, load_before, os.getloadavg())
+
+
+def report(args, config, out, sampler, appends, load_before, load_after) -> None:  # noqa: ANN001
+    slots = args.nodes
+    n_months, n_tasks = args.months, len(config.tasks)
+    mb = lambda b: b / 2**20  # noqa: E731
+    print(f"\n== paper scale: {n_months} months × {n_tasks} tasks ({','.join(config.tasks)}) on {args.nodes} Ray nodes "
+          f"(1 CPU each), {args.steps} steps × {args.texts} texts per run")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} cores; "
+          f"total {out['total_s']:.1f} s")
+    print(f"start-up: cluster (head + {args.nodes - 1} workers) {out['cluster_s']:.1f} s")
+    if "runs" in out:
+        runs = out["runs_done"]
+        over = ((out["fleet_makespan_s"]) * slots - out["train_s"]) / max(runs, 1)
+        print(f"fine-tunes: {out['runs']} runs ({runs} trained) | driver before Tune (corpus, base, lease) "
+              f"{out['fleet_prepare_s']:.1f} s | Tune makespan {out['fleet_makespan_s']:.1f} s | Σ train {out['train_s']:.1f} s, "
+              f"Σ run wall (in trial) {out['run_wall_s']:.1f} s")
+        print(f"  per-run overhead beyond compute: {over:.2f} s  [(makespan × {slots} slots − Σ train) / runs]; "
+              f"throughput {out['fleet_makespan_s'] / max(runs, 1):.2f} s/run")
+        print(f"  Tune driver peak RSS during the fleet: {mb(sampler.peaks['fleet']):.0f} MiB "
+              f"(at its start {mb(sampler.peaks.get('cluster', 0)):.0f} MiB); results returned: {out['runs']}; "
+              f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if "cells" in out:
+        cells = out["cells"]
+        run_part = out["cells_wall_s"] - out["cells_startup_s"]
+        over = (run_part * out["cells_actors"] - out["cells_forward_s"]) / max(cells, 1)
+        actor_over = (out["cells_actor_s"] - out["cells_forward_s"]) / max(cells, 1)
+        print(f"cells: {cells} computed ({out['cells_rows']} rows), {out['cells_actors']:.0f} actors, "
+              f"{out['cells_flushes']:.0f} flushes | wall {out['cells_wall_s']:.1f} s, start-up {out['cells_startup_s']:.1f} s "
+              f"(splits prepared in {out['cells_prepare_s']:.1f} s meanwhile) | Σ forward {out['cells_forward_s']:.1f} s")
+        print(f"  per-cell overhead beyond compute: {over * 1000:.1f} ms  [((wall − start-up) × actors − Σ forward) / cells]; "
+              f"inside the actors {actor_over * 1000:.1f} ms")
+        print(f"  {appends.summary('cells')}")
+    if "interpolate_s" in out:
+        print(f"interpolation: {out['interpolate_s']:.1f} s")
+        for name in sorted({c[0] for c in appends.calls} - {"cells"}):
+            print(f"  {appends.summary(name)}")
+    if "gram_s" in out:
+        print(f"gram: {out['gram_n']:.0f} vectors streamed in {out['gram_s']:.2f} s, RSS added {out['gram_rss_mb']:.1f} MiB")
+        print(f"analysis: {out['analyze_s']:.1f} s")
+    print("peak RSS per phase (MiB): " + ", ".join(f"{k} {mb(v):.0f}" for k, v in sampler.peaks.items()))
+
+
+if __name__ == "__main__":
+    main()
