@@ -187,10 +187,12 @@ def main() -> None:
     log.setLevel(logging.INFO)
 
     tmp = Path(tempfile.mkdtemp(prefix="paper_scale_", dir=args.tmp))
+    os.environ["RAY_TMPDIR"] = str(tmp / "ray")  # the cluster's address file too: never /tmp/ray's (other clusters)
     tasks = args.tasks.split(",")
     stages = args.stages.split(",")
     config = paper_config(args.months, tasks, args.steps, args.texts, str(tmp / "store"), args.nodes)
     store = VectorStore.from_config(config.store)
+    log.info("store and Ray's folder under %s", tmp)
     appends = AppendLog()
     sampler = Sampler()
     load_before = os.getloadavg()
