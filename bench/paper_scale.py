@@ -160,6 +160,42 @@ class AppendLog:
                 f"last {k}: {mean(last):.1f} ms each (table ≥ {last[0][1]} rows)")
 
 
+def table_writes(months: list[int], tasks: int, flush_rows: int, tmp: Path) -> None:
+    """The cells table's writes alone (no Ray, no model), at each count of ``months``: the rows of
+    ``tasks × (months² + months)`` cells appended in batches of ``flush_rows`` (the cells driver's
+    flush) with :meth:`VectorStore.append_table`, side by side with what an append did before part
+    files — read the table, concatenate, rewrite it whole (``write_table``) — and one read at the end."""
+    import pandas as pd
+
+    from timevec.results import cells_frame, cells_table
+
+    print(f"\n== table writes: cells rows appended in batches of {flush_rows} (Ray-free), load {os.getloadavg()[0]:.2f}")
+    for n in months:
+        periods = [f"p{i:03d}" for i in range(n)]
+        rows = [{"task": f"t{t}", "granularity": "month", "vector": f"t{t}/{v}", "train_period": v, "test_period": p,
+                 "metric": "perplexity", "value": 1.0, "low": 0.9, "high": 1.1, "higher_is_better": False,
+                 "n_examples": 4, "n_tokens": 100, "seconds": 0.01}
+                for t in range(tasks) for v in [*periods, None] for p in periods]
+        batches = [cells_table(cells_frame(rows[i : i + flush_rows])) for i in range(0, len(rows), flush_rows)]
+        line = [f"{n} months: {len(rows)} cells, {len(batches)} batches"]
+        for how in ("rewrite", "append"):
+            store = VectorStore(str(tmp / f"tables-{how}-{n}"))
+            began = time.perf_counter()
+            for batch in batches:
+                if how == "append":
+                    store.append_table("cells", batch)
+                elif store.has_table("cells"):
+                    store.write_table("cells", pd.concat([store.read_table("cells"), batch.to_pandas()], ignore_index=True))
+                else:
+                    store.write_table("cells", batch)
+            store.compact_tables()
+            seconds = time.perf_counter() - began
+            t = time.perf_counter()
+            assert len(store.read_table("cells")) == len(rows)
+            line.append(f"{how} {seconds:.2f} s ({seconds / len(rows) * 1e6:.0f} µs/cell; read {time.perf_counter() - t:.2f} s)")
+        print(" | ".join(line))
+
+
 def start_cluster(nodes: int, temp_dir: str):  # noqa: ANN201 - ray.cluster_utils.Cluster
     from ray.cluster_utils import Cluster
 
@@ -182,12 +218,21 @@ def main() -> None:
     parser.add_argument("--stages", default="finetune,evaluate,interpolate,analyze")
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the store and Ray's folder")
+    parser.add_argument("--tables", default=None, help="only the table writes, at these month counts (e.g. 20,58,167)")
     args = parser.parse_args()
+    if args.tables:
+        tmp = Path(tempfile.mkdtemp(prefix="paper_tables_", dir=args.tmp))
+        try:
+            table_writes([int(m) for m in args.tables.split(",")], len(args.tasks.split(",")), 256, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
 
     tmp = Path(tempfile.mkdtemp(prefix="paper_scale_", dir=args.tmp))
-    os.environ["RAY_TMPDIR"] = str(tmp / "ray")  # the cluster's address file too: never /tmp/ray's (other clusters)
+    os.environ["RAY_TMPDIR"] = str(tmp)  # the cluster's address file in tmp/ray too, never /tmp/ray's (other clusters)
+    (tmp / "ray").mkdir()
     tasks = args.tasks.split(",")
     stages = args.stages.split(",")
     config = paper_config(args.months, tasks, args.steps, args.texts, str(tmp / "store"), args.nodes)
