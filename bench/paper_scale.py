@@ -12,21 +12,24 @@ measured is the orchestration: Tune, the actor pool, the store, the tables. The 
 Ray nodes on loopback (``ray.cluster_utils.Cluster``: a head and two workers, 1 CPU each); the
 store is a folder that every node sees (one host).
 
-Printed, for the one count of this invocation (run it at two counts to see what grows):
+Printed as each stage ends, for the one count of this invocation (run it at two counts to see what
+grows; the machine's load average is printed at the start and the end):
 
-- start-up: the cluster (head + 2 workers up), the fleet's until its first trial started, the
-  cells' until the first actor could evaluate;
-- fine-tunes: makespan, Σ training seconds (the loop's compute), and the per-run overhead beyond
-  compute, ``(makespan − start-up) × slots − Σ train seconds) / runs`` (a slot idle because of the
-  driver counts as overhead);
-- the Tune driver's peak RSS (this process, sampled every 50 ms during the fleet) and the
+- start-up: the cluster (head + 2 workers up), the fleet's corpus/base/lease before Tune, the
+  cells' actor start-up (until the first actor could evaluate);
+- fine-tunes: Tune's makespan, Σ training-loop seconds (the compute) and the per-run overhead beyond
+  it — wall ``(makespan × slots − Σ train) / runs`` (a slot left idle counts as overhead), inside the
+  trial, and CPU ``(CPU of every process of the cluster − Σ train CPU) / runs``, which a loaded
+  machine inflates far less than wall time;
+- the Tune driver's RSS (this process, sampled every 0.1 s) before and during the fleet, and the
   number of results Tune returned;
-- cells: wall, Σ forward seconds (compute), per-cell overhead beyond compute, as above over
-  the actors' slots, and the actors' own share (ready → end, minus forward);
-- every results-table append (rows in the table before it, seconds) and the cost of the last
-  ones against the first ones: a table rewritten whole on each append would grow linearly per
-  append, quadratically in total;
+- cells: the same split into start-up, compute (Σ forward) and per-cell overhead (wall, inside
+  the actors, CPU), and every append to the cells table (cost of the first and the last ones);
 - interpolation and analysis walls; the streamed Gram over every vector (seconds, RSS added).
+
+``--tables 20,58,167`` instead times the cells table's writes alone (no Ray): the rows of each count
+appended in the cells driver's batches, against a whole-table rewrite per batch (what an append did
+before part files).
 """
 
 from __future__ import annotations
@@ -106,28 +109,64 @@ def paper_config(months: int, tasks: list[str], steps: int, texts: int, store_ur
 
 
 class Sampler:
-    """This process's RSS sampled in a thread, with the peak per named phase."""
+    """In a thread: this process's RSS (peak per named phase, every ``every`` s) and the CPU seconds of
+    this process and every descendant — the Ray nodes the bench started, their workers — per phase
+    (every ``cpu_every`` s; a process's CPU counts up to its last sample)."""
 
-    def __init__(self, every: float = 0.05) -> None:
-        self.every, self.phase, self.peaks = every, "setup", {}
+    def __init__(self, every: float = 0.1, cpu_every: float = 0.5) -> None:
+        self.every, self.cpu_every, self.phase = every, cpu_every, "setup"
+        self.peaks: dict[str, int] = {}
+        self.cpu: dict[str, float] = {}
+        self._seen: dict[int, float] = {}  # pid -> CPU seconds at its last sample
+        self._start: dict[int, float] = {}  # pid -> CPU seconds when the phase began (or 0: born in it)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._proc = psutil.Process()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _sample_cpu(self) -> None:
+        procs = [self._proc]
+        try:
+            procs += self._proc.children(recursive=True)
+        except psutil.Error:
+            pass
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:
+                continue
+            with self._lock:
+                self._seen[proc.pid] = t.user + t.system
+                self._start.setdefault(proc.pid, 0.0)  # first seen in this phase: born in it
+
+    def _close_phase(self) -> None:
+        with self._lock:
+            self.cpu[self.phase] = self.cpu.get(self.phase, 0.0) + sum(
+                self._seen[pid] - start for pid, start in self._start.items() if pid in self._seen)
+            self._start = dict(self._seen)
+
     def _run(self) -> None:
+        last_cpu = 0.0
         while not self._stop.is_set():
             rss = self._proc.memory_info().rss
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
+            if time.monotonic() - last_cpu >= self.cpu_every:
+                self._sample_cpu()
+                last_cpu = time.monotonic()
             time.sleep(self.every)
 
     def enter(self, phase: str) -> None:
+        self._sample_cpu()
+        self._close_phase()
         self.phase = phase
         self.peaks[phase] = self._proc.memory_info().rss
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample_cpu()
+        self._close_phase()
 
 
 class AppendLog:
@@ -240,17 +279,23 @@ def main() -> None:
     log.info("store and Ray's folder under %s", tmp)
     appends = AppendLog()
     sampler = Sampler()
-    load_before = os.getloadavg()
-    out: dict[str, float] = {}
+    mb = lambda b: b / 2**20  # noqa: E731
+    slots = args.nodes
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    say(f"\n== paper scale: {args.months} months × {len(tasks)} tasks ({','.join(tasks)}) on {args.nodes} Ray nodes "
+        f"(1 CPU each), {args.steps} steps × {args.texts} texts per run; {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.2f} at the start")
     began = time.perf_counter()
     cluster = None
     try:
         sampler.enter("cluster")
         t = time.perf_counter()
         cluster = start_cluster(args.nodes, str(tmp / "ray"))
-        out["cluster_s"] = time.perf_counter() - t
-        nodes = sorted(n["NodeManagerAddress"] + ":" + n["NodeID"][:6] for n in ray.nodes() if n["Alive"])
-        log.info("cluster: %d nodes up in %.1f s", len(nodes), out["cluster_s"])
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        say(f"start-up: cluster (head + {args.nodes - 1} workers, {len(alive)} nodes alive) {time.perf_counter() - t:.1f} s")
 
         if "finetune" in stages:
             from timevec.distributed.fleet import run_fleet
@@ -258,35 +303,48 @@ def main() -> None:
             sampler.enter("fleet")
             t = time.perf_counter()
             runs = run_fleet(config, store, progress=False)
-            out["fleet_wall_s"] = time.perf_counter() - t
-            out["fleet_makespan_s"] = runs.attrs["makespan_s"]
-            out["fleet_prepare_s"] = out["fleet_wall_s"] - out["fleet_makespan_s"]  # corpus, base, lease
+            wall = time.perf_counter() - t
+            sampler.enter("after fleet")
+            makespan = runs.attrs["makespan_s"]
             done = runs[runs["status"] == "done"]
-            out["runs"], out["runs_done"] = len(runs), len(done)
-            out["train_s"] = float(done["seconds"].sum())
-            out["run_wall_s"] = float(done["wall_seconds"].sum())
+            n = max(len(done), 1)
+            train, run_wall, run_cpu = (float(done[c].sum()) for c in ("seconds", "wall_seconds", "cpu_seconds"))
+            say(f"fine-tunes: {len(runs)} runs ({len(done)} trained) in {wall:.1f} s | before Tune (corpus, base, lease) "
+                f"{wall - makespan:.1f} s | Tune makespan {makespan:.1f} s = {makespan / n:.2f} s/run | Σ train loop "
+                f"{train:.1f} s wall, {run_cpu:.1f} s CPU | Σ in-trial run {run_wall:.1f} s wall")
+            say(f"  per-run overhead beyond compute: wall {(makespan * slots - train) / n:.2f} s "
+                f"[(makespan × {slots} slots − Σ train) / runs]; in the trial {(run_wall - train) / n:.2f} s; "
+                f"CPU {(sampler.cpu['fleet'] - run_cpu) / n:.2f} s [(CPU of every process − Σ train CPU) / runs]")
+            say(f"  Tune driver (this process) RSS: {mb(sampler.peaks['cluster']):.0f} MiB before, peak "
+                f"{mb(sampler.peaks['fleet']):.0f} MiB during the fleet; {len(runs)} results returned")
         if "evaluate" in stages:
             from timevec.distributed.cells import run_cells
 
             sampler.enter("cells")
             t = time.perf_counter()
             cells, stats = run_cells(config, store)
-            out["cells_wall_s"] = time.perf_counter() - t
-            out["cells"] = stats.cells_computed
-            out["cells_forward_s"] = stats.forward_seconds
-            out["cells_startup_s"] = stats.startup_seconds
-            out["cells_prepare_s"] = stats.prepare_seconds
-            out["cells_actor_s"] = stats.actor_seconds
-            out["cells_actors"] = stats.actors
-            out["cells_flushes"] = stats.flushes
-            out["cells_rows"] = len(cells)
+            wall = time.perf_counter() - t
+            sampler.enter("after cells")
+            n = max(stats.cells_computed, 1)
+            forward_cpu = sum(float(a.get("forward_cpu_seconds", 0.0)) for a in stats.actor_stats)
+            say(f"cells: {stats.cells_computed} computed ({len(cells)} rows), {stats.items} items, {stats.actors} actors, "
+                f"{stats.flushes} flushes in {wall:.1f} s | actor start-up {stats.startup_seconds:.1f} s (splits prepared "
+                f"meanwhile in {stats.prepare_seconds:.1f} s) | Σ forward {stats.forward_seconds:.1f} s wall, {forward_cpu:.1f} s CPU")
+            over = ((wall - stats.startup_seconds) * stats.actors - stats.forward_seconds) / n * 1000
+            in_actors = (stats.actor_seconds - stats.forward_seconds) / n * 1000
+            say(f"  per-cell overhead beyond compute: wall {over:.1f} ms "
+                f"[((wall − start-up) × actors − Σ forward) / cells]; in the actors {in_actors:.1f} ms; "
+                f"CPU {(sampler.cpu['cells'] - forward_cpu) / n * 1000:.1f} ms [(CPU of every process − Σ forward CPU) / cells]")
+            say(f"  driver RSS peak {mb(sampler.peaks['cells']):.0f} MiB; {appends.summary('cells')}")
         if "interpolate" in stages:
             from timevec.distributed.interpolate import run_interpolation
 
             sampler.enter("interpolate")
             t = time.perf_counter()
             run_interpolation(config, store)
-            out["interpolate_s"] = time.perf_counter() - t
+            say(f"interpolation: {time.perf_counter() - t:.1f} s")
+            for name in sorted({c[0] for c in appends.calls} - {"cells"}):
+                say(f"  {appends.summary(name)}")
         if "analyze" in stages:
             from timevec.distributed.pipeline import STAGE_FUNCTIONS
 
@@ -295,13 +353,12 @@ def main() -> None:
             rss0 = psutil.Process().memory_info().rss
             t = time.perf_counter()
             gram = store.gram(keys)
-            out["gram_s"] = time.perf_counter() - t
-            out["gram_n"] = gram.shape[0]
-            out["gram_rss_mb"] = (sampler.peaks["gram"] - rss0) / 2**20
+            say(f"gram: {gram.shape[0]} vectors streamed in {time.perf_counter() - t:.2f} s, driver RSS "
+                f"+{mb(sampler.peaks['gram'] - rss0):.1f} MiB")
             sampler.enter("analyze")
             t = time.perf_counter()
             STAGE_FUNCTIONS["analyze"](config, store)
-            out["analyze_s"] = time.perf_counter() - t
+            say(f"analysis: {time.perf_counter() - t:.1f} s")
     finally:
         sampler.stop()
         ray.shutdown()
@@ -309,49 +366,10 @@ def main() -> None:
             cluster.shutdown()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    out["total_s"] = time.perf_counter() - began
-    report(args, config, out, sampler, appends, load_before, os.getloadavg())
-
-
-def report(args, config, out, sampler, appends, load_before, load_after) -> None:  # noqa: ANN001
-    slots = args.nodes
-    n_months, n_tasks = args.months, len(config.tasks)
-    mb = lambda b: b / 2**20  # noqa: E731
-    print(f"\n== paper scale: {n_months} months × {n_tasks} tasks ({','.join(config.tasks)}) on {args.nodes} Ray nodes "
-          f"(1 CPU each), {args.steps} steps × {args.texts} texts per run")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} cores; "
-          f"total {out['total_s']:.1f} s")
-    print(f"start-up: cluster (head + {args.nodes - 1} workers) {out['cluster_s']:.1f} s")
-    if "runs" in out:
-        runs = out["runs_done"]
-        over = ((out["fleet_makespan_s"]) * slots - out["train_s"]) / max(runs, 1)
-        print(f"fine-tunes: {out['runs']} runs ({runs} trained) | driver before Tune (corpus, base, lease) "
-              f"{out['fleet_prepare_s']:.1f} s | Tune makespan {out['fleet_makespan_s']:.1f} s | Σ train {out['train_s']:.1f} s, "
-              f"Σ run wall (in trial) {out['run_wall_s']:.1f} s")
-        print(f"  per-run overhead beyond compute: {over:.2f} s  [(makespan × {slots} slots − Σ train) / runs]; "
-              f"throughput {out['fleet_makespan_s'] / max(runs, 1):.2f} s/run")
-        print(f"  Tune driver peak RSS during the fleet: {mb(sampler.peaks['fleet']):.0f} MiB "
-              f"(at its start {mb(sampler.peaks.get('cluster', 0)):.0f} MiB); results returned: {out['runs']}; "
-              f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    if "cells" in out:
-        cells = out["cells"]
-        run_part = out["cells_wall_s"] - out["cells_startup_s"]
-        over = (run_part * out["cells_actors"] - out["cells_forward_s"]) / max(cells, 1)
-        actor_over = (out["cells_actor_s"] - out["cells_forward_s"]) / max(cells, 1)
-        print(f"cells: {cells} computed ({out['cells_rows']} rows), {out['cells_actors']:.0f} actors, "
-              f"{out['cells_flushes']:.0f} flushes | wall {out['cells_wall_s']:.1f} s, start-up {out['cells_startup_s']:.1f} s "
-              f"(splits prepared in {out['cells_prepare_s']:.1f} s meanwhile) | Σ forward {out['cells_forward_s']:.1f} s")
-        print(f"  per-cell overhead beyond compute: {over * 1000:.1f} ms  [((wall − start-up) × actors − Σ forward) / cells]; "
-              f"inside the actors {actor_over * 1000:.1f} ms")
-        print(f"  {appends.summary('cells')}")
-    if "interpolate_s" in out:
-        print(f"interpolation: {out['interpolate_s']:.1f} s")
-        for name in sorted({c[0] for c in appends.calls} - {"cells"}):
-            print(f"  {appends.summary(name)}")
-    if "gram_s" in out:
-        print(f"gram: {out['gram_n']:.0f} vectors streamed in {out['gram_s']:.2f} s, RSS added {out['gram_rss_mb']:.1f} MiB")
-        print(f"analysis: {out['analyze_s']:.1f} s")
-    print("peak RSS per phase (MiB): " + ", ".join(f"{k} {mb(v):.0f}" for k, v in sampler.peaks.items()))
+    say(f"total {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.2f} at the end; "
+        f"driver ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    say("driver peak RSS per phase (MiB): " + ", ".join(f"{k} {mb(v):.0f}" for k, v in sampler.peaks.items()))
+    say("CPU s of every process per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in sampler.cpu.items()))
 
 
 if __name__ == "__main__":
