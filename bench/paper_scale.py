@@ -117,6 +117,8 @@ class Sampler:
         self.every, self.cpu_every, self.phase = every, cpu_every, "setup"
         self.peaks: dict[str, int] = {}
         self.cpu: dict[str, float] = {}
+        self.cpu_by_kind: dict[str, dict[str, float]] = {}  # phase -> driver | workers | daemons -> CPU s
+        self._kind: dict[int, str] = {}
         self._seen: dict[int, float] = {}  # pid -> CPU seconds at its last sample
         self._start: dict[int, float] = {}  # pid -> CPU seconds when the phase began (or 0: born in it)
         self._lock = threading.Lock()
@@ -134,6 +136,11 @@ class Sampler:
         for proc in procs:
             try:
                 t = proc.cpu_times()
+                if proc.pid not in self._kind:
+                    name = " ".join(proc.cmdline()[:2])
+                    self._kind[proc.pid] = ("driver" if proc.pid == self._proc.pid else
+                                            "workers" if ("ray::" in name and "Agent" not in name) or "default_worker" in name
+                                            else "daemons")  # GCS, raylets, dashboard and runtime-env agents, monitors
             except psutil.Error:
                 continue
             with self._lock:
@@ -142,8 +149,11 @@ class Sampler:
 
     def _close_phase(self) -> None:
         with self._lock:
-            self.cpu[self.phase] = self.cpu.get(self.phase, 0.0) + sum(
-                self._seen[pid] - start for pid, start in self._start.items() if pid in self._seen)
+            kinds = self.cpu_by_kind.setdefault(self.phase, {"driver": 0.0, "workers": 0.0, "daemons": 0.0})
+            for pid, start in self._start.items():
+                if pid in self._seen:
+                    kinds[self._kind.get(pid, "daemons")] += self._seen[pid] - start
+            self.cpu[self.phase] = sum(kinds.values())
             self._start = dict(self._seen)
 
     def _run(self) -> None:
@@ -235,6 +245,23 @@ def table_writes(months: list[int], tasks: int, flush_rows: int, tmp: Path) -> N
         print(" | ".join(line))
 
 
+def trial_processes(storage_path: str, experiment: str) -> dict[tuple[str, int], int]:
+    """(node IP, pid) of the Tune trial processes that ran the runs, with how many each ran (from the
+    trials' ``result.json`` files: a local storage path)."""
+    import json
+
+    counts: dict[tuple[str, int], int] = {}
+    for path in Path(storage_path, experiment).glob("*/result.json"):
+        last = None
+        for line in path.read_text().splitlines():
+            if line.strip():
+                last = json.loads(line)
+        if last is not None:
+            key = (str(last.get("node_ip")), int(last.get("pid", 0)))
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def start_cluster(nodes: int, temp_dir: str):  # noqa: ANN201 - ray.cluster_utils.Cluster
     from ray.cluster_utils import Cluster
 
@@ -312,9 +339,16 @@ def main() -> None:
             say(f"fine-tunes: {len(runs)} runs ({len(done)} trained) in {wall:.1f} s | before Tune (corpus, base, lease) "
                 f"{wall - makespan:.1f} s | Tune makespan {makespan:.1f} s = {makespan / n:.2f} s/run | Σ train loop "
                 f"{train:.1f} s wall, {run_cpu:.1f} s CPU | Σ in-trial run {run_wall:.1f} s wall")
-            say(f"  per-run overhead beyond compute: wall {(makespan * slots - train) / n:.2f} s "
-                f"[(makespan × {slots} slots − Σ train) / runs]; in the trial {(run_wall - train) / n:.2f} s; "
+            where = trial_processes(runs.attrs["storage_path"], runs.attrs["experiment"])
+            say(f"  runs per trial process (node, pid): {sorted(where.values(), reverse=True)} on {len({ip for ip, _ in where})} node(s)")
+            used = len(where) or slots  # the trial processes that ran runs: Tune's slots that did work
+            say(f"  per-run overhead beyond compute: wall {(makespan * used - train) / n:.2f} s "
+                f"[(makespan × {used} trial processes − Σ train) / runs]; in the trial {(run_wall - train) / n:.2f} s; "
                 f"CPU {(sampler.cpu['fleet'] - run_cpu) / n:.2f} s [(CPU of every process − Σ train CPU) / runs]")
+            k = sampler.cpu_by_kind["fleet"]
+            say(f"  CPU during the fleet: driver {k['driver']:.1f} s, Ray workers (trials) {k['workers']:.1f} s, Ray daemons "
+                f"{k['daemons']:.1f} s ({k['daemons'] / makespan:.2f} CPU-s per s); per run, driver + trial CPU beyond the "
+                f"train loop's: {(k['driver'] + k['workers'] - run_cpu) / n:.3f} s")
             say(f"  Tune driver (this process) RSS: {mb(sampler.peaks['cluster']):.0f} MiB before, peak "
                 f"{mb(sampler.peaks['fleet']):.0f} MiB during the fleet; {len(runs)} results returned")
         if "evaluate" in stages:
@@ -335,6 +369,10 @@ def main() -> None:
             say(f"  per-cell overhead beyond compute: wall {over:.1f} ms "
                 f"[((wall − start-up) × actors − Σ forward) / cells]; in the actors {in_actors:.1f} ms; "
                 f"CPU {(sampler.cpu['cells'] - forward_cpu) / n * 1000:.1f} ms [(CPU of every process − Σ forward CPU) / cells]")
+            k = sampler.cpu_by_kind["cells"]
+            say(f"  CPU during the cells: driver {k['driver']:.1f} s, Ray workers (actors) {k['workers']:.1f} s, Ray daemons "
+                f"{k['daemons']:.1f} s; per cell, driver + actor CPU beyond the forward passes': "
+                f"{(k['driver'] + k['workers'] - forward_cpu) / n * 1000:.1f} ms (actor start-up included)")
             say(f"  driver RSS peak {mb(sampler.peaks['cells']):.0f} MiB; {appends.summary('cells')}")
         if "interpolate" in stages:
             from timevec.distributed.interpolate import run_interpolation
