@@ -137,7 +137,7 @@ class Sampler:
             try:
                 t = proc.cpu_times()
                 if proc.pid not in self._kind:
-                    name = " ".join(proc.cmdline()[:2])
+                    name = " ".join(proc.cmdline())  # a worker starts as setup_worker.py … default_worker.py, then renames
                     self._kind[proc.pid] = ("driver" if proc.pid == self._proc.pid else
                                             "workers" if ("ray::" in name and "Agent" not in name) or "default_worker" in name
                                             else "daemons")  # GCS, raylets, dashboard and runtime-env agents, monitors
