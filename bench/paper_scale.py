@@ -137,9 +137,11 @@ class Sampler:
             try:
                 t = proc.cpu_times()
                 if proc.pid not in self._kind:
-                    name = " ".join(proc.cmdline())  # a worker starts as setup_worker.py … default_worker.py, then renames
-                    self._kind[proc.pid] = ("driver" if proc.pid == self._proc.pid else
-                                            "workers" if ("ray::" in name and "Agent" not in name) or "default_worker" in name
+                    argv = [*proc.cmdline(), "", ""]
+                    # a worker starts as `python setup_worker.py …` or `python default_worker.py …`, then renames itself ray::…
+                    worker = (argv[0].startswith("ray::") and "Agent" not in argv[0]) or argv[1].endswith(
+                        ("setup_worker.py", "default_worker.py"))
+                    self._kind[proc.pid] = ("driver" if proc.pid == self._proc.pid else "workers" if worker
                                             else "daemons")  # GCS, raylets, dashboard and runtime-env agents, monitors
             except psutil.Error:
                 continue
