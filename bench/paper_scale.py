@@ -342,7 +342,7 @@ def main() -> None:
                 f"{wall - makespan:.1f} s | Tune makespan {makespan:.1f} s = {makespan / n:.2f} s/run | Σ train loop "
                 f"{train:.1f} s wall, {run_cpu:.1f} s CPU | Σ in-trial run {run_wall:.1f} s wall")
             where = trial_processes(runs.attrs["storage_path"], runs.attrs["experiment"])
-            say(f"  runs per trial process (node, pid): {sorted(where.values(), reverse=True)} on {len({ip for ip, _ in where})} node(s)")
+            say(f"  runs per trial process: {sorted(where.values(), reverse=True)}")  # on loopback every node has one IP
             used = len(where) or slots  # the trial processes that ran runs: Tune's slots that did work
             say(f"  per-run overhead beyond compute: wall {(makespan * used - train) / n:.2f} s "
                 f"[(makespan × {used} trial processes − Σ train) / runs]; in the trial {(run_wall - train) / n:.2f} s; "
