@@ -511,6 +511,43 @@ def test_tables(store: VectorStore) -> None:
     assert store.list_paths("results") == ["results/cells.parquet", "results/fresh.parquet"]
 
 
+def test_table_appends_are_parts_folded_atomically(store: VectorStore) -> None:
+    """An append publishes one part file and leaves the table file alone; a read sees both in order;
+    compaction folds them in (geometrically, and on request) as a new generation, atomically:
+    parts of another generation — a crash between publishing and cleaning up, or a table file
+    deleted by hand — are never read as the table's rows."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame({"key": [f"k{i}" for i in range(8)], "value": [float(i) for i in range(8)]})
+    store.write_table("cells", df.iloc[:4])
+    file_before = store.read_bytes("results/cells.parquet")
+    store.append_table("cells", df.iloc[4:5])
+    store.append_table("cells", df.iloc[5:6])
+    parts = [p for p in store.list_paths("results") if p.startswith("results/cells.parts/")]
+    assert len(parts) == 2 and store.read_bytes("results/cells.parquet") == file_before  # not rewritten
+    assert store.read_table("cells")["key"].tolist() == [f"k{i}" for i in range(6)]
+    stale = {p: store.read_bytes(p) for p in parts}
+    store.append_table("cells", df.iloc[6:8])  # the parts would hold as many rows as the table file: folded
+    assert store.list_paths("results") == ["results/cells.parquet"]
+    assert pq.read_table(io.BytesIO(store.read_bytes("results/cells.parquet"))).to_pandas().equals(df)
+    for rel, data in stale.items():  # as if a crash had come between the new file and the cleanup
+        store.write_bytes(rel, data)
+    assert store.read_table("cells").equals(df)
+    store.append_table("cells", df.iloc[:1])
+    assert store.read_table("cells")["key"].tolist() == [*df["key"], "k0"]
+    assert store.compact_tables() == ["cells"] and store.compact_tables() == []
+    assert store.list_paths("results") == ["results/cells.parquet"]
+    assert pq.read_table(io.BytesIO(store.read_bytes("results/cells.parquet"))).num_rows == 9
+    store.append_table("cells", df.iloc[:1])  # a part of the current table file, then the file deleted by hand
+    store.remove_paths(["results/cells.parquet"])
+    assert not store.has_table("cells")
+    store.write_table("cells", df.iloc[:2])  # a new table: the orphan part is not adopted
+    assert store.read_table("cells").equals(df.iloc[:2])
+    assert store.list_paths("results") == ["results/cells.parquet"]
+
+
 def test_raw_files_and_ray_path(store: VectorStore) -> None:
     store.write_bytes("reports/figs/a.png", b"png")
     store.write_bytes("reports/index.html", b"<html/>")

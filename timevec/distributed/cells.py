@@ -179,6 +179,7 @@ def run_cells(
     failures: list[Failure] = []
     if items:
         failures = _compute(config, store, items, stats, table, flush_rows, flush_seconds)
+        store.compact_tables()
     result = _select(read_cells(store, table), config)
     stats.seconds = time.perf_counter() - began
     log.info(

@@ -105,7 +105,9 @@ def _leased(name: str, function: StageFunction) -> StageFunction:
             return function(config, store)
         lease = store.lease(name, config.store.lease_seconds, f"the {name} stage")
         with lease:
-            out = function(config, store.fenced(lease))
+            fenced = store.fenced(lease)
+            out = function(config, fenced)
+            fenced.compact_tables()  # the appended parts folded in: results/<name>.parquet whole between stages
         if lease.lost:
             raise StageFailed(f"{lease.lost}: re-run the {name} stage; only its missing work is redone")
         return out

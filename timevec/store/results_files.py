@@ -34,9 +34,14 @@ class ResultFiles:
         self._tables.write(name, data)
 
     def append_table(self, name: str, data: pd.DataFrame | pa.Table, new_columns: Collection[str] = ()) -> None:
-        """Append rows to a table (read, concatenate, replace); the columns must match, except
-        ``new_columns``, which an older table may lack (its rows get nulls there)."""
+        """Append rows to a table (a part file: the table is not rewritten); the columns must match,
+        except ``new_columns``, which an older table may lack (its rows get nulls there)."""
         self._tables.append(name, data, new_columns)
+
+    def compact_tables(self) -> list[str]:
+        """Fold every table's appended parts into ``results/<name>.parquet`` (atomically, each);
+        the stages do it when they end. Returns the tables compacted."""
+        return [name for name in self._tables.names() if self._tables.compact(name)]
 
     def read_table(self, name: str) -> pd.DataFrame:
         """``results/<name>.parquet`` as a DataFrame; a missing table is a :class:`StoreError`."""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from timevec.config import ConfigError
 from timevec.data.periods import sort_periods
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE, CELLS_TABLE
+from timevec.store.tables import table_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -177,11 +178,10 @@ def keep_apart(store: VectorStore, extension: Extension) -> list[str]:
     in the archive is never overwritten, so a run killed half-way and re-run loses nothing.
     Returns the paths moved.
     """
-    reused = {f"results/{name}.parquet" for name in REUSED_TABLES}
     moved = []
     for folder in MOVED_FOLDERS:
         for rel in store.list_paths(folder):
-            if rel in reused:
+            if table_of(rel) in REUSED_TABLES:  # the table file and any appended parts of it stay
                 continue
             target = f"{extension.archive}/{rel}"
             if not store.exists_path(target):
