@@ -54,8 +54,8 @@ from typing import Any
 
 import ray
 
-from timevec.config import RayConfig
-from timevec.distributed.runtime import ensure_ray
+from timevec.config import ConfigError, RayConfig
+from timevec.distributed.runtime import check_gpus, ensure_ray
 from timevec.errors import StageFailed
 from timevec.store import StoreError
 from timevec.train.memory_cgroup import join_memory_cgroup
@@ -241,6 +241,7 @@ def drive(
     answers (from every actor, after the last item) land in ``PoolOutcome.collected``.
     """
     ensure_ray(ray_config)
+    check_gpus(ray_config, ray_config.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
     actor_cls = ray.remote(actor_class).options(
         num_cpus=ray_config.cpus_per_eval_actor,
         num_gpus=ray_config.gpus_per_eval_actor,
@@ -297,6 +298,8 @@ def drive(
             try:
                 item, rows, error, text = ray.get(ref)
             except ActorSetupError as exc:  # Ray's RayTaskError, also an ActorSetupError
+                if isinstance(exc.error, ConfigError):  # e.g. a GPU actor whose torch sees no CUDA device
+                    raise exc.error from None
                 if on_setup_error is not None:
                     on_setup_error(exc.error)
                 raise

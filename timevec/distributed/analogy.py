@@ -63,12 +63,12 @@ from timevec import results
 from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
 from timevec.data.periods import Period
+from timevec.distributed.runtime import worker_device
 from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of, require_base
 from timevec.evaluate.metrics import METRICS, EvalSplit, prepare_split
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
 from timevec.store import StoreError, VectorStore
 from timevec.store.checksum import shard_digest
-from timevec.train.devices import pick_device
 from timevec.train.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ _POINTS: dict[tuple[str, float, float, float], dict[str, float]] = {}
 
 def _device(config: ExperimentConfig) -> torch.device:
     """The trial's device; on the CPU with the configured torch threads."""
-    device = pick_device(config.ray.gpus_per_eval_actor > 0)
+    device = worker_device(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
     if device.type == "cpu":
         torch.set_num_threads(config.ray.torch_threads)
     return device
@@ -427,7 +427,7 @@ def _prepared_splits(config: ExperimentConfig, task: str, periods: list[str]) ->
 
 def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame:
     """Search every (j, k) pair of ``config.analogy``; returns the analogy_best rows of those pairs."""
-    from timevec.distributed.runtime import ensure_ray
+    from timevec.distributed.runtime import check_gpus, ensure_ray
 
     began = time.perf_counter()
     store = store or VectorStore.from_config(config.store)
@@ -440,6 +440,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
     if not pairs:
         raise StoreError(f"analogy for task {task!r}: no (j, k) pair has its vectors in {store}: " + "; ".join(skipped))
     ensure_ray(config.ray)
+    check_gpus(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
     storage = storage_path(config, store)
     splits = _prepared_splits(config, task, sorted({k for _, k in pairs}, key=Period.parse))
     best_old = store.read_table(ANALOGY_BEST_TABLE) if store.has_table(ANALOGY_BEST_TABLE) else None

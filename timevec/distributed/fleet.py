@@ -96,10 +96,11 @@ from timevec.distributed.fleet_trials import (
     trial_dirname,
     trial_name,
 )
-from timevec.distributed.runtime import check_fits, ensure_ray
+from timevec.distributed.runtime import check_fits, check_gpus, ensure_ray
 from timevec.errors import StageFailed
 from timevec.store import VectorStore
 from timevec.train import continual
+from timevec.train.devices import NO_CUDA, NoCudaDevice
 from timevec.train.loop import prepare_base
 from timevec.train.plan import RunSpec, experiment_name, plan_runs
 from timevec.train.run import run_one
@@ -184,6 +185,8 @@ class _Submission:
             attempts = tracker.attempts.get(run.key, 1)
             if result.error is not None or metrics.get("run_status") not in ("done", "skipped"):
                 error = str(result.error).strip().splitlines()[-1] if result.error is not None else "no final report"
+                if isinstance(getattr(result.error, "cause", result.error), NoCudaDevice) or NO_CUDA in error:
+                    raise NoCudaDevice(error.split(": ", 1)[-1] if NO_CUDA in error else str(result.error))
                 rows[run.key] = _row(run, "failed", attempts=attempts, error=error, steps=metrics.get("step"))
                 continue
             if not store.has_vector(run.task, run.period):
@@ -269,6 +272,15 @@ def _run_fleet(
         log.info("fleet: all %d runs already have their vector in %s; nothing to train", len(runs), store)
         return frame([_row(r, "skipped", attempts=0) for r in runs])
 
+    # A run that could never be placed, or whose GPU torch cannot see, fails now: before the base is built
+    ensure_ray(config.ray)
+    workers = max(config.ray.workers_per_run, 1)
+    check_fits(
+        config.ray,
+        {"CPU": config.ray.cpus_per_run / workers, "GPU": config.ray.gpus_per_run / workers},
+        "a fine-tune run (ray.cpus_per_run, ray.gpus_per_run, over ray.workers_per_run)",
+    )
+    check_gpus(config.ray, config.ray.gpus_per_run / workers, "ray.gpus_per_run")
     corpus = load_corpus(config.corpus)
     corpus.check_periods(sorted({r.period for r in runs}, key=Period.parse), config.corpus.min_rows_per_period)
     prepare_base(config, corpus, store)
@@ -279,13 +291,6 @@ def _run_fleet(
     if not todo:
         return frame([rows[r.key] for r in runs])
 
-    ensure_ray(config.ray)
-    workers = max(config.ray.workers_per_run, 1)
-    check_fits(
-        config.ray,
-        {"CPU": config.ray.cpus_per_run / workers, "GPU": config.ray.gpus_per_run / workers},
-        "a fine-tune run (ray.cpus_per_run, ray.gpus_per_run, over ray.workers_per_run)",
-    )
     storage_path = config.ray.storage_path or store.ray_storage_path()
     attrs["storage_path"] = storage_path
     rc = config.ray

@@ -24,8 +24,8 @@ from timevec.config import ExperimentConfig
 from timevec.data.corpus import Corpus
 from timevec.distributed.checkpoints import earlier_checkpoint, resume_state
 from timevec.distributed.reporter import Reporter
+from timevec.distributed.runtime import worker_device
 from timevec.store import VectorStore
-from timevec.train.devices import pick_device
 from timevec.train.plan import RunSpec
 from timevec.train.run import RunJob
 
@@ -73,13 +73,20 @@ def in_trial_run(params: dict, ctx: FleetContext) -> None:
     start = int(resume["step"]) if resume is not None else 0
     reporter = Reporter(tune.report, tune.Checkpoint, job, start, meta, min_interval_s=ctx.config.ray.report_interval_s)
     try:
-        model, result = job.fit(reporter, resume, pick_device(ctx.config.ray.gpus_per_run > 0))
+        model, result = job.fit(reporter, resume, worker_device(ctx.config.ray, ctx.config.ray.gpus_per_run, "ray.gpus_per_run"))
     finally:
         reporter.close()
     tokens = job.tokens_before(start) + result.tokens
     trial_id = tune.get_context().get_trial_id()
-    final = job.finish(model, result, start, meta, tokens, extra={"ray": {"experiment": ctx.experiment, "trial_id": trial_id}})
+    extra = {"ray": {"experiment": ctx.experiment, "trial_id": trial_id, **placement()}}
+    final = job.finish(model, result, start, meta, tokens, extra=extra)
     tune.report(final)
+
+
+def placement() -> dict[str, Any]:
+    """Where this process ran, for the run's manifest: Ray's node id and the GPU ids Ray gave it."""
+    runtime = ray.get_runtime_context()
+    return {"node_id": runtime.get_node_id(), "gpu_ids": [str(g) for g in runtime.get_accelerator_ids().get("GPU", [])]}
 
 
 def train_worker(loop_config: dict) -> None:
@@ -97,7 +104,10 @@ def train_worker(loop_config: dict) -> None:
     start = int(resume["step"]) if resume is not None else 0
     reporter = Reporter(ray.train.report, ray.train.Checkpoint, job, start, meta, with_checkpoint=rank == 0)
     try:
-        model, result = job.fit(reporter, resume, ray.train.torch.get_device())
+        rc = ctx.config.ray
+        gpu = rc.gpus_per_run > 0 and torch.cuda.is_available()
+        device = ray.train.torch.get_device() if gpu else worker_device(rc, rc.gpus_per_run / world, "ray.gpus_per_run")
+        model, result = job.fit(reporter, resume, device)
     finally:
         reporter.close()
     tokens = job.tokens_before(start) + result.tokens
@@ -107,7 +117,7 @@ def train_worker(loop_config: dict) -> None:
         total = torch.tensor([tokens], dtype=torch.long)
         dist.all_reduce(total)
         tokens = int(total.item())
-    extra = {"ray": {"experiment": ctx.experiment, "train_run": train_ctx.get_experiment_name()}}
+    extra = {"ray": {"experiment": ctx.experiment, "train_run": train_ctx.get_experiment_name(), **placement()}}
     final = job.finish(model, result, start, meta, tokens, extra=extra, write=rank == 0)
     ray.train.report(final)
 
@@ -120,7 +130,7 @@ def trainer_run(params: dict, ctx: FleetContext) -> None:
     (``RunConfig(storage_path, name)`` identifies the run).
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     run = RunSpec(**params["run"])
@@ -136,8 +146,11 @@ def trainer_run(params: dict, ctx: FleetContext) -> None:
     per_worker = {"CPU": rc.cpus_per_run / workers}
     if rc.gpus_per_run > 0:
         per_worker["GPU"] = rc.gpus_per_run / workers
+    # NCCL needs CUDA: GPU workers allowed onto the CPU (ray.allow_cpu_fallback) talk over gloo
+    backend = "gloo" if rc.gpus_per_run == 0 or (rc.allow_cpu_fallback and not torch.cuda.is_available()) else "nccl"
     trainer = TorchTrainer(
         train_worker,
+        torch_config=TorchConfig(backend=backend),
         train_loop_config={"run": params["run"], "ctx": ctx},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=rc.gpus_per_run > 0, resources_per_worker=per_worker
