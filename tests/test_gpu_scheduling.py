@@ -82,7 +82,7 @@ import json, ray
 from ray.util.state import list_actors
 ray.init(address={address!r}, log_to_driver=False)
 print(json.dumps([dict(cls=a.class_name, node=a.node_id, pid=a.pid, res=a.required_resources)
-                  for a in list_actors(detail=True, limit=10000, raise_on_missing_output=False)]))
+                  for a in list_actors(address={address!r}, detail=True, limit=10000, raise_on_missing_output=False)]))
 """
 
 
@@ -91,7 +91,8 @@ def actors(address: str) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     out = subprocess.run([sys.executable, "-c", STATE_QUERY.format(address=address)], env=env, capture_output=True,
-                         text=True, timeout=120, check=True)
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

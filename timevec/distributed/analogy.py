@@ -64,6 +64,7 @@ from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
 from timevec.data.periods import Period
 from timevec.distributed.runtime import worker_device
+from timevec.distributed.storage import RayStorage, ray_storage
 from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of, require_base
 from timevec.evaluate.metrics import METRICS, EvalSplit, prepare_split
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
@@ -228,18 +229,18 @@ def experiment_name(config: ExperimentConfig, store: VectorStore, task: str, j: 
     return f"analogy-{task}-{j}-{k}-{config.analogy.searcher}-{_signature(config, store, task, j, k)}"
 
 
-def storage_path(config: ExperimentConfig, store: VectorStore) -> str:
+def storage_path(config: ExperimentConfig, store: VectorStore) -> RayStorage:
     """Tune's storage: ``ray.storage_path`` or ``<store>/ray``, the fleet's too (one place for every Ray run)."""
-    return config.ray.storage_path or store.ray_storage_path()
+    return ray_storage(config, store)
 
 
-def experiment_path(storage: str, name: str) -> str:
+def experiment_path(storage: RayStorage, name: str) -> str:
     """``storage/name``, keeping a URI's query (``?endpoint_override=…``) at the end."""
-    root, sep, query = storage.partition("?")
+    root, sep, query = storage.url.partition("?")
     return f"{root.rstrip('/')}/{name}{sep}{query}"
 
 
-def finished_trials(storage: str, name: str) -> list[dict[str, Any]]:
+def finished_trials(storage: RayStorage, name: str) -> list[dict[str, Any]]:
     """The last result of every trial of experiment ``name`` that reported one (plain JSON reads).
 
     Read from each trial directory's ``result.json`` through pyarrow's filesystem (what Tune writes
@@ -248,7 +249,8 @@ def finished_trials(storage: str, name: str) -> list[dict[str, Any]]:
     """
     import pyarrow.fs as pafs
 
-    fs, root = pafs.FileSystem.from_uri(experiment_path(storage, name))
+    fs, root = storage.fs_root()
+    root = f"{root}/{name}"
     trials = []
     for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
         if info.type != pafs.FileType.Directory:
@@ -279,7 +281,7 @@ def _key(alpha: float) -> float:
     return results.alpha_key(alpha)
 
 
-def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str,
+def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorage, name: str,
            done: list[dict[str, Any]]) -> tune.Tuner | None:
     """A Tuner for what ``done`` (the experiment's finished trials) lacks; None when nothing is left."""
     cfg = config.analogy
@@ -328,7 +330,7 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage,
+            **storage.run_config(),
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
@@ -337,7 +339,7 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
 
 
 def search_pair(
-    config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str
+    config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorage, name: str
 ) -> tuple[list[task_analogy.AnalogyPoint], dict[str, Any]]:
     """Run one pair's Tune experiment, or only what an earlier run left; returns its points and run facts."""
     began = time.perf_counter()

@@ -97,6 +97,7 @@ from timevec.distributed.fleet_trials import (
     trial_name,
 )
 from timevec.distributed.runtime import check_fits, check_gpus, ensure_ray
+from timevec.distributed.storage import ray_storage
 from timevec.errors import StageFailed
 from timevec.store import VectorStore
 from timevec.train import continual
@@ -167,14 +168,14 @@ class _Submission:
             ),
             run_config=tune.RunConfig(
                 name=self.ctx.experiment,
-                storage_path=self.ctx.storage_path,
+                **self.ctx.storage.run_config(),
                 failure_config=tune.FailureConfig(max_failures=rc.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[tracker, *loggers, *self.callbacks],
                 verbose=0,
             ),
         )
-        log.info("fleet: experiment %s under %s (%d concurrent)", self.ctx.experiment, self.ctx.storage_path,
+        log.info("fleet: experiment %s under %s (%d concurrent)", self.ctx.experiment, self.ctx.storage,
                  rc.max_concurrent_runs)
         began = time.perf_counter()
         grid = tuner.fit()
@@ -291,14 +292,14 @@ def _run_fleet(
     if not todo:
         return frame([rows[r.key] for r in runs])
 
-    storage_path = config.ray.storage_path or store.ray_storage_path()
-    attrs["storage_path"] = storage_path
+    storage = ray_storage(config, store)
+    attrs["storage_path"] = storage.url
     rc = config.ray
     ctx = FleetContext(
         config=config,
         store=store,
         corpus_ref=ray.put(corpus),
-        storage_path=storage_path,
+        storage=storage,
         experiment=experiment,
     )
     if rc.workers_per_run >= 1:
@@ -333,7 +334,7 @@ def _run_fleet(
     out = frame([rows[r.key] for r in runs])
     if not keep_checkpoints:
         finished = [r for r in runs if rows[r.key]["status"] != "failed"]
-        removed = drop_checkpoints(storage_path, experiment, finished)
+        removed = drop_checkpoints(storage, experiment, finished)
         log.debug("fleet: deleted %d checkpoints of finished runs", removed)
     counts = out["status"].value_counts().to_dict()
     log.info("fleet: finished in %.0f s: %s", attrs["makespan_s"], counts)

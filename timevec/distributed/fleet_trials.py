@@ -25,6 +25,7 @@ from timevec.data.corpus import Corpus
 from timevec.distributed.checkpoints import earlier_checkpoint, resume_state
 from timevec.distributed.reporter import Reporter
 from timevec.distributed.runtime import worker_device
+from timevec.distributed.storage import RayStorage
 from timevec.store import VectorStore
 from timevec.train.plan import RunSpec
 from timevec.train.run import RunJob
@@ -42,7 +43,7 @@ class FleetContext:
     config: ExperimentConfig
     store: VectorStore
     corpus_ref: Any  # ray.ObjectRef of the Corpus: put once, read by every trial/worker
-    storage_path: str
+    storage: RayStorage
     experiment: str
 
 
@@ -66,7 +67,7 @@ def in_trial_run(params: dict, ctx: FleetContext) -> None:
     job = RunJob(ctx.config, store, _corpus(ctx), run)
     resume, meta = resume_state(tune.get_checkpoint(), job)
     if resume is None:
-        found = earlier_checkpoint(ctx.storage_path, ctx.experiment, run, job.fingerprint)
+        found = earlier_checkpoint(ctx.storage, ctx.experiment, run, job.fingerprint)
         if found is not None:
             resume, meta = found
             log.info("run %s: resuming from an earlier submission's checkpoint at step %d", run.key, meta["step"])
@@ -157,7 +158,7 @@ def trainer_run(params: dict, ctx: FleetContext) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=f"{ctx.experiment}-{run.key}",
-            storage_path=ctx.storage_path,
+            **ctx.storage.run_config(),
             failure_config=ray.train.FailureConfig(max_failures=rc.max_failures),
             callbacks=[TuneReportCallback()],
         ),
