@@ -10,22 +10,14 @@ each run and Ray Train worker ran is read back from Ray's state API.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.s3_server import free_ports
+from tests.fake_cluster import TINY, actors, start_cluster, stop_cluster, timevec_cli
 from timevec.train.devices import NoCudaDevice, gpu_device
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "timevec" / "demo" / "tiny.yaml"
 
 needs_cpu_only_torch = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine whose torch sees no GPU")
 
@@ -42,25 +34,6 @@ def test_gpu_work_without_cuda_is_refused_unless_allowed(monkeypatch) -> None:
     assert gpu_device(0.0, "ray.gpus_per_run").type == "cpu"  # no GPU asked for: nothing to refuse
 
 
-def start_cluster(nodes: list[dict]) -> object:
-    """A ``ray.cluster_utils.Cluster`` of ``nodes`` (head first), not joined by this process.
-
-    Its own temp dir (short: Ray's socket paths must fit in 107 bytes) and dashboard port; the
-    dashboard serves the state API. ``cluster.shutdown()`` stops every node process it started.
-    """
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    (dashboard_port,) = free_ports(1)
-    temp = tempfile.mkdtemp(prefix="tv-ray-", dir="/tmp")
-    head = {"temp_dir": temp, "include_dashboard": True, "dashboard_port": dashboard_port, **nodes[0]}
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
-    for node in nodes[1:]:
-        cluster.add_node(**node)
-    cluster.wait_for_nodes()
-    return cluster
-
-
 @pytest.fixture(scope="module")
 def fake_gpu_cluster() -> Iterator[str]:
     """One node with 2 CPUs and 2 fake GPUs; yields its address."""
@@ -68,32 +41,7 @@ def fake_gpu_cluster() -> Iterator[str]:
     try:
         yield cluster.address
     finally:
-        cluster.shutdown()
-
-
-def timevec_cli(address: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "timevec", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-STATE_QUERY = """
-import json, ray
-from ray.util.state import list_actors
-ray.init(address={address!r}, log_to_driver=False)
-print(json.dumps([dict(cls=a.class_name, node=a.node_id, pid=a.pid, res=a.required_resources)
-                  for a in list_actors(address={address!r}, detail=True, limit=10000, raise_on_missing_output=False)]))
-"""
-
-
-def actors(address: str) -> list[dict]:
-    """Every actor the cluster has run (alive or dead), from Ray's state API."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([sys.executable, "-c", STATE_QUERY.format(address=address)], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        stop_cluster(cluster)
 
 
 @pytest.mark.slow

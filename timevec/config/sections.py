@@ -266,6 +266,10 @@ class RayConfig(_Strict):
     cpus_per_run: float = Field(1.0, gt=0)
     gpus_per_run: float = Field(0.0, ge=0)
     workers_per_run: int = Field(0, ge=0, description="0: train inside the Tune trial; >=1: a TorchTrainer per run")
+    memory_per_run_mb: float | None = Field(
+        None, gt=0, description="memory (MiB) each fine-tune run (each Train worker) declares to Ray, which places no more "
+        "runs on a node than fit; None: estimated from θ_pre (process + 5x θ_pre for a full fine-tune, 2x with LoRA)",
+    )
     max_concurrent_runs: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
     eval_actors: int = Field(2, ge=1)

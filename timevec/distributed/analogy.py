@@ -281,7 +281,7 @@ def _key(alpha: float) -> float:
     return results.alpha_key(alpha)
 
 
-def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorage, name: str,
+def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorage, name: str, memory: int,
            done: list[dict[str, Any]]) -> tune.Tuner | None:
     """A Tuner for what ``done`` (the experiment's finished trials) lacks; None when nothing is left."""
     cfg = config.analogy
@@ -315,7 +315,7 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorag
                                   evaluated_rewards=[float(r[VALIDATION]) for r in done] or None)
     trainable = tune.with_resources(
         tune.with_parameters(AnalogyTrial, payload=payload),
-        {"cpu": config.ray.cpus_per_eval_actor, "gpu": config.ray.gpus_per_eval_actor},
+        {"cpu": config.ray.cpus_per_eval_actor, "gpu": config.ray.gpus_per_eval_actor, "memory": memory},
     )
     return tune.Tuner(
         trainable,
@@ -339,13 +339,13 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorag
 
 
 def search_pair(
-    config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorage, name: str
+    config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorage, name: str, memory: int
 ) -> tuple[list[task_analogy.AnalogyPoint], dict[str, Any]]:
     """Run one pair's Tune experiment, or only what an earlier run left; returns its points and run facts."""
     began = time.perf_counter()
     done = finished_trials(storage, name)
     points = [_point(r) for r in done]
-    tuner = _tuner(config, payload, storage, name, done)
+    tuner = _tuner(config, payload, storage, name, memory, done)
     errors: list[str] = []
     if tuner is not None:
         if done:
@@ -429,7 +429,7 @@ def _prepared_splits(config: ExperimentConfig, task: str, periods: list[str]) ->
 
 def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame:
     """Search every (j, k) pair of ``config.analogy``; returns the analogy_best rows of those pairs."""
-    from timevec.distributed.runtime import check_gpus, ensure_ray
+    from timevec.distributed.runtime import base_bytes, check_gpus, ensure_ray, eval_memory
 
     began = time.perf_counter()
     store = store or VectorStore.from_config(config.store)
@@ -444,11 +444,12 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
     ensure_ray(config.ray)
     check_gpus(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
     storage = storage_path(config, store)
+    memory = eval_memory(config.ray, base_bytes(store), vectors=3)  # θ_pre and the three vectors of a pair
     splits = _prepared_splits(config, task, sorted({k for _, k in pairs}, key=Period.parse))
     best_old = store.read_table(ANALOGY_BEST_TABLE) if store.has_table(ANALOGY_BEST_TABLE) else None
     grid_old = store.read_table(ANALOGY_TABLE) if store.has_table(ANALOGY_TABLE) else None
     baselines_remote = ray.remote(_baselines_task).options(
-        num_cpus=config.ray.cpus_per_eval_actor, num_gpus=config.ray.gpus_per_eval_actor,
+        num_cpus=config.ray.cpus_per_eval_actor, num_gpus=config.ray.gpus_per_eval_actor, memory=memory,
         max_retries=config.ray.max_failures,
     )
     out: list[pd.DataFrame] = []
@@ -475,7 +476,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
                 have = (sel.drop(columns="experiment"), scaled)
         latest = task_analogy.latest_task_period(task, k, stored)
         pending = None if have is not None else baselines_remote.remote(payload, latest, (task, k) in stored)
-        points, facts = search_pair(config, payload, storage, name)
+        points, facts = search_pair(config, payload, storage, name, memory)
         metric = METRICS[task][0]
         baseline_rows, scaled = (have[0].to_dict("records"), have[1]) if have is not None else ray.get(pending)
         grid = pd.concat([task_analogy.analogy_grid_frame(task, j, k, metric, points),

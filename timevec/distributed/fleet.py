@@ -96,7 +96,7 @@ from timevec.distributed.fleet_trials import (
     trial_dirname,
     trial_name,
 )
-from timevec.distributed.runtime import check_fits, check_gpus, ensure_ray
+from timevec.distributed.runtime import base_bytes, check_fits, check_gpus, ensure_ray, run_memory
 from timevec.distributed.storage import ray_storage
 from timevec.errors import StageFailed
 from timevec.store import VectorStore
@@ -292,6 +292,9 @@ def _run_fleet(
     if not todo:
         return frame([rows[r.key] for r in runs])
 
+    memory = run_memory(config, base_bytes(store))
+    check_fits(config.ray, {"CPU": config.ray.cpus_per_run / workers, "memory": memory},
+               f"a fine-tune run's process ({memory / 2**20:.0f} MiB: ray.memory_per_run_mb or the estimate from θ_pre)")
     storage = ray_storage(config, store)
     attrs["storage_path"] = storage.url
     rc = config.ray
@@ -300,6 +303,7 @@ def _run_fleet(
         store=store,
         corpus_ref=ray.put(corpus),
         storage=storage,
+        memory=memory,
         experiment=experiment,
     )
     if rc.workers_per_run >= 1:
@@ -308,7 +312,7 @@ def _run_fleet(
         trainable = tune.with_resources(tune.with_parameters(trainer_run, ctx=ctx), {"memory": DRIVER_MEMORY})
     else:
         trainable = tune.with_resources(
-            tune.with_parameters(in_trial_run, ctx=ctx), {"cpu": rc.cpus_per_run, "gpu": rc.gpus_per_run}
+            tune.with_parameters(in_trial_run, ctx=ctx), {"cpu": rc.cpus_per_run, "gpu": rc.gpus_per_run, "memory": memory}
         )
     fit = _Submission(trainable, ctx, store, rows, attrs, progress, callbacks)
     if config.training.mode == "continual":

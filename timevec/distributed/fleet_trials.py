@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import ray
@@ -45,6 +46,7 @@ class FleetContext:
     corpus_ref: Any  # ray.ObjectRef of the Corpus: put once, read by every trial/worker
     storage: RayStorage
     experiment: str
+    memory: int = 0  # bytes each run's process (each Train worker) declares to Ray
 
 
 def _corpus(ctx: FleetContext) -> Corpus:
@@ -108,7 +110,9 @@ def train_worker(loop_config: dict) -> None:
         rc = ctx.config.ray
         gpu = rc.gpus_per_run > 0 and torch.cuda.is_available()
         device = ray.train.torch.get_device() if gpu else worker_device(rc, rc.gpus_per_run / world, "ray.gpus_per_run")
-        model, result = job.fit(reporter, resume, device)
+        # Ray Train's data-parallel path: DistributedDataParallel around the model (one worker: as is)
+        prepare = partial(ray.train.torch.prepare_model, move_to_device=False)
+        model, result = job.fit(reporter, resume, device, parallel=prepare)
     finally:
         reporter.close()
     tokens = job.tokens_before(start) + result.tokens
@@ -144,7 +148,7 @@ def trainer_run(params: dict, ctx: FleetContext) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_S))
     rc = ctx.config.ray
     workers = rc.workers_per_run
-    per_worker = {"CPU": rc.cpus_per_run / workers}
+    per_worker = {"CPU": rc.cpus_per_run / workers, "memory": ctx.memory}  # each worker holds a whole replica
     if rc.gpus_per_run > 0:
         per_worker["GPU"] = rc.gpus_per_run / workers
     # NCCL needs CUDA: GPU workers allowed onto the CPU (ray.allow_cpu_fallback) talk over gloo
