@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,14 @@ def actors(address: str) -> list[dict]:
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def demand(resources: dict, name: str) -> float:
+    """How much of resource ``name`` an actor holds: its plain request, or, in a placement group
+    (Tune trials, Train workers), its bundle's ``<name>_group_<group id>`` (Ray also lists the same
+    amount under ``<name>_group_<bundle index>_<group id>``)."""
+    if name in resources:
+        return float(resources[name])
+    pattern = re.compile(rf"^{re.escape(name)}_group_[0-9a-f]+$")
+    return float(sum(v for k, v in resources.items() if pattern.match(k)))
+

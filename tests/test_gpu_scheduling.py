@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fake_cluster import TINY, actors, start_cluster, stop_cluster, timevec_cli
+from tests.fake_cluster import TINY, actors, demand, start_cluster, stop_cluster, timevec_cli
 from timevec.train.devices import NoCudaDevice, gpu_device
 
 needs_cpu_only_torch = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine whose torch sees no GPU")
@@ -58,6 +58,7 @@ def test_gpu_runs_without_cuda_stop_the_study_with_exit_2(fake_gpu_cluster: str,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two fleets through Ray Train: minutes on 2 idle cores, far longer on a busy machine
 @needs_cpu_only_torch
 def test_fractional_gpus_share_one_gpu_and_a_two_gpu_trainer_gets_two(fake_gpu_cluster: str, tmp_path: Path) -> None:
     from timevec.store import VectorStore
@@ -71,10 +72,10 @@ def test_fractional_gpus_share_one_gpu_and_a_two_gpu_trainer_gets_two(fake_gpu_c
     assert two.returncode == 0, two.stderr[-3000:]
 
     seen = actors(fake_gpu_cluster)
-    trials = [a for a in seen if a["res"].get("GPU") == 0.5]
+    trials = [a for a in seen if demand(a["res"], "GPU") == 0.5]
     workers = [a for a in seen if a["cls"] == "RayTrainWorker"]
-    print("0.5-GPU trial actors:", [(a["cls"], a["node"][:8], a["pid"], a["res"]) for a in trials])
-    print("Ray Train workers:", [(a["node"][:8], a["pid"], a["res"]) for a in workers])
+    print("0.5-GPU trial actors:", [(a["cls"], a["node"][:8], a["pid"], demand(a["res"], "GPU")) for a in trials])
+    print("Ray Train workers:", [(a["node"][:8], a["pid"], demand(a["res"], "GPU")) for a in workers])
     half_store = VectorStore(str(tmp_path / "half"))
     placed = {p: half_store.manifest("lm", p)["ray"] for p in ("2014", "2015")}
     print("runs' GPU ids:", {p: r["gpu_ids"] for p, r in placed.items()})
@@ -82,6 +83,7 @@ def test_fractional_gpus_share_one_gpu_and_a_two_gpu_trainer_gets_two(fake_gpu_c
     assert len({a["pid"] for a in trials}) == 2 and len({a["node"] for a in trials}) == 1
     assert placed["2014"]["gpu_ids"] == placed["2015"]["gpu_ids"] and len(placed["2014"]["gpu_ids"]) == 1
     # the 2-GPU run: two Train workers of one GPU each on the 2-GPU node, i.e. both GPUs
-    assert len(workers) == 2 and all(a["res"].get("GPU") == 1.0 for a in workers)
+    assert len(workers) == 2 and all(demand(a["res"], "GPU") == 1.0 for a in workers)
+    assert all(demand(a["res"], "memory") > 0 for a in trials + workers), "runs declare memory= to Ray"
     manifest = VectorStore(str(tmp_path / "two")).manifest("lm", "2014")
     assert manifest["workers"] == 2 and len(manifest["ray"]["gpu_ids"]) == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fake_cluster import TINY, actors, start_cluster, stop_cluster, timevec_cli
+from tests.fake_cluster import TINY, actors, demand, start_cluster, stop_cluster, timevec_cli
 
 #: |loss(2 workers) − loss(1 worker)| allowed at every step: the two see the same global batches
 #: and the same token-weighted gradient; only the order of float additions differs (gloo's sum of
@@ -56,6 +56,7 @@ def loss_curve(store: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two fleets through Ray Train: minutes on 2 idle cores, far longer on a busy machine
 def test_two_workers_on_two_nodes_follow_the_single_worker_loss_curve(two_nodes: str, tmp_path: Path) -> None:
     from timevec.store import VectorStore
 
@@ -65,8 +66,10 @@ def test_two_workers_on_two_nodes_follow_the_single_worker_loss_curve(two_nodes:
                       "--set", "ray.workers_per_run=2", "--set", "ray.cpus_per_run=2")
     assert two.returncode == 0, two.stderr[-3000:]
     workers = [a for a in actors(two_nodes) if a["cls"] == "RayTrainWorker"]
-    print("Ray Train workers of the 2-worker run:", [(a["node"][:8], a["pid"], a["res"]) for a in workers])
+    print("Ray Train workers of the 2-worker run:", [(a["node"][:8], a["pid"], demand(a["res"], "CPU"),
+                                                      demand(a["res"], "memory") / 2**20) for a in workers])
     assert len(workers) == 2 and len({a["node"] for a in workers}) == 2, "one worker on each node"
+    assert all(demand(a["res"], "memory") >= 600 * 2**20 for a in workers), "each worker declares its memory to Ray"
 
     one = timevec_cli(two_nodes, "finetune", str(TINY), "--set", f"store.url={tmp_path / 'one'}", *common,
                       "--set", "ray.workers_per_run=1", "--set", "ray.cpus_per_run=1")
