@@ -229,6 +229,8 @@ def train(
         start = int(resume["step"])
         log.info("resuming at step %d of %d", start, steps)
     world = shard[1]
+    if world > 1 and parallel is None:
+        raise ValueError("train: a data-parallel shard needs parallel= (e.g. ray.train.torch.prepare_model) to average gradients")
     forward = parallel(model) if parallel is not None and world > 1 else model  # after a resume: every rank agrees
     device_type = torch.device(device).type
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
