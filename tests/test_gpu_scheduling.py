@@ -77,7 +77,7 @@ def test_fractional_gpus_share_one_gpu_and_a_two_gpu_trainer_gets_two(fake_gpu_c
     print("0.5-GPU trial actors:", [(a["cls"], a["node"][:8], a["pid"], demand(a["res"], "GPU")) for a in trials])
     print("Ray Train workers:", [(a["node"][:8], a["pid"], demand(a["res"], "GPU")) for a in workers])
     half_store = VectorStore(str(tmp_path / "half"))
-    placed = {p: half_store.manifest("lm", p)["ray"] for p in ("2014", "2015")}
+    placed = {p: half_store.manifest("lm", p)["run"]["ray"] for p in ("2014", "2015")}
     print("runs' GPU ids:", {p: r["gpu_ids"] for p, r in placed.items()})
     # two 0.5-GPU runs, each in its own trial process, were given the same GPU
     assert len({a["pid"] for a in trials}) == 2 and len({a["node"] for a in trials}) == 1
@@ -85,5 +85,5 @@ def test_fractional_gpus_share_one_gpu_and_a_two_gpu_trainer_gets_two(fake_gpu_c
     # the 2-GPU run: two Train workers of one GPU each on the 2-GPU node, i.e. both GPUs
     assert len(workers) == 2 and all(demand(a["res"], "GPU") == 1.0 for a in workers)
     assert all(demand(a["res"], "memory") > 0 for a in trials + workers), "runs declare memory= to Ray"
-    manifest = VectorStore(str(tmp_path / "two")).manifest("lm", "2014")
-    assert manifest["workers"] == 2 and len(manifest["ray"]["gpu_ids"]) == 1
+    run = VectorStore(str(tmp_path / "two")).manifest("lm", "2014")["run"]
+    assert run["workers"] == 2 and len(run["ray"]["gpu_ids"]) == 1

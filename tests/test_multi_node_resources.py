@@ -16,10 +16,10 @@ import torch
 
 from tests.fake_cluster import TINY, actors, demand, start_cluster, stop_cluster, timevec_cli
 
-#: |loss(2 workers) − loss(1 worker)| allowed at every step: the two see the same global batches
-#: and the same token-weighted gradient; only the order of float additions differs (gloo's sum of
-#: two halves vs one sum), amplified by 8 Adam steps.
-LOSS_TOLERANCE = 1e-4
+#: |loss(2 workers) − loss(1 worker)| allowed at every step (losses ≈ 4.3): the two see the same
+#: global batches and the same token-weighted gradient; only the order of float additions differs
+#: (gloo's sum of two halves vs one sum), carried through 8 Adam steps. Seen: 4.8e-7 (2026-12-06).
+LOSS_TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def loss_curve(store: Path) -> dict[int, float]:
     curve = {}
     for line in result.read_text().splitlines():
         record = json.loads(line)
-        if "loss" in record and record.get("run_status") is None:
+        if record.get("run_status") == "training":  # the per-step reports (the last one is the run's result)
             curve[int(record["step"])] = float(record["loss"])
     return curve
 
@@ -84,7 +84,7 @@ def test_two_workers_on_two_nodes_follow_the_single_worker_loss_curve(two_nodes:
     assert curves["one"][8] < curves["one"][1], "the run learned something: the comparison is not between flat lines"
     assert max(gaps) <= LOSS_TOLERANCE
     stores = {name: VectorStore(str(tmp_path / name)) for name in ("one", "two")}
-    assert stores["two"].manifest("lm", "2014")["workers"] == 2
+    assert stores["two"].manifest("lm", "2014")["run"]["workers"] == 2
     a, b = (stores[name].get_vector("lm", "2014") for name in ("one", "two"))
     deltas = [torch.max(torch.abs(a.tensors[k] - b.tensors[k])).item() for k in a.tensors]
     print("max |τ(1 worker) − τ(2 workers)|:", max(deltas))
