@@ -30,6 +30,7 @@ from timevec.distributed.fleet import (
     run_fleet,
     run_one,
 )
+from timevec.distributed.storage import ray_storage
 from timevec.store import VectorStore
 from timevec.train.loop import prepare_base
 
@@ -243,5 +244,5 @@ def test_fleet_on_s3_resumes_from_s3_checkpoints(ray_session: str, base_store: P
     assert any(f.base_name.startswith("events.out.tfevents") for f in files)
     # A later submission would find the run's newest checkpoint on S3 (the final one, step 12).
     job = RunJob(config, store, load_corpus(config.corpus), killed)
-    found = earlier_checkpoint(storage, table.attrs["experiment"], killed, job.fingerprint)
+    found = earlier_checkpoint(ray_storage(config, store), table.attrs["experiment"], killed, job.fingerprint)
     assert found is not None and found[0]["step"] == 12 and found[1]["step"] == 12

@@ -90,6 +90,13 @@ def test_batch_order_is_a_pure_function_and_covers_each_epoch():
     assert batch_indices(10, 4, 7, seed=3) != batch_indices(10, 4, 7, seed=4)
 
 
+def test_data_parallel_workers_share_out_the_very_batches_of_one_worker():
+    for micro in range(7):  # 7 micro-batches of 4 over 10 examples: epoch boundaries included
+        whole = batch_indices(10, 4, micro, seed=3)
+        shares = [batch_indices(10, 4, micro, seed=3, shard=(rank, 2)) for rank in range(2)]
+        assert all(len(s) == 2 for s in shares) and sorted(shares[0] + shares[1]) == sorted(whole)
+
+
 def test_a_few_steps_lower_the_loss_and_resume_is_exact(base):
     tokenizer = load_tokenizer(base)
     examples = lm_examples(TEXTS, tokenizer, base.arch == "t5", 32)

@@ -246,6 +246,7 @@ def test_shards_and_checkpoints_with_a_pickle_payload_are_refused(base_store: Pa
 
     # a planted Tune checkpoint: the fleet loads train_state.pt with torch.load(weights_only=True)
     from timevec.distributed.checkpoints import earlier_checkpoint, load_checkpoint
+    from timevec.distributed.storage import RayStorage
     from timevec.train.plan import RunSpec
 
     run = RunSpec("lm", "2014", "year")
@@ -256,7 +257,8 @@ def test_shards_and_checkpoints_with_a_pickle_payload_are_refused(base_store: Pa
     with pytest.raises(Exception) as err:
         load_checkpoint(str(checkpoint))
     assert "weights_only" in str(err.value) or "Unpickl" in type(err.value).__name__
-    assert earlier_checkpoint(str(tmp_path / "ray"), "exp", run, "f" * 64) is None  # skipped, not loaded
+    local = RayStorage(str(tmp_path / "ray"), None, str(tmp_path / "ray"))
+    assert earlier_checkpoint(local, "exp", run, "f" * 64) is None  # skipped, not loaded
     assert not marker.exists()
 
 

@@ -248,6 +248,10 @@ class StoreConfig(_Strict):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://...}; never credentials"
     )
+    shared: bool = Field(
+        False, description="a local-path url is a filesystem mounted at the same path on every node (NFS, a cluster "
+        "filesystem): allowed on a multi-node Ray cluster, where an unshared one is refused",
+    )
     lease_seconds: float = Field(
         120.0, gt=0, description="a writing driver's store lease expires this long after its last renewal (ARCHITECTURE §3)"
     )
@@ -267,11 +271,19 @@ class RayConfig(_Strict):
     cpus_per_run: float = Field(1.0, gt=0)
     gpus_per_run: float = Field(0.0, ge=0)
     workers_per_run: int = Field(0, ge=0, description="0: train inside the Tune trial; >=1: a TorchTrainer per run")
+    memory_per_run_mb: float | None = Field(
+        None, gt=0, description="memory (MiB) each fine-tune run (each Train worker) declares to Ray, which places no more "
+        "runs on a node than fit; None: estimated from θ_pre (process + 5x θ_pre for a full fine-tune, 2x with LoRA)",
+    )
     max_concurrent_runs: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
     eval_actors: int = Field(2, ge=1)
     cpus_per_eval_actor: float = Field(1.0, gt=0)
     gpus_per_eval_actor: float = Field(0.0, ge=0)
+    allow_cpu_fallback: bool = Field(
+        False, description="a run or evaluation actor that Ray gave a GPU but whose torch sees no CUDA device runs on the "
+        "CPU with a warning; false: the study stops with exit status 2 naming the node, CUDA_VISIBLE_DEVICES and the torch build",
+    )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per run/actor on CPU")
     eval_actor_memory_mb: float | None = Field(
         None, gt=0, description="cap (MiB of private writable memory, RLIMIT_DATA) on what an evaluation actor may map beyond "

@@ -273,6 +273,7 @@ def base_from_store(base: BaseConfig, store) -> tuple[PreTrainedModel, PreTraine
 
 
 def is_encoder_decoder(model: PreTrainedModel) -> bool:
+    model = getattr(model, "module", model)  # a DistributedDataParallel wrapper: the model it wraps
     return bool(getattr(model.config, "is_encoder_decoder", False))
 
 

@@ -54,10 +54,10 @@ from typing import Any
 
 import ray
 
-from timevec.config import RayConfig
-from timevec.distributed.runtime import ensure_ray
+from timevec.config import ConfigError, RayConfig
+from timevec.distributed.runtime import base_bytes, check_fits, check_gpus, ensure_ray, eval_memory
 from timevec.errors import StageFailed
-from timevec.store import StoreError
+from timevec.store import StoreError, VectorStore
 from timevec.train.memory_cgroup import join_memory_cgroup
 from timevec.train.memory_limit import cap_data_memory, is_out_of_memory, peak_rss_mb
 from timevec.train.progress import Progress
@@ -241,9 +241,15 @@ def drive(
     answers (from every actor, after the last item) land in ``PoolOutcome.collected``.
     """
     ensure_ray(ray_config)
+    check_gpus(ray_config, ray_config.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
+    store = next((a for a in actor_args if isinstance(a, VectorStore)), None)
+    memory = eval_memory(ray_config, base_bytes(store) if store is not None else 0)
+    check_fits(ray_config, {"CPU": ray_config.cpus_per_eval_actor, "memory": memory},
+               f"an evaluation actor ({memory / 2**20:.0f} MiB: θ_pre and ray.eval_actor_memory_mb or the estimate)")
     actor_cls = ray.remote(actor_class).options(
         num_cpus=ray_config.cpus_per_eval_actor,
         num_gpus=ray_config.gpus_per_eval_actor,
+        memory=memory,
         max_restarts=ray_config.max_failures,
         max_task_retries=ray_config.max_failures,
     )
@@ -297,6 +303,8 @@ def drive(
             try:
                 item, rows, error, text = ray.get(ref)
             except ActorSetupError as exc:  # Ray's RayTaskError, also an ActorSetupError
+                if isinstance(exc.error, ConfigError):  # e.g. a GPU actor whose torch sees no CUDA device
+                    raise exc.error from None
                 if on_setup_error is not None:
                     on_setup_error(exc.error)
                 raise

@@ -64,13 +64,14 @@ from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit, prepare_eval_sets
 from timevec.data.periods import Period
+from timevec.distributed.runtime import worker_device
+from timevec.distributed.storage import RayStorage, ray_storage
 from timevec.distributed.tracking import tracker_callbacks
 from timevec.evaluate.cells import CellEvaluator, require_base
 from timevec.evaluate.metrics import METRICS
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
 from timevec.store import StoreError, VectorStore
 from timevec.store.checksum import shard_digest
-from timevec.train.devices import pick_device
 from timevec.train.progress import Progress
 from timevec.weights.vectors import TimeVector
 
@@ -167,7 +168,7 @@ WORKER_CACHE = WorkerCache()
 
 def _device(config: ExperimentConfig) -> torch.device:
     """The trial's device; on the CPU with the configured torch threads."""
-    device = pick_device(config.ray.gpus_per_eval_actor > 0)
+    device = worker_device(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
     if device.type == "cpu":
         torch.set_num_threads(config.ray.torch_threads)
     return device
@@ -252,18 +253,18 @@ def experiment_name(config: ExperimentConfig, store: VectorStore, task: str, j: 
     return f"analogy-{task}-{j}-{k}-{config.analogy.searcher}-{_signature(config, store, task, j, k)}"
 
 
-def storage_path(config: ExperimentConfig, store: VectorStore) -> str:
+def storage_path(config: ExperimentConfig, store: VectorStore) -> RayStorage:
     """Tune's storage: ``ray.storage_path`` or ``<store>/ray``, the fleet's too (one place for every Ray run)."""
-    return config.ray.storage_path or store.ray_storage_path()
+    return ray_storage(config, store)
 
 
-def experiment_path(storage: str, name: str) -> str:
+def experiment_path(storage: RayStorage, name: str) -> str:
     """``storage/name``, keeping a URI's query (``?endpoint_override=…``) at the end."""
-    root, sep, query = storage.partition("?")
+    root, sep, query = storage.url.partition("?")
     return f"{root.rstrip('/')}/{name}{sep}{query}"
 
 
-def finished_trials(storage: str, name: str) -> list[dict[str, Any]]:
+def finished_trials(storage: RayStorage, name: str) -> list[dict[str, Any]]:
     """The last result of every trial of experiment ``name`` that reported one (plain JSON reads).
 
     Read from each trial directory's ``result.json`` through pyarrow's filesystem (what Tune writes
@@ -272,7 +273,8 @@ def finished_trials(storage: str, name: str) -> list[dict[str, Any]]:
     """
     import pyarrow.fs as pafs
 
-    fs, root = pafs.FileSystem.from_uri(experiment_path(storage, name))
+    fs, root = storage.fs_root()
+    root = f"{root}/{name}"
     trials = []
     for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
         if info.type != pafs.FileType.Directory:
@@ -303,7 +305,7 @@ def _key(alpha: float) -> float:
     return results.alpha_key(alpha)
 
 
-def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str,
+def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorage, name: str, memory: int,
            done: list[dict[str, Any]]) -> tune.Tuner | None:
     """A Tuner for what ``done`` (the experiment's finished trials) lacks; None when nothing is left."""
     cfg = config.analogy
@@ -340,7 +342,7 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
                                   evaluated_rewards=[float(r[VALIDATION]) for r in done] or None)
     trainable = tune.with_resources(
         tune.with_parameters(AnalogyTrial, payload=payload),
-        {"cpu": config.ray.cpus_per_eval_actor, "gpu": config.ray.gpus_per_eval_actor},
+        {"cpu": config.ray.cpus_per_eval_actor, "gpu": config.ray.gpus_per_eval_actor, "memory": memory},
     )
     return tune.Tuner(
         trainable,
@@ -355,7 +357,7 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=storage,
+            **storage.run_config(),
             verbose=0,
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=config.ray.max_failures),
@@ -365,13 +367,13 @@ def _tuner(config: ExperimentConfig, payload: AnalogyPayload, storage: str, name
 
 
 def search_pair(
-    config: ExperimentConfig, payload: AnalogyPayload, storage: str, name: str
+    config: ExperimentConfig, payload: AnalogyPayload, storage: RayStorage, name: str, memory: int
 ) -> tuple[list[task_analogy.AnalogyPoint], dict[str, Any]]:
     """Run one pair's Tune experiment, or only what an earlier run left; returns its points and run facts."""
     began = time.perf_counter()
     done = finished_trials(storage, name)
     points = [_point(r) for r in done]
-    tuner = _tuner(config, payload, storage, name, done)
+    tuner = _tuner(config, payload, storage, name, memory, done)
     errors: list[str] = []
     if tuner is not None:
         if done:
@@ -450,7 +452,7 @@ def _prepared_splits(config: ExperimentConfig, store: VectorStore, task: str, pe
 
 def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame:
     """Search every (j, k) pair of ``config.analogy``; returns the analogy_best rows of those pairs."""
-    from timevec.distributed.runtime import ensure_ray
+    from timevec.distributed.runtime import base_bytes, check_gpus, ensure_ray, eval_memory
 
     began = time.perf_counter()
     store = store or VectorStore.from_config(config.store)
@@ -463,12 +465,14 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
     if not pairs:
         raise StoreError(f"analogy for task {task!r}: no (j, k) pair has its vectors in {store}: " + "; ".join(skipped))
     ensure_ray(config.ray)
+    check_gpus(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
     storage = storage_path(config, store)
+    memory = eval_memory(config.ray, base_bytes(store), vectors=3)  # θ_pre and the three vectors of a pair
     splits = _prepared_splits(config, store, task, sorted({k for _, k in pairs}, key=Period.parse))
     best_old = store.read_table(ANALOGY_BEST_TABLE) if store.has_table(ANALOGY_BEST_TABLE) else None
     grid_old = store.read_table(ANALOGY_TABLE) if store.has_table(ANALOGY_TABLE) else None
     baselines_remote = ray.remote(_baselines_task).options(
-        num_cpus=config.ray.cpus_per_eval_actor, num_gpus=config.ray.gpus_per_eval_actor,
+        num_cpus=config.ray.cpus_per_eval_actor, num_gpus=config.ray.gpus_per_eval_actor, memory=memory,
         max_retries=config.ray.max_failures,
     )
     out: list[pd.DataFrame] = []
@@ -495,7 +499,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
                 have = (sel.drop(columns="experiment"), scaled)
         latest = task_analogy.latest_task_period(task, k, stored)
         pending = None if have is not None else baselines_remote.remote(payload, latest, (task, k) in stored)
-        points, facts = search_pair(config, payload, storage, name)
+        points, facts = search_pair(config, payload, storage, name, memory)
         metric = METRICS[task][0]
         baseline_rows, scaled = (have[0].to_dict("records"), have[1]) if have is not None else ray.get(pending)  # type: ignore[arg-type]  # pending is set whenever have is None
         grid = pd.concat([task_analogy.analogy_grid_frame(task, j, k, metric, points),

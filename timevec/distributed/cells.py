@@ -56,6 +56,7 @@ from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import Period
 from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
+from timevec.distributed.runtime import worker_device
 from timevec.evaluate.cells import (
     BASE,
     CellEvaluator,
@@ -66,7 +67,6 @@ from timevec.evaluate.cells import (
 )
 from timevec.results import CELL_KEY, CELLS_ADDED_COLUMNS, CELLS_TABLE, cells_frame, cells_table
 from timevec.store import StoreError, VectorStore
-from timevec.train.devices import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ class _CellActor(PoolActor):
     def setup(self, config: ExperimentConfig, store: VectorStore) -> None:
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(config.ray.torch_threads)
-        self.evaluator = CellEvaluator(config, store, device=pick_device(config.ray.gpus_per_eval_actor > 0))
+        device = worker_device(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
+        self.evaluator = CellEvaluator(config, store, device=device)
         self._ready_at = time.time()  # wall clock: the driver measures actor start-up with it
 
     def work(self, item: WorkItem, splits: Any) -> dict[str, list[dict[str, Any]]]:
@@ -220,7 +221,7 @@ def _compute(
     flush_rows: int,
     flush_seconds: float,
 ) -> list[Failure]:
-    from timevec.distributed.runtime import check_fits, ensure_ray
+    from timevec.distributed.runtime import check_fits, check_gpus, ensure_ray
 
     ensure_ray(config.ray)
     check_fits(
@@ -228,6 +229,7 @@ def _compute(
         {"CPU": config.ray.cpus_per_eval_actor, "GPU": config.ray.gpus_per_eval_actor},
         "an evaluation actor (ray.cpus_per_eval_actor, ray.gpus_per_eval_actor)",
     )
+    check_gpus(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
 
     def splits() -> list[Any]:
         # Runs while the actors start (process, imports, θ_pre).

@@ -18,6 +18,7 @@ import pyarrow.fs
 import ray.train
 import torch
 
+from timevec.distributed.storage import RayStorage
 from timevec.train.plan import RunSpec
 from timevec.train.run import RunJob
 
@@ -75,7 +76,7 @@ def resume_state(checkpoint: ray.train.Checkpoint | None, job: RunJob) -> tuple[
     return state, meta
 
 
-def earlier_checkpoint(storage_path: str, experiment: str, run: RunSpec, fingerprint: str) -> tuple[dict, dict] | None:
+def earlier_checkpoint(storage: RayStorage, experiment: str, run: RunSpec, fingerprint: str) -> tuple[dict, dict] | None:
     """The newest usable checkpoint that an earlier submission's trial of ``run`` left in storage.
 
     Trial directories are ``<task>_<period>_<trial id>`` (see :func:`timevec.distributed.fleet_trials.trial_dirname`); each holds Tune's
@@ -83,9 +84,9 @@ def earlier_checkpoint(storage_path: str, experiment: str, run: RunSpec, fingerp
     load (a copy cut short by a kill) is skipped with a warning.
     """
     try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
+        fs, root = storage.fs_root()
     except (pyarrow.ArrowInvalid, ValueError, OSError) as exc:
-        log.warning("cannot list earlier checkpoints under %s: %s", storage_path, exc)
+        log.warning("cannot list earlier checkpoints under %s: %s", storage, exc)
         return None
     exp_dir = f"{root.rstrip('/')}/{experiment}"
     prefix = f"{run.key}_"
@@ -106,7 +107,7 @@ def earlier_checkpoint(storage_path: str, experiment: str, run: RunSpec, fingerp
                 if meta.get("fingerprint") == fingerprint:
                     candidates.append((int(meta.get("step", 0)), entry.path, meta))
     except OSError as exc:
-        log.warning("cannot list earlier checkpoints under %s/%s: %s", storage_path, experiment, exc)
+        log.warning("cannot list earlier checkpoints under %s/%s: %s", storage, experiment, exc)
         return None
     for step, path, _meta in sorted(candidates, key=lambda c: c[0], reverse=True):
         try:
@@ -116,7 +117,7 @@ def earlier_checkpoint(storage_path: str, experiment: str, run: RunSpec, fingerp
     return None
 
 
-def drop_checkpoints(storage_path: str, experiment: str, runs: Sequence[RunSpec]) -> int:
+def drop_checkpoints(storage: RayStorage, experiment: str, runs: Sequence[RunSpec]) -> int:
     """Delete the checkpoints of ``runs`` (whose vectors are stored): they only serve resuming.
 
     A t5-3b checkpoint with its optimizer state is tens of GB; kept for every run of a study it
@@ -126,8 +127,7 @@ def drop_checkpoints(storage_path: str, experiment: str, runs: Sequence[RunSpec]
     Returns how many were deleted.
     """
     try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
-        root = root.rstrip("/")
+        fs, root = storage.fs_root()
         trial_prefixes = tuple(f"{r.key}_" for r in runs)
         run_dirs = [f"{root}/{experiment}-{r.key}" for r in runs]
         for trial_dir in fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{experiment}", allow_not_found=True)):
@@ -145,5 +145,5 @@ def drop_checkpoints(storage_path: str, experiment: str, runs: Sequence[RunSpec]
                     fs.delete_file(entry.path)  # Train V2's index of the deleted checkpoints
         return removed
     except (OSError, pyarrow.ArrowInvalid, ValueError) as exc:
-        log.warning("fleet: could not delete finished runs' checkpoints under %s/%s: %s", storage_path, experiment, exc)
+        log.warning("fleet: could not delete finished runs' checkpoints under %s/%s: %s", storage, experiment, exc)
         return 0

@@ -96,11 +96,13 @@ from timevec.distributed.fleet_trials import (
     trial_dirname,
     trial_name,
 )
-from timevec.distributed.runtime import check_fits, ensure_ray
+from timevec.distributed.runtime import base_bytes, check_fits, check_gpus, ensure_ray, run_memory
+from timevec.distributed.storage import ray_storage
 from timevec.distributed.tracking import tracker_callbacks
 from timevec.errors import StageFailed
 from timevec.store import VectorStore
 from timevec.train import continual
+from timevec.train.devices import NO_CUDA, NoCudaDevice
 from timevec.train.loop import prepare_base
 from timevec.train.plan import RunSpec, experiment_name, plan_runs
 from timevec.train.run import run_one
@@ -168,14 +170,14 @@ class _Submission:
             ),
             run_config=tune.RunConfig(
                 name=self.ctx.experiment,
-                storage_path=self.ctx.storage_path,
+                **self.ctx.storage.run_config(),
                 failure_config=tune.FailureConfig(max_failures=rc.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[tracker, *loggers, *self.callbacks],
                 verbose=0,
             ),
         )
-        log.info("fleet: experiment %s under %s (%d concurrent)", self.ctx.experiment, self.ctx.storage_path,
+        log.info("fleet: experiment %s under %s (%d concurrent)", self.ctx.experiment, self.ctx.storage,
                  rc.max_concurrent_runs)
         began = time.perf_counter()
         grid = tuner.fit()
@@ -186,6 +188,8 @@ class _Submission:
             attempts = tracker.attempts.get(run.key, 1)
             if result.error is not None or metrics.get("run_status") not in ("done", "skipped"):
                 error = str(result.error).strip().splitlines()[-1] if result.error is not None else "no final report"
+                if isinstance(getattr(result.error, "cause", result.error), NoCudaDevice) or NO_CUDA in error:
+                    raise NoCudaDevice(error.split(": ", 1)[-1] if NO_CUDA in error else str(result.error))
                 rows[run.key] = _row(run, "failed", attempts=attempts, error=error, steps=metrics.get("step"))
                 continue
             if not store.has_vector(run.task, run.period):
@@ -271,6 +275,15 @@ def _run_fleet(
         log.info("fleet: all %d runs already have their vector in %s; nothing to train", len(runs), store)
         return frame([_row(r, "skipped", attempts=0) for r in runs])
 
+    # A run that could never be placed, or whose GPU torch cannot see, fails now: before the base is built
+    ensure_ray(config.ray)
+    workers = max(config.ray.workers_per_run, 1)
+    check_fits(
+        config.ray,
+        {"CPU": config.ray.cpus_per_run / workers, "GPU": config.ray.gpus_per_run / workers},
+        "a fine-tune run (ray.cpus_per_run, ray.gpus_per_run, over ray.workers_per_run)",
+    )
+    check_gpus(config.ray, config.ray.gpus_per_run / workers, "ray.gpus_per_run")
     corpus = load_corpus(config.corpus)
     corpus.check_periods(sorted({r.period for r in runs}, key=Period.parse), config.corpus.min_rows_per_period)
     prepare_base(config, corpus, store)
@@ -281,21 +294,18 @@ def _run_fleet(
     if not todo:
         return frame([rows[r.key] for r in runs])
 
-    ensure_ray(config.ray)
-    workers = max(config.ray.workers_per_run, 1)
-    check_fits(
-        config.ray,
-        {"CPU": config.ray.cpus_per_run / workers, "GPU": config.ray.gpus_per_run / workers},
-        "a fine-tune run (ray.cpus_per_run, ray.gpus_per_run, over ray.workers_per_run)",
-    )
-    storage_path = config.ray.storage_path or store.ray_storage_path()
-    attrs["storage_path"] = storage_path
+    memory = run_memory(config, base_bytes(store))
+    check_fits(config.ray, {"CPU": config.ray.cpus_per_run / workers, "memory": memory},
+               f"a fine-tune run's process ({memory / 2**20:.0f} MiB: ray.memory_per_run_mb or the estimate from θ_pre)")
+    storage = ray_storage(config, store)
+    attrs["storage_path"] = storage.url
     rc = config.ray
     ctx = FleetContext(
         config=config,
         store=store,
         corpus_ref=ray.put(corpus),
-        storage_path=storage_path,
+        storage=storage,
+        memory=memory,
         experiment=experiment,
     )
     if rc.workers_per_run >= 1:
@@ -304,7 +314,7 @@ def _run_fleet(
         trainable = tune.with_resources(tune.with_parameters(trainer_run, ctx=ctx), {"memory": DRIVER_MEMORY})
     else:
         trainable = tune.with_resources(
-            tune.with_parameters(in_trial_run, ctx=ctx), {"cpu": rc.cpus_per_run, "gpu": rc.gpus_per_run}
+            tune.with_parameters(in_trial_run, ctx=ctx), {"cpu": rc.cpus_per_run, "gpu": rc.gpus_per_run, "memory": memory}
         )
     fit = _Submission(trainable, ctx, store, rows, attrs, progress, callbacks)
     if config.training.mode == "continual":
@@ -330,7 +340,7 @@ def _run_fleet(
     out = frame([rows[r.key] for r in runs])
     if not keep_checkpoints:
         finished = [r for r in runs if rows[r.key]["status"] != "failed"]
-        removed = drop_checkpoints(storage_path, experiment, finished)
+        removed = drop_checkpoints(storage, experiment, finished)
         log.debug("fleet: deleted %d checkpoints of finished runs", removed)
     counts = out["status"].value_counts().to_dict()
     log.info("fleet: finished in %.0f s: %s", attrs["makespan_s"], counts)

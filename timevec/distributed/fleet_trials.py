@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import ray
@@ -24,8 +25,9 @@ from timevec.config import ExperimentConfig
 from timevec.data.corpus import Corpus
 from timevec.distributed.checkpoints import earlier_checkpoint, resume_state
 from timevec.distributed.reporter import Reporter
+from timevec.distributed.runtime import worker_device
+from timevec.distributed.storage import RayStorage
 from timevec.store import VectorStore
-from timevec.train.devices import pick_device
 from timevec.train.plan import RunSpec
 from timevec.train.run import RunJob
 
@@ -42,8 +44,9 @@ class FleetContext:
     config: ExperimentConfig
     store: VectorStore
     corpus_ref: Any  # ray.ObjectRef of the Corpus: put once, read by every trial/worker
-    storage_path: str
+    storage: RayStorage
     experiment: str
+    memory: int = 0  # bytes each run's process (each Train worker) declares to Ray
 
 
 def _corpus(ctx: FleetContext) -> Corpus:
@@ -66,20 +69,27 @@ def in_trial_run(params: dict, ctx: FleetContext) -> None:
     job = RunJob(ctx.config, store, _corpus(ctx), run)
     resume, meta = resume_state(tune.get_checkpoint(), job)
     if resume is None:
-        found = earlier_checkpoint(ctx.storage_path, ctx.experiment, run, job.fingerprint)
+        found = earlier_checkpoint(ctx.storage, ctx.experiment, run, job.fingerprint)
         if found is not None:
             resume, meta = found
             log.info("run %s: resuming from an earlier submission's checkpoint at step %d", run.key, meta["step"])
     start = int(resume["step"]) if resume is not None else 0
     reporter = Reporter(tune.report, tune.Checkpoint, job, start, meta, min_interval_s=ctx.config.ray.report_interval_s)
     try:
-        model, result = job.fit(reporter, resume, pick_device(ctx.config.ray.gpus_per_run > 0))
+        model, result = job.fit(reporter, resume, worker_device(ctx.config.ray, ctx.config.ray.gpus_per_run, "ray.gpus_per_run"))
     finally:
         reporter.close()
     tokens = job.tokens_before(start) + result.tokens
     trial_id = tune.get_context().get_trial_id()
-    final = job.finish(model, result, start, meta, tokens, extra={"ray": {"experiment": ctx.experiment, "trial_id": trial_id}})
+    extra = {"ray": {"experiment": ctx.experiment, "trial_id": trial_id, **placement()}}
+    final = job.finish(model, result, start, meta, tokens, extra=extra)
     tune.report(final)
+
+
+def placement() -> dict[str, Any]:
+    """Where this process ran, for the run's manifest: Ray's node id and the GPU ids Ray gave it."""
+    runtime = ray.get_runtime_context()
+    return {"node_id": runtime.get_node_id(), "gpu_ids": [str(g) for g in runtime.get_accelerator_ids().get("GPU", [])]}
 
 
 def train_worker(loop_config: dict) -> None:
@@ -97,7 +107,12 @@ def train_worker(loop_config: dict) -> None:
     start = int(resume["step"]) if resume is not None else 0
     reporter = Reporter(ray.train.report, ray.train.Checkpoint, job, start, meta, with_checkpoint=rank == 0)
     try:
-        model, result = job.fit(reporter, resume, ray.train.torch.get_device())
+        rc = ctx.config.ray
+        gpu = rc.gpus_per_run > 0 and torch.cuda.is_available()
+        device = ray.train.torch.get_device() if gpu else worker_device(rc, rc.gpus_per_run / world, "ray.gpus_per_run")
+        # Ray Train's data-parallel path: DistributedDataParallel around the model (one worker: as is)
+        prepare = partial(ray.train.torch.prepare_model, move_to_device=False)
+        model, result = job.fit(reporter, resume, device, parallel=prepare)
     finally:
         reporter.close()
     tokens = job.tokens_before(start) + result.tokens
@@ -107,7 +122,7 @@ def train_worker(loop_config: dict) -> None:
         total = torch.tensor([tokens], dtype=torch.long)
         dist.all_reduce(total)
         tokens = int(total.item())
-    extra = {"ray": {"experiment": ctx.experiment, "train_run": train_ctx.get_experiment_name()}}
+    extra = {"ray": {"experiment": ctx.experiment, "train_run": train_ctx.get_experiment_name(), **placement()}}
     final = job.finish(model, result, start, meta, tokens, extra=extra, write=rank == 0)
     ray.train.report(final)
 
@@ -120,7 +135,7 @@ def trainer_run(params: dict, ctx: FleetContext) -> None:
     (``RunConfig(storage_path, name)`` identifies the run).
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     run = RunSpec(**params["run"])
@@ -133,18 +148,21 @@ def trainer_run(params: dict, ctx: FleetContext) -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_S))
     rc = ctx.config.ray
     workers = rc.workers_per_run
-    per_worker = {"CPU": rc.cpus_per_run / workers}
+    per_worker = {"CPU": rc.cpus_per_run / workers, "memory": ctx.memory}  # each worker holds a whole replica
     if rc.gpus_per_run > 0:
         per_worker["GPU"] = rc.gpus_per_run / workers
+    # NCCL needs CUDA: GPU workers allowed onto the CPU (ray.allow_cpu_fallback) talk over gloo
+    backend = "gloo" if rc.gpus_per_run == 0 or (rc.allow_cpu_fallback and not torch.cuda.is_available()) else "nccl"
     trainer = TorchTrainer(
         train_worker,
+        torch_config=TorchConfig(backend=backend),
         train_loop_config={"run": params["run"], "ctx": ctx},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=rc.gpus_per_run > 0, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
             name=f"{ctx.experiment}-{run.key}",
-            storage_path=ctx.storage_path,
+            **ctx.storage.run_config(),
             failure_config=ray.train.FailureConfig(max_failures=rc.max_failures),
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # a transformers callback (Ray's stubs name Tune's)
         ),

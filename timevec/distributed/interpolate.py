@@ -44,10 +44,10 @@ from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSets, prepare_eval_sets
 from timevec.data.periods import Period, sort_periods
 from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
+from timevec.distributed.runtime import worker_device
 from timevec.evaluate.cells import CellEvaluator, require_base
 from timevec.results import CELLS_TABLE, INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
-from timevec.train.devices import pick_device
 from timevec.weights.vectors import TimeVector
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class CombinationActor(PoolActor):
 
     def setup(self, config: ExperimentConfig, store: VectorStore) -> None:
         logging.basicConfig(level=logging.INFO)
-        device = pick_device(config.ray.gpus_per_eval_actor > 0)
+        device = worker_device(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
         if device.type == "cpu":
             torch.set_num_threads(config.ray.torch_threads)
         self.evaluator = CellEvaluator(config, store, device=device)

@@ -143,4 +143,22 @@ def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
             # the whole study on a short period range: every other stage still has something to say
             log.warning("forecast skipped: %s", exc)
             stages = [s for s in stages if s != "forecast"]
+    if set(stages) - {"analyze", "report"}:
+        _check_cluster(config)
     return run_stages(config, stages, STAGE_FUNCTIONS)
+
+
+def _check_cluster(config: ExperimentConfig) -> None:
+    """On an existing Ray cluster (``ray.address``, RAY_ADDRESS, or one this process already joined),
+    refuse a store that not every node reaches before any stage starts. A local cluster that a
+    stage starts itself is one node: nothing to check, and nothing started here."""
+    import os
+
+    import ray
+
+    if not (ray.is_initialized() or config.ray.address or os.environ.get("RAY_ADDRESS")):
+        return
+    from timevec.distributed.runtime import check_store_reach, ensure_ray
+
+    ensure_ray(config.ray)
+    check_store_reach(config.store, config.ray)

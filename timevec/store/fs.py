@@ -160,35 +160,36 @@ class StoreFiles:
                         observe(view[got : got + n])
                     got += n
                 return view if got == size else view[:got]
-        if hasattr(self.fs, "_call_s3"):
-            return self._stream_s3(path, observe)
+        if hasattr(self.fs, "open_async"):
+            return self._stream(path, observe)
         data = self.fs.cat_file(path)
         if observe is not None:
             observe(memoryview(data))
         return bytearray(data) if writable else data
 
-    def _stream_s3(self, path: str, observe: Callable[[memoryview], None] | None, attempts: int = 3) -> memoryview:
+    def _stream(self, path: str, observe: Callable[[memoryview], None] | None, attempts: int = 3) -> memoryview:
         """One GET whose body is streamed straight into an uninitialised buffer of its
         Content-Length; ``observe`` then sees it whole, in the calling thread (so a retried GET
         never feeds a checksum twice). s3fs's ``cat_file`` joins the body into ``bytes`` (and a
         writable copy was another pass): measured on a SmolLM2-size fp16 vector here, 393 MB/s
-        streamed and checksummed against 271 MB/s for ``cat_file`` alone. A body cut short is
-        fetched again (``attempts`` in all); a missing key is FileNotFoundError."""
+        streamed and checksummed against 271 MB/s for ``cat_file`` alone. The stream is s3fs's
+        public ``open_async`` (one GET, read a chunk at a time; bench/s3_api.py measures it against
+        the raw ``get_object`` it wraps). A body cut short is fetched again (``attempts`` in all);
+        a missing key is FileNotFoundError."""
         from fsspec.asyn import sync
 
-        bucket, key = path.split("/", 1)
-
         async def get() -> memoryview:
-            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
-            view = memoryview(np.empty(int(resp["ContentLength"]), dtype=np.uint8))  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
+            stream = await self.fs.open_async(path, "rb")
+            chunk = await stream.read(1 << 20)  # sends the GET; the size is its Content-Length
+            view = memoryview(np.empty(int(stream.size), dtype=np.uint8))  # type: ignore[arg-type]  # numpy arrays are buffers; its stubs lack __buffer__
             at = 0
-            async with resp["Body"] as body:
-                async for chunk in body.iter_chunks(1 << 20):
-                    n = len(chunk)
-                    if at + n > view.nbytes:
-                        raise OSError(f"{path}: the body is longer than its Content-Length {view.nbytes}")
-                    view[at : at + n] = chunk
-                    at += n
+            while chunk:
+                n = len(chunk)
+                if at + n > view.nbytes:
+                    raise OSError(f"{path}: the body is longer than its Content-Length {view.nbytes}")
+                view[at : at + n] = chunk
+                at += n
+                chunk = await stream.read(1 << 20)
             if at != view.nbytes:
                 raise OSError(f"{path}: the body ended after {at} of {view.nbytes} bytes")
             return view

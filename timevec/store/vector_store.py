@@ -498,3 +498,10 @@ class VectorStore(StoreScans, ResultFiles):
         options; ARCHITECTURE §5); credentials still come from the AWS chain.
         """
         return ray_storage_uri(self._files, check_relpath(sub), self.storage_options)
+
+    def ray_filesystem(self, sub: str = "ray") -> tuple[str, Any]:
+        """(path of ``<root>/<sub>`` on the store's filesystem, that fsspec filesystem object), for Ray's
+        ``RunConfig(storage_filesystem=…)``; a local store gives (its absolute path, None)."""
+        if self._files.local:
+            return self.ray_storage_path(sub), None
+        return self._files.path(check_relpath(sub)), self._files.fs

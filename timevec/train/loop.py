@@ -58,11 +58,16 @@ def total_steps(n_examples: int, cfg: TrainingConfig) -> int:
     return max(1, math.ceil(cfg.epochs * n_examples / per_step))
 
 
-def batch_indices(n_examples: int, batch_size: int, micro_step: int, seed: int) -> list[int]:
+def batch_indices(n_examples: int, batch_size: int, micro_step: int, seed: int, shard: tuple[int, int] = (0, 1)) -> list[int]:
     """Example indices of global micro-batch ``micro_step``: a fresh permutation every epoch.
 
-    A pure function of its arguments, so resuming needs no saved data-loader state.
+    A pure function of its arguments, so resuming needs no saved data-loader state. ``shard=(rank,
+    world)``: a data-parallel worker's share of that same global micro-batch (every ``world``-th
+    index from ``rank``), so ``world`` workers together see exactly the batches one worker would.
     """
+    rank, world = shard
+    if world > 1:
+        return batch_indices(n_examples, batch_size, micro_step, seed)[rank::world]
     start = micro_step * batch_size
     out: list[int] = []
     while len(out) < batch_size:
@@ -158,6 +163,8 @@ def train(
     report: ReportHook | None = None,
     resume: TrainState | None = None,
     device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
+    parallel: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> tuple[PreTrainedModel, TrainResult]:
     """Fine-tune ``model`` on ``examples``; returns the trained model (LoRA merged) and metrics.
 
@@ -165,6 +172,15 @@ def train(
     ``cfg.checkpoint_every`` steps and at the end, with a resumable state (else None); ``resume``
     continues from such a state. The state holds references to the live tensors (no copy, which
     would double the memory of a 3B model): the hook must persist it before it returns.
+
+    Data parallel (``shard=(rank, world)``, ``world > 1``, in an initialised torch.distributed
+    group): every worker holds ALL ``examples`` and takes its share of each global micro-batch of
+    ``cfg.batch_size``; ``parallel`` wraps the model for the forward and backward passes (Ray
+    Train's ``prepare_model``: DistributedDataParallel, whose gradient buckets are all-reduced
+    while the backward pass runs). Each worker's loss is scaled by the micro-batch's token count
+    over all workers (one two-number all-reduce per micro-step), so that DDP's gradient mean is
+    the gradient of the global batch's token-mean loss — what one worker computes — and the
+    reported loss is that global loss. The state and the returned model are the unwrapped model's.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -182,6 +198,10 @@ def train(
         scheduler.load_state_dict(resume["scheduler"])
         start = int(resume["step"])
         log.info("resuming at step %d of %d", start, steps)
+    world = shard[1]
+    if world > 1 and parallel is None:
+        raise ValueError("train: a data-parallel shard needs parallel= (e.g. ray.train.torch.prepare_model) to average gradients")
+    forward = parallel(model) if parallel is not None and world > 1 else model  # after a resume: every rank agrees
     device_type = torch.device(device).type
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     model.train()
@@ -193,13 +213,26 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
-            idx = batch_indices(len(examples), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed)
+            idx = batch_indices(len(examples), cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed, shard)
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id, encoder_decoder).items()}
-            with autocast:
-                sums, counts = token_losses(model, batch)
-            loss = sums.sum() / counts.sum().clamp(min=1)
-            (loss / cfg.grad_accum).backward()
-            step_loss += loss.item() / cfg.grad_accum
+            # DDP all-reduces gradients on the last micro-step's backward only (its documented no_sync)
+            last = micro == cfg.grad_accum - 1
+            sync = forward.no_sync() if forward is not model and not last else nullcontext()
+            with sync:
+                with autocast:
+                    sums, counts = token_losses(forward, batch)
+                if world > 1:
+                    import torch.distributed as dist
+
+                    total = torch.stack([sums.detach().sum().float(), counts.sum().float()])
+                    dist.all_reduce(total)  # the global micro-batch's loss sum and token count
+                    loss = sums.sum() * world / total[1].clamp(min=1)  # DDP averages: Σ_r ∇sums_r / N
+                    micro_loss = float(total[0] / total[1].clamp(min=1))
+                else:
+                    loss = sums.sum() / counts.sum().clamp(min=1)
+                    micro_loss = loss.item()
+                (loss / cfg.grad_accum).backward()
+            step_loss += micro_loss / cfg.grad_accum
             tokens += int(counts.sum())
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()

@@ -30,7 +30,13 @@ from timevec.data.models import (
 )
 from timevec.store import VectorStore
 from timevec.train import continual
-from timevec.train.loop import TrainResult, batch_indices, merge_lora, seed_everything, total_steps, train, wrap_lora
+from timevec.train.loop import (
+    TrainResult,
+    batch_indices,
+    merge_lora,
+    total_steps,
+    train,
+)
 from timevec.train.plan import RunSpec
 from timevec.weights.lowrank import from_lora_run
 from timevec.weights.vectors import TimeVector, WeightPatcher
@@ -44,7 +50,8 @@ def label_tokens(example: Example, encoder_decoder: bool) -> int:
     return sum(1 for t in labels if t != IGNORE)
 
 
-def tokens_before(examples: Sequence[Example], cfg: TrainingConfig, steps: int, encoder_decoder: bool) -> int:
+def tokens_before(examples: Sequence[Example], cfg: TrainingConfig, steps: int, encoder_decoder: bool,
+                  shard: tuple[int, int] = (0, 1)) -> int:
     """Loss tokens of the first ``steps`` optimizer steps: the batches are a pure function of the step.
 
     Lets a resumed run report the tokens of the WHOLE run, not just of its last attempt.
@@ -54,7 +61,7 @@ def tokens_before(examples: Sequence[Example], cfg: TrainingConfig, steps: int, 
     counts = torch.tensor([label_tokens(e, encoder_decoder) for e in examples], dtype=torch.long)
     total = 0
     for micro in range(steps * cfg.grad_accum):
-        total += int(counts[batch_indices(len(examples), cfg.batch_size, micro, cfg.seed)].sum())
+        total += int(counts[batch_indices(len(examples), cfg.batch_size, micro, cfg.seed, shard)].sum())
     return total
 
 
@@ -71,8 +78,9 @@ def examples_digest(examples: Sequence[Example]) -> str:
 class RunJob:
     """Everything one run needs, built from the store and the corpus (shared by trials and workers).
 
-    ``shard=(rank, world)`` gives a data-parallel worker its slice of the examples and of the
-    batch (the config's ``batch_size`` stays the EFFECTIVE batch of the run).
+    ``shard=(rank, world)`` gives a data-parallel worker its share of every global batch (the
+    config's ``batch_size`` stays the EFFECTIVE batch of the run; the workers together see the
+    very batches one worker would).
     """
 
     def __init__(
@@ -114,16 +122,11 @@ class RunJob:
                 sort_keys=True,
             ).encode()
         ).hexdigest()
-        if world > 1:
-            if self.training.batch_size % world:
-                raise ValueError(
-                    f"training.batch_size {self.training.batch_size} is not divisible by ray.workers_per_run {world}"
-                )
-            examples = examples[rank::world]
-            self.training = self.training.model_copy(
-                update={"batch_size": self.training.batch_size // world, "steps": self.steps}
+        if world > 1 and self.training.batch_size % world:
+            raise ValueError(
+                f"training.batch_size {self.training.batch_size} is not divisible by ray.workers_per_run {world}"
             )
-        self.examples = examples
+        self.examples = examples  # every worker holds all of them and takes its share of each batch
         self.cpu_seconds = 0.0
 
     def _continue_chain(self, corpus: Corpus, examples: list[Example]) -> list[Example]:
@@ -158,39 +161,21 @@ class RunJob:
         report: Callable[[dict, dict | None], None] | None,
         resume: dict | None,
         device: torch.device,
+        parallel: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     ) -> tuple[torch.nn.Module, TrainResult]:
-        """The library's training loop; with ``world > 1`` gradients are averaged across workers.
-
-        Gradient averaging uses per-parameter hooks (all-reduce, then ÷ world) rather than DDP:
-        ``training.train`` reads ``model.config`` and saves ``model.state_dict()``, which a DDP
-        wrapper would hide or rename. LoRA is applied here first, so that the hooks sit on the
-        adapter parameters that are actually trained.
-        """
-        model, cfg = self.model, self.training
-        if self.world > 1:
-            import torch.distributed as dist
-
-            seed_everything(cfg.seed)  # as ``train`` does before it wraps: the same LoRA init
-            model = wrap_lora(model, cfg)
-            cfg = cfg.model_copy(update={"lora": None})
-            world = self.world
-
-            def average(grad: torch.Tensor) -> torch.Tensor:
-                grad = grad.clone()
-                dist.all_reduce(grad)
-                return grad.div_(world)
-
-            for param in model.parameters():
-                if param.requires_grad:
-                    param.register_hook(average)
+        """The library's training loop; with ``world > 1``, data parallel: ``parallel`` wraps the
+        model (Ray Train's ``prepare_model``, DistributedDataParallel) for this worker's share of
+        every global batch (:func:`~timevec.train.loop.train`)."""
         cpu = time.process_time()
-        model, result = train(model, self.examples, cfg, self.tokenizer.pad_token_id, report=report, resume=resume, device=device)
+        model, result = train(self.model, self.examples, self.training, self.tokenizer.pad_token_id, report=report,
+                              resume=resume, device=device, shard=(self.rank, self.world), parallel=parallel)
         # CPU of the whole process while training (the loop, and the reporting threads beside it).
         self.cpu_seconds = time.process_time() - cpu
         return merge_lora(model), result
 
     def tokens_before(self, step: int) -> int:
-        return tokens_before(self.examples, self.training, step, self.encoder_decoder)
+        """Loss tokens of this worker's share of the first ``step`` steps."""
+        return tokens_before(self.examples, self.training, step, self.encoder_decoder, (self.rank, self.world))
 
     def finish(
         self,
