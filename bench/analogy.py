@@ -293,7 +293,7 @@ def bench_tune(tmp: str, shape: tuple[int, int, int]) -> list[dict]:
     space = {"alpha1": tune.grid_search(list(cfg.alpha1[: shape[0]])),
              "alpha2": tune.grid_search(list(cfg.alpha2[: shape[1]])),
              "alpha3": tune.grid_search(list(cfg.alpha3[: shape[2]]))}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     out = []
     try:
         for reuse in (True, False):

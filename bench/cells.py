@@ -169,7 +169,7 @@ def main() -> int:
 
         # ---------------------------------------------------------------- Ray: actors vs tasks
         began = time.perf_counter()
-        ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
         init_s = time.perf_counter() - began
         began = time.perf_counter()
         frame, stats = run_cells(config, store, include_base=False, table="bench_cells")

@@ -16,7 +16,7 @@ def start_ray(num_cpus: int, attempts: int = 4) -> float:
     for attempt in range(1, attempts + 1):
         began = time.perf_counter()
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
             return time.perf_counter() - began
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
             if attempt == attempts or "timed out during startup" not in str(exc):

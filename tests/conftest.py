@@ -31,7 +31,8 @@ def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
     if started:
         with contextlib.suppress(pytest.skip.Exception, pytest.FixtureLookupError):
             request.getfixturevalue("s3_server")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": a new cluster even where a `ray start` head on this machine left its address on record
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
