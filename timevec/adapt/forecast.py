@@ -46,20 +46,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from timevec.adapt.forecast_methods import ChoiceContext, Coefficients, ForecastParams, get_method, method_names, steps_between
 from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term, task_higher, task_metric, value_of
 from timevec.config import ConfigError
-from timevec.data.periods import Period, sort_periods
+from timevec.data.periods import sort_periods
 from timevec.evaluate.gains import better, gain, gain_pct
 from timevec.evaluate.metrics import EvalSplit
 from timevec.results import FORECAST_KEY
 
 if TYPE_CHECKING:
-    from timevec.config import ExperimentConfig, ForecastConfig
+    from timevec.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,34 +79,19 @@ __all__ = [
     "forecast_done",
     "forecast_terms",
     "history_of",
+    "method_cost",
     "past_only",
     "plan_forecast",
     "split_history",
 ]
 
-#: Methods that see only the past; ``latest`` is also the reference of every gain.
-FORECASTS = ("latest", "taylor", "trend", "ema", "scaled_latest", "uniform_soup")
-#: The other rows of every forecast table: θ_pre, and the held-out period's own vector (oracle).
+#: The rows of every forecast table besides the methods: θ_pre, and the held-out period's own vector (oracle).
 BASELINES = ("base", "in_period")
 PAST_ONLY, ORACLE = "past-only", "oracle"
 
 
 class HeldOutError(RuntimeError):
     """A forecast asked for a vector that is not a past period's: a bug, never a user error."""
-
-
-@dataclass(frozen=True)
-class ForecastParams:
-    """The settings of the methods (``forecast`` of the config) and, once chosen, scaled_latest's λ."""
-
-    trend_window: int = 3
-    ema_decay: float = 0.5
-    lambdas: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
-    scale: float | None = None
-
-    @classmethod
-    def from_config(cls, config: ForecastConfig) -> ForecastParams:
-        return cls(config.trend_window, config.ema_decay, tuple(config.lambdas))
 
 
 # ----------------------------------------------------------------------------- history and held-out periods
@@ -151,46 +137,15 @@ def past_only(load_vector: LoadVector, past: Sequence[str], what: str = "forecas
 
 
 def _steps(a: str, b: str) -> int:
-    return Period.parse(a).distance(b)
+    return steps_between(a, b)
 
 
-def forecast_coefficients(method: str, past: Sequence[str], target: str, params: ForecastParams) -> list[tuple[float, str]]:
-    """The forecast of ``target`` as ``[(cᵢ, past period)]``, in time order (module table).
+def forecast_coefficients(method: str, past: Sequence[str], target: str, params: ForecastParams) -> Coefficients:
+    """The forecast of ``target`` as ``[(cᵢ, past period)]``, in time order (the registered method's).
 
     ``past`` are the stored past periods; ``target`` must come after the last of them.
     """
-    past = sort_periods(past)
-    if not past:
-        raise ValueError(f"{method}: no past vector to forecast {target} from")
-    last = past[-1]
-    h = _steps(last, target)
-    if h <= 0:
-        raise ValueError(f"{method}: target {target} is not after the last past period {last}")
-    if method in ("taylor", "trend", "scaled_latest") and len(past) < 2:
-        raise ValueError(f"{method} needs two past vectors, got {past}")
-    if method == "latest":
-        return [(1.0, last)]
-    if method == "taylor":
-        ratio = h / _steps(past[-2], last)
-        return [(-ratio, past[-2]), (1.0 + ratio, last)]
-    if method == "trend":
-        window = past[-params.trend_window:]
-        t = [float(_steps(window[0], p)) for p in window]
-        t_star = float(_steps(window[0], target))
-        mean = sum(t) / len(t)
-        spread = sum((ti - mean) ** 2 for ti in t)
-        return [(1.0 / len(t) + (t_star - mean) * (ti - mean) / spread, p) for ti, p in zip(t, window)]
-    if method == "ema":
-        weights = [params.ema_decay ** _steps(p, last) for p in past]
-        total = sum(weights)
-        return [(w / total, p) for w, p in zip(weights, past)]
-    if method == "scaled_latest":
-        if params.scale is None:
-            raise ValueError("scaled_latest: λ has not been chosen (choose_scale)")
-        return [(float(params.scale), last)]
-    if method == "uniform_soup":
-        return [(1.0 / len(past), p) for p in past]
-    raise ValueError(f"unknown forecast method {method!r} (known: {', '.join(FORECASTS)})")
+    return get_method(method).coefficients(past, target, params)
 
 
 def forecast_terms(
@@ -203,26 +158,32 @@ def forecast_terms(
 def history_of(method: str, past: Sequence[str], target: str, params: ForecastParams) -> str:
     """The ``history`` column: the past periods a row was built from, comma-joined.
 
-    scaled_latest also used τ_{n−1} (to choose λ); base none; in_period only the target itself.
+    base none; in_period only the target itself; a method its ``history`` hook, else the periods of
+    its coefficient list.
     """
     past = sort_periods(past)
     if method == "base":
         return ""
     if method == "in_period":
         return str(target)
-    if method == "scaled_latest":
-        return ",".join(past[-2:])
-    return ",".join(p for _, p in forecast_coefficients(method, past, target, replace(params, scale=1.0)))
+    spec = get_method(method)
+    if spec.history is not None:
+        return spec.history(past, target, params)
+    return ",".join(p for _, p in spec.coefficients(past, target, params))
 
 
-def _param(method: str, past: Sequence[str], params: ForecastParams) -> float:
-    if method == "trend":
-        return float(min(params.trend_window, len(past)))
-    if method == "ema":
-        return float(params.ema_decay)
-    if method == "scaled_latest" and params.scale is not None:
-        return float(params.scale)
-    return math.nan
+def _param(method: str, past: Sequence[str], target: str, params: ForecastParams) -> float:
+    if method in BASELINES:
+        return math.nan
+    spec = get_method(method)
+    return spec.param(past, target, params) if spec.param is not None else math.nan
+
+
+def method_cost(method: str) -> int:
+    """The stage's scheduling order of a method's items (the longest first: low first)."""
+    if method in BASELINES:
+        return 1 if method == "in_period" else 2
+    return get_method(method).cost
 
 
 def choose_scale(
@@ -374,14 +335,13 @@ def evaluate_item(
         return []
     higher, latest = task_higher(item.task), item.past[-1]
     params = item.params
-    if item.method == "scaled_latest":
-        split = validation.get(latest)
-        if split is None or split.n_examples == 0:
-            log.warning("%s: no validation split of %s to choose λ on, no row", label, latest)
-            return []
-        lam, trace = choose_scale(evaluate_weights, load, item.past, split, params.lambdas, higher)
-        log.info("%s: λ = %g chosen on %s validation (%s)", label, lam, latest, ", ".join(f"{a:g}: {v:.4g}" for a, v in trace))
-        params = replace(params, scale=lam)
+    if item.method not in BASELINES:
+        spec = get_method(item.method)
+        if spec.choose is not None:
+            chosen = spec.choose(ChoiceContext(evaluate_weights, load, item.past, validation, higher, params, label))
+            if chosen is None:
+                return []
+            params = chosen
     reference = _cell_values(evaluate_weights, known, latest, lambda: [(1.0, load(latest))], targets, tests)
     if item.method == "latest":
         values = reference
@@ -406,8 +366,12 @@ def evaluate_item(
             "task": item.task, "granularity": item.granularity, "method": item.method,
             "selection": ORACLE if item.method == "in_period" else PAST_ONLY, "target_period": t,
             "horizon": _steps(latest, t), "history": history_of(item.method, item.past, t, params),
-            "param": _param(item.method, item.past, params), "split": "test", "metric": task_metric(item.task),
+            "param": _param(item.method, item.past, t, params), "split": "test", "metric": task_metric(item.task),
             "value": value, "higher_is_better": higher,
             "gain_vs_latest": gain(value, reference[t], higher), "gain_vs_latest_pct": gain_pct(value, reference[t], higher),
         })
     return rows
+
+
+#: Methods that see only the past, in registration order; ``latest`` is also the reference of every gain.
+FORECASTS = method_names()

@@ -116,9 +116,9 @@ def _compute(config: ExperimentConfig, store: VectorStore, items: list[forecast.
     def failed(failure: Failure) -> None:
         log.error("%s failed: %s", _label(failure.item), failure.text)
 
-    # The longest first: scaled_latest chooses λ (one evaluation per λ), taylor/trend evaluate each target alone.
-    cost = {"scaled_latest": 0, "taylor": 1, "trend": 1, "in_period": 1}
-    ordered = sorted(items, key=lambda i: cost.get(i.method, 2))
+    # The longest first (each registered method's cost): scaled_latest chooses λ (one evaluation per λ),
+    # taylor/trend evaluate each target alone.
+    ordered = sorted(items, key=lambda i: forecast.method_cost(i.method))
     outcome = drive(
         _ForecastActor, (config, store), config.ray, ordered,
         lambda: [_splits(config, needed), known_cells(store)],
