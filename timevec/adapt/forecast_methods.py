@@ -23,7 +23,8 @@ The optional hooks of :func:`forecast_method`:
   ``None``: the item has no row (what it needed is missing).
 - ``needs_gram``: the planner attaches the past vectors' Gram matrix (``ForecastParams.gram``,
   computed from the store over the past vectors only) before the method runs.
-- ``min_past``: the fewest past vectors it needs; ``cost``: the stage's scheduling order (low first).
+- ``min_past``: the fewest past vectors it needs; ``cost``: the stage's scheduling order (low first);
+  ``requires``: the optional modules it imports (checked when the forecast stage starts).
 """
 
 from __future__ import annotations
@@ -67,11 +68,14 @@ class ForecastParams:
     ema_decay: float = 0.5
     lambdas: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
     scale: float | None = None
+    subspace_max_rank: int = 3
+    subspace_max_order: int = 2
     gram: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: ForecastConfig) -> ForecastParams:
-        return cls(config.trend_window, config.ema_decay, tuple(config.lambdas))
+        return cls(config.trend_window, config.ema_decay, tuple(config.lambdas),
+                   subspace_max_rank=config.subspace_max_rank, subspace_max_order=config.subspace_max_order)
 
 
 def steps_between(a: str, b: str) -> int:
@@ -91,6 +95,7 @@ class ForecastMethod:
     choose: Callable[[Any], ForecastParams | None] | None = None
     needs_gram: bool = False
     cost: int = 2
+    requires: tuple[str, ...] = ()
     doc: str = ""
 
 
@@ -121,6 +126,7 @@ def forecast_method(
     choose: Callable[[Any], ForecastParams | None] | None = None,
     needs_gram: bool = False,
     cost: int = 2,
+    requires: tuple[str, ...] = (),
 ) -> Callable[[Callable[[Sequence[str], str, ForecastParams], Coefficients]], Callable[..., Coefficients]]:
     """Register ``fn(past, target, params) -> [(cᵢ, period)]`` as forecast method ``name``.
 
@@ -143,7 +149,7 @@ def forecast_method(
             return fn(past, target, params)
 
         _REGISTRY[name] = ForecastMethod(name, coefficients, min_past, history, param, choose, needs_gram, cost,
-                                         (fn.__doc__ or "").strip())
+                                         requires, (fn.__doc__ or "").strip())
         return fn
 
     return register
@@ -241,3 +247,4 @@ def method_names() -> tuple[str, ...]:
 
 def _load_builtins() -> None:
     """Methods defined in modules of their own register when those are imported (here, on first look-up)."""
+    import timevec.adapt.subspace  # noqa: F401  (numpy only at import; statsmodels when a forecast is made)

@@ -117,6 +117,8 @@ class ForecastConfig(_Strict):
     ema_decay: float = Field(0.5, gt=0.0, lt=1.0, description="β: the EMA weighs a vector k periods old by β^k")
     lambdas: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5],
                                  description="the grid of λ for scaled_latest (λ·τ_latest), chosen on the past")
+    subspace_max_rank: int = Field(3, ge=1, description="subspace: the most principal coordinates k (k chosen past-only)")
+    subspace_max_order: int = Field(2, ge=0, description="subspace: the highest AR order p (p, d chosen past-only)")
     methods: list[str] = Field(default_factory=lambda: list(_forecast_methods()),
                                description="registered forecast methods (timevec.adapt.forecast_methods); default: all")
 

@@ -74,8 +74,9 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[forecast.Fo
     for task in config.tasks:
         stored = sort_periods(p for _, p in store.list_vectors(task))
         for granularity in config.granularities:
-            planned, note = forecast.plan_forecast(task, granularity, config.period_list(granularity), stored,
-                                                   config.forecast.horizon, params, config.forecast.methods, done)
+            planned, note = forecast.plan_forecast(
+                task, granularity, config.period_list(granularity), stored, config.forecast.horizon, params,
+                config.forecast.methods, done, gram_of=lambda past, task=task: past_gram(store, task, past))
             if note:
                 notes.append(note)
             items.extend(planned)
@@ -83,6 +84,12 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[forecast.Fo
                 targets, _ = needed.setdefault((task, granularity), (set(), item.past[-1]))
                 targets.update(item.targets)
     return items, needed, notes
+
+
+def past_gram(store: VectorStore, task: str, past: tuple[str, ...]) -> Any:
+    """The Gram matrix of ``task``'s past vectors (streamed, checksum-verified; exact from LoRA factors)."""
+    log.info("forecast %s: Gram matrix of the %d past vectors %s", task, len(past), ",".join(past))
+    return store.gram([(task, p) for p in past])
 
 
 def _splits(config: ExperimentConfig, needed: Needed) -> SplitSets:
