@@ -343,10 +343,11 @@ GROUP_SIM_DEG_COLUMNS = ["scope", "part", "centred", "task", "granularity", "met
                          "pearson_low", "pearson_high", "spearman_rho", "spearman_p", "reason"]
 #: θ_pre + τ_j with group G taken from τ_k, on k's test split. ``value_source``/``value_target``: τ_j / τ_k
 #: on k; ``gap_share`` = gain(value, value_source) / gain(value_target, value_source) (:mod:`timevec.evaluate.gains`):
-#: the share of the gap between τ_j and the in-period τ_k that group G closes (1: all of it).
+#: the share of the gap between τ_j and the in-period τ_k that group G closes (1: all of it);
+#: ``gap_share_low``/``high``: its paired bootstrap interval over k's test examples (NaN: bootstrap off).
 GROUP_SWAPS_COLUMNS = ["task", "granularity", "source_period", "target_period", "group", "n_tensors", "metric",
                        "value", "low", "high", "higher_is_better", "value_source", "value_target", "gain_vs_source",
-                       "gap_share"]
+                       "gap_share", "gap_share_low", "gap_share_high"]
 GROUP_SWAPS_KEY = ["task", "granularity", "source_period", "target_period", "group"]
 
 
@@ -373,7 +374,8 @@ def group_swaps_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=GROUP_SWAPS_COLUMNS)
     return frame.astype({"n_tensors": "int64", "value": "float64", "low": "float64", "high": "float64",
                          "higher_is_better": "bool", "value_source": "float64", "value_target": "float64",
-                         "gain_vs_source": "float64", "gap_share": "float64"})
+                         "gain_vs_source": "float64", "gap_share": "float64", "gap_share_low": "float64",
+                         "gap_share_high": "float64"})
 
 
 # ----------------------------------------------------------------------------- time probes
