@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune": "fine-tune one model per (task, period) on Ray and store each time vector (skips finished runs)",
         "evaluate": "evaluate the all-pairs (train vector × test period) matrix into results/cells.parquet (resumable)",
         "analyze": "similarity, degradation, decay fits, stripe test and UMAP into results/*.parquet",
-        "forgetting": "training.mode continual: forgetting of continual vs independent vs merged updating into results/forgetting.parquet",
+        "forgetting": "training.mode continual: forgetting of continual, equal-steps, independent, merged -> results/forgetting.parquet",
         "interpolate": "evaluate (1−α)·τ_first + α·τ_last on the periods in between",
         "forecast": "hold out the last forecast.horizon periods and predict their weights from earlier vectors only",
         "analogy": "search α1·τ_task(j) + α2·τ_lm(k) − α3·τ_lm(j) with Ray Tune",
