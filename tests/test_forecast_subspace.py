@@ -5,6 +5,7 @@ store (dense and LoRA-factor vectors) whose held-out vectors are corrupt: the fo
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -168,3 +169,41 @@ def test_held_out_vectors_are_never_read(tmp_path, low_rank: bool) -> None:
     with pytest.raises(Exception, match="(?i)checksum|corrupt|hash|safetensors|header"):
         forecast.evaluate_item(_Evaluator(), lambda p: store.get_vector("lm", p), oracle, tests, {},
                                load_oracle=lambda p: store.get_vector("lm", p))
+
+
+class _PairedEvaluator(_Evaluator):
+    """As :class:`_Evaluator`, plus bootstrap replicates value·f_b + d_b: the same draws b for every weight state."""
+
+    F = np.linspace(0.8, 1.2, 40)
+    D = np.cos(np.arange(40.0))
+
+    def __call__(self, terms, splits, keep_replicates: bool = False):
+        rows = super().__call__(terms, splits)
+        if keep_replicates:
+            for r in rows:
+                r["replicates"] = r["value"] * self.F + self.D
+        return rows
+
+
+def test_each_gain_carries_its_paired_bootstrap_interval() -> None:
+    x = _series(len(PAST) + 2, 7)
+    vectors = {p: TimeVector({"a.weight": torch.tensor(x[i][:30].reshape(6, 5)), "a.bias": torch.tensor(x[i][30:36]),
+                              "b.weight": torch.zeros(4, 6, dtype=torch.float64)}) for i, p in enumerate(PAST + HELD_OUT)}
+    params = ForecastParams(gram=tuple(map(tuple, x[:len(PAST)] @ x[:len(PAST)].T)))
+    split = lambda p: EvalSplit(task="lm", period=p, encoder_decoder=False, pad_id=0, eos_id=1,  # noqa: E731
+                                examples=(None,), split="test", n_rows=1)
+    tests = {p: split(p) for p in HELD_OUT}
+    for method in ("subspace", "uniform_soup", "base", "in_period"):
+        item = ForecastItem("lm", "year", method, tuple(PAST), tuple(HELD_OUT), params)
+        rows = forecast.evaluate_item(_PairedEvaluator(), vectors.__getitem__, item, tests, {},
+                                      load_oracle=vectors.__getitem__)
+        plain = forecast.evaluate_item(_Evaluator(), vectors.__getitem__, item, tests, {}, load_oracle=vectors.__getitem__)
+        assert [r["value"] for r in rows] == [r["value"] for r in plain]  # the interval changes no value
+        assert all(math.isnan(r["gain_vs_latest_pct_low"]) for r in plain)  # no replicates: no interval
+        for r in rows:
+            ref = _Evaluator()([(1.0, vectors[PAST[-1]])], [tests[r["target_period"]]])[0]["value"]  # the latest vector
+            v_b, ref_b = r["value"] * _PairedEvaluator.F + _PairedEvaluator.D, ref * _PairedEvaluator.F + _PairedEvaluator.D
+            low, high = np.quantile((ref_b - v_b) / np.abs(ref_b) * 100, [0.025, 0.975])  # lower is better
+            assert (r["gain_vs_latest_pct_low"], r["gain_vs_latest_pct_high"]) == (pytest.approx(low), pytest.approx(high))
+            low, high = np.quantile(ref_b - v_b, [0.025, 0.975])
+            assert (r["gain_vs_latest_low"], r["gain_vs_latest_high"]) == (pytest.approx(low), pytest.approx(high))

@@ -268,6 +268,7 @@ def patching_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 FORECAST_COLUMNS = [
     "task", "granularity", "method", "selection", "target_period", "horizon", "history", "param", "split",
     "metric", "value", "higher_is_better", "gain_vs_latest", "gain_vs_latest_pct",
+    "gain_vs_latest_low", "gain_vs_latest_high", "gain_vs_latest_pct_low", "gain_vs_latest_pct_high",
 ]
 FORECAST_KEY = ["task", "granularity", "method", "target_period", "horizon", "history"]
 
@@ -276,7 +277,9 @@ def forecast_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows of :data:`FORECAST_COLUMNS` as a frame with fixed dtypes (appendable)."""
     frame = pd.DataFrame(list(rows), columns=FORECAST_COLUMNS)
     return frame.astype({"horizon": "int64", "param": "float64", "value": "float64", "higher_is_better": "bool",
-                         "gain_vs_latest": "float64", "gain_vs_latest_pct": "float64"})
+                         "gain_vs_latest": "float64", "gain_vs_latest_pct": "float64", "gain_vs_latest_low": "float64",
+                         "gain_vs_latest_high": "float64", "gain_vs_latest_pct_low": "float64",
+                         "gain_vs_latest_pct_high": "float64"})
 
 
 # ----------------------------------------------------------------------------- task analogy

@@ -50,12 +50,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from timevec.adapt.forecast_methods import ChoiceContext, Coefficients, ForecastParams, get_method, method_names, steps_between
-from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term, task_higher, task_metric, value_of
+from timevec.adapt.interpolation import (
+    EvaluateWeights,
+    KnownValue,
+    LoadVector,
+    Term,
+    takes_replicates,
+    task_higher,
+    task_metric,
+    value_of,
+)
 from timevec.config import ConfigError
 from timevec.data.periods import sort_periods
+from timevec.evaluate.bootstrap import interval_of
 from timevec.evaluate.gains import better, gain, gain_pct
 from timevec.evaluate.metrics import EvalSplit
 from timevec.results import FORECAST_KEY
@@ -314,17 +325,37 @@ def _evaluate_grouped(
     params: ForecastParams,
     targets: Sequence[str],
     tests: Mapping[str, EvalSplit],
-) -> dict[str, float]:
-    """Each target's forecast on its test split; targets with the same coefficients share one evaluation."""
+    paired: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Each target's forecast row on its test split; targets with the same coefficients share one evaluation."""
     groups: dict[tuple, list[str]] = {}
     for t in targets:
         groups.setdefault(tuple(forecast_coefficients(item.method, item.past, t, params)), []).append(t)
-    values: dict[str, float] = {}
+    out: dict[str, dict[str, Any]] = {}
     for coefficients, members in groups.items():
         terms = [(c, load(p)) for c, p in coefficients]
-        rows = evaluate_weights(terms, [tests[t] for t in members])
-        values.update({t: value_of(rows, i) for i, t in enumerate(members)})
-    return values
+        out.update(zip(members, _evaluate(evaluate_weights, terms, [tests[t] for t in members], paired)))
+    return out
+
+
+def _evaluate(evaluate_weights: EvaluateWeights, terms: Any, splits: list[EvalSplit], paired: bool) -> list[dict[str, Any]]:
+    if paired:
+        return evaluate_weights(terms, splits, keep_replicates=True)  # type: ignore[call-arg]
+    return evaluate_weights(terms, splits)
+
+
+def _gain_interval(row: Mapping[str, Any] | None, reference: Mapping[str, Any] | None, higher: bool,
+                   pct: bool, confidence: float = 0.95) -> tuple[float, float]:
+    """The paired bootstrap interval of the gain over the reference (the same resampled test examples)."""
+    a = np.asarray((row or {}).get("replicates", ()), dtype=np.float64)
+    b = np.asarray((reference or {}).get("replicates", ()), dtype=np.float64)
+    if a.size == 0 or a.size != b.size:
+        return math.nan, math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = (a - b) if higher else (b - a)
+        values = np.where(b != 0, diff / np.abs(b) * 100.0, np.nan) if pct else diff
+    interval = interval_of(values, confidence)
+    return float(interval.low), float(interval.high)
 
 
 def evaluate_item(
@@ -360,21 +391,34 @@ def evaluate_item(
             if chosen is None:
                 return []
             params = chosen
-    reference = _cell_values(evaluate_weights, known, latest, lambda: [(1.0, load(latest))], targets, tests)
+    paired = takes_replicates(evaluate_weights)  # a bootstrap interval for every gain (cells carry no replicates)
+    rows_of: dict[str, dict[str, Any]] = {}
+    if paired:
+        ref_rows = dict(zip(targets, _evaluate(evaluate_weights, [(1.0, load(latest))], [tests[t] for t in targets], True)))
+        reference = {t: float(r["value"]) for t, r in ref_rows.items()}
+    else:
+        ref_rows = {}
+        reference = _cell_values(evaluate_weights, known, latest, lambda: [(1.0, load(latest))], targets, tests)
     if item.method == "latest":
-        values = reference
+        values, rows_of = reference, ref_rows
     elif item.method == "base":
-        values = _cell_values(evaluate_weights, known, "base", lambda: [], targets, tests)
+        if paired:
+            rows_of = dict(zip(targets, _evaluate(evaluate_weights, [], [tests[t] for t in targets], True)))
+            values = {t: float(r["value"]) for t, r in rows_of.items()}
+        else:
+            values = _cell_values(evaluate_weights, known, "base", lambda: [], targets, tests)
     elif item.method == "in_period":
         values = {}
         for t in targets:
-            value = known(t, t) if known is not None else None
+            value = known(t, t) if known is not None and not (paired and load_oracle is not None) else None
             if value is None and load_oracle is not None:
-                value = value_of(evaluate_weights([(1.0, load_oracle(t))], [tests[t]]))
+                rows_of[t] = _evaluate(evaluate_weights, [(1.0, load_oracle(t))], [tests[t]], paired)[0]
+                value = rows_of[t]["value"]
             if value is not None:
                 values[t] = float(value)
     else:
-        values = _evaluate_grouped(evaluate_weights, load, item, params, targets, tests)
+        rows_of = _evaluate_grouped(evaluate_weights, load, item, params, targets, tests, paired)
+        values = {t: float(r["value"]) for t, r in rows_of.items()}
     rows = []
     for t in targets:
         if t not in values:
@@ -388,6 +432,10 @@ def evaluate_item(
             "value": value, "higher_is_better": higher,
             "gain_vs_latest": gain(value, reference[t], higher), "gain_vs_latest_pct": gain_pct(value, reference[t], higher),
         })
+        rows[-1]["gain_vs_latest_low"], rows[-1]["gain_vs_latest_high"] = _gain_interval(
+            rows_of.get(t), ref_rows.get(t), higher, pct=False)
+        rows[-1]["gain_vs_latest_pct_low"], rows[-1]["gain_vs_latest_pct_high"] = _gain_interval(
+            rows_of.get(t), ref_rows.get(t), higher, pct=True)
     return rows
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term
+from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term, takes_replicates
 from timevec.config import ConfigError
 from timevec.data.periods import Period, PeriodError, sort_periods
 from timevec.evaluate.bootstrap import interval_of
@@ -118,11 +118,12 @@ def evaluate_swaps(evaluate_weights: EvaluateWeights, load_vector: LoadVector, i
     """
     tau_j, tau_k = load_vector(item.source), load_vector(item.target)
 
+    paired = takes_replicates(evaluate_weights)
+
     def evaluate(terms: list[Term]) -> dict[str, Any]:
-        try:
-            return evaluate_weights(terms, [split], keep_replicates=True)[0]
-        except TypeError:  # an evaluator without bootstrap replicates
-            return evaluate_weights(terms, [split])[0]
+        if paired:
+            return evaluate_weights(terms, [split], keep_replicates=True)[0]  # type: ignore[call-arg]
+        return evaluate_weights(terms, [split])[0]
 
     ends = {item.source: evaluate([(1.0, tau_j)]), item.target: evaluate([(1.0, tau_k)])}
     for period, row in ends.items():  # no replicates from this evaluator: the cells' values, as before

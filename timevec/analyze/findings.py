@@ -223,12 +223,17 @@ def _forecast_rows(forecast: pd.DataFrame | None) -> list[dict[str, Any]]:
                          & ~forecast["method"].isin(["latest", "base"])]
     for (task, method), grp in ahead.groupby(["task", "method"], sort=True):
         higher = bool(grp["higher_is_better"].iloc[0])
-        gains = grp["gain_vs_latest"] if higher else grp["gain_vs_latest_pct"]
+        column = "gain_vs_latest" if higher else "gain_vs_latest_pct"
+        gains = grp[column]
         mean, low, high = _mean_ci(gains.astype(float).tolist())
         n = int(gains.notna().sum())
+        how = "" if n > 1 else ": no interval"
+        if n == 1 and f"{column}_low" in grp and not math.isnan(float(grp[f"{column}_low"].iloc[0])):
+            low, high = float(grp[f"{column}_low"].iloc[0]), float(grp[f"{column}_high"].iloc[0])
+            how = ": paired bootstrap over its test examples"
         rows.append(_row("forecast vs latest vector", f"{task} {method}", mean, low, high, "points" if higher else "%",
                          "n/a" if math.isnan(mean) else verdict(low, high, 0.0, "below"),
-                         f"past-only; δ = 1; {n} target(s)" + ("" if n > 1 else ": no interval")))
+                         f"past-only; δ = 1; {n} target(s){how}"))
     return rows
 
 
