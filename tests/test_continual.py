@@ -196,3 +196,29 @@ def test_forgetting_table_against_a_hand_computed_reference() -> None:
     assert lags.loc[("merged", 2), "forgetting_pct"] == pytest.approx(4.0)
     assert math.isclose(lags.loc[("independent", 0), "forgetting_pct"], 0.0)
     assert list(pd.unique(by_lag(table)["mode"])) == ["continual", "independent", "merged"]
+
+
+def test_equal_steps_runs_start_from_the_base_and_train_as_long_as_the_chain(base, tmp_path: Path) -> None:
+    config, store = _store(base, tmp_path / "equal", "training.mode=equal_steps")
+    corpus = base[1]
+    assert continual.mode_url("/s/demo", mode="equal_steps") == "/s/demo/continual-equal-steps"
+    assert continual.independent_url("/s/demo/continual-equal-steps") == "/s/demo"
+    moved = continual.for_mode(config)
+    assert moved.store.url == continual.mode_url(config.store.url, mode="equal_steps")
+    for i, period in enumerate(config.period_list("year")):
+        job = RunJob(config, store, corpus, RunSpec("lm", period, "year"))
+        assert job.steps == job.training.steps == (i + 1) * config.training.steps  # the chain's steps by then
+        assert job.start == {"mode": "equal_steps", "equal_steps": {"chain_position": i + 1, "steps": job.steps}}
+        # an independent start: θ_pre itself, whatever the store holds for earlier periods
+        assert all(torch.equal(p.detach(), job.base[n]) for n, p in float_parameters(job.model).items())
+    with pytest.raises(ConfigError, match="equal_steps"):
+        load_config(TINY, ["training.mode=equal_steps", "training.steps=null"])
+    # the forgetting table's control rows: continual vs equal steps at the same (s, t)
+    periods = {("lm", "year"): ["2014", "2015"]}
+    cont = _cells([("2014", "2014", 10.0), ("2015", "2014", 11.0), ("2015", "2015", 9.0)])
+    equal = _cells([("2014", "2014", 10.0), ("2015", "2014", 13.0), ("2015", "2015", 8.5)])
+    table = forgetting_rows(periods, cont, _cells([("2014", "2014", 10.0), ("2015", "2015", 10.0)]), None, equal)
+    got = table.set_index(["mode", "test_period", "train_period"])
+    assert got.loc[("equal_steps", "2014", "2015"), "forgetting_pct"] == pytest.approx(30.0)
+    assert got.loc[("continual", "2014", "2015"), "forgetting_pct"] == pytest.approx(10.0)
+    assert got.loc[("equal_steps", "2015", "2015"), "gap_to_in_period_pct"] == pytest.approx(-15.0)

@@ -241,8 +241,14 @@ def test_a_swap_equals_the_dense_weights_evaluated_directly(tiny, swapped):
         model.load_state_dict({n: base[n] + delta[n] for n in base}, strict=False)
         return evaluate(model, split, config.evaluation, "cpu", tokenizer=tokenizer)["value"]
 
+    def replicates(delta: dict[str, torch.Tensor]) -> np.ndarray:
+        model.load_state_dict({n: base[n] + delta[n] for n in base}, strict=False)
+        return evaluate(model, split, config.evaluation, "cpu", tokenizer=tokenizer, keep_replicates=True)["replicates"]
+
     v_j = dense(vectors[("lm", "2014")].tensors)
     v_k = dense(vectors[("lm", "2017")].tensors)
+    r_j, r_k = replicates(vectors[("lm", "2014")].tensors), replicates(vectors[("lm", "2017")].tensors)
+    assert len(r_j) == config.evaluation.bootstrap_samples
     assert [r["group"] for r in rows] == ["attention", "mlp"]
     for row in rows:
         swapped_tensors = {n: (vectors[("lm", "2017")] if param_group(n) == row["group"] else vectors[("lm", "2014")])[n]
@@ -252,6 +258,12 @@ def test_a_swap_equals_the_dense_weights_evaluated_directly(tiny, swapped):
         assert row["value"] != pytest.approx(v_j, rel=1e-6)  # the swap changed something
         assert (row["value_source"], row["value_target"]) == (pytest.approx(v_j, rel=1e-6), pytest.approx(v_k, rel=1e-6))
         assert row["gap_share"] == pytest.approx(gain(value, v_j, False) / gain(v_k, v_j, False), rel=1e-5)
+        # its interval: the paired bootstrap (the same example draws for the swap and both ends)
+        shares = (r_j - replicates(swapped_tensors)) / (r_j - r_k)  # perplexity: lower is better
+        low, high = np.quantile(shares, [0.025, 0.975])
+        assert (row["gap_share_low"], row["gap_share_high"]) == (pytest.approx(low, rel=1e-4, abs=1e-6),
+                                                                  pytest.approx(high, rel=1e-4, abs=1e-6))
+        assert row["gap_share_low"] < row["gap_share_high"]
         assert row["n_tensors"] == sum(param_group(n) == row["group"] for n in base)
 
 
@@ -293,3 +305,22 @@ def test_the_report_draws_each_group_table(analysed, swapped):
     assert head["groups: swap closing most of the gap, lm"].startswith(f"{best} ")
     group_figures({}, figures, written.__setitem__)  # no group tables: no figure, no error
     assert len(figures) == 3
+
+
+def test_the_findings_state_each_group_swap_with_its_interval_and_over_seeds(swapped) -> None:
+    from timevec.analyze.findings import FINDINGS_COLUMNS, _swap_rows
+    from timevec.analyze.seeds import findings_over_seeds
+
+    got = pd.DataFrame(_swap_rows(results.group_swaps_frame(swapped[0])), columns=FINDINGS_COLUMNS)
+    got = got[got["finding"] == "group swap: gap share"].set_index("panel")
+    for r in swapped[0]:
+        row = got.loc[f"lm {r['group']}"]
+        assert (row["estimate"], row["low"], row["high"]) == (r["gap_share"], r["gap_share_low"], r["gap_share_high"])
+        assert row["holds"] in ("yes", "no", "unclear")
+    # over seeds: the per-seed estimates' t interval (here two "seeds" whose shares differ by 0.1)
+    other = got.reset_index().assign(estimate=lambda f: f["estimate"] + 0.1)
+    seeds = findings_over_seeds({1: got.reset_index(), 2: other})
+    seeds = seeds[seeds["finding"] == "group swap: gap share"].set_index("panel")
+    for r in swapped[0]:
+        assert seeds.loc[f"lm {r['group']}", "estimate"] == pytest.approx(r["gap_share"] + 0.05)
+        assert seeds.loc[f"lm {r['group']}", "low"] < r["gap_share"] + 0.05 < seeds.loc[f"lm {r['group']}", "high"]

@@ -63,11 +63,12 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
 
     cells = store.read_table(r.CELLS_TABLE)
     gram, keys = gram_of_store(store)
-    names = (r.INTERPOLATION_TABLE, r.ANALOGY_BEST_TABLE, r.SOUPS_TABLE, r.ANALOGY_TABLE, r.FORECAST_TABLE)
+    names = (r.INTERPOLATION_TABLE, r.ANALOGY_BEST_TABLE, r.SOUPS_TABLE, r.ANALOGY_TABLE, r.FORECAST_TABLE,
+             r.GROUP_SWAPS_TABLE)
     optional = {name: store.read_table(name) for name in names if store.has_table(name)}
     result = analysis.analyze(cells, gram, keys, optional.get(r.INTERPOLATION_TABLE), optional.get(r.ANALOGY_BEST_TABLE),
                               soups=optional.get(r.SOUPS_TABLE), analogy_grid=optional.get(r.ANALOGY_TABLE),
-                              forecast=optional.get(r.FORECAST_TABLE))
+                              forecast=optional.get(r.FORECAST_TABLE), group_swaps=optional.get(r.GROUP_SWAPS_TABLE))
     store.write_table(r.RELATIVE_CHANGE_TABLE, result.rel)
     store.write_table(r.DIAGONAL_TABLE, result.diagonal)
     store.write_table(r.DECAY_BY_GAP_TABLE, result.decay.by_gap)

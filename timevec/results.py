@@ -274,6 +274,7 @@ def patching_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 FORECAST_COLUMNS = [
     "task", "granularity", "method", "selection", "target_period", "horizon", "history", "param", "split",
     "metric", "value", "higher_is_better", "gain_vs_latest", "gain_vs_latest_pct",
+    "gain_vs_latest_low", "gain_vs_latest_high", "gain_vs_latest_pct_low", "gain_vs_latest_pct_high",
 ]
 FORECAST_KEY = ["task", "granularity", "method", "target_period", "horizon", "history"]
 
@@ -282,7 +283,9 @@ def forecast_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows of :data:`FORECAST_COLUMNS` as a frame with fixed dtypes (appendable)."""
     frame = pd.DataFrame(list(rows), columns=FORECAST_COLUMNS)
     return frame.astype({"horizon": "int64", "param": "float64", "value": "float64", "higher_is_better": "bool",
-                         "gain_vs_latest": "float64", "gain_vs_latest_pct": "float64"})
+                         "gain_vs_latest": "float64", "gain_vs_latest_pct": "float64", "gain_vs_latest_low": "float64",
+                         "gain_vs_latest_high": "float64", "gain_vs_latest_pct_low": "float64",
+                         "gain_vs_latest_pct_high": "float64"})
 
 
 # ----------------------------------------------------------------------------- task analogy
@@ -349,10 +352,11 @@ GROUP_SIM_DEG_COLUMNS = ["scope", "part", "centred", "task", "granularity", "met
                          "pearson_low", "pearson_high", "spearman_rho", "spearman_p", "reason"]
 #: θ_pre + τ_j with group G taken from τ_k, on k's test split. ``value_source``/``value_target``: τ_j / τ_k
 #: on k; ``gap_share`` = gain(value, value_source) / gain(value_target, value_source) (:mod:`timevec.evaluate.gains`):
-#: the share of the gap between τ_j and the in-period τ_k that group G closes (1: all of it).
+#: the share of the gap between τ_j and the in-period τ_k that group G closes (1: all of it);
+#: ``gap_share_low``/``high``: its paired bootstrap interval over k's test examples (NaN: bootstrap off).
 GROUP_SWAPS_COLUMNS = ["task", "granularity", "source_period", "target_period", "group", "n_tensors", "metric",
                        "value", "low", "high", "higher_is_better", "value_source", "value_target", "gain_vs_source",
-                       "gap_share"]
+                       "gap_share", "gap_share_low", "gap_share_high"]
 GROUP_SWAPS_KEY = ["task", "granularity", "source_period", "target_period", "group"]
 
 
@@ -379,7 +383,8 @@ def group_swaps_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows), columns=GROUP_SWAPS_COLUMNS)
     return frame.astype({"n_tensors": "int64", "value": "float64", "low": "float64", "high": "float64",
                          "higher_is_better": "bool", "value_source": "float64", "value_target": "float64",
-                         "gain_vs_source": "float64", "gap_share": "float64"})
+                         "gain_vs_source": "float64", "gap_share": "float64", "gap_share_low": "float64",
+                         "gap_share_high": "float64"})
 
 
 # ----------------------------------------------------------------------------- time probes

@@ -43,23 +43,36 @@ Ray-free; the Ray stage is :mod:`timevec.distributed.forecast`.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
-from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term, task_higher, task_metric, value_of
+from timevec.adapt.forecast_methods import ChoiceContext, Coefficients, ForecastParams, get_method, method_names, steps_between
+from timevec.adapt.interpolation import (
+    EvaluateWeights,
+    KnownValue,
+    LoadVector,
+    Term,
+    takes_replicates,
+    task_higher,
+    task_metric,
+    value_of,
+)
 from timevec.config import ConfigError
 from timevec.data.examples import EvalSplit
-from timevec.data.periods import Period, sort_periods
+from timevec.data.periods import sort_periods
+from timevec.evaluate.bootstrap import interval_of
 from timevec.evaluate.gains import better, gain, gain_pct
 from timevec.results import FORECAST_KEY
 
 if TYPE_CHECKING:
-    from timevec.config import ExperimentConfig, ForecastConfig
+    from timevec.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,34 +91,19 @@ __all__ = [
     "forecast_done",
     "forecast_terms",
     "history_of",
+    "method_cost",
     "past_only",
     "plan_forecast",
     "split_history",
 ]
 
-#: Methods that see only the past; ``latest`` is also the reference of every gain.
-FORECASTS = ("latest", "taylor", "trend", "ema", "scaled_latest", "uniform_soup")
-#: The other rows of every forecast table: θ_pre, and the held-out period's own vector (oracle).
+#: The rows of every forecast table besides the methods: θ_pre, and the held-out period's own vector (oracle).
 BASELINES = ("base", "in_period")
 PAST_ONLY, ORACLE = "past-only", "oracle"
 
 
 class HeldOutError(RuntimeError):
     """A forecast asked for a vector that is not a past period's: a bug, never a user error."""
-
-
-@dataclass(frozen=True)
-class ForecastParams:
-    """The settings of the methods (``forecast`` of the config) and, once chosen, scaled_latest's λ."""
-
-    trend_window: int = 3
-    ema_decay: float = 0.5
-    lambdas: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
-    scale: float | None = None
-
-    @classmethod
-    def from_config(cls, config: ForecastConfig) -> ForecastParams:
-        return cls(config.trend_window, config.ema_decay, tuple(config.lambdas))
 
 
 # ----------------------------------------------------------------------------- history and held-out periods
@@ -130,9 +128,15 @@ def split_history(periods: Sequence[str], horizon: int, granularity: str = "") -
 
 
 def check_horizon(config: ExperimentConfig) -> None:
-    """:func:`split_history` for every configured granularity (the forecast stage's precondition)."""
+    """The forecast stage's preconditions: :func:`split_history` for every configured granularity, and
+    the optional modules of every configured method installed (a ConfigError naming the extra)."""
     for granularity in config.granularities:
         split_history(config.period_list(granularity), config.forecast.horizon, granularity)
+    for method in config.forecast.methods:
+        for module in get_method(method).requires:
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"forecast.methods lists {method}, which needs {module}: pip install 'timevec[forecast]' "
+                                  f"(or leave {method} out of forecast.methods)")
 
 
 def past_only(load_vector: LoadVector, past: Sequence[str], what: str = "forecast") -> LoadVector:
@@ -151,46 +155,15 @@ def past_only(load_vector: LoadVector, past: Sequence[str], what: str = "forecas
 
 
 def _steps(a: str, b: str) -> int:
-    return Period.parse(a).distance(b)
+    return steps_between(a, b)
 
 
-def forecast_coefficients(method: str, past: Sequence[str], target: str, params: ForecastParams) -> list[tuple[float, str]]:
-    """The forecast of ``target`` as ``[(cᵢ, past period)]``, in time order (module table).
+def forecast_coefficients(method: str, past: Sequence[str], target: str, params: ForecastParams) -> Coefficients:
+    """The forecast of ``target`` as ``[(cᵢ, past period)]``, in time order (the registered method's).
 
     ``past`` are the stored past periods; ``target`` must come after the last of them.
     """
-    past = sort_periods(past)
-    if not past:
-        raise ValueError(f"{method}: no past vector to forecast {target} from")
-    last = past[-1]
-    h = _steps(last, target)
-    if h <= 0:
-        raise ValueError(f"{method}: target {target} is not after the last past period {last}")
-    if method in ("taylor", "trend", "scaled_latest") and len(past) < 2:
-        raise ValueError(f"{method} needs two past vectors, got {past}")
-    if method == "latest":
-        return [(1.0, last)]
-    if method == "taylor":
-        ratio = h / _steps(past[-2], last)
-        return [(-ratio, past[-2]), (1.0 + ratio, last)]
-    if method == "trend":
-        window = past[-params.trend_window:]
-        t = [float(_steps(window[0], p)) for p in window]
-        t_star = float(_steps(window[0], target))
-        mean = sum(t) / len(t)
-        spread = sum((ti - mean) ** 2 for ti in t)
-        return [(1.0 / len(t) + (t_star - mean) * (ti - mean) / spread, p) for ti, p in zip(t, window)]
-    if method == "ema":
-        weights = [params.ema_decay ** _steps(p, last) for p in past]
-        total = sum(weights)
-        return [(w / total, p) for w, p in zip(weights, past)]
-    if method == "scaled_latest":
-        if params.scale is None:
-            raise ValueError("scaled_latest: λ has not been chosen (choose_scale)")
-        return [(float(params.scale), last)]
-    if method == "uniform_soup":
-        return [(1.0 / len(past), p) for p in past]
-    raise ValueError(f"unknown forecast method {method!r} (known: {', '.join(FORECASTS)})")
+    return get_method(method).coefficients(past, target, params)
 
 
 def forecast_terms(
@@ -203,26 +176,32 @@ def forecast_terms(
 def history_of(method: str, past: Sequence[str], target: str, params: ForecastParams) -> str:
     """The ``history`` column: the past periods a row was built from, comma-joined.
 
-    scaled_latest also used τ_{n−1} (to choose λ); base none; in_period only the target itself.
+    base none; in_period only the target itself; a method its ``history`` hook, else the periods of
+    its coefficient list.
     """
     past = sort_periods(past)
     if method == "base":
         return ""
     if method == "in_period":
         return str(target)
-    if method == "scaled_latest":
-        return ",".join(past[-2:])
-    return ",".join(p for _, p in forecast_coefficients(method, past, target, replace(params, scale=1.0)))
+    spec = get_method(method)
+    if spec.history is not None:
+        return spec.history(past, target, params)
+    return ",".join(p for _, p in spec.coefficients(past, target, params))
 
 
-def _param(method: str, past: Sequence[str], params: ForecastParams) -> float:
-    if method == "trend":
-        return float(min(params.trend_window, len(past)))
-    if method == "ema":
-        return float(params.ema_decay)
-    if method == "scaled_latest" and params.scale is not None:
-        return float(params.scale)
-    return math.nan
+def _param(method: str, past: Sequence[str], target: str, params: ForecastParams) -> float:
+    if method in BASELINES:
+        return math.nan
+    spec = get_method(method)
+    return spec.param(past, target, params) if spec.param is not None else math.nan
+
+
+def method_cost(method: str) -> int:
+    """The stage's scheduling order of a method's items (the longest first: low first)."""
+    if method in BASELINES:
+        return 1 if method == "in_period" else 2
+    return get_method(method).cost
 
 
 def choose_scale(
@@ -286,11 +265,14 @@ def plan_forecast(
     params: ForecastParams,
     methods: Sequence[str],
     done: set[tuple] | None = None,
+    gram_of: Callable[[tuple[str, ...]], Any] | None = None,
 ) -> tuple[list[ForecastItem], str | None]:
     """(items still to evaluate, a note when nothing can be forecast).
 
     Past periods are the configured ones before the held-out ones that have a stored vector; the
-    in_period oracle is planned for held-out periods whose own vector is stored.
+    in_period oracle is planned for held-out periods whose own vector is stored. ``gram_of(past)``:
+    the Gram matrix of the PAST vectors (called at most once, only when a planned method needs it,
+    and only ever with the past periods), attached to those methods' items as ``params.gram``.
     """
     past_all, held_out = split_history(periods, horizon, granularity)
     stored_set = set(stored)
@@ -299,11 +281,19 @@ def plan_forecast(
         return [], f"{task}/{granularity}: {len(past)} stored past vector(s) before {held_out[0]}, nothing to forecast"
     done = done or set()
     items = []
+    gram = None
     for method in ("base", "latest", "in_period", *(m for m in methods if m != "latest")):
         targets = [t for t in held_out if method != "in_period" or t in stored_set]
         missing = tuple(t for t in targets if _key(task, granularity, method, t, past, params) not in done)
         if missing:
-            items.append(ForecastItem(task, granularity, method, past, missing, params))
+            item_params = params
+            if method not in BASELINES and get_method(method).needs_gram:
+                if gram_of is None:
+                    raise ValueError(f"forecast method {method} needs the past vectors' Gram matrix: pass gram_of")
+                if gram is None:
+                    gram = tuple(tuple(float(x) for x in row) for row in gram_of(past))
+                item_params = replace(params, gram=gram)
+            items.append(ForecastItem(task, granularity, method, past, missing, item_params))
     return items, None
 
 
@@ -335,17 +325,37 @@ def _evaluate_grouped(
     params: ForecastParams,
     targets: Sequence[str],
     tests: Mapping[str, EvalSplit],
-) -> dict[str, float]:
-    """Each target's forecast on its test split; targets with the same coefficients share one evaluation."""
+    paired: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Each target's forecast row on its test split; targets with the same coefficients share one evaluation."""
     groups: dict[tuple, list[str]] = {}
     for t in targets:
         groups.setdefault(tuple(forecast_coefficients(item.method, item.past, t, params)), []).append(t)
-    values: dict[str, float] = {}
+    out: dict[str, dict[str, Any]] = {}
     for coefficients, members in groups.items():
         terms = [(c, load(p)) for c, p in coefficients]
-        rows = evaluate_weights(terms, [tests[t] for t in members])
-        values.update({t: value_of(rows, i) for i, t in enumerate(members)})
-    return values
+        out.update(zip(members, _evaluate(evaluate_weights, terms, [tests[t] for t in members], paired)))
+    return out
+
+
+def _evaluate(evaluate_weights: EvaluateWeights, terms: Any, splits: list[EvalSplit], paired: bool) -> list[dict[str, Any]]:
+    if paired:
+        return evaluate_weights(terms, splits, keep_replicates=True)  # type: ignore[call-arg]
+    return evaluate_weights(terms, splits)
+
+
+def _gain_interval(row: Mapping[str, Any] | None, reference: Mapping[str, Any] | None, higher: bool,
+                   pct: bool, confidence: float = 0.95) -> tuple[float, float]:
+    """The paired bootstrap interval of the gain over the reference (the same resampled test examples)."""
+    a = np.asarray((row or {}).get("replicates", ()), dtype=np.float64)
+    b = np.asarray((reference or {}).get("replicates", ()), dtype=np.float64)
+    if a.size == 0 or a.size != b.size:
+        return math.nan, math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = (a - b) if higher else (b - a)
+        values = np.where(b != 0, diff / np.abs(b) * 100.0, np.nan) if pct else diff
+    interval = interval_of(values, confidence)
+    return float(interval.low), float(interval.high)
 
 
 def evaluate_item(
@@ -374,29 +384,41 @@ def evaluate_item(
         return []
     higher, latest = task_higher(item.task), item.past[-1]
     params = item.params
-    if item.method == "scaled_latest":
-        split = validation.get(latest)
-        if split is None or split.n_examples == 0:
-            log.warning("%s: no validation split of %s to choose λ on, no row", label, latest)
-            return []
-        lam, trace = choose_scale(evaluate_weights, load, item.past, split, params.lambdas, higher)
-        log.info("%s: λ = %g chosen on %s validation (%s)", label, lam, latest, ", ".join(f"{a:g}: {v:.4g}" for a, v in trace))
-        params = replace(params, scale=lam)
-    reference = _cell_values(evaluate_weights, known, latest, lambda: [(1.0, load(latest))], targets, tests)
+    if item.method not in BASELINES:
+        spec = get_method(item.method)
+        if spec.choose is not None:
+            chosen = spec.choose(ChoiceContext(evaluate_weights, load, item.past, validation, higher, params, label))
+            if chosen is None:
+                return []
+            params = chosen
+    paired = takes_replicates(evaluate_weights)  # a bootstrap interval for every gain (cells carry no replicates)
+    rows_of: dict[str, dict[str, Any]] = {}
+    if paired:
+        ref_rows = dict(zip(targets, _evaluate(evaluate_weights, [(1.0, load(latest))], [tests[t] for t in targets], True)))
+        reference = {t: float(r["value"]) for t, r in ref_rows.items()}
+    else:
+        ref_rows = {}
+        reference = _cell_values(evaluate_weights, known, latest, lambda: [(1.0, load(latest))], targets, tests)
     if item.method == "latest":
-        values = reference
+        values, rows_of = reference, ref_rows
     elif item.method == "base":
-        values = _cell_values(evaluate_weights, known, "base", lambda: [], targets, tests)
+        if paired:
+            rows_of = dict(zip(targets, _evaluate(evaluate_weights, [], [tests[t] for t in targets], True)))
+            values = {t: float(r["value"]) for t, r in rows_of.items()}
+        else:
+            values = _cell_values(evaluate_weights, known, "base", lambda: [], targets, tests)
     elif item.method == "in_period":
         values = {}
         for t in targets:
-            value = known(t, t) if known is not None else None
+            value = known(t, t) if known is not None and not (paired and load_oracle is not None) else None
             if value is None and load_oracle is not None:
-                value = value_of(evaluate_weights([(1.0, load_oracle(t))], [tests[t]]))
+                rows_of[t] = _evaluate(evaluate_weights, [(1.0, load_oracle(t))], [tests[t]], paired)[0]
+                value = rows_of[t]["value"]
             if value is not None:
                 values[t] = float(value)
     else:
-        values = _evaluate_grouped(evaluate_weights, load, item, params, targets, tests)
+        rows_of = _evaluate_grouped(evaluate_weights, load, item, params, targets, tests, paired)
+        values = {t: float(r["value"]) for t, r in rows_of.items()}
     rows = []
     for t in targets:
         if t not in values:
@@ -406,8 +428,16 @@ def evaluate_item(
             "task": item.task, "granularity": item.granularity, "method": item.method,
             "selection": ORACLE if item.method == "in_period" else PAST_ONLY, "target_period": t,
             "horizon": _steps(latest, t), "history": history_of(item.method, item.past, t, params),
-            "param": _param(item.method, item.past, params), "split": "test", "metric": task_metric(item.task),
+            "param": _param(item.method, item.past, t, params), "split": "test", "metric": task_metric(item.task),
             "value": value, "higher_is_better": higher,
             "gain_vs_latest": gain(value, reference[t], higher), "gain_vs_latest_pct": gain_pct(value, reference[t], higher),
         })
+        rows[-1]["gain_vs_latest_low"], rows[-1]["gain_vs_latest_high"] = _gain_interval(
+            rows_of.get(t), ref_rows.get(t), higher, pct=False)
+        rows[-1]["gain_vs_latest_pct_low"], rows[-1]["gain_vs_latest_pct_high"] = _gain_interval(
+            rows_of.get(t), ref_rows.get(t), higher, pct=True)
     return rows
+
+
+#: Methods that see only the past, in registration order; ``latest`` is also the reference of every gain.
+FORECASTS = method_names()

@@ -24,10 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term
+import numpy as np
+
+from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term, takes_replicates
 from timevec.config import ConfigError
 from timevec.data.examples import EvalSplit
 from timevec.data.periods import Period, PeriodError, sort_periods
+from timevec.evaluate.bootstrap import interval_of
 from timevec.evaluate.gains import gain
 from timevec.weights.param_groups import GROUPS, param_group
 from timevec.weights.vectors import TimeVector
@@ -105,20 +108,38 @@ def plan_swaps(task: str, granularity: str, stored: Sequence[str], pairs: Sequen
 
 
 def evaluate_swaps(evaluate_weights: EvaluateWeights, load_vector: LoadVector, item: SwapItem, split: EvalSplit,
-                   n_tensors: dict[str, int], known: KnownValue | None = None) -> list[dict[str, Any]]:
-    """Rows of :data:`timevec.results.GROUP_SWAPS_COLUMNS` for every group of ``item`` on k's test ``split``."""
+                   n_tensors: dict[str, int], known: KnownValue | None = None,
+                   confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Rows of :data:`timevec.results.GROUP_SWAPS_COLUMNS` for every group of ``item`` on k's test ``split``.
+
+    ``gap_share_low``/``gap_share_high``: the percentile interval of the gap share from the cells'
+    bootstrap resamples, PAIRED: the swap and both ends are evaluated on k's split with the same
+    example draws (:func:`timevec.evaluate.bootstrap.replicates`), the share recomputed per draw
+    (draws where the gap is 0 are left out). The ends are therefore evaluated, not read from
+    ``known`` (cells carry no replicates; the values are the same, bit for bit); an evaluator without
+    ``keep_replicates`` gives NaN bounds, and its ends come from ``known`` where it has them.
+    """
     tau_j, tau_k = load_vector(item.source), load_vector(item.target)
 
-    def end(period: str, tau: TimeVector) -> float:
-        value = known(period, item.target) if known is not None else None
-        return float(value) if value is not None else float(evaluate_weights([(1.0, tau)], [split])[0]["value"])
+    paired = takes_replicates(evaluate_weights)
 
-    v_source, v_target = end(item.source, tau_j), end(item.target, tau_k)
+    def evaluate(terms: list[Term]) -> dict[str, Any]:
+        if paired:
+            return evaluate_weights(terms, [split], keep_replicates=True)[0]  # type: ignore[call-arg]
+        return evaluate_weights(terms, [split])[0]
+
+    ends = {item.source: evaluate([(1.0, tau_j)]), item.target: evaluate([(1.0, tau_k)])}
+    for period, row in ends.items():  # no replicates from this evaluator: the cells' values, as before
+        value = known(period, item.target) if known is not None and "replicates" not in row else None
+        if value is not None:
+            row["value"] = value
+    v_source, v_target = float(ends[item.source]["value"]), float(ends[item.target]["value"])
     rows = []
     for group in item.groups:
-        row = evaluate_weights(swap_terms(tau_j, tau_k, group), [split])[0]
+        row = evaluate(swap_terms(tau_j, tau_k, group))
         higher = bool(row["higher_is_better"])
         closed, gap = gain(row["value"], v_source, higher), gain(v_target, v_source, higher)
+        low, high = _share_interval(row, ends[item.source], ends[item.target], higher, confidence)
         rows.append({
             "task": item.task, "granularity": item.granularity, "source_period": item.source,
             "target_period": item.target, "group": group, "n_tensors": int(n_tensors.get(group, 0)),
@@ -126,8 +147,23 @@ def evaluate_swaps(evaluate_weights: EvaluateWeights, load_vector: LoadVector, i
             "high": float(row.get("high", math.nan)), "higher_is_better": higher, "value_source": v_source,
             "value_target": v_target, "gain_vs_source": closed,
             "gap_share": closed / gap if gap != 0 and not math.isnan(gap) else math.nan,
+            "gap_share_low": low, "gap_share_high": high,
         })
     return rows
+
+
+def _share_interval(swap: dict[str, Any], source: dict[str, Any], target: dict[str, Any], higher: bool,
+                    confidence: float) -> tuple[float, float]:
+    """The paired percentile interval of gain(swap, τ_j)/gain(τ_k, τ_j) over the shared resamples."""
+    reps = [np.asarray(r.get("replicates", ()), dtype=np.float64) for r in (swap, source, target)]
+    if any(r.size == 0 for r in reps) or len({r.size for r in reps}) != 1:
+        return math.nan, math.nan
+    s, j, k = reps
+    sign = 1.0 if higher else -1.0  # gain(a, b) = sign·(a − b), as timevec.evaluate.gains.gain
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(k != j, (sign * (s - j)) / (sign * (k - j)), np.nan)
+    interval = interval_of(share, confidence)
+    return float(interval.low), float(interval.high)
 
 
 def swap_groups(configured: Sequence[str] | None, tensor_names: Sequence[str]) -> list[str]:

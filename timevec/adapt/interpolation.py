@@ -32,6 +32,7 @@ evaluated period (what was deployable when that period began).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -98,6 +99,15 @@ def task_higher(task: str) -> bool:
 
 def task_metric(task: str) -> str:
     return METRICS[task][0]
+
+
+def takes_replicates(evaluate_weights: EvaluateWeights) -> bool:
+    """Whether an evaluator can return the bootstrap replicates of each row (``keep_replicates=True``,
+    :meth:`timevec.evaluate.cells.CellEvaluator.evaluate_weights`): what paired intervals of a gain need."""
+    try:
+        return "keep_replicates" in inspect.signature(evaluate_weights).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def value_of(rows: list[dict[str, Any]], i: int = 0) -> float:

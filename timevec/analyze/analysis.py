@@ -145,12 +145,14 @@ class Analysis(NamedTuple):
     interpolation_protocols: pd.DataFrame | None = None  # timevec.adapt.selection, one row per protocol/baseline
     analogy_protocols: pd.DataFrame | None = None
     forecast: pd.DataFrame | None = None  # results/forecast.parquet as given (timevec.adapt.forecast)
+    group_swaps: pd.DataFrame | None = None  # results/group_swaps.parquet as given (timevec.adapt.group_swaps)
 
 
 def analyze(cells: pd.DataFrame, gram: np.ndarray | None = None,
             keys: Sequence[Key] | None = None, interpolation: pd.DataFrame | None = None,
             analogy: pd.DataFrame | None = None, soups: pd.DataFrame | None = None,
-            analogy_grid: pd.DataFrame | None = None, forecast: pd.DataFrame | None = None) -> Analysis:
+            analogy_grid: pd.DataFrame | None = None, forecast: pd.DataFrame | None = None,
+            group_swaps: pd.DataFrame | None = None) -> Analysis:
     """Run every analysis on the available tables (the Gram matrix and the optional tables may be
     absent: a partial study still gets every number it can support).
 
@@ -174,5 +176,5 @@ def analyze(cells: pd.DataFrame, gram: np.ndarray | None = None,
     protocols = interpolation_protocols(interpolation, cells, soups)
     analogy_protos = analogy_protocols(analogy_grid, analogy)
     partial = Analysis(rel, diag, decay, stripes, sim, simc, svd, svdc, interp, ana, head, pd.DataFrame(),
-                       protocols, analogy_protos, forecast)
+                       protocols, analogy_protos, forecast, group_swaps)
     return partial._replace(findings=findings_table(partial))

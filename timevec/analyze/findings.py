@@ -58,6 +58,9 @@ PAPER_CLAIMS: dict[str, tuple[str, str]] = {
     "analogy vs τ_task(j)": ("> 0", "the task analogy improves the task model of period j on period k"),
     "analogy vs τ_task(j) scaled": ("> 0", "the analogy adds something beyond scaling τ_task(j) alone"),
     "analogy vs latest vector": ("> 0", "the analogy beats simply using the latest task vector before k"),
+    "group swap: gap share": ("not tested",
+                              "the share of the gap between τ_j and the in-period τ_k on k that one parameter group "
+                              "of τ_k closes when swapped into τ_j (1: all of it)"),
     "interpolation vs midpoint": ("not tested (> 0 = time)",
                                   "a time-aware α beats the fixed α = 0.5: the gain is time, not averaging"),
 }
@@ -224,12 +227,34 @@ def _forecast_rows(forecast: pd.DataFrame | None) -> list[dict[str, Any]]:
                          & ~forecast["method"].isin(["latest", "base"])]
     for (task, method), grp in ahead.groupby(["task", "method"], sort=True):
         higher = bool(grp["higher_is_better"].iloc[0])
-        gains = grp["gain_vs_latest"] if higher else grp["gain_vs_latest_pct"]
+        column = "gain_vs_latest" if higher else "gain_vs_latest_pct"
+        gains = grp[column]
         mean, low, high = _mean_ci(gains.astype(float).tolist())
         n = int(gains.notna().sum())
+        how = "" if n > 1 else ": no interval"
+        if n == 1 and f"{column}_low" in grp and not math.isnan(float(grp[f"{column}_low"].iloc[0])):
+            low, high = float(grp[f"{column}_low"].iloc[0]), float(grp[f"{column}_high"].iloc[0])
+            how = ": paired bootstrap over its test examples"
         rows.append(_row("forecast vs latest vector", f"{task} {method}", mean, low, high, "points" if higher else "%",
                          "n/a" if math.isnan(mean) else verdict(low, high, 0.0, "below"),
-                         f"past-only; δ = 1; {n} target(s)" + ("" if n > 1 else ": no interval")))
+                         f"past-only; δ = 1; {n} target(s){how}"))
+    return rows
+
+
+def _swap_rows(swaps: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """One row per (task, group): the gap share, mean over the (j, k) pairs, with the cells' paired
+    bootstrap interval (one pair: its interval; several: the mean of their bounds, which is at
+    least as wide as the interval of the mean when the pairs' test splits are independent)."""
+    rows: list[dict[str, Any]] = []
+    if swaps is None or swaps.empty or "gap_share_low" not in swaps:
+        return rows
+    for (task, group), grp in swaps.dropna(subset=["gap_share"]).groupby(["task", "group"], sort=True):
+        n = len(grp)
+        low, high = float(grp["gap_share_low"].mean()), float(grp["gap_share_high"].mean())
+        rows.append(_row("group swap: gap share", f"{task} {group}", float(grp["gap_share"].mean()), low, high, "share",
+                         "n/a" if math.isnan(low) else verdict(low, high, 0.0, "above"),
+                         f"{n} (j, k) pair(s); paired bootstrap over k's test examples"
+                         + ("" if n == 1 else ", bounds averaged over pairs")))
     return rows
 
 
@@ -266,6 +291,7 @@ def findings_table(analysis: Analysis) -> pd.DataFrame:
         *_interpolation_rows(analysis.interpolation_protocols),
         *_analogy_rows(analysis.analogy_protocols),
         *_forecast_rows(getattr(analysis, "forecast", None)),
+        *_swap_rows(getattr(analysis, "group_swaps", None)),
     ]
     return pd.DataFrame(rows, columns=FINDINGS_COLUMNS)
 

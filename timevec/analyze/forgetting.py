@@ -8,6 +8,10 @@ t, against the score it had on s right after learning s (lag t − s, in periods
   cells are the continual store's ordinary ``cells`` table;
 - ``independent``: θ_pre + τ_t, each period fine-tuned from θ_pre alone — "updating" by
   replacing the model with the newest one; its cells are the independent study's ``cells``;
+- ``equal_steps``: the continual chain's control, θ_pre + τ^e_t with τ^e_t trained from θ_pre on t
+  alone for as many steps as the chain has by t (``training.mode: equal_steps``); its cells are the
+  equal-steps store's ``cells``. Continual forgetting less than ``equal_steps`` at the same (s, t) is
+  retention; forgetting as much is "the chain merely trained longer";
 - ``merged``: θ_pre + mean(τ_1 … τ_t), the running uniform average of the independent vectors
   (the config's ``merge:`` method combines them, task arithmetic by default); its cells are
   evaluated by the forgetting stage into ``merged_cells`` (the first period's mean is τ_1 itself,
@@ -32,7 +36,7 @@ from timevec.evaluate.gains import gain, gain_pct, higher_is_better
 
 __all__ = ["MODES", "MergedItem", "by_lag", "forgetting_rows", "merged_vector_name", "plan_merged"]
 
-MODES = ("continual", "independent", "merged")
+MODES = ("continual", "equal_steps", "independent", "merged")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ def forgetting_rows(
     continual: pd.DataFrame | None,
     independent: pd.DataFrame | None,
     merged: pd.DataFrame | None,
+    equal_steps: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The ``forgetting`` table (:data:`timevec.results.FORGETTING_COLUMNS`).
 
@@ -102,7 +107,8 @@ def forgetting_rows(
     period's merged state is the independent vector itself. A (mode, s, t) without a cell is left out.
     """
     ind = _values(independent)
-    cells = {"continual": _values(continual), "independent": ind, "merged": {**_values(merged)}}
+    cells = {"continual": _values(continual), "equal_steps": _values(equal_steps), "independent": ind,
+             "merged": {**_values(merged)}}
     for (task, granularity), periods in periods_of.items():  # mean(τ_1) = τ_1
         for s in periods:
             key = (task, granularity, periods[0], s)

@@ -31,11 +31,9 @@ from timevec.config.sections import (
     _Strict,
 )
 from timevec.config.stages import (
-    FORECAST_METHODS,
     AnalogyConfig,
     EvaluationConfig,
     ForecastConfig,
-    ForecastMethod,
     GroupsConfig,
     InterpolationConfig,
     MergeConfig,
@@ -51,7 +49,7 @@ __all__ = [
     "TASKS", "AnalogyConfig", "BaseConfig", "CapConfig", "ConfigError", "CorpusConfig", "EvaluationConfig",
     "ExperimentConfig", "ForecastConfig", "GroupsConfig", "InterpolationConfig", "LoraConfig", "MergeConfig",
     "PeriodRange", "PretrainConfig", "ProbeConfig", "RayConfig", "SplitConfig", "StoreConfig", "Task", "TinyModel",
-    "TrainingConfig", "dump_config", "load_config", "FORECAST_METHODS", "ForecastMethod", "MergeMethodName", "Pooling",
+    "TrainingConfig", "dump_config", "load_config", "MergeMethodName", "Pooling",
     "SignMethod",
 ]
 

@@ -198,9 +198,11 @@ class TrainingConfig(_Strict):
         default_factory=dict,
         description="per-granularity overrides applied after the task's, e.g. {month: {steps: 40}} (a month has ~1/12 of a year's text)",
     )
-    mode: Literal["independent", "continual"] = Field(
+    mode: Literal["independent", "continual", "equal_steps"] = Field(
         "independent",
-        description="continual: the run for period t starts from θ_pre + τ_{t−1} (timevec.train.continual); τ_t is still θ_t − θ_pre",
+        description="continual: the run for period t starts from θ_pre + τ_{t−1} (timevec.train.continual); τ_t is still θ_t − θ_pre. "
+                    "equal_steps: the continual chain's control, an independent run from θ_pre trained for as many steps as "
+                    "the chain has by period t ((position of t + 1) × steps)",
     )
     replay: float = Field(
         0.0, ge=0.0, le=1.0,
@@ -213,6 +215,8 @@ class TrainingConfig(_Strict):
             raise ValueError(f"training.replay must be a finite fraction in [0, 1] (got {self.replay})")
         if self.replay > 0 and self.mode != "continual":
             raise ValueError(f"training.replay {self.replay} needs training.mode: continual (got mode {self.mode!r})")
+        if self.mode == "equal_steps" and self.steps is None:
+            raise ValueError("training.mode equal_steps multiplies training.steps by the chain position: set training.steps")
         for where, overrides in (("task_overrides", self.task_overrides), ("granularity_overrides", self.granularity_overrides)):
             for key, fields in overrides.items():
                 if "mode" in fields:

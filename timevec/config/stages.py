@@ -95,9 +95,13 @@ class MergeConfig(_Strict):
     seed: int | None = Field(None, description="dare_*: seed of the drop masks; default: the experiment seed")
 
 
-#: The forecast methods a config can choose (the baselines base, latest and in_period are always evaluated).
-ForecastMethod = Literal["taylor", "trend", "ema", "scaled_latest", "uniform_soup"]
-FORECAST_METHODS: tuple[ForecastMethod, ...] = ("taylor", "trend", "ema", "scaled_latest", "uniform_soup")
+def _forecast_methods() -> tuple[str, ...]:
+    """The forecast methods a config can choose: every method of the registry
+    (:mod:`timevec.adapt.forecast_methods`) but ``latest``, which is always evaluated with the
+    baselines base and in_period. Imported when validated (the registry's methods live in ``adapt``)."""
+    from timevec.adapt.forecast_methods import method_names
+
+    return tuple(m for m in method_names() if m != "latest")
 
 
 class ForecastConfig(_Strict):
@@ -113,7 +117,10 @@ class ForecastConfig(_Strict):
     ema_decay: float = Field(0.5, gt=0.0, lt=1.0, description="β: the EMA weighs a vector k periods old by β^k")
     lambdas: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5],
                                  description="the grid of λ for scaled_latest (λ·τ_latest), chosen on the past")
-    methods: list[ForecastMethod] = Field(default_factory=lambda: list(FORECAST_METHODS))
+    subspace_max_rank: int = Field(3, ge=1, description="subspace: the most principal coordinates k (k chosen past-only)")
+    subspace_max_order: int = Field(2, ge=0, description="subspace: the highest AR order p (p, d chosen past-only)")
+    methods: list[str] = Field(default_factory=lambda: list(_forecast_methods()),
+                               description="registered forecast methods (timevec.adapt.forecast_methods); default: all")
 
     @field_validator("lambdas")
     @classmethod
@@ -130,6 +137,11 @@ class ForecastConfig(_Strict):
     def _some_methods(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("forecast.methods is empty")
+        known = _forecast_methods()
+        unknown = [m for m in value if m not in known]
+        if unknown:
+            raise ValueError(f"forecast.methods: unknown method(s) {unknown} (known: {', '.join(known)}; "
+                             "latest, base and in_period are always evaluated)")
         return list(dict.fromkeys(value))
 
 

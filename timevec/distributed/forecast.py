@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import pandas as pd
 
 from timevec import results
@@ -76,8 +77,9 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[forecast.Fo
     for task in config.tasks:
         stored = sort_periods(p for _, p in store.list_vectors(task))
         for granularity in config.granularities:
-            planned, note = forecast.plan_forecast(task, granularity, config.period_list(granularity), stored,
-                                                   config.forecast.horizon, params, config.forecast.methods, done)
+            planned, note = forecast.plan_forecast(
+                task, granularity, config.period_list(granularity), stored, config.forecast.horizon, params,
+                config.forecast.methods, done, gram_of=lambda past, task=task: past_gram(store, task, past))
             if note:
                 notes.append(note)
             items.extend(planned)
@@ -85,6 +87,12 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[forecast.Fo
                 targets, _ = needed.setdefault((task, granularity), (set(), item.past[-1]))
                 targets.update(item.targets)
     return items, needed, notes
+
+
+def past_gram(store: VectorStore, task: str, past: tuple[str, ...]) -> np.ndarray:
+    """The Gram matrix of ``task``'s past vectors (streamed, checksum-verified; exact from LoRA factors)."""
+    log.info("forecast %s: Gram matrix of the %d past vectors %s", task, len(past), ",".join(past))
+    return store.gram([(task, p) for p in past])
 
 
 def _splits(config: ExperimentConfig, store: VectorStore, needed: Needed) -> SplitSets:
@@ -119,9 +127,9 @@ def _compute(config: ExperimentConfig, store: VectorStore, items: list[forecast.
     def failed(failure: Failure) -> None:
         log.error("%s failed: %s", _label(failure.item), failure.text)
 
-    # The longest first: scaled_latest chooses λ (one evaluation per λ), taylor/trend evaluate each target alone.
-    cost = {"scaled_latest": 0, "taylor": 1, "trend": 1, "in_period": 1}
-    ordered = sorted(items, key=lambda i: cost.get(i.method, 2))
+    # The longest first (each registered method's cost): scaled_latest chooses λ (one evaluation per λ),
+    # taylor/trend evaluate each target alone.
+    ordered = sorted(items, key=lambda i: forecast.method_cost(i.method))
     outcome = drive(
         _ForecastActor, (config, store), config.ray, ordered,
         lambda: [_splits(config, store, needed), known_cells(store)],

@@ -94,7 +94,9 @@ def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -
         if outcome.failures:
             names = ", ".join(f.item.vector for f in outcome.failures)
             raise failure_error(f"{len(outcome.failures)} merged state(s) failed: {names}", outcome.failures)
-    table = forgetting.forgetting_rows(periods_of, _cells(store, results.CELLS_TABLE), _cells(root, results.CELLS_TABLE),  # type: ignore[arg-type]  # Literal keys are str keys
-                                       _cells(store, results.MERGED_CELLS_TABLE))
+    equal = VectorStore.from_config(root_config.with_overrides(
+        [f"store.url={continual.mode_url(root_config.store.url, mode='equal_steps')}"]).store)
+    table = forgetting.forgetting_rows(periods_of, _cells(store, results.CELLS_TABLE), _cells(root, results.CELLS_TABLE),
+                                       _cells(store, results.MERGED_CELLS_TABLE), _cells(equal, results.CELLS_TABLE))  # type: ignore[arg-type]  # Literal keys are str keys
     store.write_table(results.FORGETTING_TABLE, table)
     return table

@@ -50,7 +50,7 @@ def ensure_ray(cfg: RayConfig) -> None:
         return
     log.info("starting a local Ray cluster with %s CPUs", cfg.num_cpus or "all")
     context = ray.init(
-        address="local",  # a new local cluster even when another one's address is on record (ray start)
+        address="local",  # a NEW local cluster: never attach to another user's `ray start` cluster on this machine
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.dashboard,
         log_to_driver=_verbose,

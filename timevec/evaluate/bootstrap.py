@@ -66,6 +66,8 @@ __all__ = [
     "percentile_interval",
     "perplexity_interval",
     "perplexity_of",
+    "interval_of",
+    "replicates",
     "resample_counts",
     "resample_indices",
 ]
@@ -142,10 +144,31 @@ def percentile_interval(statistic: Statistic, n: int, samples: int = 1000, confi
         raise ValueError(f"samples must be ≥ 0, got {samples}")
     if samples == 0 or n < 2:
         return NO_INTERVAL
+    tail = (1.0 - confidence) / 2.0
+    return Interval(*_quantiles(replicates(statistic, n, samples, seed), (tail, 1.0 - tail)))
+
+
+def replicates(statistic: Statistic, n: int, samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """The ``samples`` resampled values of ``statistic`` (the shared resamples of ``(n, seed)``), in
+    resample order: replicate b of two cells on the same split used the same example draw, so a
+    function of several cells (a gap share) recomputed per b is a paired bootstrap of it. Empty when
+    ``samples`` is 0 or ``n`` < 2."""
+    if samples == 0 or n < 2:
+        return np.empty(0)
     blocks = resample_counts(n, samples, seed)
     values = statistic(blocks[0]) if len(blocks) == 1 else np.concatenate([statistic(w) for w in blocks])
+    return np.asarray(values, dtype=np.float64)
+
+
+def interval_of(values: np.ndarray, confidence: float = 0.95) -> Interval:
+    """The percentile interval of resampled values (NaN values, e.g. an undefined ratio, left out);
+    :data:`NO_INTERVAL` when none is left."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return NO_INTERVAL
     tail = (1.0 - confidence) / 2.0
-    return Interval(*_quantiles(np.asarray(values, dtype=np.float64), (tail, 1.0 - tail)))
+    return Interval(*_quantiles(values, (tail, 1.0 - tail)))
 
 
 def _quantiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:

@@ -154,10 +154,12 @@ class CellEvaluator:
 
     # -------------------------------------------------------------- building blocks
 
-    def evaluate_split(self, split: EvalSplit) -> dict[str, Any]:
-        """The model as it is now on one split: the metric dict plus ``seconds``."""
+    def evaluate_split(self, split: EvalSplit, keep_replicates: bool = False) -> dict[str, Any]:
+        """The model as it is now on one split: the metric dict plus ``seconds`` (and the bootstrap
+        ``replicates`` when asked: :func:`timevec.evaluate.metrics.evaluate`)."""
         began, cpu = time.perf_counter(), time.process_time()
-        result = evaluate(self.model, split, self.config.evaluation, self.device, tokenizer=self.tokenizer)
+        result = evaluate(self.model, split, self.config.evaluation, self.device, tokenizer=self.tokenizer,
+                          keep_replicates=keep_replicates)
         seconds = time.perf_counter() - began
         self.stats.forward_seconds += seconds
         self.stats.forward_cpu_seconds += time.process_time() - cpu
@@ -165,7 +167,7 @@ class CellEvaluator:
         return {**result, "seconds": seconds}
 
     def evaluate_weights(
-        self, combination: Sequence[tuple[float, TimeVector]], splits: Iterable[EvalSplit]
+        self, combination: Sequence[tuple[float, TimeVector]], splits: Iterable[EvalSplit], keep_replicates: bool = False
     ) -> list[dict[str, Any]]:
         """θ_pre + Σ cᵢ·τᵢ (or :attr:`merge` of ≥ 2 terms) on every split, then θ_pre restored exactly (even on error).
 
@@ -179,7 +181,7 @@ class CellEvaluator:
         with patched:
             self.stats.patch_seconds += time.perf_counter() - began
             for split in splits:
-                rows.append({"task": split.task, "test_period": split.period, **self.evaluate_split(split)})
+                rows.append({"task": split.task, "test_period": split.period, **self.evaluate_split(split, keep_replicates)})
             began = time.perf_counter()  # the restore, on leaving the block
         self.stats.patch_seconds += time.perf_counter() - began
         return rows

@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -287,6 +288,7 @@ def evaluate(
     eval_cfg: EvaluationConfig,
     device: torch.device | str | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    keep_replicates: bool = False,
 ) -> dict:
     """The task metric of ``model`` (as it is now) on ``split``.
 
@@ -296,6 +298,8 @@ def evaluate(
     decode). ``low``/``high``: the percentile bootstrap interval of ``value`` over the split's
     examples (:mod:`timevec.evaluate.bootstrap`; ``eval_cfg.bootstrap_samples`` resamples at
     ``eval_cfg.confidence``), NaN when it is off or the split has fewer than 2 examples.
+    ``keep_replicates``: also ``replicates``, the B resampled values (:func:`bootstrap.replicates`:
+    the same draws for every cell of the split, so functions of several cells can be bootstrapped paired).
     ``n_tokens`` counts the tokens the model scored (lm, classification: over every candidate) or
     generated (summarization). The model is put in eval mode and left on its device; ``device``
     defaults to the model's.
@@ -317,10 +321,14 @@ def evaluate(
                 n_tokens = int(counts.sum())
                 value = math.exp(float(sums.sum()) / n_tokens) if n_tokens else math.inf
                 interval = bootstrap.perplexity_interval(sums.numpy(), counts.numpy(), **resamples)
+                loss, tokens = sums.numpy().astype(np.float64), counts.numpy().astype(np.int64)
+                statistic, n_stat = (lambda w: bootstrap.perplexity_of(loss, tokens, w)), len(loss)
             elif split.task == "classification":
                 pred, n_tokens = classify(model, split, eval_cfg.batch_size, device)
                 value = macro_f1(list(split.gold), pred)
                 interval = bootstrap.macro_f1_interval(list(split.gold), pred, **resamples)
+                g, p, labels = bootstrap.encode_labels(list(split.gold), pred)
+                statistic, n_stat = (lambda w: bootstrap.macro_f1_of(g, p, len(labels), w)), len(g)
             else:
                 if tokenizer is None:
                     raise EvaluationError("summarization needs the tokenizer to decode the generated summaries")
@@ -328,10 +336,12 @@ def evaluate(
                 scores = rouge_l_scores(list(split.references), hypotheses)
                 value = sum(scores) / len(scores) if scores else 0.0  # = rouge_l(references, hypotheses)
                 interval = bootstrap.mean_interval(scores, **resamples)
+                x = np.asarray(scores, dtype=np.float64)
+                statistic, n_stat = (lambda w: bootstrap.mean_of(x, w)), len(x)
     finally:
         if was_training:
             model.train()
-    return {
+    out = {
         "metric": metric,
         "value": float(value),
         "low": interval.low,
@@ -340,3 +350,7 @@ def evaluate(
         "n_examples": split.n_examples,
         "n_tokens": n_tokens,
     }
+    if keep_replicates:
+        out["replicates"] = bootstrap.replicates(statistic, n_stat, eval_cfg.bootstrap_samples,
+                                                 eval_cfg.bootstrap_seed)
+    return out

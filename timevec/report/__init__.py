@@ -63,7 +63,8 @@ def build_report(tables: Mapping[str, pd.DataFrame | None], gram: np.ndarray | N
     have_gram = gram is not None and len(key_list) > 0
     res = an.analyze(cells, gram if have_gram else None, key_list if have_gram else None,
                      interp, analogy, soups=tables.get(results.SOUPS_TABLE),
-                     analogy_grid=tables.get(results.ANALOGY_TABLE), forecast=forecast)
+                     analogy_grid=tables.get(results.ANALOGY_TABLE), forecast=forecast,
+                     group_swaps=tables.get(results.GROUP_SWAPS_TABLE))
     figures: list[Figure] = []
     notes: list[str] = []
     if not res.rel.empty:

@@ -16,6 +16,7 @@ from timevec.report.plotting import Figure, WriteTable, new_figure, to_png
 __all__ = ["forgetting_figures"]
 
 _LABELS = {"continual": "continual (chain: t starts from t−1)", "independent": "independent (θ_pre + τ_t)",
+           "equal_steps": "equal steps (θ_pre + τ_t trained as long as the chain)",
            "merged": "merged (θ_pre + mean τ_1..τ_t)"}
 
 

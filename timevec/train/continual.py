@@ -31,16 +31,38 @@ if TYPE_CHECKING:
     from timevec.store import VectorStore
     from timevec.train.plan import RunSpec
 
-__all__ = ["MODE_DIR", "chains", "for_mode", "independent_url", "mix_replay", "mode_url", "next_wave", "predecessor"]
+__all__ = ["EQUAL_STEPS_DIR", "MODE_DIR", "chain_position", "chains", "for_mode", "independent_url", "mix_replay",
+           "mode_url", "next_wave", "predecessor", "run_steps"]
 
 MODE_DIR = "continual"
+#: The equal-steps control's store: ``<study>/continual-equal-steps`` (a continual-family store: same θ_pre).
+EQUAL_STEPS_DIR = f"{MODE_DIR}-equal-steps"
 T = TypeVar("T")
 
 
-def mode_url(url: str, replay: float = 0.0) -> str:
-    """Where the continual vectors of the study in ``url`` live (one store per replay fraction)."""
+def mode_url(url: str, replay: float = 0.0, mode: str = "continual") -> str:
+    """Where the continual vectors of the study in ``url`` live (one store per replay fraction), or
+    with ``mode="equal_steps"`` its equal-steps control's."""
+    if mode == "equal_steps":
+        return f"{url.rstrip('/')}/{EQUAL_STEPS_DIR}"
     leaf = MODE_DIR if replay == 0 else f"{MODE_DIR}-replay-{replay:g}"
     return f"{url.rstrip('/')}/{leaf}"
+
+
+def chain_position(config: ExperimentConfig, run: RunSpec) -> int:
+    """1 for a chain's first period, 2 for the second, …: how many periods the chain has learned by ``run``."""
+    periods = config.period_list(run.granularity)
+    if run.period not in periods:
+        raise ValueError(f"run {run.key}: period {run.period} is not one of the study's {run.granularity} periods")
+    return periods.index(run.period) + 1
+
+
+def run_steps(config: ExperimentConfig, run: RunSpec, steps: int | None) -> int | None:
+    """The run's ``training.steps``: in ``equal_steps`` mode (the continual chain's control) the
+    chain's total by this period, ``chain_position × steps``; otherwise ``steps`` unchanged."""
+    if config.training.mode != "equal_steps" or steps is None:
+        return steps
+    return chain_position(config, run) * steps
 
 
 def independent_url(url: str) -> str:
@@ -54,15 +76,16 @@ def independent_url(url: str) -> str:
 def for_mode(config: ExperimentConfig) -> ExperimentConfig:
     """The config a stage runs with: in continual mode its store (and Ray storage) moved to the mode's
     store, which gets the independent study's θ_pre when that exists (one base for both modes)."""
-    if config.training.mode != "continual":
+    mode = config.training.mode
+    if mode not in ("continual", "equal_steps"):
         return config
     from timevec.store import VectorStore
     from timevec.train.replicates import share_base
 
     replay = config.training.replay
-    overrides = [f"store.url={mode_url(config.store.url, replay)}"]
+    overrides = [f"store.url={mode_url(config.store.url, replay, mode)}"]
     if config.ray.storage_path:
-        overrides.append(f"ray.storage_path={mode_url(config.ray.storage_path, replay)}")
+        overrides.append(f"ray.storage_path={mode_url(config.ray.storage_path, replay, mode)}")
     moved = config.with_overrides(overrides)
     share_base(VectorStore.from_config(config.store), VectorStore.from_config(moved.store), config.store.target_shard_bytes)
     return moved
@@ -145,6 +168,9 @@ def start_manifest(config: ExperimentConfig, run: RunSpec, store: VectorStore, r
     """What a run's manifest records about its start: mode, predecessor (and its shards' digests), replay."""
     before = predecessor(config, run)
     out: dict[str, Any] = {"mode": config.training.mode}
+    if config.training.mode == "equal_steps":
+        out["equal_steps"] = {"chain_position": chain_position(config, run),
+                              "steps": run_steps(config, run, config.training.steps)}
     if config.training.mode == "continual":
         shas = [shard_digest(s) for s in store.manifest(run.task, before)["shards"]] if before else []
         out["continual"] = {

@@ -97,6 +97,9 @@ class RunJob:
         self.base = {name: p.detach().clone() for name, p in float_parameters(self.model).items()}
         self.encoder_decoder = is_encoder_decoder(self.model)
         self.training = config.training.for_task(run.task, run.granularity)
+        steps = continual.run_steps(config, run, self.training.steps)  # equal_steps: the chain's total so far
+        if steps != self.training.steps:
+            self.training = self.training.model_copy(update={"steps": steps})
         examples = task_examples(
             run.task, corpus, run.period, "train", self.tokenizer, self.encoder_decoder,
             self.training.max_length, self.training.seed,
