@@ -314,7 +314,7 @@ class _StderrHandler(logging.StreamHandler):
     """A stream handler on whatever ``sys.stderr`` is when a line is written (pytest's capsys swaps it)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter

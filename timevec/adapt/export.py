@@ -299,7 +299,7 @@ def _score(evaluator, config, recipe: Recipe, terms) -> list[dict[str, Any]]:
     from timevec.data.examples import prepare_eval_sets
 
     task = recipe.task or (config.tasks[0] if config.tasks else "lm")
-    tasks_periods: dict[tuple[str, str], str] = {}
+    tasks_periods: dict[tuple[str, str], float | None] = {}
     for row in recipe.study_rows:
         period = row.get("test_period") or row.get("target_period") or row.get("period")
         if period and row.get("split", "test") == "test" and "selection" not in row:

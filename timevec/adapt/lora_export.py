@@ -93,7 +93,7 @@ def write_adapter(model: torch.nn.Module, terms: Sequence[tuple[float, Any]], me
     peft_model.peft_config["default"].base_model_name_or_path = base_id  # get_peft_model takes the model's (none here)
     with torch.no_grad():
         for module_name, (b, a) in modules.items():
-            layer = peft_model.base_model.model.get_submodule(module_name)
+            layer: Any = peft_model.base_model.model.get_submodule(module_name)  # type: ignore[union-attr]  # a peft LoRA layer
             lora_a, lora_b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
             lora_a.zero_()
             lora_b.zero_()

@@ -87,7 +87,8 @@ def no_interval_reason(row: dict[str, Any], findings: pd.DataFrame | None = None
     if not _nan(row.get("n_seeds")):  # over seeds (timevec.train.replicates): the interval is over the seeds
         n, noun = int(row["n_seeds"]), "seed"
     else:
-        n, noun = _count(row, findings), _COUNTS.get(row["finding"], ("", "value"))[1]
+        count, noun = _count(row, findings), _COUNTS.get(row["finding"], ("", "value"))[1]
+        n = count if count is not None else 0
     if n == 1:
         return f"one {noun}"
     if n == 0:

@@ -157,7 +157,7 @@ def _own_splits(values: pd.Series, origin: str, column: str) -> list[Split]:
     if unknown:
         raise CorpusError(f"{origin}: split column {column!r} holds {', '.join(map(repr, unknown[:5]))}, not one of "
                           f"{', '.join(sorted(SPLIT_NAMES))}")
-    return [SPLIT_NAMES[n] for n in names]
+    return [SPLIT_NAMES[n] for n in names]  # type: ignore[misc]  # SPLIT_NAMES maps onto the Split literals
 
 
 def _rank(key: str) -> str:

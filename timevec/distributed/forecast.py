@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -79,7 +80,7 @@ def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[forecast.Fo
         for granularity in config.granularities:
             planned, note = forecast.plan_forecast(
                 task, granularity, config.period_list(granularity), stored, config.forecast.horizon, params,
-                config.forecast.methods, done, gram_of=lambda past, task=task: past_gram(store, task, past))
+                config.forecast.methods, done, gram_of=partial(past_gram, store, task))
             if note:
                 notes.append(note)
             items.extend(planned)

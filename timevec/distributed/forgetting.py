@@ -96,7 +96,8 @@ def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -
             raise failure_error(f"{len(outcome.failures)} merged state(s) failed: {names}", outcome.failures)
     equal = VectorStore.from_config(root_config.with_overrides(
         [f"store.url={continual.mode_url(root_config.store.url, mode='equal_steps')}"]).store)
-    table = forgetting.forgetting_rows(periods_of, _cells(store, results.CELLS_TABLE), _cells(root, results.CELLS_TABLE),
-                                       _cells(store, results.MERGED_CELLS_TABLE), _cells(equal, results.CELLS_TABLE))  # type: ignore[arg-type]  # Literal keys are str keys
+    table = forgetting.forgetting_rows(periods_of, _cells(store, results.CELLS_TABLE),  # type: ignore[arg-type]  # Literal keys are str keys
+                                       _cells(root, results.CELLS_TABLE), _cells(store, results.MERGED_CELLS_TABLE),
+                                       _cells(equal, results.CELLS_TABLE))
     store.write_table(results.FORGETTING_TABLE, table)
     return table

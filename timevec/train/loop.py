@@ -217,10 +217,10 @@ def train(
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id, encoder_decoder).items()}
             # DDP all-reduces gradients on the last micro-step's backward only (its documented no_sync)
             last = micro == cfg.grad_accum - 1
-            sync = forward.no_sync() if forward is not model and not last else nullcontext()
+            sync = forward.no_sync() if forward is not model and not last else nullcontext()  # type: ignore[operator]  # DDP's method
             with sync:
                 with autocast:
-                    sums, counts = token_losses(forward, batch)
+                    sums, counts = token_losses(forward, batch)  # type: ignore[arg-type]  # DDP wraps the model
                 if world > 1:
                     import torch.distributed as dist
 
