@@ -1,5 +1,9 @@
-"""Shared pytest set-up: the gpu marker (slow tests run by default; `-m "not slow"` skips them),
-the real S3 server on loopback, one local Ray."""
+"""Shared pytest set-up: the gpu marker, the real S3 server on loopback, one local Ray.
+
+Every tier runs by default — `make test` and CI run the `slow` tests too; `make test-fast`
+(`-m "not slow"`) leaves them out. Tests needing a real component outside Python (SeaweedFS, Chromium,
+a writable cgroup, root for tmpfs, the real model) go through ``tests/components.py``: they skip
+locally and fail under ``TIMEVEC_REQUIRE_COMPONENTS=1`` (set by ``.ci/run``)."""
 
 from __future__ import annotations
 

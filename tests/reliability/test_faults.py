@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.components import require
 from tests.reliability import (
     copy_store,
     driver_env,
@@ -228,7 +229,7 @@ def test_s3_server_stopped_during_writes_and_restarted(tmp_path: Path, monkeypat
     try:
         server = start_s3_server(tmp_path / "s3")
     except (S3ServerUnavailable, ImportError, OSError) as exc:
-        pytest.skip(f"no local S3 server: {exc}")
+        require("s3", f"no local S3 server: {exc}")
     current = server
     try:
         url = server.url(f"rel-{uuid.uuid4().hex[:8]}")
@@ -289,7 +290,7 @@ def tiny_disk(tmp_path: Path):
         capture_output=True, text=True,
     )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the fsspec ENOSPC test covers the path")
+        require("tmpfs", f"cannot mount a tmpfs here ({result.stderr.strip()})")
     try:
         yield mount_point
     finally:

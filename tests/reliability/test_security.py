@@ -19,6 +19,7 @@ import pytest
 import ray
 import torch
 
+from tests.components import require
 from tests.reliability import (
     REPO,
     cli_subprocess,
@@ -50,7 +51,7 @@ def s3_pipeline(ray_session: str, s3_server, base_store: Path, tmp_path_factory:
     """A tiny pipeline (finetune, evaluate, analyze, report) on S3 with the keys in the environment;
     returns where the keys were found, by kind of output."""
     if ray.get(_worker_env.remote("AWS_SECRET_ACCESS_KEY")) != os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        pytest.skip("Ray was started before the S3 server: its workers lack the server's keys")
+        require("s3", "Ray was started before the S3 server: its workers lack the server's keys")
     secrets = {s3_server.secret_key: "secret key", s3_server.access_key: "access key id"}
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == s3_server.secret_key  # the standard AWS chain holds them
     tmp = tmp_path_factory.mktemp("s3-pipeline")
