@@ -35,7 +35,8 @@ def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
     if started:
         with contextlib.suppress(pytest.skip.Exception, pytest.FixtureLookupError):
             request.getfixturevalue("s3_server")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": always a cluster of our own, never one that `ray start` left in /tmp/ray/ray_current_cluster
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()

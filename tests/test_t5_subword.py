@@ -1,6 +1,6 @@
 """The encoder-decoder path with a real subword tokenizer, offline: the way google-t5/t5-small goes.
 
-A Unigram tokenizer trained on the Rails commits (``tokenizers``) and a T5 built from a
+A Unigram tokenizer trained on a small commit log the test writes (``tests/corpora.py``; ``tokenizers``) and a T5 built from a
 ``T5Config`` are written with ``save_pretrained`` to a directory; ``base: {source: hub, hub_id:
 DIR}`` loads them through the Auto classes. Next-block LM, component classification (labels of
 several subword tokens) and body → subject summarisation (ROUGE-L) run on it, one evaluation
@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.corpora import write_commits
 from timevec.config import BaseConfig, CorpusConfig, EvaluationConfig, TrainingConfig
 from timevec.data.corpus import load_corpus
 from timevec.data.models import base_id, build_model, is_encoder_decoder, lm_examples, load_tokenizer
@@ -26,17 +27,19 @@ from timevec.evaluate.metrics import evaluate, prepare_split
 from timevec.train.loop import task_examples, train
 
 ROOT = Path(__file__).resolve().parents[1]
-RAILS = ROOT.parents[0] / "shared" / "data" / "rails-commits-2012-2020.jsonl.gz"
 
-pytestmark = pytest.mark.skipif(not RAILS.exists(), reason=f"shared corpus {RAILS} is absent on this machine")
-
-CORPUS = dict(source=str(RAILS), label_column="component", summary_source_column="body", summary_target_column="subject",
+CORPUS = dict(label_column="component", summary_source_column="body", summary_target_column="subject",
               caps={"train": 120, "validation": 8, "test": 8})
 
 
 @pytest.fixture(scope="module")
-def rails():
-    return load_corpus(CorpusConfig(**CORPUS))
+def commits_path(tmp_path_factory) -> Path:
+    return write_commits(tmp_path_factory.mktemp("corpus") / "commits.jsonl.gz", start=2016, end=2017)
+
+
+@pytest.fixture(scope="module")
+def rails(commits_path):
+    return load_corpus(CorpusConfig(source=str(commits_path), **CORPUS))
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +70,11 @@ def test_local_t5_directory_loads_through_the_hub_path_and_runs_every_task(t5_di
         assert out["metric"] == metric and out["n_examples"] > 0 and out["value"] == out["value"], task
 
 
-def test_pipeline_end_to_end_on_the_local_t5_directory(t5_dir, tmp_path, ray_session):
+def test_pipeline_end_to_end_on_the_local_t5_directory(t5_dir, commits_path, tmp_path, ray_session):
     config = {
         "name": "t5-unigram-rails",
         "base": {"source": "hub", "hub_id": str(t5_dir)},
-        "corpus": CORPUS,
+        "corpus": {"source": str(commits_path), **CORPUS},
         "granularities": ["year"],
         "periods": {"start": "2016", "end": "2017"},
         "tasks": ["lm", "classification", "summarization"],

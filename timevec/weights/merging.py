@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, get_args
 
 import torch
 
-from timevec.config import MergeMethodName, SignMethod
+from timevec.config.stages import MergeMethodName, SignMethod
 
 if TYPE_CHECKING:
     from timevec.config import ExperimentConfig, MergeConfig
