@@ -70,6 +70,7 @@ def test_local_t5_directory_loads_through_the_hub_path_and_runs_every_task(t5_di
         assert out["metric"] == metric and out["n_examples"] > 0 and out["value"] == out["value"], task
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_on_the_local_t5_directory(t5_dir, commits_path, tmp_path, ray_session):
     config = {
         "name": "t5-unigram-rails",
