@@ -157,7 +157,11 @@ def test_multi_token_labels_with_the_shared_prompt_cache_equal_scoring_each_sequ
     assert torch.allclose(shared.flatten(), -alone, rtol=1e-4, atol=2e-3)
     assert n_tokens == int(counts.sum())
     result = evaluate(model, split, eval_cfg)
-    assert 0.0 <= result["value"] <= 1.0 and result["n_examples"] == 3
+    # reference: scikit-learn's macro-F1 of the labels that scoring each sequence ALONE ranks first
+    from sklearn.metrics import f1_score
+
+    alone_pred = [split.candidates[i] for i in torch.argmax(-alone.view(len(split.gold), -1), dim=1).tolist()]
+    assert result["value"] == pytest.approx(f1_score(list(split.gold), alone_pred, average="macro")) and result["n_examples"] == 3
 
 
 def test_bad_real_model_input_is_a_config_error_naming_the_path(tmp_path, smollm2_base):
