@@ -340,8 +340,10 @@ def test_disk_full_on_a_real_tiny_filesystem(tiny_disk: Path) -> None:
     assert store.get_vector("lm", "2015").equal(_vec(2)) and store.verify() == []
 
 
-def test_disk_full_on_an_object_store(tmp_path: Path) -> None:
-    """The same through fsspec: a filesystem whose writes raise ENOSPC once a byte budget is spent."""
+def test_enospc_from_an_fsspec_filesystem_mid_vector(tmp_path: Path) -> None:
+    """The same through the store's fsspec path (not an object store: an in-memory fsspec filesystem whose
+    writes raise ENOSPC once a byte budget is spent): a clear error mid-vector, nothing published, and a
+    results table refused the same way."""
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
 
