@@ -50,6 +50,7 @@ def _start_or_attach(cfg: RayConfig) -> None:
         return
     log.info("starting a local Ray cluster with %s CPUs", cfg.num_cpus or "all")
     context = ray.init(
+        address="local",  # a cluster of our own, not one a `ray start` recorded in /tmp/ray/ray_current_cluster
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.dashboard,
         log_to_driver=_verbose,
