@@ -92,6 +92,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three CLI runs (the study, its extension, continual mode): 876 s once at load ~12-47 on 2 cores
 def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path, capsys):
     store = tmp_path / "store"
     # one analogy pair per target (2015 → k) on a 1 × 2 × 1 grid: the search's own tests cover the grid
