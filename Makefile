@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo
 REAL_STAMP := $(VENV)/.real-model
 
-.PHONY: install real-model demo test test-all lint lock clean
+.PHONY: install real-model demo test test-fast test-all lint lock clean
 
 # The venv with torch's CPU build (installed FIRST: a later, unpinned torch would pull a multi-GB CUDA build).
 $(PY):
@@ -51,14 +51,16 @@ $(REAL_STAMP): $(STAMP)
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/timevec demo
 
-# The behaviour tests (what CI runs), the real-model ones included, without the long end-to-end
-# ones marked `slow` (≈ 7 min more on 2 cores: CI's 25-minute budget has no room for them);
-# `make test-all` runs every test.
+# Every test (what CI runs: .ci/run), the real-model ones and the long end-to-end ones marked `slow`
+# included; tests marked `gpu` skip where there is no CUDA device. PYTEST_ARGS adds options (-rs, -x, ...).
+# `make test-fast`: the quick loop, without the `slow` tier. `make test-all`: the same as `make test`.
 test: $(STAMP) $(REAL_STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-all: $(STAMP) $(REAL_STAMP)
-	$(PY) -m pytest -q
+test-fast: $(STAMP) $(REAL_STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: test
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

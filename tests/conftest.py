@@ -1,5 +1,9 @@
-"""Shared pytest set-up: the gpu marker (slow tests run by default; `-m "not slow"` skips them),
-the real S3 server on loopback, one local Ray."""
+"""Shared pytest set-up: the gpu marker, the real S3 server on loopback, one local Ray.
+
+Every tier runs by default — `make test` and CI run the `slow` tests too; `make test-fast`
+(`-m "not slow"`) leaves them out. Tests needing a real component outside Python (SeaweedFS, Chromium,
+a writable cgroup, root for tmpfs, the real model) go through ``tests/components.py``: they skip
+locally and fail under ``TIMEVEC_REQUIRE_COMPONENTS=1`` (set by ``.ci/run``)."""
 
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
     if started:
         with contextlib.suppress(pytest.skip.Exception, pytest.FixtureLookupError):
             request.getfixturevalue("s3_server")
-        # address="local": a new cluster even where a `ray start` head on this machine left its address on record
+        # address="local": always a cluster of our own, never one that `ray start` left in /tmp/ray/ray_current_cluster
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     if started:

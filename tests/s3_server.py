@@ -6,7 +6,8 @@ random per session and goes into ``os.environ`` (the standard AWS chain that s3f
 store read); nothing else ever sees it. ``stop()`` puts the previous environment back.
 
 The pytest fixture ``s3_server`` (session scope) is imported by ``tests/conftest.py``; when the
-``weed`` binary is missing or does not start, tests using it are skipped with the reason.
+``weed`` binary is missing or does not start, tests using it skip with the reason, or fail under
+``TIMEVEC_REQUIRE_COMPONENTS=1`` (``tests/components.py``, component ``s3``).
 """
 
 from __future__ import annotations
@@ -235,11 +236,13 @@ def _wait_ready(server: S3Server, timeout: float) -> None:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A SeaweedFS S3 endpoint for the whole test session (skipped when it cannot start)."""
+    """A SeaweedFS S3 endpoint for the whole test session (component ``s3``: skips or fails when it cannot start)."""
+    from tests.components import require
+
     try:
         server = start_s3_server(tmp_path_factory.mktemp("s3"))
     except (S3ServerUnavailable, ImportError, OSError) as exc:
-        pytest.skip(f"no local S3 server: {exc}")
+        require("s3", f"no local S3 server: {exc}")
     try:
         yield server
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import timevec.demo as timevec_demo
 from tests.reliability import run_cli
 from timevec.pipeline import STAGES
 
@@ -117,6 +119,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three CLI runs (the study, its extension, continual mode): 876 s once at load ~12-47 on 2 cores
 def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path, capsys):
     store = tmp_path / "store"
     # one analogy pair per target (2015 → k) on a 1 × 2 × 1 grid: the search's own tests cover the grid
@@ -189,6 +192,26 @@ def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path, caps
     pairs = pd.read_parquet(results / "analogy_best.parquet")
     pd.testing.assert_frame_equal(pairs[pairs["target_period"] == "2016"].reset_index(drop=True), best.reset_index(drop=True))
     assert set(pairs["target_period"]) == {"2016", "2017"}
+
+    # the same study in continual mode, once (lm only): the chain's own store beside the independent one,
+    # sharing θ_pre; the forgetting stage compares the chain, the independent vectors and their running
+    # means; the continual report carries the forgetting figure; the independent study is left as it was
+    tiny = Path(timevec_demo.__file__).parent / "tiny.yaml"
+    before = _digests(store / "vectors")
+    chain = timevec("run", str(tiny), "--set", f"store.url={store}", "--set", "training.mode=continual", "--set", "tasks=[lm]",
+                    "--stages", "finetune,evaluate,forgetting,report")
+    assert chain.returncode == 0, chain.stdout[-3000:] + chain.stderr[-5000:]
+    cont = store / "continual"
+    assert sorted(p.name for p in (cont / "vectors" / "lm").iterdir()) == ["2014", "2015", "2016", "2017"]
+    fingerprint = {json.loads((root / "store.json").read_text())["base_fingerprint"] for root in (store, cont)}
+    assert len(fingerprint) == 1  # one θ_pre for both modes
+    forgetting = pd.read_parquet(cont / "results" / "forgetting.parquet")
+    assert set(forgetting["mode"]) == {"continual", "independent", "merged"} and set(forgetting["task"]) == {"lm"}
+    merged = pd.read_parquet(cont / "results" / "merged_cells.parquet")
+    assert set(merged["vector"]) == {f"lm/mean(2014..{t})" for t in ("2015", "2016", "2017")} and len(merged) == 3 * 4
+    assert (cont / "reports" / "forgetting_lm_year.png").exists()
+    assert "Continual updating and forgetting" in (cont / "reports" / "index.html").read_text()
+    assert _digests(store / "vectors") == before
 
     # corrupt one shard: verify names it and exits 1
     shard = next((store / "vectors" / "lm" / "2015").glob("shard-*.safetensors"))

@@ -198,6 +198,108 @@ def test_forgetting_table_against_a_hand_computed_reference() -> None:
     assert list(pd.unique(by_lag(table)["mode"])) == ["continual", "independent", "merged"]
 
 
+# ---------------------------------------------------------------------------- the forgetting stage
+
+
+def _cell_key(frame: pd.DataFrame) -> list[tuple]:
+    return sorted(zip(frame["task"], frame["granularity"], frame["vector"], frame["test_period"]))
+
+
+@pytest.mark.slow
+def test_forgetting_stage_merged_means_equal_a_dense_reference_and_a_killed_stage_resumes(
+        ray_session: str, base, tmp_path: Path) -> None:
+    """The stage through Ray (the interpolation actor pool) on the tiny config in continual mode: every merged
+    state θ_pre + mean(τ_2014 … τ_t) of the independent vectors scores what a dense float64 model built here
+    scores; a stage that loses the rows of its last state (as a SIGKILLed driver does: rows are appended as
+    states finish) evaluates only that state again, and no cell is doubled; then the report's figure."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.reliability import random_vector
+    from timevec.config import dump_config
+    from timevec.data.examples import prepare_eval_sets
+    from timevec.data.models import assign_parameters
+    from timevec.distributed.forgetting import run_forgetting
+    from timevec.evaluate.metrics import evaluate
+
+    root, _corpus = base
+    study = tmp_path / "study"
+    shutil.copytree(root, study)
+    independent = VectorStore(str(study))
+    periods = ["2014", "2015", "2016"]
+    for k, period in enumerate(periods):  # the independent vectors: any τ will do, the reference is dense
+        independent.put_vector("lm", period, random_vector(independent, 10 + k, scale=0.05))
+    study_config = load_config(TINY, [f"store.url={study}", *CHAIN])
+    config = continual.for_mode(study_config)  # the continual store, sharing the study's θ_pre
+    assert config.store.url == continual.mode_url(str(study))
+    store = VectorStore.from_config(config.store)
+
+    table = run_forgetting(config, store)
+    merged = store.read_table(results.MERGED_CELLS_TABLE)
+    names = {f"lm/mean(2014..{t})" for t in ("2015", "2016")}
+    assert set(merged["vector"]) == names and len(merged) == len(names) * len(periods)
+    assert len(set(_cell_key(merged))) == len(merged)
+
+    # the dense reference: float64 θ_pre + mean(τ), built parameter by parameter, scored by the library's metric
+    splits = prepare_eval_sets(config)["test"][("lm", "year")]
+    model, _tokenizer = base_from_store(config.base, store)
+    model = model.double()
+    theta = {n: p.detach().clone() for n, p in float_parameters(model).items()}
+    taus = {p: independent.get_vector("lm", p) for p in periods}
+    for last in ("2015", "2016"):
+        members = periods[: periods.index(last) + 1]
+        mean = {n: sum(taus[p][n].double() for p in members) / len(members) for n in theta}
+        assign_parameters(model, {n: theta[n] + mean[n] for n in theta})
+        for test in periods:
+            want = evaluate(model, splits[test], config.evaluation)["value"]
+            got = merged[(merged["vector"] == f"lm/mean(2014..{last})") & (merged["test_period"] == test)]["value"]
+            assert got.item() == pytest.approx(want, rel=2e-3), (last, test)
+    # the forgetting table: the merged rows are those cells, against the state right after learning s
+    rows = table[table["mode"] == "merged"].set_index(["test_period", "train_period"])
+    value = rows.loc[("2015", "2016"), "value"]
+    assert value == pytest.approx(merged[(merged["vector"] == "lm/mean(2014..2016)") & (merged["test_period"] == "2015")]["value"].item())
+    assert rows.loc[("2015", "2016"), "forgetting_pct"] == pytest.approx(
+        100 * (value - rows.loc[("2015", "2015"), "value"]) / rows.loc[("2015", "2015"), "value"])  # perplexity: up is worse
+
+    # a stage that lost its last state's rows evaluates that state only, and doubles nothing
+    first = merged.sort_values(["vector", "test_period"], ignore_index=True)
+    store.write_table(results.MERGED_CELLS_TABLE, merged[merged["vector"] != "lm/mean(2014..2016)"])
+    run_forgetting(config, store)
+    again = store.read_table(results.MERGED_CELLS_TABLE).sort_values(["vector", "test_period"], ignore_index=True)
+    assert _cell_key(again) == _cell_key(first)
+    assert again["value"].tolist() == pytest.approx(first["value"].tolist(), rel=1e-6)
+
+    # a real kill: the stage's driver (the CLI) SIGKILLed while it evaluates; the next run completes it, nothing doubled
+    store.write_table(results.MERGED_CELLS_TABLE, merged.iloc[:0])
+    path = tmp_path / "continual.yaml"
+    path.write_text(dump_config(study_config))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_session}
+    cmd = [sys.executable, "-m", "timevec.cli", "run", str(path), "--stages", "forgetting"]
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as driver:
+        for line in driver.stdout:
+            if "merged state(s) to evaluate" in line:
+                time.sleep(1.0)
+                os.killpg(driver.pid, signal.SIGKILL)
+                break
+        driver.wait(timeout=120)
+    assert driver.returncode == -signal.SIGKILL
+    run_forgetting(config, store)  # the re-run (in this process: the CLI's start-up is tested above)
+    final = store.read_table(results.MERGED_CELLS_TABLE).sort_values(["vector", "test_period"], ignore_index=True)
+    assert _cell_key(final) == _cell_key(first)
+    assert final["value"].tolist() == pytest.approx(first["value"].tolist(), rel=1e-6)
+
+    # the report's figure: one per (task, granularity), its numbers the table's means by lag
+    from timevec.analyze.forgetting import by_lag
+    from timevec.report.forgetting import forgetting_figures
+
+    figures, tables = [], {}
+    forgetting_figures(table, figures, lambda name, frame: tables.__setitem__(name, frame))
+    assert [f.name for f in figures] == ["forgetting_lm_year"] and list(tables) == ["fig_forgetting_lm_year"]
+    assert figures[0].png[:8] == b"\x89PNG\r\n\x1a\n"
+    pd.testing.assert_frame_equal(tables["fig_forgetting_lm_year"], by_lag(table))
+
 def test_equal_steps_runs_start_from_the_base_and_train_as_long_as_the_chain(base, tmp_path: Path) -> None:
     config, store = _store(base, tmp_path / "equal", "training.mode=equal_steps")
     corpus = base[1]

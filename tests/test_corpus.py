@@ -1,14 +1,12 @@
 import gzip
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.corpora import write_commits
 from timevec.config import CorpusConfig
 from timevec.data.corpus import CorpusError, load_corpus
-
-RAILS = Path(__file__).resolve().parents[2] / "shared" / "data" / "rails-commits-2012-2020.jsonl.gz"
 
 
 def jsonl(tmp_path, rows, name="c.jsonl"):
@@ -114,10 +112,11 @@ def test_demo_tweets_by_year_and_month():
     assert (counts["total"] > 50).all()
 
 
-@pytest.mark.skipif(not RAILS.exists(), reason=f"shared corpus {RAILS} is absent on this machine")
-def test_rails_commits_by_month():
-    cfg = CorpusConfig(source=str(RAILS), label_column="component", summary_source_column="body", summary_target_column="subject")
+def test_commit_log_by_month(tmp_path):
+    """A gzipped JSONL commit log (tests/corpora.py): 9 years of months, a label that appears in 2016."""
+    path = write_commits(tmp_path / "commits.jsonl.gz", start=2012, end=2020, per_month=4)
+    cfg = CorpusConfig(source=str(path), label_column="component", summary_source_column="body", summary_target_column="subject")
     corpus = load_corpus(cfg)
     assert len(corpus.periods("month")) == 108
     assert corpus.periods("year")[0] == "2012" and corpus.periods("year")[-1] == "2020"
-    assert "actioncable" in set(corpus.rows("2016")["label"])
+    assert "actioncable" in set(corpus.rows("2016")["label"]) and "actioncable" not in set(corpus.rows("2015")["label"])

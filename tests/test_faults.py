@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import timevec.demo
+from tests.components import require, require_that
 from timevec.config import dump_config, load_config
 from timevec.store import StoreError, VectorStore
 from timevec.store.lease import LeaseHeld
@@ -258,9 +259,8 @@ def _cgroup_or_skip() -> None:
     try:
         directory, _ = memory_cgroup_dir()
     except CgroupUnavailable as exc:
-        pytest.skip(f"no memory cgroup here: {exc}")
-    if not os.access(directory, os.W_OK):
-        pytest.skip(f"the memory cgroup {directory} is not writable here")
+        require("cgroup", f"no memory cgroup here: {exc}")
+    require_that(os.access(directory, os.W_OK), "cgroup", f"the memory cgroup {directory} is not writable here")
 
 
 def test_a_memory_cgroup_gets_its_process_killed_by_the_kernel_and_is_swept() -> None:

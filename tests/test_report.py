@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.components import require, require_that
 from timevec.data.periods import Period
 from timevec.report import build_report
 
@@ -168,9 +169,11 @@ def test_every_figure_has_png_and_table(report_dir: Path) -> None:
 
 
 def test_html_renders_in_chromium(report_dir: Path) -> None:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not installed (CI installs it: apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    require_that(os.path.exists(CHROMIUM), "chromium", f"{CHROMIUM} not installed")
+    try:
+        from playwright import sync_api
+    except ImportError as exc:
+        require("chromium", f"playwright not importable: {exc}")
     index = report_dir / "reports" / "index.html"
     requests: list[str] = []
     with sync_api.sync_playwright() as pw:

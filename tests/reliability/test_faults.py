@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.components import require
 from tests.reliability import (
     copy_store,
     driver_env,
@@ -228,7 +229,7 @@ def test_s3_server_stopped_during_writes_and_restarted(tmp_path: Path, monkeypat
     try:
         server = start_s3_server(tmp_path / "s3")
     except (S3ServerUnavailable, ImportError, OSError) as exc:
-        pytest.skip(f"no local S3 server: {exc}")
+        require("s3", f"no local S3 server: {exc}")
     current = server
     try:
         url = server.url(f"rel-{uuid.uuid4().hex[:8]}")
@@ -289,7 +290,7 @@ def tiny_disk(tmp_path: Path):
         capture_output=True, text=True,
     )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the fsspec ENOSPC test covers the path")
+        require("tmpfs", f"cannot mount a tmpfs here ({result.stderr.strip()})")
     try:
         yield mount_point
     finally:
@@ -339,8 +340,10 @@ def test_disk_full_on_a_real_tiny_filesystem(tiny_disk: Path) -> None:
     assert store.get_vector("lm", "2015").equal(_vec(2)) and store.verify() == []
 
 
-def test_disk_full_on_an_object_store(tmp_path: Path) -> None:
-    """The same through fsspec: a filesystem whose writes raise ENOSPC once a byte budget is spent."""
+def test_enospc_from_an_fsspec_filesystem_mid_vector(tmp_path: Path) -> None:
+    """The same through the store's fsspec path (not an object store: an in-memory fsspec filesystem whose
+    writes raise ENOSPC once a byte budget is spent): a clear error mid-vector, nothing published, and a
+    results table refused the same way."""
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem
 

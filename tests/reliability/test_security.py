@@ -19,6 +19,7 @@ import pytest
 import ray
 import torch
 
+from tests.components import require
 from tests.reliability import (
     REPO,
     cli_subprocess,
@@ -50,7 +51,7 @@ def s3_pipeline(ray_session: str, s3_server, base_store: Path, tmp_path_factory:
     """A tiny pipeline (finetune, evaluate, analyze, report) on S3 with the keys in the environment;
     returns where the keys were found, by kind of output."""
     if ray.get(_worker_env.remote("AWS_SECRET_ACCESS_KEY")) != os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        pytest.skip("Ray was started before the S3 server: its workers lack the server's keys")
+        require("s3", "Ray was started before the S3 server: its workers lack the server's keys")
     secrets = {s3_server.secret_key: "secret key", s3_server.access_key: "access key id"}
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == s3_server.secret_key  # the standard AWS chain holds them
     tmp = tmp_path_factory.mktemp("s3-pipeline")
@@ -126,12 +127,28 @@ def test_no_credentials_in_logs_or_output(s3_pipeline: dict) -> None:
     assert s3_pipeline["local_files"] == {}
 
 
-@pytest.mark.xfail(strict=True, reason="bug (Ray, triggered by keys in the driver's environment): Tune copies "
-                                       "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY into every trial's runtime_env "
-                                       "(ray/tune/execution/class_cache.py) and Ray's runtime_env_agent.log logs the "
-                                       "runtime env in plain text at INFO")
 def test_no_credentials_in_ray_runtime_env_logs(s3_pipeline: dict) -> None:
+    """Tune copies the driver's AWS_* variables into every trial's runtime_env (ray/tune/execution/class_cache.py)
+    and Ray's runtime_env_agent.log prints runtime envs at INFO; the nodes here hold the keys already (Ray was
+    started after the S3 server), so timevec.distributed.runtime takes them out of Tune's copy."""
     assert s3_pipeline["ray_runtime_env_logs"] == {}
+
+
+def test_keys_the_nodes_lack_stay_in_tunes_copy(s3_server, ray_session: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a node was not started with the driver's keys, trials need Tune's copy: it stays (and a warning says so)."""
+    from ray.tune.execution import class_cache
+
+    from timevec.distributed.runtime import keep_credentials_out_of_trial_envs
+
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", set(class_cache.ENV_VARS_TO_PROPAGATE) | {"AWS_SESSION_TOKEN"})
+    monkeypatch.setenv("AWS_SESSION_TOKEN", f"only-the-driver-has-{uuid.uuid4().hex}")
+    assert keep_credentials_out_of_trial_envs() is False
+    assert "AWS_SESSION_TOKEN" in class_cache.ENV_VARS_TO_PROPAGATE
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    if ray.get(_worker_env.remote("AWS_SECRET_ACCESS_KEY")) != os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        require("s3", "Ray was started before the S3 server: its workers lack the server's keys")
+    assert keep_credentials_out_of_trial_envs() is True  # the S3 server's keys, which the nodes hold, leave the copy
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}.isdisjoint(class_cache.ENV_VARS_TO_PROPAGATE)
 
 
 def test_verbose_cli_logs_no_credentials(s3_server, base_store: Path, tmp_path: Path) -> None:
