@@ -27,10 +27,9 @@ from timevec.distributed.analogy import (
     ANALOGY_BEST_TABLE,
     ANALOGY_TABLE,
     experiment_name,
-    experiment_path,
     run_analogy,
-    storage_path,
 )
+from timevec.distributed.storage import ray_storage
 from timevec.weights.vectors import TimeVector, WeightPatcher
 
 
@@ -89,7 +88,7 @@ def study(tmp_path_factory):
 
 def _trial_dirs(config, store) -> list[str]:
     name = experiment_name(config, store, "classification", "2016", "2017")
-    path = experiment_path(storage_path(config, store), name)
+    path = ray_storage(config, store).experiment_url(name)
     return sorted(d for d in glob.glob(os.path.join(path, "AnalogyTrial_*")) if os.path.isdir(d))
 
 

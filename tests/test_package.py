@@ -13,9 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "timevec"
 #: What each package may import from timevec besides itself (imports for type checking only are not counted):
 #: the study's order, data → weights → store → train / evaluate → adapt → analyze. ``config`` reads the
-#: periods (data), the credential policy (store) and the parameter-group names (weights, in one validator).
+#: periods (data) and the credential policy (store), and its validators check names against the registries
+#: that own them (parameter groups in weights, forecast methods in adapt), imported when a value is checked.
 ALLOWED = {
-    "config": {"data", "store", "weights", "errors"},
+    "config": {"data", "store", "weights", "adapt", "errors"},
     "data": {"config", "errors", "demo"},
     "weights": {"data", "config", "errors"},
     "store": {"data", "weights", "errors"},

@@ -253,48 +253,6 @@ def experiment_name(config: ExperimentConfig, store: VectorStore, task: str, j: 
     return f"analogy-{task}-{j}-{k}-{config.analogy.searcher}-{_signature(config, store, task, j, k)}"
 
 
-def storage_path(config: ExperimentConfig, store: VectorStore) -> RayStorage:
-    """Tune's storage: ``ray.storage_path`` or ``<store>/ray``, the fleet's too (one place for every Ray run)."""
-    return ray_storage(config, store)
-
-
-def experiment_path(storage: RayStorage, name: str) -> str:
-    """``storage/name``, keeping a URI's query (``?endpoint_override=…``) at the end."""
-    root, sep, query = storage.url.partition("?")
-    return f"{root.rstrip('/')}/{name}{sep}{query}"
-
-
-def finished_trials(storage: RayStorage, name: str) -> list[dict[str, Any]]:
-    """The last result of every trial of experiment ``name`` that reported one (plain JSON reads).
-
-    Read from each trial directory's ``result.json`` through pyarrow's filesystem (what Tune writes
-    with: local folders and ``s3://…?endpoint_override=…`` alike). A line cut by a crash and a
-    trial that died before reporting are skipped: those points are simply run again.
-    """
-    import pyarrow.fs as pafs
-
-    fs, root = storage.fs_root()
-    root = f"{root}/{name}"
-    trials = []
-    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-        if info.type != pafs.FileType.Directory:
-            continue
-        try:
-            with fs.open_input_stream(f"{info.path}/result.json") as stream:
-                lines = stream.read().decode("utf-8", errors="replace").splitlines()
-        except (FileNotFoundError, OSError):
-            continue
-        for line in reversed(lines):
-            try:
-                result = json.loads(line)
-            except ValueError:
-                continue
-            if VALIDATION in result and TEST in result:
-                trials.append(result)
-                break
-    return trials
-
-
 def _point(result: dict[str, Any]) -> task_analogy.AnalogyPoint:
     return task_analogy.AnalogyPoint(float(result["alpha1"]), float(result["alpha2"]), float(result["alpha3"]),
                               float(result[VALIDATION]), float(result[TEST]))
@@ -371,7 +329,7 @@ def search_pair(
 ) -> tuple[list[task_analogy.AnalogyPoint], dict[str, Any]]:
     """Run one pair's Tune experiment, or only what an earlier run left; returns its points and run facts."""
     began = time.perf_counter()
-    done = finished_trials(storage, name)
+    done = storage.last_results(name, required=(VALIDATION, TEST))
     points = [_point(r) for r in done]
     tuner = _tuner(config, payload, storage, name, memory, done)
     errors: list[str] = []
@@ -389,7 +347,7 @@ def search_pair(
         raise RuntimeError(f"analogy {payload.j}→{payload.k}: {len(errors)} trial(s) failed:\n  " + "\n  ".join(errors[:10]))
     points.sort(key=lambda p: (p.alpha1, p.alpha2, p.alpha3))
     facts = {"trials": len(points), "resumed": len(done), "seconds": time.perf_counter() - began,
-             "experiment": experiment_path(storage, name)}
+             "experiment": storage.experiment_url(name)}
     return points, facts
 
 
@@ -466,7 +424,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
         raise StoreError(f"analogy for task {task!r}: no (j, k) pair has its vectors in {store}: " + "; ".join(skipped))
     ensure_ray(config.ray)
     check_gpus(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
-    storage = storage_path(config, store)
+    storage = ray_storage(config, store)
     memory = eval_memory(config.ray, base_bytes(store), vectors=3)  # θ_pre and the three vectors of a pair
     splits = _prepared_splits(config, store, task, sorted({k for _, k in pairs}, key=Period.parse))
     best_old = store.read_table(ANALOGY_BEST_TABLE) if store.has_table(ANALOGY_BEST_TABLE) else None

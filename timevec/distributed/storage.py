@@ -10,6 +10,7 @@ only an endpoint and a scheme. A local store keeps a plain path (Ray's default l
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,38 @@ class RayStorage:
             return self.filesystem, self.path.rstrip("/")
         fs, root = pyarrow.fs.FileSystem.from_uri(self.path)
         return fs, root.rstrip("/")
+
+    def experiment_url(self, name: str) -> str:
+        """``<url>/<name>``, keeping a URI's query (``?endpoint_override=…``) at the end."""
+        root, sep, query = self.url.partition("?")
+        return f"{root.rstrip('/')}/{name}{sep}{query}"
+
+    def last_results(self, name: str, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """The last result holding every ``required`` key of each trial of experiment ``name`` (plain JSON).
+
+        Read from each trial directory's ``result.json`` through pyarrow's filesystem (what Tune writes
+        with: local folders and ``s3://…`` alike). A line cut by a crash and a trial that died before
+        reporting are skipped: those trials are simply run again. Never ``Tuner.restore`` (it unpickles).
+        """
+        fs, root = self.fs_root()
+        trials = []
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{name}", allow_not_found=True)):
+            if info.type != pyarrow.fs.FileType.Directory:
+                continue
+            try:
+                with fs.open_input_stream(f"{info.path}/result.json") as stream:
+                    lines = stream.read().decode("utf-8", errors="replace").splitlines()
+            except (FileNotFoundError, OSError):
+                continue
+            for line in reversed(lines):
+                try:
+                    result = json.loads(line)
+                except ValueError:
+                    continue
+                if all(key in result for key in required):
+                    trials.append(result)
+                    break
+        return trials
 
     def __str__(self) -> str:
         return self.url
