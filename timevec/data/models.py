@@ -50,6 +50,13 @@ _HUB_CONFIGS: dict[tuple, PretrainedConfig] = {}
 _TOKENIZERS: dict[tuple, PreTrainedTokenizerBase] = {}
 
 
+def _from_resolved(auto, where):
+    """``auto.from_pretrained`` on a resolved base: a GGUF file's converted metadata, or the hub id / folder."""
+    if where.gguf_file:
+        return auto.from_pretrained(gguf_metadata_dir(where))
+    return auto.from_pretrained(where.location, **where.kwargs())
+
+
 def hub_config(base: BaseConfig) -> PretrainedConfig:
     """The hub/local/GGUF base's model config (cached per process: parsing a GGUF file takes seconds).
 
@@ -60,10 +67,7 @@ def hub_config(base: BaseConfig) -> PretrainedConfig:
 
     where = resolve(base)
     if where.key not in _HUB_CONFIGS:
-        if where.gguf_file:
-            config = AutoConfig.from_pretrained(gguf_metadata_dir(where))
-        else:
-            config = AutoConfig.from_pretrained(where.location, **where.kwargs())
+        config = _from_resolved(AutoConfig, where)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         _HUB_CONFIGS[where.key] = config
@@ -127,10 +131,7 @@ def load_tokenizer(base: BaseConfig) -> PreTrainedTokenizerBase:
 
     where = resolve(base)
     if where.key not in _TOKENIZERS:
-        if where.gguf_file:
-            tokenizer = AutoTokenizer.from_pretrained(gguf_metadata_dir(where))
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(where.location, **where.kwargs())
+        tokenizer = _from_resolved(AutoTokenizer, where)
         if tokenizer.eos_token_id is None:
             raise ConfigError(f"base {where.name!r}: the tokenizer has no EOS token (timevec closes every text with it)")
         if tokenizer.pad_token_id is None:
