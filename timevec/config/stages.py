@@ -94,6 +94,14 @@ class MergeConfig(_Strict):
     majority_sign_method: SignMethod = Field("total", description="ties / dare_ties: sign election by total mass or by count")
     seed: int | None = Field(None, description="dare_*: seed of the drop masks; default: the experiment seed")
 
+    @field_validator("density", "seed", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # YAML's `true` would otherwise pass as 1 / 1.0
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        return value
+
 
 def _forecast_methods() -> tuple[str, ...]:
     """The forecast methods a config can choose: every method of the registry

@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, get_args
 
 import torch
+from pydantic import ValidationError
 
 from timevec.config import MergeConfig, MergeMethodName, SignMethod
 
@@ -108,18 +109,14 @@ class MergeMethod:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.name not in METHODS:
-            raise MergeError(f"merge.method {self.name!r} is not one of {', '.join(METHODS)}")
-        density = self.density
-        if isinstance(density, bool) or not isinstance(density, (int, float)) or not math.isfinite(density):
-            raise MergeError(f"merge.density must be a number in (0, 1], got {density!r}")
-        if not 0.0 < float(density) <= 1.0:
-            raise MergeError(f"merge.density must lie in (0, 1], got {density}")
-        object.__setattr__(self, "density", float(density))
-        if self.majority_sign_method not in SIGN_METHODS:
-            raise MergeError(f"merge.majority_sign_method {self.majority_sign_method!r} is not one of {', '.join(SIGN_METHODS)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise MergeError(f"merge.seed must be an integer, got {self.seed!r}")
+        # One owner of these rules: the config section (timevec.config.MergeConfig) validates them here too.
+        try:
+            section = MergeConfig.model_validate({"method": self.name, "density": self.density,
+                                                  "majority_sign_method": self.majority_sign_method, "seed": self.seed})
+        except ValidationError as exc:
+            problems = "; ".join(f"merge.{'.'.join(map(str, e['loc']))} {e['input']!r}: {e['msg']}" for e in exc.errors())
+            raise MergeError(problems) from None
+        object.__setattr__(self, "density", float(section.density))
 
     @classmethod
     def from_config(cls, config: ExperimentConfig | MergeConfig, default_seed: int = 0) -> MergeMethod:
