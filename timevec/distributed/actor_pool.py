@@ -288,6 +288,20 @@ def drive(
                 item, attempt = pending.popleft()
                 index = idle.popleft()
                 running[actors[index].run.remote(item, refs)] = (item, index, attempt)
+            # Nothing left to hand out: end the idle actors now rather than at the end. After a node
+            # is lost, Ray restarts its actors elsewhere and retries their items; on the nodes left
+            # such an actor may need the very CPU (or GPU) an idle actor holds, and ray.wait would
+            # wait for it forever. The same holds for actors that never fit (more ray.eval_actors
+            # than the cluster holds at once). An OOM retry goes back to its own (running) actor.
+            while idle and not pending:
+                index = idle.popleft()
+                if collect is not None:
+                    try:
+                        outcome.collected.append(ray.get(getattr(actors[index], collect).remote()))
+                    except ray.exceptions.RayActorError:  # it died meanwhile (its node, say): no stats
+                        pass
+                ray.kill(actors[index])
+                alive.discard(index)
 
         submit()
         progress = Progress(desc, len(items), unit=unit)
@@ -346,8 +360,8 @@ def drive(
                 flush()
         flush()
         outcome.finished = time.time()
-        if collect is not None:
-            outcome.collected = ray.get([getattr(actors[i], collect).remote() for i in sorted(alive)])
+        if collect is not None:  # the actors still alive (the idle ones answered when they were ended)
+            outcome.collected += ray.get([getattr(actors[i], collect).remote() for i in sorted(alive)])
     finally:
         flush()  # whatever finished before an error is kept
         for actor in actors:
