@@ -31,13 +31,18 @@ from timevec.config.sections import (
     _Strict,
 )
 from timevec.config.stages import (
+    FORECAST_METHODS,
     AnalogyConfig,
     EvaluationConfig,
     ForecastConfig,
+    ForecastMethod,
     GroupsConfig,
     InterpolationConfig,
     MergeConfig,
+    MergeMethodName,
+    Pooling,
     ProbeConfig,
+    SignMethod,
 )
 from timevec.data.periods import Granularity
 from timevec.errors import ConfigError
@@ -46,7 +51,8 @@ __all__ = [
     "TASKS", "AnalogyConfig", "BaseConfig", "CapConfig", "ConfigError", "CorpusConfig", "EvaluationConfig",
     "ExperimentConfig", "ForecastConfig", "GroupsConfig", "InterpolationConfig", "LoraConfig", "MergeConfig",
     "PeriodRange", "PretrainConfig", "ProbeConfig", "RayConfig", "SplitConfig", "StoreConfig", "Task", "TinyModel",
-    "TrainingConfig", "dump_config", "load_config",
+    "TrainingConfig", "dump_config", "load_config", "FORECAST_METHODS", "ForecastMethod", "MergeMethodName", "Pooling",
+    "SignMethod",
 ]
 
 
