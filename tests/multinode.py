@@ -22,12 +22,12 @@ misses: ≈ 2 s instead of Ray's ≈ 15 s default), which only shortens the test
     cluster.add_worker(1)             # a replacement joins (what an autoscaler would do)
     cluster.stop()
 
-The pytest fixture ``multinode_cluster`` (module scope: a head with 0 CPUs — jobs' drivers only —
-and two 1-CPU worker nodes) builds on it. Reused by bench/multinode.py.
+``multinode_cluster()`` is that as a context manager (for a pytest fixture). Reused by bench/multinode.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -137,7 +137,8 @@ class MultiNodeCluster:
         env.update(RAY_health_check_period_ms="500", RAY_health_check_failure_threshold="4",
                    RAY_health_check_timeout_ms="1000")  # fmt: skip
         head = self._popen("head", [
-            "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--dashboard-port", str(dashboard_port), "--dashboard-host", "127.0.0.1",
+            "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--dashboard-port", str(dashboard_port),
+            "--dashboard-host", "127.0.0.1",
             "--include-dashboard", "true", "--ray-client-server-port", str(client_port),
             "--dashboard-agent-listen-port", str(agent_port), "--num-cpus", str(self.head_cpus), "--num-gpus", "0",
         ], env)  # fmt: skip
@@ -259,12 +260,13 @@ class MultiNodeCluster:
         return False
 
 
-@pytest.fixture(scope="module")
-def multinode_cluster(s3_server) -> Iterator[MultiNodeCluster]:
-    """A head (0 CPUs: job drivers only) and two 1-CPU worker nodes, with the S3 keys in every node's env."""
+@contextlib.contextmanager
+def multinode_cluster(head_cpus: int = 0, worker_cpus: tuple[int, ...] = (1, 1)) -> Iterator[MultiNodeCluster]:
+    """A started cluster (default: a head with 0 CPUs — job drivers only — and two 1-CPU worker nodes),
+    stopped on exit. Start the S3 server first: its keys are then in every node's environment."""
     if not Path(RAY_BIN).exists():
         pytest.skip(f"no ray CLI at {RAY_BIN}")
-    cluster = MultiNodeCluster(head_cpus=0, worker_cpus=[1, 1]).start()
+    cluster = MultiNodeCluster(head_cpus=head_cpus, worker_cpus=list(worker_cpus)).start()
     try:
         yield cluster
     finally:

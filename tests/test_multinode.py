@@ -24,14 +24,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.multinode import REPO, MultiNodeCluster, multinode_cluster, submit_job, wait_job  # noqa: F401
+from tests.multinode import REPO, MultiNodeCluster, multinode_cluster, submit_job, wait_job
 
 CONFIG = "timevec/demo/tiny.yaml"
 STAGES = "finetune,evaluate"  # what spreads over nodes; analysis and report run on the driver only
@@ -42,6 +42,13 @@ CELL_KEY = ["task", "granularity", "vector", "test_period"]
 def _entrypoint(store_url: str, endpoint_url: str) -> list[str]:
     return ["python", "jobs/pipeline.py", "--config", CONFIG, "--stages", STAGES,
             "--set", f"store.url={store_url}", "--set", f"store.storage_options.endpoint_url={endpoint_url}"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server) -> Iterator[MultiNodeCluster]:
+    """A head (0 CPUs) and two 1-CPU worker nodes, shared by this module's tests (started after the S3 server)."""
+    with multinode_cluster(head_cpus=0, worker_cpus=(1, 1)) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +170,7 @@ def _study_size() -> tuple[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2 * JOB_TIMEOUT_S)
-def test_study_spreads_over_nodes_and_equals_one_node(multinode_cluster: MultiNodeCluster, s3_server, one_node_store: Path) -> None:
-    cluster = multinode_cluster
+def test_study_spreads_over_nodes_and_equals_one_node(one_node_store: Path, s3_server, cluster: MultiNodeCluster) -> None:
     url = s3_server.url(f"mn-{uuid.uuid4().hex[:8]}")
     submission = f"timevec-mn-{uuid.uuid4().hex[:8]}"
     began = time.monotonic()
@@ -190,10 +196,9 @@ def test_study_spreads_over_nodes_and_equals_one_node(multinode_cluster: MultiNo
 
 @pytest.mark.slow
 @pytest.mark.timeout(3 * JOB_TIMEOUT_S)
-def test_nodes_lost_mid_study(multinode_cluster: MultiNodeCluster, s3_server, one_node_store: Path) -> None:
+def test_nodes_lost_mid_study(one_node_store: Path, s3_server, cluster: MultiNodeCluster) -> None:
     from ray.job_submission import JobSubmissionClient
 
-    cluster = multinode_cluster
     client = JobSubmissionClient(cluster.dashboard_url)
     url = s3_server.url(f"mn-loss-{uuid.uuid4().hex[:8]}")
     store = _store(url, s3_server)
