@@ -57,6 +57,10 @@ def one_node_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("one-node") / "store"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO)
+    # As Ray sets it for a job's driver (the JobSupervisor actor has 0 CPUs, so Ray forces OMP_NUM_THREADS=1
+    # in it and the entrypoint inherits it): θ_pre is pretrained in the driver, with torch's default
+    # thread count, and a matmul summed over 2 threads is not bitwise the one over 1.
+    env["OMP_NUM_THREADS"] = "1"
     began = time.monotonic()
     done = subprocess.run(
         [sys.executable, "jobs/pipeline.py", "--config", CONFIG, "--stages", STAGES, "--set", f"store.url={store}",
