@@ -103,7 +103,13 @@ def _assert_equal_to_one_node(store, one_node: Path) -> None:
 def _job_id(cluster: MultiNodeCluster, submission_id: str) -> str:
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(cluster.dashboard_url).get_job_info(submission_id).job_id
+    client = JobSubmissionClient(cluster.dashboard_url)
+    deadline = time.monotonic() + 300
+    while (job_id := client.get_job_info(submission_id).job_id) is None:  # set once the driver connects
+        if client.get_job_status(submission_id).is_terminal() or time.monotonic() > deadline:
+            pytest.fail(f"job {submission_id} never connected a driver:\n{client.get_job_logs(submission_id)[-4000:]}")
+        time.sleep(0.5)
+    return job_id
 
 
 def _tasks(cluster: MultiNodeCluster, job_id: str) -> list:
