@@ -117,9 +117,9 @@ class MultiNodeCluster:
         return node_env(self.env_extra)
 
     def _popen(self, name: str, args: list[str], env: dict[str, str]) -> Node:
-        temp_dir = self.root / name  # short: Ray's socket paths must stay under ~107 bytes
-        temp_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.root / f"{name}.log"
+        # Short (Ray's socket paths must stay under ~107 bytes) and fresh for each start of a node.
+        temp_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        log_path = temp_dir.with_suffix(".log")
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [RAY_BIN, "start", "--block", "--temp-dir", str(temp_dir), "--disable-usage-stats", *args],
@@ -154,8 +154,23 @@ class MultiNodeCluster:
             raise
         return self
 
-    def add_worker(self, num_cpus: int, resources: dict[str, float] | None = None) -> Node:
-        """Start one more worker node; return when Ray lists it alive."""
+    def add_worker(self, num_cpus: int, resources: dict[str, float] | None = None, attempts: int = 3) -> Node:
+        """Start one more worker node; return when Ray lists it alive.
+
+        On a loaded machine ``ray start`` can give up on the GCS (``Deadline Exceeded`` after 30 s):
+        that node's process group is ended and it is started again, up to ``attempts`` times.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._add_worker(num_cpus, resources)
+            except RuntimeError:
+                failed = self.nodes.pop()
+                _kill_group(failed.pgid)
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _add_worker(self, num_cpus: int, resources: dict[str, float] | None) -> Node:
         (agent_port,) = free_ports(1)
         args = ["--address", self.gcs_address, "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--num-gpus", "0",
                 "--dashboard-agent-listen-port", str(agent_port)]  # fmt: skip
@@ -163,7 +178,7 @@ class MultiNodeCluster:
             import json
 
             args += ["--resources", json.dumps(resources)]
-        node = self._popen(f"w{len(self.nodes)}", args, self.env)
+        node = self._popen(f"w{len(self.nodes)}", args, self.env)  # its temp dir: a fresh one per try
         node.node_id = self._wait_node_id(node)
         return node
 
