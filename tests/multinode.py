@@ -93,6 +93,9 @@ def node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["RAY_AUTH_MODE"] = "disabled"
     env["RAY_DEDUP_LOGS"] = "0"
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+    # Ray's memory monitor judges the whole HOST's memory: on a machine shared with other work it kills
+    # this cluster's processes (a job's supervisor, seen at 95 %) for memory others use. Off here.
+    env["RAY_memory_monitor_refresh_ms"] = "0"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.pop("RAY_ADDRESS", None)
