@@ -11,7 +11,9 @@ items finish. :func:`drive` is that loop, written once:
   ``ray.wait`` (what ``ray.util.ActorPool`` does, but knowing which actor ran which item, which
   the failures below need), a progress bar per item;
 - rows are buffered per output table and appended in batches (by row count or elapsed time), and
-  whatever finished before an error is still appended; every actor is killed at the end.
+  whatever finished before an error is still appended; an actor is ended as soon as no item is left
+  to hand it (a node lost: the actors Ray restarts on the nodes left need the CPUs/GPUs the idle
+  ones hold), the rest at the end.
 
 Errors cross the actor boundary as exceptions, never as text to match:
 
