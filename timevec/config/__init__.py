@@ -31,9 +31,11 @@ from timevec.config.sections import (
     _Strict,
 )
 from timevec.config.stages import (
+    FORECAST_METHODS,
     AnalogyConfig,
     EvaluationConfig,
     ForecastConfig,
+    ForecastMethod,
     GroupsConfig,
     InterpolationConfig,
     MergeConfig,

@@ -11,7 +11,9 @@ items finish. :func:`drive` is that loop, written once:
   ``ray.wait`` (what ``ray.util.ActorPool`` does, but knowing which actor ran which item, which
   the failures below need), a progress bar per item;
 - rows are buffered per output table and appended in batches (by row count or elapsed time), and
-  whatever finished before an error is still appended; every actor is killed at the end.
+  whatever finished before an error is still appended; an actor is ended as soon as no item is left
+  to hand it (a node lost: the actors Ray restarts on the nodes left need the CPUs/GPUs the idle
+  ones hold), the rest at the end.
 
 Errors cross the actor boundary as exceptions, never as text to match:
 
@@ -294,6 +296,20 @@ def drive(
                 item, attempt = pending.popleft()
                 index = idle.popleft()
                 running[actors[index].run.remote(item, refs)] = (item, index, attempt)
+            # Nothing left to hand out: end the idle actors now rather than at the end. After a node
+            # is lost, Ray restarts its actors elsewhere and retries their items; on the nodes left
+            # such an actor may need the very CPU (or GPU) an idle actor holds, and ray.wait would
+            # wait for it forever. The same holds for actors that never fit (more ray.eval_actors
+            # than the cluster holds at once). An OOM retry goes back to its own (running) actor.
+            while idle and not pending:
+                index = idle.popleft()
+                if collect is not None:
+                    try:
+                        outcome.collected.append(ray.get(getattr(actors[index], collect).remote()))
+                    except ray.exceptions.RayActorError:  # it died meanwhile (its node, say): no stats
+                        pass
+                ray.kill(actors[index])
+                alive.discard(index)
 
         submit()
         progress = Progress(desc, len(items), unit=unit)
@@ -354,8 +370,8 @@ def drive(
                 flush()
         flush()
         outcome.finished = time.time()
-        if collect is not None:
-            outcome.collected = ray.get([getattr(actors[i], collect).remote() for i in sorted(alive)])
+        if collect is not None:  # the actors still alive (the idle ones answered when they were ended)
+            outcome.collected += ray.get([getattr(actors[i], collect).remote() for i in sorted(alive)])
     finally:
         flush()  # whatever finished before an error is kept
         for actor in actors:
