@@ -40,7 +40,7 @@ CELL_KEY = ["task", "granularity", "vector", "test_period"]
 
 
 def _entrypoint(store_url: str, endpoint_url: str) -> list[str]:
-    return ["python", "jobs/pipeline.py", "--config", CONFIG, "--stages", STAGES,
+    return ["python", "-m", "timevec", "run", CONFIG, "--stages", STAGES,
             "--set", f"store.url={store_url}", "--set", f"store.storage_options.endpoint_url={endpoint_url}"]  # fmt: skip
 
 
@@ -63,7 +63,7 @@ def one_node_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env["OMP_NUM_THREADS"] = "1"
     began = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "jobs/pipeline.py", "--config", CONFIG, "--stages", STAGES, "--set", f"store.url={store}",
+        [sys.executable, "-m", "timevec", "run", CONFIG, "--stages", STAGES, "--set", f"store.url={store}",
          "--set", "ray.num_cpus=2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
     )  # fmt: skip

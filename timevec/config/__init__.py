@@ -31,11 +31,9 @@ from timevec.config.sections import (
     _Strict,
 )
 from timevec.config.stages import (
-    FORECAST_METHODS,
     AnalogyConfig,
     EvaluationConfig,
     ForecastConfig,
-    ForecastMethod,
     GroupsConfig,
     InterpolationConfig,
     MergeConfig,
