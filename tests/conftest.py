@@ -21,6 +21,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
 from tests.s3_server import s3_server  # noqa: E402,F401  (session fixture: SeaweedFS on 127.0.0.1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _s3_keys_before_any_ray(request: pytest.FixtureRequest) -> None:
+    """Start the session's S3 server before any test runs, where it can start.
+
+    Its keys go into the environment, and every Ray started afterwards — the session's, or one a
+    stage starts in-process (``ensure_ray``) — passes them to its workers (the standard AWS chain).
+    Without this, a test that starts Ray first leaves workers without the keys, and the S3 tests
+    that need them would fail. A missing server is reported by the tests that need it, not here.
+    """
+    with contextlib.suppress(pytest.skip.Exception, pytest.fail.Exception, pytest.FixtureLookupError):
+        request.getfixturevalue("s3_server")
+
+
 @pytest.fixture(scope="session")
 def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
     """One local Ray (2 CPUs, ARCHITECTURE §4) for the session; yields its GCS address for driver subprocesses.
