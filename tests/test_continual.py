@@ -275,7 +275,7 @@ def test_forgetting_stage_merged_means_equal_a_dense_reference_and_a_killed_stag
     path = tmp_path / "continual.yaml"
     path.write_text(dump_config(study_config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_session}
-    cmd = [sys.executable, "-m", "timevec.cli", "run", str(path), "--stages", "forgetting"]
+    cmd = [sys.executable, "-m", "timevec.cli", "-v", "run", str(path), "--stages", "forgetting"]  # -v: the INFO line waited for
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as driver:
         for line in driver.stdout:
