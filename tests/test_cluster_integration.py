@@ -40,7 +40,7 @@ LOCAL_SH = REPO / "cluster" / "local.sh"
 CONFIG = "timevec/demo/tiny.yaml"  # the packaged tiny config: one source of truth, store set per job
 JOB_TIMEOUT_S = 600
 # What the job does not need (Ray also honours .gitignore and skips .git/.venv/__pycache__).
-EXCLUDES = [".venv", "runs", ".pytest_cache", "*.egg-info", "build", "dist"]
+EXCLUDES = [".venv", "runs", ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.egg-info", "build", "dist"]
 
 
 # ---------------------------------------------------------------- static checks of cluster/ and jobs/configs/

@@ -96,7 +96,7 @@ def test_the_pipeline_runs_every_replicate_on_one_base(tmp_path: Path) -> None:
     assert over.iloc[0]["estimate"] == pytest.approx(1.15) and over.iloc[0]["n_seeds"] == 2
     stored = VectorStore(f"{tmp_path}/study").read_table(seeds.FINDINGS_SEEDS_TABLE)
     pd.testing.assert_frame_equal(stored, over.reset_index(drop=True))
-    assert summary["findings_file"] == f"{tmp_path}/study/results/{replicates.FINDINGS_SEEDS_TABLE}.txt"
+    assert summary["findings_file"] == f"{tmp_path}/study/results/{seeds.FINDINGS_SEEDS_TABLE}.txt"
     assert Path(summary["findings_file"]).read_text().startswith("Verdict (95 % intervals")  # the block, then every row
     assert summary["headline"]["seed 12: runs"] == 1
 
@@ -119,8 +119,8 @@ def test_two_seeds_through_the_real_stages_share_one_base_and_give_findings_over
     assert not one.get_vector("lm", "2015").equal(two.get_vector("lm", "2015"))  # the seed changed the fine-tune
     assert len(one.read_table(results.CELLS_TABLE)) == len(two.read_table(results.CELLS_TABLE)) == 3 * 4
     by_seed = {1: one.read_table(results.FINDINGS_TABLE), 2: two.read_table(results.FINDINGS_TABLE)}
-    expected = replicates.findings_over_seeds(by_seed)
-    stored = VectorStore(config.store.url).read_table(replicates.FINDINGS_SEEDS_TABLE)
+    expected = seeds.findings_over_seeds(by_seed)
+    stored = VectorStore(config.store.url).read_table(seeds.FINDINGS_SEEDS_TABLE)
     pd.testing.assert_frame_equal(stored, expected)
     pd.testing.assert_frame_equal(summary["findings"].reset_index(drop=True), expected)
     # each finding over seeds is the mean of the two stores' estimates
