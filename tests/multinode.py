@@ -75,7 +75,8 @@ def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` is still alive."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -211,11 +212,11 @@ class MultiNodeCluster:
     def stop(self) -> None:
         """End every node (workers first, then the head): SIGTERM to each group, SIGKILL what is left."""
         for node in reversed(self.nodes):
-            if _group_alive(node.pgid):
+            if group_alive(node.pgid):
                 _kill_group(node.pgid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for node in reversed(self.nodes):
-            while _group_alive(node.pgid) and time.monotonic() < deadline:
+            while group_alive(node.pgid) and time.monotonic() < deadline:
                 time.sleep(0.2)
             _kill_group(node.pgid)
             try:
@@ -310,16 +311,22 @@ def submit_job(cluster: MultiNodeCluster, submission_id: str, entrypoint: list[s
         raise RuntimeError(f"ray job submit failed:\n{done.stdout}\n{done.stderr}")
 
 
-def wait_job(cluster: MultiNodeCluster, submission_id: str, timeout: float) -> str:
-    """The job's final status (SUCCEEDED/FAILED/STOPPED), or TIMEOUT (then the job is stopped)."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+def wait_for_job(client, submission_id: str, timeout: float, poll_s: float = 1.0) -> str:
+    """A submitted job's final status (SUCCEEDED/FAILED/STOPPED), or TIMEOUT (then the job is stopped)."""
+    from ray.job_submission import JobStatus
 
-    client = JobSubmissionClient(cluster.dashboard_url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = client.get_job_status(submission_id)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
             return str(status.value)
-        time.sleep(1)
+        time.sleep(poll_s)
     client.stop_job(submission_id)
     return "TIMEOUT"
+
+
+def wait_job(cluster: MultiNodeCluster, submission_id: str, timeout: float) -> str:
+    """The job's final status on ``cluster`` (see :func:`wait_for_job`)."""
+    from ray.job_submission import JobSubmissionClient
+
+    return wait_for_job(JobSubmissionClient(cluster.dashboard_url), submission_id, timeout)

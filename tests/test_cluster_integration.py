@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.multinode import group_alive, wait_for_job
 from tests.s3_server import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,16 +181,6 @@ def _local_sh(action: str, state_dir: Path, env: dict[str, str], *args: str, tim
     )
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @pytest.fixture
 def ray_head(s3_server) -> Iterator[Head]:
     """A Ray head node of our own, started with the S3 credentials in its environment."""
@@ -217,7 +208,7 @@ def ray_head(s3_server) -> Iterator[Head]:
         yield Head(address=f"http://127.0.0.1:{dashboard_port}", env=env, state_dir=state_dir, pid=pid)
     finally:
         stopped = _local_sh("stop", state_dir, env, timeout=120)
-        leftover = pid > 0 and _group_alive(pid)
+        leftover = pid > 0 and group_alive(pid)
         if leftover:  # never leave our processes behind, whatever local.sh did
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -226,19 +217,6 @@ def ray_head(s3_server) -> Iterator[Head]:
         shutil.rmtree(state_dir, ignore_errors=True)
         assert stopped.returncode == 0, f"cluster/local.sh stop failed:\n{stopped.stdout}\n{stopped.stderr}"
         assert not leftover, "cluster/local.sh stop left processes of its head running"
-
-
-def _wait_for_job(client, submission_id: str, timeout: float) -> str:
-    from ray.job_submission import JobStatus
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.get_job_status(submission_id)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            return str(status.value)
-        time.sleep(3)
-    client.stop_job(submission_id)
-    return "TIMEOUT"
 
 
 @pytest.mark.slow
@@ -273,7 +251,7 @@ def test_pipeline_job_on_local_head_with_s3_store(ray_head: Head, s3_server) -> 
     assert submitted.returncode == 0, f"ray job submit failed:\n{submitted.stdout}\n{submitted.stderr}"
 
     client = JobSubmissionClient(ray_head.address)
-    status = _wait_for_job(client, submission_id, JOB_TIMEOUT_S)
+    status = wait_for_job(client, submission_id, JOB_TIMEOUT_S, poll_s=3)
     logs = client.get_job_logs(submission_id)
     job_seconds = time.monotonic() - began
     assert status == "SUCCEEDED", f"job {submission_id} ended {status} after {job_seconds:.0f} s; log tail:\n{logs[-6000:]}"
