@@ -225,7 +225,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help="experiment config (YAML); see README 'Config reference'")
+    parser.add_argument("config", type=Path, help="experiment config (YAML); every field: docs/CONFIG.md")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. --set training.lr=1e-4 (repeatable)"
     )
