@@ -23,10 +23,10 @@ from timevec.config import ExperimentConfig, load_config
 from timevec.data import periods
 from timevec.data.corpus import load_corpus
 from timevec.data.examples import EvalSplit, prepare_split
-from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
+from timevec.data.models import base_id, base_is_encoder_decoder, build_model, float_parameters, load_tokenizer
 from timevec.data.periods import Period
 from timevec.distributed.interpolate import plan, run_interpolation
-from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of
+from timevec.evaluate.cells import CellEvaluator
 from timevec.results import INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
 from timevec.weights.vectors import TimeVector
@@ -210,7 +210,7 @@ def _local_values(config: ExperimentConfig, store: VectorStore, granularity: str
     """base + τ_period on every test split of ``granularity``, evaluated here, one thread (as the actors)."""
     corpus = load_corpus(config.corpus)
     tokenizer = load_tokenizer(config.base)
-    encoder_decoder = encoder_decoder_of(config.base)
+    encoder_decoder = base_is_encoder_decoder(config.base)
     periods = config.period_list(granularity)
     splits = [prepare_split("lm", corpus, p, tokenizer, encoder_decoder, config.evaluation) for p in periods]
     threads = torch.get_num_threads()

@@ -366,9 +366,9 @@ def test_forecast_stage_on_the_tiny_config(ray_session, tmp_path) -> None:
     from tests.test_adapt import build_store, tiny_config
     from timevec.data.corpus import load_corpus
     from timevec.data.examples import prepare_split
-    from timevec.data.models import load_tokenizer
+    from timevec.data.models import base_is_encoder_decoder, load_tokenizer
     from timevec.distributed.forecast import plan, run_forecast
-    from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of
+    from timevec.evaluate.cells import CellEvaluator
 
     config = tiny_config(tmp_path / "store", ["tasks=[lm]", "evaluation.max_examples=4"])
     store, _ = build_store(config, {("lm", p): 10 + i for i, p in enumerate(["2014", "2015", "2016", "2017"])})
@@ -385,7 +385,7 @@ def test_forecast_stage_on_the_tiny_config(ray_session, tmp_path) -> None:
 
     # the actors' values are the local evaluation of the same weights, bit for bit
     corpus, tokenizer = load_corpus(config.corpus), load_tokenizer(config.base)
-    tests = [prepare_split("lm", corpus, p, tokenizer, encoder_decoder_of(config.base), config.evaluation) for p in HELD_OUT]
+    tests = [prepare_split("lm", corpus, p, tokenizer, base_is_encoder_decoder(config.base), config.evaluation) for p in HELD_OUT]
     threads = torch.get_num_threads()
     torch.set_num_threads(config.ray.torch_threads)
     try:

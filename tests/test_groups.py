@@ -24,8 +24,8 @@ from timevec.analyze.weight_groups import group_analysis, group_headline
 from timevec.config import ConfigError, load_config
 from timevec.data.corpus import load_corpus
 from timevec.data.examples import prepare_split
-from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
-from timevec.evaluate.cells import CellEvaluator, encoder_decoder_of
+from timevec.data.models import base_id, base_is_encoder_decoder, build_model, float_parameters, load_tokenizer
+from timevec.evaluate.cells import CellEvaluator
 from timevec.evaluate.gains import gain
 from timevec.evaluate.metrics import evaluate
 from timevec.store import VectorStore
@@ -224,7 +224,7 @@ def swapped(tiny):
     config, store, base, _ = tiny
     evaluator = CellEvaluator(config, store, device="cpu")
     tokenizer = load_tokenizer(config.base)
-    split = prepare_split("lm", load_corpus(config.corpus), "2017", tokenizer, encoder_decoder_of(config.base),
+    split = prepare_split("lm", load_corpus(config.corpus), "2017", tokenizer, base_is_encoder_decoder(config.base),
                           config.evaluation)
     item = group_swaps.SwapItem("lm", "year", "2014", "2017", ("attention", "mlp"))
     rows = group_swaps.evaluate_swaps(evaluator.evaluate_weights, lambda p: evaluator.read_vector("lm", p), item,

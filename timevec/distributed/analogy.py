@@ -56,7 +56,6 @@ from typing import Any
 
 import pandas as pd
 import ray
-import torch
 from ray import tune
 
 from timevec import results
@@ -64,7 +63,7 @@ from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit, prepare_eval_sets
 from timevec.data.periods import Period
-from timevec.distributed.runtime import worker_device
+from timevec.distributed.runtime import eval_actor_device
 from timevec.distributed.storage import RayStorage, ray_storage
 from timevec.distributed.tracking import tracker_callbacks
 from timevec.evaluate.cells import CellEvaluator, require_base
@@ -135,7 +134,7 @@ class WorkerCache:
             return self.loaded
         self.drop()
         began = time.perf_counter()
-        evaluator = CellEvaluator(payload.config, payload.store, device=_device(payload.config))
+        evaluator = CellEvaluator(payload.config, payload.store, device=eval_actor_device(payload.config.ray))
         self.loaded = LoadedPair(
             evaluator=evaluator,
             task_j=evaluator.read_vector(payload.task, payload.j),
@@ -164,14 +163,6 @@ class WorkerCache:
 
 #: This worker process's cache (each Ray worker is its own process: nothing is shared across them).
 WORKER_CACHE = WorkerCache()
-
-
-def _device(config: ExperimentConfig) -> torch.device:
-    """The trial's device; on the CPU with the configured torch threads."""
-    device = worker_device(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
-    if device.type == "cpu":
-        torch.set_num_threads(config.ray.torch_threads)
-    return device
 
 
 def alphas_of(trial_config: dict[str, Any], payload: AnalogyPayload) -> tuple[float, float, float]:

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import torch
 
 from timevec import results
 from timevec.adapt import interpolation as adapt
@@ -44,7 +43,7 @@ from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSets, prepare_eval_sets
 from timevec.data.periods import Period, sort_periods
 from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
-from timevec.distributed.runtime import worker_device
+from timevec.distributed.runtime import eval_actor_device
 from timevec.evaluate.cells import CellEvaluator, require_base
 from timevec.results import CELLS_TABLE, INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
@@ -113,10 +112,7 @@ class CombinationActor(PoolActor):
 
     def setup(self, config: ExperimentConfig, store: VectorStore) -> None:
         logging.basicConfig(level=logging.INFO)
-        device = worker_device(config.ray, config.ray.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
-        if device.type == "cpu":
-            torch.set_num_threads(config.ray.torch_threads)
-        self.evaluator = CellEvaluator(config, store, device=device)
+        self.evaluator = CellEvaluator(config, store, device=eval_actor_device(config.ray))
         self.cache = VectorCache(self.evaluator.read_vector)
 
 

@@ -186,6 +186,14 @@ def worker_device(cfg: RayConfig, gpus: float, setting: str) -> torch.device:
     return gpu_device(gpus, setting, cfg.allow_cpu_fallback, node_label() if gpus > 0 else None)
 
 
+def eval_actor_device(cfg: RayConfig) -> torch.device:
+    """An evaluation actor's or trial's device (:func:`worker_device`); on the CPU with ``ray.torch_threads``."""
+    device = worker_device(cfg, cfg.gpus_per_eval_actor, "ray.gpus_per_eval_actor")
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.torch_threads)
+    return device
+
+
 def _probe_device(cfg: RayConfig, gpus: float, setting: str) -> str:
     return str(worker_device(cfg, gpus, setting))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from timevec.config import BaseConfig, ExperimentConfig
+from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit
 from timevec.data.models import base_from_store
 from timevec.data.periods import Period
@@ -88,13 +88,6 @@ def plan_cells(
                 if missing:
                     items.append(WorkItem(task, granularity, period, missing))
     return items, skipped
-
-
-def encoder_decoder_of(base: BaseConfig) -> bool:
-    """Whether the base is encoder-decoder, without building it (a hub t5-3b would cost GBs)."""
-    from timevec.data.models import base_is_encoder_decoder
-
-    return base_is_encoder_decoder(base)
 
 
 # ----------------------------------------------------------------------------- the evaluator
