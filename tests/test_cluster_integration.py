@@ -284,12 +284,28 @@ def test_pipeline_job_on_local_head_with_s3_store(ray_head: Head, s3_server) -> 
         wanted = {(f"{task}/{v}", t) for v in periods for t in periods}
         assert wanted <= pairs, f"missing {task} cells: {sorted(wanted - pairs)}"
         assert (rows["n_examples"] > 0).all()
-        values = rows["value"].tolist()
+        assert set(rows["metric"]) == ({"perplexity"} if task == "lm" else {"macro_f1"}), set(rows["metric"])
+
+    # Reference values: the cells the cluster's actors computed equal an evaluation in this process
+    # of the vectors as stored on S3 (θ_pre + τ on the stored test examples), the base's cell and an
+    # off-diagonal one of every task; a wrong vector, split or metric in the job moves them.
+    from timevec.data.examples import prepare_eval_sets
+    from timevec.evaluate.cells import CellEvaluator
+
+    config = load_config(REPO / CONFIG, [f"store.url={store_url}"])
+    wanted = {(task, "year"): periods for task in config.tasks}
+    splits = prepare_eval_sets(config, wanted, store=store)["test"]
+    evaluator = CellEvaluator(config, store, splits, device="cpu")
+    by_key = cells[cells["granularity"] == "year"].set_index(["task", "vector", "test_period"])["value"]
+    first, last = periods[0], periods[-1]
+    for task in config.tasks:
+        local = {("base", r["test_period"]): r["value"] for r in evaluator.evaluate_base(task, "year", [last])}
+        local |= {(r["vector"], r["test_period"]): r["value"] for r in evaluator.evaluate_vector((task, first), [last])}
+        assert set(local) == {("base", last), (f"{task}/{first}", last)}, local
+        for (vector, test), value in local.items():
+            assert by_key[(task, vector, test)] == pytest.approx(value, rel=1e-5, abs=1e-7), (task, vector, test)
         if task == "lm":
-            assert set(rows["metric"]) == {"perplexity"}
-            assert all(math.isfinite(v) and v > 1.0 for v in values), values
-        else:
-            assert all(0.0 <= v <= 1.0 for v in values), values
+            assert all(math.isfinite(v) and v > 1.0 for v in local.values()), local
 
     html = store.read_bytes("reports/index.html").decode("utf-8")
     assert "<html" in html.lower() and "</html>" in html.lower()

@@ -172,11 +172,18 @@ def test_two_finetune_drivers_on_one_config(ray_session: str, tmp_path: Path) ->
     lease.release()
 
 
+#: The memory-cap tests' cap beyond θ_pre, MiB. Measured here (2026-12-06) on the base below, with
+#: ``ray.max_failures=0``: θ_pre's own cells fail at 45 and pass at 55 (RLIMIT_DATA), pass at 60 as a
+#: cgroup; a vector of this base is 150 MiB, so every vector's cells fail. The cap used to be 45 on a
+#: 2-layer base whose θ_pre cells failed at 40: θ_pre's item itself then ran out of memory now and then.
+CAP_MB = 90
+
+
 def _capped_study(tmp_path: Path, max_failures: int) -> list[str]:
-    """Overrides of the memory-cap tests: a 50 MiB untrained base (d_model 1024), one evaluation actor."""
+    """Overrides of the memory-cap tests: a 150 MiB untrained base (d_model 1024, 6 layers), one evaluation actor."""
     return [
         f"store.url={tmp_path / 'store'}", "tasks=[lm]", "periods.end='2015'", "base.pretrain.steps=0",
-        "base.tiny.d_model=1024", "base.tiny.d_ff=1024", "base.tiny.num_layers=2", "evaluation.batch_size=4",
+        "base.tiny.d_model=1024", "base.tiny.d_ff=1024", "base.tiny.num_layers=6", "evaluation.batch_size=4",
         "evaluation.bootstrap_samples=0", "ray.eval_actors=1", f"ray.max_failures={max_failures}",
     ]  # fmt: skip
 
@@ -201,15 +208,15 @@ def _store_with_two_vectors(config):
 
 def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recomputed(ray_session: str, tmp_path: Path) -> None:
     """A real cap (RLIMIT_DATA, ``ray.eval_actor_memory_mb``) that θ_pre's own cells fit under but a
-    vector's do not: a vector of this base is 50 MiB, the cap is 45 MiB beyond θ_pre (θ_pre's cells need ≈ 30)."""
+    vector's do not: a vector of this base is 150 MiB, the cap is 90 MiB beyond θ_pre (θ_pre's cells need 45–55)."""
 
     from timevec.distributed.cells import read_cells, run_cells
     from timevec.errors import StageFailed
 
     overrides = _capped_study(tmp_path, max_failures=1)
-    config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=45"])
+    config = load_config(TINY, [*overrides, f"ray.eval_actor_memory_mb={CAP_MB}"])
     store = _store_with_two_vectors(config)
-    assert sum(t.numel() for t in store.get_base().values()) * 4 > 45 * 2**20
+    assert sum(t.numel() for t in store.get_base().values()) * 4 > 1.5 * CAP_MB * 2**20
 
     with pytest.raises(StageFailed) as failed:
         run_cells(config, store)
@@ -219,7 +226,7 @@ def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recompute
     # one restart is allowed (ray.max_failures=1): the first vector is retried on a fresh actor
     assert message.count("(tried 2 times, on a restarted actor after the first)") == 1
     assert message.count("out of memory in evaluation actor") == 2 and "pid " in message
-    assert "ray.eval_actor_memory_mb=45" in message and ("MemoryError" in message or "can't allocate memory" in message)
+    assert f"ray.eval_actor_memory_mb={CAP_MB}" in message and ("MemoryError" in message or "can't allocate memory" in message)
     kept = read_cells(store)
     assert sorted(kept["vector"]) == ["base", "base"]  # θ_pre's cells were computed and stored
 
@@ -291,7 +298,7 @@ def test_a_memory_cgroup_gets_its_process_killed_by_the_kernel_and_is_swept() ->
 def test_an_actor_killed_by_the_kernel_for_memory_is_replaced_reported_and_only_its_cells_recomputed(
     ray_session: str, tmp_path: Path
 ) -> None:
-    """``ray.eval_actor_memory_kind: cgroup``: the same 45 MiB cap as a memory cgroup, so the kernel's OOM
+    """``ray.eval_actor_memory_kind: cgroup``: the same cap (CAP_MB) as a memory cgroup, so the kernel's OOM
     killer SIGKILLs the actor mid-item (no exception anywhere): the item fails as ActorDied (with
     ray.max_failures=0 Ray neither restarts the actor nor retries the call: each restart costs a worker
     start and a θ_pre load), a fresh actor takes the next item, and a re-run computes only the missing cells."""
@@ -301,7 +308,7 @@ def test_an_actor_killed_by_the_kernel_for_memory_is_replaced_reported_and_only_
     from timevec.errors import StageFailed
 
     overrides = _capped_study(tmp_path, max_failures=0)
-    config = load_config(TINY, [*overrides, "ray.eval_actor_memory_mb=45", "ray.eval_actor_memory_kind=cgroup"])
+    config = load_config(TINY, [*overrides, f"ray.eval_actor_memory_mb={CAP_MB}", "ray.eval_actor_memory_kind=cgroup"])
     store = _store_with_two_vectors(config)
 
     with pytest.raises(StageFailed) as failed:
@@ -310,7 +317,7 @@ def test_an_actor_killed_by_the_kernel_for_memory_is_replaced_reported_and_only_
     for vector in ("lm/2014", "lm/2015"):
         assert f"{vector} (year; 2 cell(s) missing, test periods 2014, 2015): evaluation actor" in message
     assert message.count("died while working on it (after 0 restart(s), ray.max_failures)") == 2
-    assert message.count("memory cgroup of ray.eval_actor_memory_mb=45 MiB") == 2
+    assert message.count(f"memory cgroup of ray.eval_actor_memory_mb={CAP_MB} MiB") == 2
     assert sorted(read_cells(store)["vector"]) == ["base", "base"]  # θ_pre's cells were computed and stored
 
     config = load_config(TINY, overrides)  # no cap
