@@ -280,21 +280,27 @@ def test_s3_server_stopped_during_writes_and_restarted(tmp_path: Path, monkeypat
 # ---------------------------------------------------------------------------- disk full
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path):
-    """A 256 KiB tmpfs mounted under tmp_path (root only); skipped where mounting is not allowed."""
-    mount_point = tmp_path / "tiny-disk"
+@contextlib.contextmanager
+def _tmpfs(mount_point: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``mount_point`` (root only); skipped where mounting is not allowed."""
     mount_point.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mount_point)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
         capture_output=True, text=True,
-    )
+    )  # fmt: skip
     if result.returncode != 0:
         require("tmpfs", f"cannot mount a tmpfs here ({result.stderr.strip()})")
     try:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 256 KiB tmpfs mounted under tmp_path."""
+    with _tmpfs(tmp_path / "tiny-disk", "256k") as mount_point:
+        yield mount_point
 
 
 def _fill(directory: Path, leave_bytes: int) -> Path:
@@ -338,6 +344,44 @@ def test_disk_full_on_a_real_tiny_filesystem(tiny_disk: Path) -> None:
     filler.unlink()  # space again: the same put now succeeds
     store.put_vector("lm", "2015", _vec(2))
     assert store.get_vector("lm", "2015").equal(_vec(2)) and store.verify() == []
+
+
+def test_disk_full_under_a_real_s3_server(tmp_path: Path) -> None:
+    """The object-store side: SeaweedFS with its data on a 32 MiB tmpfs that is then filled, so the
+    server itself runs out of disk mid-vector and answers with an error (SeaweedFS: HTTP 500, "internal
+    error"). The put fails naming the object it could not write, nothing of the vector is visible, the
+    vector already stored reads back intact, and once there is room again the same put succeeds."""
+    with _tmpfs(tmp_path / "s3-disk", "32m") as disk:
+        try:
+            server = start_s3_server(disk)
+        except (S3ServerUnavailable, ImportError, OSError) as exc:
+            require("s3", f"no local S3 server: {exc}")
+        try:
+            url = server.url(f"full-{uuid.uuid4().hex[:8]}")
+            store = VectorStore(url, server.storage_options)
+            big = {f"w{i}": (256, 1024) for i in range(4)}  # 4 MiB a vector, 1 MiB a shard
+            base = {n: torch.randn(s, generator=torch.Generator().manual_seed(0)) for n, s in big.items()}
+            vector = {n: TimeVector({k: 0.01 * torch.randn(s, generator=torch.Generator().manual_seed(seed))
+                                     for k, s in big.items()}) for n, seed in (("2014", 1), ("2015", 2))}  # fmt: skip
+            store.init("tiny-base", base, target_shard_bytes=2**20)
+            store.put_vector("lm", "2014", vector["2014"])
+            filler = _fill(disk, leave_bytes=2 * 2**20)  # room for about two of the four shards
+
+            with pytest.raises(OSError) as err:
+                store.put_vector("lm", "2015", vector["2015"])
+            message = str(err.value)
+            print(f"disk full under S3: {type(err.value).__name__}: {message}")
+            assert f"{url}/vectors/lm/2015/" in message and "was not written" in message, message
+            fresh = VectorStore(url, server.storage_options)
+            assert fresh.list_vectors() == [("lm", "2014")] and not fresh.has_vector("lm", "2015")
+            assert fresh.get_vector("lm", "2014").equal(vector["2014"]) and fresh.verify() == []
+
+            filler.unlink()  # room again: the same put succeeds, over whatever shards the first left
+            store.put_vector("lm", "2015", vector["2015"])
+            assert fresh.get_vector("lm", "2015").equal(vector["2015"])
+            assert fresh.list_vectors() == [("lm", "2014"), ("lm", "2015")] and fresh.verify() == []
+        finally:
+            server.stop()
 
 
 def test_enospc_from_an_fsspec_filesystem_mid_vector(tmp_path: Path) -> None:

@@ -282,7 +282,12 @@ class StoreFiles:
             if observe is not None:
                 for chunk in chunks:
                     observe(chunk)
-            self.fs.pipe_file(path, b"".join(memoryview(p).cast("B") for p in pieces))
+            try:
+                self.fs.pipe_file(path, b"".join(memoryview(p).cast("B") for p in pieces))
+            except OSError as exc:  # e.g. a full server answers "internal error", naming no object
+                # The same errno (so the same OSError subclass), with the object that was not written.
+                where = f"{self.fs.unstrip_protocol(path)} was not written: {exc}"
+                raise (OSError(exc.errno, where) if exc.errno is not None else OSError(where)) from exc
 
     def exists(self, path: str) -> bool:
         if self.local:
