@@ -29,10 +29,12 @@ Errors cross the actor boundary as exceptions, never as text to match:
 Memory (ARCHITECTURE §4, "Out of memory"): with ``ray.eval_actor_memory_mb`` each actor caps its
 own private memory once set up (:mod:`timevec.train.memory_limit`). An item that runs out of memory under
 the cap is returned as :class:`OutOfMemory` naming the actor (id, pid, host), the cap and the
-peak RSS; the driver then restarts that actor (``ray.kill(no_restart=False)``: a fresh process,
-fragmentation and caches gone) and retries the item, up to ``ray.max_failures`` times, before
-reporting it. An actor that DIES (the kernel's OOM killer, Ray's memory monitor, a crash) after
-Ray's own restarts and task retries (``max_restarts``/``max_task_retries``) fails its item as
+peak RSS; the driver then replaces that actor by a fresh one (a new process: fragmentation and
+caches gone) and retries the item there, up to ``ray.max_failures`` times per slot, before
+reporting it. (Not ``ray.kill(no_restart=False)``: the kill is asynchronous, so the retried call
+could reach the old process as it died and spend Ray's own task retry, or fail as a dead actor.)
+An actor that DIES (the kernel's OOM killer, Ray's memory monitor, a crash) after Ray's own
+restarts and task retries (``max_restarts``/``max_task_retries``) fails its item as
 :class:`ActorDied` with Ray's reason, and its slot gets a fresh actor for the items left. With
 ``ray.eval_actor_memory_kind: cgroup`` the cap is a memory cgroup (:mod:`timevec.train.memory_cgroup`) and
 running out of memory IS that death: the kernel kills the actor at the limit. Either way the rows
@@ -284,7 +286,7 @@ def drive(
             on_failure(failure)
 
     alive = set(range(len(actors)))
-    restarts_left = [ray_config.max_failures] * len(actors)  # Ray's max_restarts, which our kills use up
+    restarts_left = [ray_config.max_failures] * len(actors)  # out-of-memory replacements left per slot
     try:
         refs = [ray.put(value) for value in shared()]
         idle = deque(range(len(actors)))
@@ -350,7 +352,8 @@ def drive(
                 log.warning("%s; restarting the actor and retrying (attempt %d of %d)", text, attempt + 1,
                             ray_config.max_failures + 1)  # fmt: skip
                 restarts_left[index] -= 1
-                ray.kill(actors[index], no_restart=False)  # Ray restarts it: a fresh process
+                ray.kill(actors[index])
+                actors[index] = new_actor()  # a fresh process for the retry (module docstring)
                 outcome.retries += 1
                 pending.appendleft((item, attempt + 1))
                 idle.append(index)
