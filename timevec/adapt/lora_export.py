@@ -88,9 +88,10 @@ def write_adapter(model: torch.nn.Module, terms: Sequence[tuple[float, Any]], me
         return {"skipped": "the targets mix Conv1D and Linear layers (peft's fan_in_fan_out is one flag)"}
     rank = max(a.shape[0] for _, a in modules.values())
     config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, bias="none", target_modules=sorted(modules),
-                        fan_in_fan_out=bool(conv), init_lora_weights=False, base_model_name_or_path=base_id)
+                        fan_in_fan_out=bool(conv), init_lora_weights=False)
     peft_model = get_peft_model(model, config)
-    peft_model.peft_config["default"].base_model_name_or_path = base_id  # get_peft_model takes the model's (none here)
+    # The base's name afterwards: get_peft_model sets the model's own (none here), warning of a rename if one was given.
+    peft_model.peft_config["default"].base_model_name_or_path = base_id
     with torch.no_grad():
         for module_name, (b, a) in modules.items():
             layer: Any = peft_model.base_model.model.get_submodule(module_name)  # type: ignore[union-attr]  # a peft LoRA layer
@@ -101,7 +102,8 @@ def write_adapter(model: torch.nn.Module, terms: Sequence[tuple[float, Any]], me
             lora_b[:, : b.shape[1]].copy_(b)
             if layer.scaling["default"] != 1.0:
                 raise RuntimeError(f"{module_name}: peft scaling {layer.scaling['default']} != 1")
-    peft_model.save_pretrained(str(directory))
+    # No embedding layer is a target; "auto" would ask the Hugging Face Hub whether base_id's vocabulary changed.
+    peft_model.save_pretrained(str(directory), save_embedding_layers=False)
     size = sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file())
     log.info("PEFT adapter: %d modules, rank %d, %d bytes", len(modules), rank, size)
     return {"rank": rank, "bytes": size, "modules": len(modules), "directory": "adapter",

@@ -126,13 +126,18 @@ def wrap_lora(model: PreTrainedModel, cfg: TrainingConfig) -> PreTrainedModel:
     if cfg.lora is None:
         return model
     from peft import LoraConfig, get_peft_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
+    from transformers.pytorch_utils import Conv1D
 
     check_lora_targets(model, cfg)
+    targets = set(cfg.lora.target_modules or DEFAULT_TARGETS.get(model.config.model_type, []))
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
+        # GPT-2's Conv1D keeps its weight in×out: peft must be told (it would otherwise flip the flag, warning)
+        fan_in_fan_out=any(isinstance(m, Conv1D) for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets),
         task_type="SEQ_2_SEQ_LM" if is_encoder_decoder(model) else "CAUSAL_LM",
     )
     return get_peft_model(model, lora)  # type: ignore[return-value]  # a PeftModel wraps and acts as the PreTrainedModel
