@@ -214,9 +214,14 @@ def test_nodes_lost_mid_study(s3_server, cluster: MultiNodeCluster) -> None:
     url = s3_server.url(f"mn-loss-{uuid.uuid4().hex[:8]}")
     store = _store(url, s3_server)
     n_runs, n_cells = _study_size()
-    # runs 8x the tiny config's steps: on a quiet machine the fleet must still be running when the driver is
-    # stopped after the node loss (the vectors' values are not compared here, only that nothing is lost or doubled)
-    entry = [*_entrypoint(url, s3_server.endpoint_url), "--set", "training.steps=64"]
+    # A larger study than the tiny config's (the vectors' values are not compared here, only that nothing is lost
+    # or doubled): on a quiet machine the fleet must still be running when the driver is stopped after the node
+    # loss, and the cells stage must still be running when its node is killed. With a 4x wider base, 4x the steps
+    # and up to 160 test examples a period, on 2 cores (2026-12-06): the fleet 18 s for 16 steps a run, the cells
+    # 20 s (they took 5 s before, and once were over before the test saw an evaluation actor on the node).
+    entry = [*_entrypoint(url, s3_server.endpoint_url), "--set", "training.steps=32", "--set", "base.tiny.d_model=128",
+             "--set", "base.tiny.d_ff=512", "--set", "base.tiny.num_layers=2", "--set", "corpus.caps.test=160",
+             "--set", "evaluation.max_examples=160"]  # fmt: skip
 
     def stored() -> int:
         return len(store.list_vectors()) if store.exists() else 0
