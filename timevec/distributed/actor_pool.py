@@ -349,7 +349,7 @@ def drive(
                 submit()
                 continue
             if isinstance(error, OutOfMemory) and attempt <= ray_config.max_failures and restarts_left[index] > 0:
-                log.warning("%s; restarting the actor and retrying (attempt %d of %d)", text, attempt + 1,
+                log.warning("%s; retrying on a fresh actor (attempt %d of %d)", text, attempt + 1,
                             ray_config.max_failures + 1)  # fmt: skip
                 restarts_left[index] -= 1
                 ray.kill(actors[index])
