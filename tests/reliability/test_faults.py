@@ -50,13 +50,13 @@ SHAPES = {"embed": (40, 16), "attn": (16, 48), "mlp": (16, 32), "norm": (16,)}
 TARGET = 2048
 
 
-def _tensors(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
+def _tensors(seed: int, scale: float = 1.0, shapes: dict[str, tuple[int, ...]] = SHAPES) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {n: scale * torch.randn(s, generator=g) for n, s in SHAPES.items()}
+    return {n: scale * torch.randn(s, generator=g) for n, s in shapes.items()}
 
 
-def _vec(seed: int) -> TimeVector:
-    return TimeVector(_tensors(seed, 0.01))
+def _vec(seed: int, shapes: dict[str, tuple[int, ...]] = SHAPES) -> TimeVector:
+    return TimeVector(_tensors(seed, 0.01, shapes))
 
 
 def _vector_files(root: Path, period: str) -> dict[str, bytes]:
@@ -360,10 +360,8 @@ def test_disk_full_under_a_real_s3_server(tmp_path: Path) -> None:
             url = server.url(f"full-{uuid.uuid4().hex[:8]}")
             store = VectorStore(url, server.storage_options)
             big = {f"w{i}": (256, 1024) for i in range(4)}  # 4 MiB a vector, 1 MiB a shard
-            base = {n: torch.randn(s, generator=torch.Generator().manual_seed(0)) for n, s in big.items()}
-            vector = {n: TimeVector({k: 0.01 * torch.randn(s, generator=torch.Generator().manual_seed(seed))
-                                     for k, s in big.items()}) for n, seed in (("2014", 1), ("2015", 2))}  # fmt: skip
-            store.init("tiny-base", base, target_shard_bytes=2**20)
+            vector = {"2014": _vec(1, big), "2015": _vec(2, big)}
+            store.init("tiny-base", _tensors(0, shapes=big), target_shard_bytes=2**20)
             store.put_vector("lm", "2014", vector["2014"])
             filler = _fill(disk, leave_bytes=2 * 2**20)  # room for about two of the four shards
 
