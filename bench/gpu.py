@@ -683,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.__version__}); run with --device cpu", file=sys.stderr)
         return 2
     from timevec.config import ConfigError
-    from timevec.distributed.runtime import set_verbose
+    from timevec.distributed.verbosity import set_verbose
 
     set_verbose(False)
     try:

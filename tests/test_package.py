@@ -54,6 +54,19 @@ def test_the_public_api_resolves_and_import_stays_light():
     assert subprocess.run([sys.executable, "-m", "timevec", "--help"], cwd=ROOT, capture_output=True).returncode == 0
 
 
+def test_the_config_and_the_cli_load_neither_torch_nor_ray_and_a_mistyped_key_exits_2_before_them():
+    """errors.py's promise: bad input exits 2 at once, before the stages' heavy modules load."""
+    code = ("import sys, timevec.config, timevec.cli; "
+            "print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code = ("import sys, timevec.cli; status = timevec.cli.main(['run', 'timevec/demo/tiny.yaml', '--set', "
+            "'evaluation.max_exampels=3']); print(status, sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout.strip() == "2 []", (done.stdout, done.stderr[-2000:])
+    assert "max_exampels" in done.stderr
+
+
 def test_packages_import_only_downward_and_ray_only_in_distributed():
     problems = []
     for path in sorted(PACKAGE.rglob("*.py")):

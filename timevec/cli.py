@@ -339,7 +339,7 @@ def configure_logging(verbosity: int) -> None:
     Quiet (the default): warnings and errors, plus the progress lines of
     :data:`timevec.train.progress.PROGRESS_LOGGER` (long steps, the fleet, the stage times) —
     every other INFO line (each table written, each run, each trial) waits for ``-v``; ``-vv`` adds
-    DEBUG. Ray's and Tune's own output follows the same switch (:func:`timevec.distributed.runtime.set_verbose`).
+    DEBUG. Ray's and Tune's own output follows the same switch (:func:`timevec.distributed.verbosity.set_verbose`).
     """
     from timevec.train.progress import PROGRESS_LOGGER
 
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    from timevec.distributed.runtime import set_verbose
+    from timevec.distributed.verbosity import set_verbose
     from timevec.errors import run_with_exit_status
 
     set_verbose(bool(args.verbose))

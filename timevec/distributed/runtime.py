@@ -12,29 +12,12 @@ import ray
 import torch
 
 from timevec.config import ConfigError, ExperimentConfig, RayConfig, StoreConfig
+from timevec.distributed.verbosity import is_verbose
 from timevec.store import VectorStore
 from timevec.train.devices import gpu_device
 from timevec.train.progress import log as progress_log
 
 log = logging.getLogger(__name__)
-
-_verbose = False
-
-
-def set_verbose(verbose: bool) -> None:
-    """Show Ray's and Tune's own output (worker logs, checkpoint lines, Tune's tables) — ``timevec -v``.
-
-    Quiet by default: a local run's terminal then holds timevec's progress lines and the findings,
-    while every worker log stays in Ray's session folder (``/tmp/ray/session_latest/logs``).
-    A job on a cluster always forwards worker logs: they are its only console.
-    """
-    global _verbose
-    _verbose = bool(verbose)
-    if not _verbose:
-        # Tune's new output engine prints its experiment box and a TensorBoard hint into Ray's session
-        # folder whatever RunConfig(verbose=0) says; the legacy engine at verbosity 0 prints nothing.
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-
 
 def ensure_ray(cfg: RayConfig) -> None:
     """Attach to the configured/ambient cluster, or start a local one sized by ``cfg.num_cpus``.
@@ -59,8 +42,8 @@ def _start_or_attach(cfg: RayConfig) -> None:
         address="local",  # a cluster of our own, not one a `ray start` recorded in /tmp/ray/ray_current_cluster
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.dashboard,
-        log_to_driver=_verbose,
-        logging_level=logging.INFO if _verbose else logging.ERROR,
+        log_to_driver=is_verbose(),
+        logging_level=logging.INFO if is_verbose() else logging.ERROR,
     )
     if cfg.dashboard and context.dashboard_url:
         progress_log.info("Ray dashboard: http://%s", context.dashboard_url)  # where to look: shown without -v

@@ -37,13 +37,29 @@ checks), :mod:`.checksum` (which digest, and checking it), :mod:`.codec` (safete
 May import: ``data`` (periods, fingerprints), ``weights`` (the vector types) and ``errors``; never Ray.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from timevec.store.errors import StoreError
-from timevec.store.layout import (
-    DEFAULT_TARGET_SHARD_BYTES,
-    FORMAT_VERSION,
-    STORE_DTYPES,
-    shard_plan,
-)
-from timevec.store.vector_store import VectorStore
+
+if TYPE_CHECKING:
+    from timevec.store.layout import DEFAULT_TARGET_SHARD_BYTES, FORMAT_VERSION, STORE_DTYPES, shard_plan
+    from timevec.store.vector_store import VectorStore
 
 __all__ = ["DEFAULT_TARGET_SHARD_BYTES", "FORMAT_VERSION", "STORE_DTYPES", "StoreError", "VectorStore", "shard_plan"]
+
+_LAZY = {"DEFAULT_TARGET_SHARD_BYTES": "layout", "FORMAT_VERSION": "layout", "STORE_DTYPES": "layout",
+         "shard_plan": "layout", "VectorStore": "vector_store"}
+
+
+def __getattr__(name: str) -> Any:
+    """The store's torch-backed pieces, imported on first use: importing ``timevec.store.credentials`` (as the
+    config does) or ``timevec.store.errors`` must not load torch (a mistyped key exits 2 before torch loads)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
