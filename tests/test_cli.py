@@ -88,6 +88,23 @@ def test_unknown_stage_exits_2_in_the_cli_and_the_job(tmp_path):
     assert single.returncode == 2 and "unrecognized arguments: --stages" in single.stderr  # single-stage commands
 
 
+def test_a_stage_that_does_not_apply_says_skipped_and_why(tmp_path):
+    """Not "done in 0.0 s": forgetting under training.mode independent, group swaps off, a forecast horizon the
+    periods cannot hold, an analogy without its tasks. Named stages that cannot run at all still exit 2."""
+    config = ROOT / "timevec" / "demo" / "tiny.yaml"
+    result = timevec("run", str(config), "--stages", "forgetting,groups,analogy", "--set", f"store.url={tmp_path / 's'}",
+                     "--set", "groups.swaps=false", "--set", "tasks=[classification]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split(" ", 1)[-1] for line in result.stderr.splitlines() if " stage " in line]
+    assert lines == ["stage forgetting: skipped (training.mode is independent, not continual)",
+                     "stage analogy: skipped (it needs the tasks 'lm' and 'classification' in config.tasks "
+                     "(have ['classification']))",
+                     "stage groups: skipped (groups.swaps is false)"], result.stderr
+    named = timevec("run", str(config), "--stages", "forecast", "--set", f"store.url={tmp_path / 's'}",
+                    "--set", "periods.end='2015'")
+    assert named.returncode == 2 and "forecast.horizon = 2" in named.stderr, named.stderr
+
+
 def test_quiet_by_default_every_info_line_with_v(tmp_path):
     """Without -v: progress lines, warnings and the command's own output; with -v every INFO line too."""
     import torch
@@ -142,6 +159,10 @@ def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path, caps
     before, verdict = result.stdout.split("\nVerdict (95 % intervals")
     assert len(before.splitlines()) + len(result.stderr.splitlines()) <= 40, everything
     assert "stage finetune: done in" in result.stderr and "stage report: done in" in result.stderr
+    # a stage that does not apply says so and why, never "done"
+    assert "stage forgetting: skipped (training.mode is independent, not continual)" in result.stderr
+    assert re.search(r"stage forecast: skipped \(.*forecast\.horizon", result.stderr), result.stderr
+    assert "stage forgetting: done" not in result.stderr and "stage forecast: done" not in result.stderr
     assert results_file in verdict.splitlines()[0]
     assert "the paper's finding" in verdict and "own period best" in verdict and "decay with the gap" in verdict
     assert "Adaptation vs the latest vector" in verdict

@@ -48,6 +48,8 @@ STAGES: tuple[str, ...] = tuple(STAGE_HELP)
 """The stage names in pipeline order."""
 
 StageResult = dict[str, Any]
+"""What a stage returns: ``tables`` and ``headline`` to print, ``report``/``findings``/``findings_file``; or
+``{"skipped": why}`` when the stage does not apply to the config (printed as ``stage <name>: skipped (why)``)."""
 StageFunction = Callable[["ExperimentConfig", "VectorStore"], StageResult]
 
 def gram_of_store(store: VectorStore) -> tuple[Any, list[tuple[str, str]]]:
@@ -217,6 +219,10 @@ def _run_one(config: ExperimentConfig, stages: list[str], functions: Mapping[str
         began = time.perf_counter()
         log.info("stage %s: starting", name)  # (-v) the stage's progress lines and its time are on the progress channel
         result = functions[name](config, store)
+        if "skipped" in result:  # the stage does not apply to this config: say so and why, not "done"
+            progress_log.info("stage %s: skipped (%s)", name, result["skipped"])
+            summary["headline"][name] = f"skipped: {result['skipped']}"
+            continue
         summary["tables"].update(result.get("tables", {}))
         summary["headline"].update(result.get("headline", {}))
         for key in ("report", "findings", "findings_file"):

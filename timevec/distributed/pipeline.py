@@ -52,7 +52,7 @@ def _forgetting(config: ExperimentConfig, store: VectorStore) -> StageResult:
 
     table = run_forgetting(config, store)
     if table is None:
-        return {"headline": {"forgetting": "skipped: training.mode is independent"}}
+        return {"skipped": f"training.mode is {config.training.mode}, not continual"}
     return {"tables": {"forgetting by lag (% worse than when learned; gap to the in-period model)": by_lag(table)},
             "headline": headline(table)}
 
@@ -65,8 +65,14 @@ def _interpolate(config: ExperimentConfig, store: VectorStore) -> StageResult:
 
 
 def _forecast(config: ExperimentConfig, store: VectorStore) -> StageResult:
+    from timevec.adapt.forecast import check_horizon
+    from timevec.config import ConfigError
     from timevec.distributed.forecast import run_forecast
 
+    try:
+        check_horizon(config)
+    except ConfigError as exc:
+        return {"skipped": str(exc)}
     table = run_forecast(config, store)
     return {"tables": {"forecast (past-only) vs the latest vector, test": table}}
 
@@ -75,8 +81,7 @@ def _analogy(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.analogy import run_analogy
 
     if config.analogy.task not in config.tasks or "lm" not in config.tasks:
-        log.warning("analogy skipped: it needs the tasks 'lm' and %r in config.tasks (have %s)", config.analogy.task, config.tasks)
-        return {"headline": {"analogy": "skipped: config.tasks lacks lm or the analogy task"}}
+        return {"skipped": f"it needs the tasks 'lm' and {config.analogy.task!r} in config.tasks (have {config.tasks})"}
 
     run_analogy(config, store)
     return {"tables": {"task analogies (test split)": store.read_table(results.ANALOGY_BEST_TABLE)}}
@@ -86,7 +91,7 @@ def _groups(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.group_swaps import run_group_swaps
 
     if not config.groups.swaps:
-        return {"headline": {"group swaps": "off (groups.swaps: false)"}}
+        return {"skipped": "groups.swaps is false"}
     return {"tables": {"group swaps: share of the gap to the in-period vector": run_group_swaps(config, store)}}
 
 
@@ -131,18 +136,12 @@ assert tuple(STAGE_FUNCTIONS) == STAGES, "STAGES names the pipeline's stages in 
 
 def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
     """Run ``stages`` in the pipeline's order; returns the tables and findings to print."""
-    if "forecast" in stages:
+    if "forecast" in stages and set(stages) != set(STAGES):
         from timevec.adapt.forecast import check_horizon
-        from timevec.config import ConfigError
 
-        try:
-            check_horizon(config)  # a horizon the periods cannot hold fails now, not after the fine-tunes
-        except ConfigError as exc:
-            if set(stages) != set(STAGES):
-                raise  # asked for by name: the user must know
-            # the whole study on a short period range: every other stage still has something to say
-            log.warning("forecast skipped: %s", exc)
-            stages = [s for s in stages if s != "forecast"]
+        # asked for by name: a horizon the periods cannot hold fails now, not after the fine-tunes; in the whole
+        # study on a short period range the stage says it is skipped and why, every other stage still runs
+        check_horizon(config)
     if set(stages) - {"analyze", "report"}:
         _check_cluster(config)
     return run_stages(config, stages, STAGE_FUNCTIONS)
