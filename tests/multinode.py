@@ -40,8 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
+from tests.components import require_that
 from tests.s3_server import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,8 +282,7 @@ class MultiNodeCluster:
 def multinode_cluster(head_cpus: int = 0, worker_cpus: tuple[int, ...] = (1, 1)) -> Iterator[MultiNodeCluster]:
     """A started cluster (default: a head with 0 CPUs — job drivers only — and two 1-CPU worker nodes),
     stopped on exit. Start the S3 server first: its keys are then in every node's environment."""
-    if not Path(RAY_BIN).exists():
-        pytest.skip(f"no ray CLI at {RAY_BIN}")
+    require_that(Path(RAY_BIN).exists(), "ray-cli", f"no ray CLI at {RAY_BIN}")
     cluster = MultiNodeCluster(head_cpus=head_cpus, worker_cpus=list(worker_cpus)).start()
     try:
         yield cluster

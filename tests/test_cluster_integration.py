@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.components import require_that
 from tests.multinode import group_alive, wait_for_job
 from tests.s3_server import free_ports
 
@@ -184,8 +185,7 @@ def _local_sh(action: str, state_dir: Path, env: dict[str, str], *args: str, tim
 @pytest.fixture
 def ray_head(s3_server) -> Iterator[Head]:
     """A Ray head node of our own, started with the S3 credentials in its environment."""
-    if shutil.which("setsid") is None:
-        pytest.skip("setsid (util-linux) is needed by cluster/local.sh")
+    require_that(shutil.which("setsid") is not None, "setsid", "setsid (util-linux) is needed by cluster/local.sh")
     # Short path: Ray's Unix sockets live under the temp dir and must stay under ~107 bytes.
     state_dir = Path(tempfile.mkdtemp(prefix="tvray-", dir="/tmp"))
     env = os.environ.copy()  # holds AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY of s3_server

@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.components import require
 from tests.test_adapt import build_store, tiny_config
 from timevec.config import ConfigError
 from timevec.distributed.analogy import run_analogy
 from timevec.distributed.fleet import run_fleet
 from timevec.distributed.tracking import mlflow_tracking_uri
 
-mlflow = pytest.importorskip("mlflow")  # the `mlflow` extra
+try:
+    import mlflow  # the `mlflow` extra (mlflow-skinny)
+except ImportError as exc:
+    require("mlflow", f"mlflow not importable: {exc}", allow_module_level=True)
 
 
 def _runs(uri: str, experiment: str) -> list:
