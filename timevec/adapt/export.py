@@ -71,6 +71,7 @@ class Recipe:
     task: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     study_rows: list[dict[str, Any]] = field(default_factory=list)  # the study's table rows for this combination
+    protocol_rows: list[dict[str, Any]] = field(default_factory=list)  # best: the protocol table's row(s) that chose α
 
     @property
     def vectors(self) -> list[tuple[str, str]]:
@@ -166,7 +167,7 @@ def resolve(config: ExperimentConfig, store, spec: str) -> Recipe:
         row = table.iloc[0]
         recipe = _interpolation(store, spec, task, str(row["granularity"]), float(row["alpha"]), str(row["first"]), str(row["last"]))
         recipe.selection, recipe.target = str(row["selection"]), period
-        recipe.study_rows = _records(table) + recipe.study_rows
+        recipe.protocol_rows = _records(table)
         return recipe
     if kind == "interpolation":
         return _interpolation(store, spec, task, granularity, _float(params, "alpha", spec), params.get("first"), params.get("last"))
@@ -239,7 +240,7 @@ def _best_analogy(config, store, spec, task, protocol, k, params) -> Recipe:
     row = table.dropna(subset=["alpha1"]).iloc[0]
     recipe = _analogy(store, spec, task, str(row["source_period"]), k, (float(row["alpha1"]), float(row["alpha2"]), float(row["alpha3"])),
                       f"{protocol}: the grid point best on {row['chosen_on']}'s validation split")
-    recipe.study_rows = _records(table) + recipe.study_rows
+    recipe.protocol_rows = _records(table)
     return recipe
 
 
@@ -295,14 +296,15 @@ def _term_record(coef: float, task: str, period: str, manifest: dict[str, Any]) 
 
 def _score(evaluator, config, recipe: Recipe, terms) -> list[dict[str, Any]]:
     """The combination on the test split of every period the study measured it on (or its target),
-    with bootstrap intervals, beside the study's value."""
+    with bootstrap intervals, beside the study's value (from its cell rows: a protocol row only
+    says how α was chosen; a forecast row's ``selection`` column is part of the cell)."""
     from timevec.data.examples import prepare_eval_sets
 
     task = recipe.task or (config.tasks[0] if config.tasks else "lm")
     tasks_periods: dict[tuple[str, str], float | None] = {}
     for row in recipe.study_rows:
         period = row.get("test_period") or row.get("target_period") or row.get("period")
-        if period and row.get("split", "test") == "test" and "selection" not in row:
+        if period and row.get("split", "test") == "test":
             tasks_periods[(str(row.get("task", task)), str(period))] = float(row["value"]) if row.get("value") is not None else None
     if not tasks_periods and recipe.target:
         tasks_periods[(task, recipe.target)] = None
@@ -348,7 +350,7 @@ def export(config: ExperimentConfig, spec: str | Recipe, out: str | os.PathLike,
                   "applies": len([c for c, _, _ in recipe.terms if c != 0.0]) >= 2 and not evaluator.merge.is_task_arithmetic},
         "alpha_selection": recipe.selection,
         "scores": scores,
-        "study_rows": recipe.study_rows,
+        "study_rows": recipe.protocol_rows + recipe.study_rows,
         "versions": {"torch": torch.__version__, "transformers": _version("transformers"), "timevec": _version("timevec")},
     }
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
