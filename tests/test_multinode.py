@@ -5,16 +5,24 @@ production head does) and two 1-CPU worker nodes, every node its own ``ray start
 on loopback, the store on SeaweedFS S3 (tests/s3_server.py). With 0 CPUs on the head, two
 concurrent fine-tunes or evaluation actors can only run on two different nodes.
 
+The reference of both tests is the same study run on ONE node (``timevec run`` with a local Ray of 2
+CPUs and a folder store, its driver at torch's default thread count), and θ_pre's reference also
+``timevec demo --tiny`` (its driver at 2 threads): a job's driver runs with OMP_NUM_THREADS=1, so θ_pre
+is the same bit for bit only because it is pretrained under the config's ``ray.torch_threads``.
+
 1. ``test_study_spreads_over_nodes_and_equals_one_node``: ``ray job submit`` of the tiny study
    (fine-tune + cells); Ray's state API shows fine-tune trials and evaluation actors on both
-   worker nodes; every vector and every cell equals a run of the same config on ONE node (a local
-   Ray of 2 CPUs, a folder store) bit for bit.
+   worker nodes; θ_pre's fingerprint equals the one-node run's and the demo's; every vector and
+   every cell equals the one-node run bit for bit.
 2. ``test_nodes_lost_mid_study``: a worker node is SIGKILLed (its whole process group) while the
    fleet trains; the driver is then stopped while the fleet goes on on the node left; a
    replacement node joins and the job is re-submitted: it resumes; a worker node is killed again
-   while the cells are evaluated. The study completes within ``ray.max_failures``; nothing is lost
-   or doubled: ``store verify`` clean, every vector directory exactly its manifest and shards, the
-   cells table one row per cell.
+   while an evaluation actor on it runs an item, with cells still missing: Ray restarts the actor on
+   the node left and retries that very call there (the same task, its next attempt, on another node).
+   The study completes within ``ray.max_failures``; nothing is lost or doubled (``store verify``
+   clean, every vector directory exactly its manifest and shards, one row per cell); every vector and
+   cell equals the one-node run of the same (larger) study bit for bit, and every cell equals an
+   evaluation in this process of the vectors as stored.
 """
 
 from __future__ import annotations
@@ -51,25 +59,65 @@ def cluster(s3_server) -> Iterator[MultiNodeCluster]:
         yield started
 
 
-@pytest.fixture(scope="module")
-def one_node_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same study on ONE node: a local Ray of 2 CPUs started by the driver, a folder store."""
-    store = tmp_path_factory.mktemp("one-node") / "store"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+#: The node-loss study: larger than the tiny config's, so that on a quiet machine the fleet is still running when the
+#: driver is stopped after the node loss, and the cells stage is still running when its node is killed. With a 4x
+#: wider base, 4x the steps and up to 160 test examples a period, on 2 cores (2026-12-06): the fleet 18 s for 16
+#: steps a run, the cells 20 s (they took 5 s before, and once were over before the test saw an actor on the node).
+LOSS_STUDY = ["training.steps=32", "base.tiny.d_model=128", "base.tiny.d_ff=512", "base.tiny.num_layers=2",
+              "corpus.caps.test=160", "evaluation.max_examples=160"]  # fmt: skip
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+def _one_node_run(store: Path, overrides: list[str]) -> Path:
+    """``timevec run`` of the study on ONE node: a local Ray of 2 CPUs started by the driver, a folder store.
+
+    The driver keeps torch's default thread count (2 on a 2-core machine; a job's driver has 1)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = str(REPO)
-    # As Ray sets it for a job's driver (the JobSupervisor actor has 0 CPUs, so Ray forces OMP_NUM_THREADS=1
-    # in it and the entrypoint inherits it): θ_pre is pretrained in the driver, with torch's default
-    # thread count, and a matmul summed over 2 threads is not bitwise the one over 1.
-    env["OMP_NUM_THREADS"] = "1"
     began = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "timevec", "run", CONFIG, "--stages", STAGES, "--set", f"store.url={store}",
-         "--set", "ray.num_cpus=2"],
+         "--set", "ray.num_cpus=2", *_sets(overrides)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
     )  # fmt: skip
     assert done.returncode == 0, f"the one-node run failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    print(f"\none-node run: {time.monotonic() - began:.0f} s")
+    print(f"\none-node run {overrides or 'tiny'}: {time.monotonic() - began:.0f} s")
     return store
+
+
+@pytest.fixture(scope="module")
+def one_node(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The one-node references of both tests, run before the cluster starts (the machine is otherwise idle)."""
+    root = tmp_path_factory.mktemp("one-node")
+    return {"tiny": _one_node_run(root / "tiny", []), "loss": _one_node_run(root / "loss", LOSS_STUDY)}
+
+
+@pytest.fixture(scope="module")
+def demo_fingerprint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """θ_pre's fingerprint as ``timevec demo --tiny`` pretrains it, its driver at 2 torch threads: the demo is
+    stopped (SIGKILL, with the local Ray it started) as soon as its store holds the base."""
+    import signal
+
+    from tests.reliability import kill_when
+
+    store = tmp_path_factory.mktemp("demo") / "store"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    log_path = store.parent / "demo.log"
+    with open(log_path, "wb") as log:
+        demo = subprocess.Popen([sys.executable, "-m", "timevec", "demo", "--tiny", "--store", str(store)], cwd=REPO,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        kill_when(demo, lambda: (store / "store.json").exists(), "the demo's base in its store", log_path=log_path)
+    finally:
+        try:
+            os.killpg(demo.pid, signal.SIGKILL)  # the local Ray it started, if any of it outlived the driver
+        except ProcessLookupError:
+            pass
+    return _store(str(store)).base_fingerprint
 
 
 def _store(url: str, s3_server=None):
@@ -89,6 +137,7 @@ def _assert_equal_to_one_node(store, one_node: Path) -> None:
     from compare_tables import first_difference
 
     reference = _store(str(one_node))
+    assert store.base_fingerprint == reference.base_fingerprint, "θ_pre differs from the one-node run's"
     keys = reference.list_vectors()
     assert store.list_vectors() == keys
     for task, period in keys:
@@ -180,7 +229,8 @@ def _study_size() -> tuple[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2 * JOB_TIMEOUT_S)
-def test_study_spreads_over_nodes_and_equals_one_node(one_node_store: Path, s3_server, cluster: MultiNodeCluster) -> None:
+def test_study_spreads_over_nodes_and_equals_one_node(one_node: dict[str, Path], demo_fingerprint: str, s3_server,
+                                                     cluster: MultiNodeCluster) -> None:
     url = s3_server.url(f"mn-{uuid.uuid4().hex[:8]}")
     submission = f"timevec-mn-{uuid.uuid4().hex[:8]}"
     began = time.monotonic()
@@ -201,27 +251,43 @@ def test_study_spreads_over_nodes_and_equals_one_node(one_node_store: Path, s3_s
     store = _store(url, s3_server)
     n_runs, n_cells = _study_size()
     _assert_whole(store, n_runs, n_cells)
-    cells = store.read_table("cells")
-    assert cells["value"].notna().all() and (cells["n_examples"] > 0).all()
+    # θ_pre from three drivers (the job's at 1 thread, `timevec run` and `timevec demo` at 2): one tensor
+    assert store.base_fingerprint == _store(str(one_node["tiny"])).base_fingerprint == demo_fingerprint
+    _assert_equal_to_one_node(store, one_node["tiny"])
+
+
+def _evaluated_here(store, overrides: list[str], endpoint_url: str) -> pd.DataFrame:
+    """Every cell of ``store`` (θ_pre and each stored vector on every test period) evaluated in this process,
+    under the thread count the evaluation actors use."""
+    from timevec.config import load_config
+    from timevec.data.examples import prepare_eval_sets
+    from timevec.evaluate.cells import CellEvaluator
+    from timevec.train.devices import cpu_threads
+
+    config = load_config(REPO / CONFIG, [f"store.url={store.url}", f"store.storage_options.endpoint_url={endpoint_url}",
+                                         *overrides])  # fmt: skip
+    periods = config.period_list("year")
+    splits = prepare_eval_sets(config, {(task, "year"): periods for task in config.tasks}, store=store)["test"]
+    evaluator = CellEvaluator(config, store, splits, device="cpu")
+    rows = []
+    with cpu_threads(config.ray.torch_threads):
+        for task in config.tasks:
+            rows += evaluator.evaluate_base(task, "year", periods)
+            for period in periods:
+                rows += evaluator.evaluate_vector((task, period), periods)
+    return pd.DataFrame(rows)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3 * JOB_TIMEOUT_S)
-def test_nodes_lost_mid_study(s3_server, cluster: MultiNodeCluster) -> None:
+def test_nodes_lost_mid_study(one_node: dict[str, Path], s3_server, cluster: MultiNodeCluster) -> None:
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(cluster.dashboard_url)
     url = s3_server.url(f"mn-loss-{uuid.uuid4().hex[:8]}")
     store = _store(url, s3_server)
     n_runs, n_cells = _study_size()
-    # A larger study than the tiny config's (the vectors' values are not compared here, only that nothing is lost
-    # or doubled): on a quiet machine the fleet must still be running when the driver is stopped after the node
-    # loss, and the cells stage must still be running when its node is killed. With a 4x wider base, 4x the steps
-    # and up to 160 test examples a period, on 2 cores (2026-12-06): the fleet 18 s for 16 steps a run, the cells
-    # 20 s (they took 5 s before, and once were over before the test saw an evaluation actor on the node).
-    entry = [*_entrypoint(url, s3_server.endpoint_url), "--set", "training.steps=32", "--set", "base.tiny.d_model=128",
-             "--set", "base.tiny.d_ff=512", "--set", "base.tiny.num_layers=2", "--set", "corpus.caps.test=160",
-             "--set", "evaluation.max_examples=160"]  # fmt: skip
+    entry = [*_entrypoint(url, s3_server.endpoint_url), *_sets(LOSS_STUDY)]
 
     def stored() -> int:
         return len(store.list_vectors()) if store.exists() else 0
@@ -258,20 +324,21 @@ def test_nodes_lost_mid_study(s3_server, cluster: MultiNodeCluster) -> None:
     submit_job(cluster, second, entry)
     job2 = _job_id(cluster, second)
 
-    # Fault 3: a worker node dies while the cells are evaluated (an item running on it).
-    def evaluating_on_replacement() -> bool:
-        # Its evaluation actor is up (θ_pre loaded) and has an item: the driver hands every actor one at once.
-        return any(a.class_name.endswith("CellActor") and a.state == "ALIVE" and a.node_id == replacement.node_id
-                   for a in _actors(cluster, job2))  # fmt: skip
+    # Fault 3: a worker node dies while an evaluation actor on it runs an item.
+    def items_on_replacement() -> list:
+        return [t for t in _tasks(cluster, job2) if t.name.endswith("CellActor.run") and t.state == "RUNNING"
+                and t.node_id == replacement.node_id]  # fmt: skip
 
-    _wait_until("an evaluation actor up on the replacement node", evaluating_on_replacement, JOB_TIMEOUT_S,
-                (cluster, second))  # fmt: skip
-    assert stored() == n_runs
+    _wait_until("an evaluation item running on the replacement node", lambda: bool(items_on_replacement()),
+                JOB_TIMEOUT_S, (cluster, second))  # fmt: skip
+    killed = {(t.task_id, t.attempt_number) for t in items_on_replacement()}
     cells_at_kill = len(store.read_table("cells")) if store.has_table("cells") else 0
     cluster.kill_node(replacement)
     noticed = cluster.wait_dead(replacement)
-    print(f"fault 3: node {replacement.name} killed during the cells with {cells_at_kill}/{n_cells} cells stored; "
-          f"Ray marked it dead after {noticed:.1f} s")  # fmt: skip
+    assert stored() == n_runs
+    assert killed and cells_at_kill < n_cells, (killed, cells_at_kill)
+    print(f"fault 3: node {replacement.name} killed during the cells with {cells_at_kill}/{n_cells} cells stored and "
+          f"{len(killed)} item(s) running on it; Ray marked it dead after {noticed:.1f} s")  # fmt: skip
     status = wait_job(cluster, second, JOB_TIMEOUT_S)
     logs = client.get_job_logs(second)
     assert status == "SUCCEEDED", f"re-submitted job ended {status}; log tail:\n{logs[-6000:]}"
@@ -279,6 +346,17 @@ def test_nodes_lost_mid_study(s3_server, cluster: MultiNodeCluster) -> None:
     print("re-submission: " + "; ".join(f"{k} on {sorted(v)}" for k, v in placement.items()))
     assert "skipped" in logs or "already in the store" in logs, "the re-submission did not resume from the store"
 
+    # The killed item was retried elsewhere: the same actor call, a later attempt, finished on another node.
+    attempts = _tasks(cluster, job2)
+    for task_id, attempt in killed:
+        later = [t for t in attempts if t.task_id == task_id and t.attempt_number > attempt]
+        assert any(t.state == "FINISHED" and t.node_id not in (replacement.node_id, None) for t in later), \
+            f"item {task_id} (attempt {attempt}) was not retried to the end on another node: {later}"
+
     _assert_whole(store, n_runs, n_cells)
-    cells = store.read_table("cells")
-    assert cells["value"].notna().all() and (cells["n_examples"] > 0).all()
+    _assert_equal_to_one_node(store, one_node["loss"])
+    here = _evaluated_here(store, LOSS_STUDY, s3_server.endpoint_url).set_index(CELL_KEY)["value"].sort_index()
+    there = store.read_table("cells").set_index(CELL_KEY)["value"].sort_index()
+    assert len(here) == n_cells and here.index.equals(there.index)
+    unequal = here[here != there]
+    assert unequal.empty, f"cells differ from an in-process evaluation of the stored vectors: {unequal.to_dict()}"

@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 from timevec.errors import ConfigError
 
-__all__ = ["NO_CUDA", "NoCudaDevice", "gpu_device", "pick_device", "torch_build"]
+__all__ = ["NO_CUDA", "NoCudaDevice", "cpu_threads", "gpu_device", "pick_device", "torch_build"]
 
 #: Words of every :class:`NoCudaDevice` message (found in the text Tune keeps of a failed trial).
 NO_CUDA = "sees no CUDA device"
@@ -70,3 +72,20 @@ def gpu_device(gpus: float, setting: str, allow_cpu_fallback: bool = False, node
         f"{what}. Install a CUDA build of torch on every GPU node (the same environment on every node), "
         "set the ray.gpus_per_* settings to 0, or set ray.allow_cpu_fallback: true to run on the CPU anyway"
     )
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for the block, then restored.
+
+    A CPU matmul summed over 2 threads is not bitwise the one over 1, so work whose result must be the
+    same wherever it runs (θ_pre pretrained by a driver: ``timevec demo`` on a laptop, ``timevec run``, or a
+    job's driver, which Ray starts with OMP_NUM_THREADS=1) uses the thread count the config fixes
+    (``ray.torch_threads``, as every fine-tune trial and evaluation actor does), not the process's default.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

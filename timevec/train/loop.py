@@ -37,6 +37,7 @@ from timevec.data.models import (
     skeleton,
     token_losses,
 )
+from timevec.train.devices import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,9 @@ def prepare_base(config: ExperimentConfig, corpus: Corpus, store) -> str:
         texts = list(dict.fromkeys(texts))  # a year's texts are also its months' texts
         pre = config.base.pretrain
         log.info("pretraining the embedded base: %d steps on %d texts", pre.steps, len(texts))
-        model, result = pretrain_base(model, texts, tokenizer, pre.steps, pre.batch_size, pre.lr, pre.max_length, config.seed)
+        with cpu_threads(config.ray.torch_threads):  # the same θ_pre bit for bit wherever the driver runs
+            model, result = pretrain_base(model, texts, tokenizer, pre.steps, pre.batch_size, pre.lr, pre.max_length,
+                                          config.seed)
         log.info("base pretrained: loss %.3f -> %.3f in %.0f s", result.first_loss, result.final_loss, result.seconds)
     tensors = {k: v.detach().float().cpu() for k, v in float_parameters(model).items()}
     del model
