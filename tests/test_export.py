@@ -371,13 +371,13 @@ def test_a_low_rank_vector_without_an_exact_adapter_gets_none_and_the_card_says_
     assert f"No PEFT adapter: {reason}." in (out / "README.md").read_text()
 
 
-def test_a_dense_vector_gets_no_adapter_and_no_adapter_entry(handmade: ExperimentConfig, tmp_path: Path) -> None:
-    # Not a refusal with a reason: export tries an adapter only when every vector is stored as factors.
+def test_a_dense_vector_gets_no_adapter_and_the_card_says_why(handmade: ExperimentConfig, tmp_path: Path) -> None:
     out = tmp_path / "out"
     card = export(handmade, "lm/2017", out, score=False)
-    assert card["terms"][0]["kind"] == "dense" and "adapter" not in card
+    reason = "lm/2017 is stored dense, not as LoRA factors (training.lora.store: factors stores a run's vector as an adapter)"
+    assert card["terms"][0]["kind"] == "dense" and card["adapter"] == {"skipped": reason}
     assert (out / "model.safetensors").exists() and not (out / "adapter").exists()
-    assert "PEFT" not in (out / "README.md").read_text()
+    assert f"No PEFT adapter: {reason}." in (out / "README.md").read_text()
 
 
 def test_factors_on_conv1d_and_linear_layers_get_no_adapter_and_the_card_says_why(tmp_path: Path) -> None:

@@ -361,7 +361,11 @@ def export(config: ExperimentConfig, spec: str | Recipe, out: str | os.PathLike,
             evaluator.model.save_pretrained(tmp)
         evaluator.tokenizer.save_pretrained(tmp)
         card["model_class"] = type(evaluator.model).__name__
-        if lora and all(hasattr(v, "factors") for v in vectors.values()) and terms:
+        dense = [f"{t}/{p}" for (t, p), v in vectors.items() if not hasattr(v, "factors")]
+        if lora and terms and dense:
+            card["adapter"] = {"skipped": f"{', '.join(dense)} {'is' if len(dense) == 1 else 'are'} stored dense, not as "
+                                          "LoRA factors (training.lora.store: factors stores a run's vector as an adapter)"}
+        elif lora and terms:
             from timevec.adapt.lora_export import write_adapter
 
             card["adapter"] = write_adapter(evaluator.model, terms, evaluator.merge, tmp / "adapter", store.base_id)
