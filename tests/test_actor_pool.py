@@ -13,6 +13,10 @@ from timevec.distributed.actor_pool import (
 )
 from timevec.store import StoreError
 
+#: The out-of-memory test's cap beyond what an actor holds when it caps itself, its item's own
+#: allocation and the headroom the first attempt's fault-injection ballast leaves, MiB: 64 fits under 100, not in 32.
+CAP_MB, ITEM_MB, HEADROOM_MB = 100, 64, 32
+
 
 class _Echo(PoolActor):
     """Doubles an item; item 3 is bad stored data, item 5 a bug; ``broken`` fails its setup."""
@@ -28,6 +32,17 @@ class _Echo(PoolActor):
         if item == 5:
             raise KeyError(item)
         return {"rows": [{"item": item, "value": item * self.factor + offset}]}
+
+
+class _Allocates(PoolActor):
+    """Allocates (and touches) ITEM_MB MiB per item, then doubles it."""
+
+    def setup(self) -> None:
+        pass
+
+    def work(self, item: int, offset: int) -> dict[str, list[dict]]:
+        block = bytearray(ITEM_MB * 2**20)
+        return {"rows": [{"item": item, "value": 2 * item + offset + block[-1]}]}
 
 
 def _ray_config() -> RayConfig:
@@ -64,3 +79,28 @@ def test_a_failed_setup_reaches_the_stage_as_its_own_exception(ray_session: str)
     with pytest.raises(StoreError, match="could not load the base: base: shard-00000.safetensors is truncated"):
         drive(_Echo, (10, True), _ray_config(), [0], lambda: [0], {"rows": lambda rows: None},
               desc="test", unit="item", flush_rows=1, flush_seconds=60.0, on_setup_error=stage_error)
+
+
+def test_an_item_out_of_memory_on_its_first_attempt_is_retried_in_another_process_and_kept(ray_session: str) -> None:
+    """A real cap (RLIMIT_DATA, ``ray.eval_actor_memory_mb``): each item's first attempt holds the
+    ballast (all of the cap but HEADROOM_MB) and its own allocation is refused; its retry, in a fresh
+    actor, has no ballast and fits."""
+    import os
+
+    config = RayConfig(num_cpus=2, eval_actors=1, cpus_per_eval_actor=0.5, max_failures=2,
+                       eval_actor_memory_mb=CAP_MB, fault_first_attempt_headroom_mb=HEADROOM_MB)  # fmt: skip
+    appended: list[dict] = []
+    outcome = drive(_Allocates, (), config, [0, 1], lambda: [1], {"rows": appended.extend},
+                    desc="test", unit="item", flush_rows=1, flush_seconds=60.0)  # fmt: skip
+    assert sorted((r["item"], r["value"]) for r in appended) == [(0, 1), (1, 3)]
+    assert outcome.failures == [] and outcome.retries == 2
+    for item in (0, 1):
+        first, retry = (a for a in outcome.attempts if a.item == item)
+        assert (first.number, retry.number) == (1, 2) and retry.error is None
+        assert first.error is not None and first.error.startswith(f"out of memory in evaluation actor {first.actor_id} "
+                                                                  f"(pid {first.pid} on ")  # fmt: skip
+        assert "MemoryError" in first.error and f"ray.eval_actor_memory_mb={CAP_MB}" in first.error
+        assert first.pid != retry.pid and first.actor_id != retry.actor_id
+    # item 1's first attempt ran in the actor of item 0's retry: three actor processes, none the driver
+    pids = [a.pid for a in outcome.attempts]
+    assert len(set(pids)) == 3 and os.getpid() not in pids

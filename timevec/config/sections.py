@@ -298,6 +298,12 @@ class RayConfig(_Strict):
         "item is retried, then reported) or 'cgroup' (a memory cgroup per actor: the kernel's OOM killer kills the actor, "
         "as a container limit does; needs a writable cgroup filesystem)",
     )
+    fault_first_attempt_headroom_mb: float | None = Field(
+        None, gt=0, description="fault injection, for tests: the first attempt of every evaluation item maps ballast "
+        "(private, untouched) that leaves only this many MiB of the eval_actor_memory_mb cap (kind 'data', above this) free "
+        "while it works, so an item needing more runs out of memory there and its retry on a fresh actor, without "
+        "ballast, need not; None: off",
+    )
     autoscaling: bool = Field(
         False, description="the cluster adds nodes on demand: do not fail fast when no current node fits a run or actor"
     )
@@ -312,6 +318,16 @@ class RayConfig(_Strict):
     mlflow_tracking_uri: str | None = Field(
         None, description="where ray.loggers' mlflow writes; default file://<store>/mlruns (a local store only)"
     )
+
+    @model_validator(mode="after")
+    def _headroom_under_a_data_cap(self) -> RayConfig:
+        headroom, cap = self.fault_first_attempt_headroom_mb, self.eval_actor_memory_mb
+        if headroom is not None and (cap is None or self.eval_actor_memory_kind != "data" or headroom >= cap):
+            raise ValueError(
+                f"fault_first_attempt_headroom_mb={headroom:g} needs eval_actor_memory_mb above it and "
+                f"eval_actor_memory_kind 'data' (got {cap}, {self.eval_actor_memory_kind!r})"
+            )
+        return self
 
     @field_validator("storage_path")
     @classmethod

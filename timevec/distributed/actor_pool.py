@@ -33,6 +33,9 @@ peak RSS; the driver then replaces that actor by a fresh one (a new process: fra
 caches gone) and retries the item there, up to ``ray.max_failures`` times per slot, before
 reporting it. (Not ``ray.kill(no_restart=False)``: the kill is asynchronous, so the retried call
 could reach the old process as it died and spend Ray's own task retry, or fail as a dead actor.)
+Every attempt that returns is recorded (:class:`Attempt`: its actor id, pid and host), so a retry
+is seen to run in another process; ``ray.fault_first_attempt_headroom_mb`` is the fault injection
+that tests it: the first attempt of every item holds ballast that leaves only that much of the cap.
 An actor that DIES (the kernel's OOM killer, Ray's memory monitor, a crash) after Ray's own
 restarts and task retries (``max_restarts``/``max_task_retries``) fails its item as
 :class:`ActorDied` with Ray's reason, and its slot gets a fresh actor for the items left. With
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import mmap
 import os
 import pickle
 import socket
@@ -63,14 +67,15 @@ from timevec.distributed.runtime import base_bytes, check_fits, check_gpus, ensu
 from timevec.errors import StageFailed
 from timevec.store import StoreError, VectorStore
 from timevec.train.memory_cgroup import join_memory_cgroup
-from timevec.train.memory_limit import cap_data_memory, is_out_of_memory, peak_rss_mb
+from timevec.train.memory_limit import cap_data_memory, data_memory_bytes, is_out_of_memory, peak_rss_mb
 from timevec.train.progress import Progress
 from timevec.weights.vectors import VectorError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ActorDied", "ActorSetupError", "Failure", "OutOfMemory", "PoolActor", "PoolOutcome", "drive", "failure_error",
+    "ActorDied", "ActorSetupError", "Attempt", "Failure", "OutOfMemory", "PoolActor", "PoolOutcome", "drive",
+    "failure_error",
 ]
 
 #: Errors of stored data (a corrupt or missing vector, a wrong shape): the user fixes the store.
@@ -124,12 +129,20 @@ class PoolActor:
     fetched once per actor process (again after Ray restarts a crashed actor).
     """
 
-    def __init__(self, *args: Any, memory_cap_mb: float | None = None, memory_cap_kind: str = "data") -> None:
+    def __init__(
+        self,
+        *args: Any,
+        memory_cap_mb: float | None = None,
+        memory_cap_kind: str = "data",
+        first_attempt_headroom_mb: float | None = None,
+    ) -> None:
         self._setup_error: BaseException | None = None
         self._shared_id: str | None = None
         self._shared: list[Any] = []
         self._memory_cap_mb = memory_cap_mb
         self._memory_cap_kind = memory_cap_kind
+        self._headroom_mb = first_attempt_headroom_mb  # fault injection (ray.fault_first_attempt_headroom_mb)
+        self._cap_bytes: int | None = None  # the RLIMIT_DATA set, once capped
         self._capped = False
         try:
             self.setup(*args)
@@ -147,9 +160,13 @@ class PoolActor:
             raise ActorSetupError(self._setup_error)
         return True
 
-    def run(self, item: Any, refs: list) -> tuple[Any, Rows, BaseException | None, str | None]:
-        """(item, rows per output, error, error text): an item's error is returned, not raised."""
+    def run(
+        self, item: Any, refs: list, attempt: int = 1
+    ) -> tuple[Any, Rows, BaseException | None, str | None, tuple[str, int, str]]:
+        """(item, rows per output, error, error text, (actor id, pid, host)): an item's error is
+        returned, not raised; ``attempt`` counts from 1 (the driver's retries)."""
         self.ready()
+        where = self._where()
         try:
             if self._shared_id != refs[0].hex():
                 self._shared = ray.get(refs)
@@ -160,18 +177,38 @@ class PoolActor:
                 if self._memory_cap_kind == "cgroup":
                     join_memory_cgroup(self._memory_cap_mb)  # over it, the kernel kills this process
                 else:
-                    cap_data_memory(self._memory_cap_mb)
+                    self._cap_bytes = cap_data_memory(self._memory_cap_mb)
                 self._capped = True
-            return item, self.work(item, *self._shared), None, None
+            ballast = self._ballast() if attempt == 1 else None
+            try:
+                return item, self.work(item, *self._shared), None, None, where
+            finally:
+                if ballast is not None:
+                    ballast.close()
         except Exception as exc:  # noqa: BLE001 - reported by the driver, naming the item
             if is_out_of_memory(exc):
                 gc.collect()
                 error = OutOfMemory(self._out_of_memory(exc))
-                return item, {}, error, str(error)
-            return item, {}, _portable(exc), _text(exc)
+                return item, {}, error, str(error), where
+            return item, {}, _portable(exc), _text(exc), where
+
+    def _ballast(self) -> mmap.mmap | None:
+        """Fault injection (``ray.fault_first_attempt_headroom_mb``): private writable memory that leaves
+        only that headroom under the RLIMIT_DATA cap, held while the item works. Mapped, never
+        touched: the cap counts it, yet it is not resident. None when the knob is off, no cap was set,
+        or less than the headroom is free already."""
+        if self._headroom_mb is None or self._cap_bytes is None or (now := data_memory_bytes()) is None:
+            return None
+        size = self._cap_bytes - now - int(self._headroom_mb * 2**20)
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if size > 0 else None
+
+    @staticmethod
+    def _where() -> tuple[str, int, str]:
+        """This actor's (id, pid, host)."""
+        return ray.get_runtime_context().get_actor_id() or "?", os.getpid(), socket.gethostname()
 
     def _out_of_memory(self, exc: BaseException) -> str:
-        actor = ray.get_runtime_context().get_actor_id() or "?"
+        actor, pid, host = self._where()
         cap = (
             f"its cap ray.eval_actor_memory_mb={self._memory_cap_mb:g} (beyond θ_pre)"
             if self._memory_cap_mb is not None
@@ -179,7 +216,7 @@ class PoolActor:
         )
         first = _text(exc).splitlines()[0][:300]
         return (
-            f"out of memory in evaluation actor {actor} (pid {os.getpid()} on {socket.gethostname()}, "
+            f"out of memory in evaluation actor {actor} (pid {pid} on {host}, "
             f"peak RSS {peak_rss_mb():.0f} MiB) under {cap}: {first}"
         )
 
@@ -194,6 +231,19 @@ class Failure:
 
 
 @dataclass
+class Attempt:
+    """One run of an item that returned: which try (from 1), in which actor process, and its error
+    text (None: it succeeded). An actor that died returns nothing, so its attempt is not here."""
+
+    item: Any
+    number: int
+    actor_id: str
+    pid: int
+    host: str
+    error: str | None
+
+
+@dataclass
 class PoolOutcome:
     """What :func:`drive` did: rows per output, failures, flushes, the actors' final answers."""
 
@@ -201,7 +251,8 @@ class PoolOutcome:
     rows: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     flushes: int = 0
-    retries: int = 0  # items run again on a restarted actor after running out of memory
+    retries: int = 0  # items run again on a fresh actor after running out of memory
+    attempts: list[Attempt] = field(default_factory=list)
     created: float = 0.0  # wall clock when the actors were created
     finished: float = 0.0  # wall clock when the last item was done
     collected: list[Any] = field(default_factory=list)
@@ -262,7 +313,10 @@ def drive(
     cap, kind = ray_config.eval_actor_memory_mb, ray_config.eval_actor_memory_kind
 
     def new_actor() -> Any:
-        return actor_cls.remote(*actor_args, memory_cap_mb=cap, memory_cap_kind=kind)
+        return actor_cls.remote(
+            *actor_args, memory_cap_mb=cap, memory_cap_kind=kind,
+            first_attempt_headroom_mb=ray_config.fault_first_attempt_headroom_mb,
+        )  # fmt: skip
 
     actors = [new_actor() for _ in range(min(ray_config.eval_actors, len(items)))]
     outcome.actors = len(actors)
@@ -297,7 +351,7 @@ def drive(
             while pending and idle:
                 item, attempt = pending.popleft()
                 index = idle.popleft()
-                running[actors[index].run.remote(item, refs)] = (item, index, attempt)
+                running[actors[index].run.remote(item, refs, attempt)] = (item, index, attempt)
             # Nothing left to hand out: end the idle actors now rather than at the end. After a node
             # is lost, Ray restarts its actors elsewhere and retries their items; on the nodes left
             # such an actor may need the very CPU (or GPU) an idle actor holds, and ray.wait would
@@ -319,7 +373,7 @@ def drive(
             (ref,), _ = ray.wait(list(running), num_returns=1)
             item, index, attempt = running.pop(ref)
             try:
-                item, rows, error, text = ray.get(ref)
+                _, rows, error, text, (actor_id, pid, host) = ray.get(ref)  # the item: the driver's own
             except ActorSetupError as exc:  # Ray's RayTaskError, also an ActorSetupError
                 if isinstance(exc.error, ConfigError):  # e.g. a GPU actor whose torch sees no CUDA device
                     raise exc.error from None
@@ -348,6 +402,7 @@ def drive(
                     alive.discard(index)
                 submit()
                 continue
+            outcome.attempts.append(Attempt(item, attempt, actor_id, pid, host, None if error is None else text))
             if isinstance(error, OutOfMemory) and attempt <= ray_config.max_failures and restarts_left[index] > 0:
                 log.warning("%s; retrying on a fresh actor (attempt %d of %d)", text, attempt + 1,
                             ray_config.max_failures + 1)  # fmt: skip
@@ -362,9 +417,13 @@ def drive(
             idle.append(index)
             submit()
             if error is not None:
-                tries = f" (tried {attempt} times, on a restarted actor after the first)" if attempt > 1 else ""
+                pids = ", ".join(str(a.pid) for a in outcome.attempts if a.item is item)
+                tries = f" (tried {attempt} times, each on a fresh actor: pids {pids})" if attempt > 1 else ""
                 fail(progress, Failure(item, error, (text or _text(error)) + tries))
                 continue
+            if attempt > 1:
+                log.info("%s: an item that ran out of memory succeeded on attempt %d, in evaluation actor %s "
+                         "(pid %d on %s)", desc, attempt, actor_id, pid, host)  # fmt: skip
             progress.advance(1, extra=f"{len(outcome.failures)} failed" if outcome.failures else "")
             for name, part in rows.items():
                 buffers[name].extend(part)

@@ -30,7 +30,7 @@ Design, and why:
   (``max_restarts``/``max_task_retries``). An error inside an item (a corrupt shard, say) is
   returned, not raised, so the other vectors finish and are stored; the run then fails naming
   every failed vector and its missing cells. An item out of memory (under
-  ``ray.eval_actor_memory_mb`` or the machine's) is retried on a restarted actor first. The pool, the streaming and the typed errors are
+  ``ray.eval_actor_memory_mb`` or the machine's) is retried on a fresh actor first. The pool, the streaming and the typed errors are
   :mod:`timevec.distributed.actor_pool`'s, shared with the interpolation stage.
 
 Cells table schema (``results/cells.parquet``; other stages read it): ``task`` str,
@@ -55,7 +55,7 @@ import torch
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import Period
-from timevec.distributed.actor_pool import Failure, PoolActor, drive, failure_error
+from timevec.distributed.actor_pool import Attempt, Failure, PoolActor, drive, failure_error
 from timevec.distributed.runtime import worker_device
 from timevec.evaluate.cells import (
     BASE,
@@ -118,7 +118,8 @@ class CellRunStats:
     model_loads: int = 0
     vector_reads: int = 0
     flushes: int = 0
-    retries: int = 0  # items retried on a restarted actor after running out of memory
+    retries: int = 0  # items retried on a fresh actor after running out of memory
+    attempts: list[Attempt] = field(default_factory=list)  # every item's runs that returned: actor, pid, host, error
     seconds: float = 0.0
     forward_seconds: float = 0.0
     prepare_seconds: float = 0.0
@@ -266,6 +267,7 @@ def _compute(
     stats.actors = outcome.actors
     stats.flushes = outcome.flushes
     stats.retries = outcome.retries
+    stats.attempts = outcome.attempts
     stats.cells_computed = outcome.rows[CELLS_TABLE]
     stats.actor_stats = outcome.collected
     for actor_stats in stats.actor_stats:
