@@ -104,3 +104,25 @@ def test_an_item_out_of_memory_on_its_first_attempt_is_retried_in_another_proces
     # item 1's first attempt ran in the actor of item 0's retry: three actor processes, none the driver
     pids = [a.pid for a in outcome.attempts]
     assert len(set(pids)) == 3 and os.getpid() not in pids
+
+
+def test_a_thread_start_refused_under_the_data_cap_counts_as_out_of_memory() -> None:
+    """Under RLIMIT_DATA a thread's 8 MiB stack is a private mapping it counts: with 2 MiB left, starting a thread
+    fails with Python's "can't start new thread", which is then out of memory (retried); without a cap it is not."""
+    import subprocess
+    import sys
+
+    code = """
+import threading, time
+from timevec.train.memory_limit import cap_data_memory, is_out_of_memory
+refused = RuntimeError("can't start new thread")
+print("uncapped", is_out_of_memory(refused))
+cap_data_memory(2)
+try:
+    threading.Thread(target=time.sleep, args=(0.01,)).start()
+    print("started")
+except RuntimeError as exc:
+    print("capped", exc, is_out_of_memory(exc))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["uncapped False", "capped can't start new thread True"], (done.stdout, done.stderr)

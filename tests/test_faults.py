@@ -246,8 +246,8 @@ def test_an_actor_out_of_memory_is_retried_reported_and_only_its_cells_recompute
 #: The retry test's cap beyond θ_pre and the headroom its first attempts' ballast leaves, MiB: a vector's
 #: cells fit under 1000 (the re-run above) but not in 30, where the store's two reading threads start
 #: (8 MiB stacks) and the first shard's buffer (~50 MiB) is refused. With 50 left, one run of two had a
-#: thread start refused instead: Python's "can't start new thread", which is_out_of_memory does not
-#: count as out of memory, so that item failed unretried (seen here, 2026-12-07).
+#: thread start refused instead: Python's "can't start new thread" (then not counted as out of memory, so that
+#: item failed unretried, seen here 2026-12-07; is_out_of_memory now counts it under a cap).
 RETRY_CAP_MB, HEADROOM_MB = 1000, 30
 
 #: The cells columns computed from the weights and the test split (not ``seconds``, a wall time).

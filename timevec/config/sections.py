@@ -291,7 +291,7 @@ class RayConfig(_Strict):
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per run/actor on CPU")
     eval_actor_memory_mb: float | None = Field(
         None, gt=0, description="cap (MiB of private writable memory, RLIMIT_DATA) on what an evaluation actor may map beyond "
-        "θ_pre and the splits once loaded; an item over it is retried on a restarted actor, then reported (ARCHITECTURE §4); None: no cap",
+        "θ_pre and the splits once loaded; an item over it is retried on a fresh actor, then reported (ARCHITECTURE §4); None: no cap",
     )
     eval_actor_memory_kind: Literal["data", "cgroup"] = Field(
         "data", description="how eval_actor_memory_mb is enforced: 'data' (RLIMIT_DATA: an allocation over it fails, the "

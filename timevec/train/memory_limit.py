@@ -62,7 +62,8 @@ def cap_data_memory(extra_mb: float) -> int | None:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation refused for lack of memory (host or CUDA)."""
+    """Whether ``exc`` is an allocation refused for lack of memory (host or CUDA), a thread's stack under
+    :func:`cap_data_memory`'s cap included."""
     if isinstance(exc, MemoryError):
         return True
     try:
@@ -73,6 +74,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     except (ImportError, AttributeError):
         pass
     text = str(exc).lower()
+    if isinstance(exc, RuntimeError) and "can't start new thread" in text:
+        # pthread_create refused: under a data cap the thread's stack (8 MiB, counted by RLIMIT_DATA) did not fit
+        return resource.getrlimit(resource.RLIMIT_DATA)[0] != resource.RLIM_INFINITY
     return isinstance(exc, RuntimeError) and any(m in text for m in _ALLOCATOR_MESSAGES)
 
 
