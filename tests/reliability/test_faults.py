@@ -37,6 +37,7 @@ from tests.reliability import (
 )
 from tests.s3_server import S3Server, S3ServerUnavailable, _wait_ready, start_s3_server
 from timevec.store import StoreError, VectorStore
+from timevec.store.layout import shard_file
 from timevec.weights.vectors import TimeVector
 
 PERIODS = ["2014", "2015"]
@@ -346,11 +347,22 @@ def test_disk_full_on_a_real_tiny_filesystem(tiny_disk: Path) -> None:
     assert store.get_vector("lm", "2015").equal(_vec(2)) and store.verify() == []
 
 
+def _objects_under(server: S3Server, url: str) -> dict[str, bytes]:
+    """What the server holds under ``url``: name relative to it → bytes, read by a fresh S3 client (no caches)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=server.endpoint_url, skip_instance_cache=True, use_listings_cache=False)
+    root = url.removeprefix("s3://").rstrip("/")
+    return {p.removeprefix(f"{root}/"): fs.cat_file(p) for p in fs.find(root) if not p.endswith("/")}
+
+
 def test_disk_full_under_a_real_s3_server(tmp_path: Path) -> None:
     """The object-store side: SeaweedFS with its data on a 32 MiB tmpfs that is then filled, so the
     server itself runs out of disk mid-vector and answers with an error (SeaweedFS: HTTP 500, "internal
-    error"). The put fails naming the object it could not write, nothing of the vector is visible, the
-    vector already stored reads back intact, and once there is room again the same put succeeds."""
+    error"). Part of the vector reached the server before the failure (whole shards of it, listed and
+    read back from the server itself), the put fails naming the object it could not write, nothing of
+    the vector is visible, the vector already stored reads back intact, and once there is room again
+    the same put succeeds."""
     with _tmpfs(tmp_path / "s3-disk", "32m") as disk:
         try:
             server = start_s3_server(disk)
@@ -362,22 +374,32 @@ def test_disk_full_under_a_real_s3_server(tmp_path: Path) -> None:
             big = {f"w{i}": (256, 1024) for i in range(4)}  # 4 MiB a vector, 1 MiB a shard
             vector = {"2014": _vec(1, big), "2015": _vec(2, big)}
             store.init("tiny-base", _tensors(0, shapes=big), target_shard_bytes=2**20)
+            assert store.num_shards == 4
             store.put_vector("lm", "2014", vector["2014"])
-            filler = _fill(disk, leave_bytes=2 * 2**20)  # room for about two of the four shards
+            filler = _fill(disk, leave_bytes=5 * 2**19)  # room for two of the four shards, not three
 
             with pytest.raises(OSError) as err:
                 store.put_vector("lm", "2015", vector["2015"])
             message = str(err.value)
             print(f"disk full under S3: {type(err.value).__name__}: {message}")
             assert f"{url}/vectors/lm/2015/" in message and "was not written" in message, message
+            # what the server holds of the vector at the failure (the store removes nothing on an error)
+            reached = _objects_under(server, f"{url}/vectors/lm/2015")
+            print(f"on the server after the failure: {sorted(reached)}")
+            assert 1 <= len(reached) < store.num_shards, sorted(reached)  # some shards, not all, no manifest
+            assert all(name.startswith("shard-") for name in reached) and not any(name in message for name in reached)
             fresh = VectorStore(url, server.storage_options)
             assert fresh.list_vectors() == [("lm", "2014")] and not fresh.has_vector("lm", "2015")
             assert fresh.get_vector("lm", "2014").equal(vector["2014"]) and fresh.verify() == []
 
-            filler.unlink()  # room again: the same put succeeds, over whatever shards the first left
+            filler.unlink()  # room again: the same put succeeds, over the shards the first left
             store.put_vector("lm", "2015", vector["2015"])
             assert fresh.get_vector("lm", "2015").equal(vector["2015"])
             assert fresh.list_vectors() == [("lm", "2014"), ("lm", "2015")] and fresh.verify() == []
+            # those were whole shards of this vector: the bytes the successful put stores under their names
+            final = _objects_under(server, f"{url}/vectors/lm/2015")
+            assert set(final) == {shard_file(k) for k in range(4)} | {"manifest.json"}
+            assert all(data == final[name] for name, data in reached.items())
         finally:
             server.stop()
 
