@@ -307,12 +307,30 @@ def test_equal_steps_runs_start_from_the_base_and_train_as_long_as_the_chain(bas
     assert continual.independent_url("/s/demo/continual-equal-steps") == "/s/demo"
     moved = continual.for_mode(config)
     assert moved.store.url == continual.mode_url(config.store.url, mode="equal_steps")
-    for i, period in enumerate(config.period_list("year")):
+    periods = config.period_list("year")
+    theta_pre = {n: p.detach().clone() for n, p in float_parameters(base_from_store(config.base, store)[0]).items()}
+    # the store the runs use holds a chain's earlier vectors: non-zero, recorded as a continual chain records them
+    chain = config.with_overrides(["training.mode=continual"])
+    earlier: dict[str, TimeVector] = {}
+    g = torch.Generator().manual_seed(5)
+    for period in periods[:-1]:
+        tau = TimeVector({n: 0.01 * torch.randn(t.shape, generator=g) for n, t in theta_pre.items()})
+        store.put_vector("lm", period, tau, manifest=continual.start_manifest(chain, RunSpec("lm", period, "year"), store, 0))
+        earlier[period] = store.get_vector("lm", period)  # as stored (and as a chain run would read it)
+        assert all(bool(earlier[period][n].ne(0).any()) for n in theta_pre)
+    # the control that the store offers a start: a continual run there starts from θ_pre + τ_{t−1}
+    follows = RunJob(chain, store, corpus, RunSpec("lm", periods[1], "year"))
+    assert follows.start["continual"]["predecessor"] == periods[0]
+    assert all(torch.equal(p.detach(), theta_pre[n] + earlier[periods[0]][n]) for n, p in float_parameters(follows.model).items())
+    for i, period in enumerate(periods):
         job = RunJob(config, store, corpus, RunSpec("lm", period, "year"))
         assert job.steps == job.training.steps == (i + 1) * config.training.steps  # the chain's steps by then
         assert job.start == {"mode": "equal_steps", "equal_steps": {"chain_position": i + 1, "steps": job.steps}}
-        # an independent start: θ_pre itself, whatever the store holds for earlier periods
-        assert all(torch.equal(p.detach(), job.base[n]) for n, p in float_parameters(job.model).items())
+        # an independent start: θ_pre itself, although the store holds the chain's vector for the period before
+        start = {n: p.detach() for n, p in float_parameters(job.model).items()}
+        assert start.keys() == theta_pre.keys() and all(torch.equal(start[n], theta_pre[n]) for n in start)
+        if i:
+            assert not any(torch.equal(start[n], theta_pre[n] + earlier[periods[i - 1]][n]) for n in start)
     with pytest.raises(ConfigError, match="equal_steps"):
         load_config(TINY, ["training.mode=equal_steps", "training.steps=null"])
     # the forgetting table's control rows: continual vs equal steps at the same (s, t)
