@@ -371,7 +371,7 @@ def test_disk_full_under_a_real_s3_server(tmp_path: Path) -> None:
         try:
             url = server.url(f"full-{uuid.uuid4().hex[:8]}")
             store = VectorStore(url, server.storage_options)
-            big = {f"w{i}": (256, 1024) for i in range(4)}  # 4 MiB a vector, 1 MiB a shard
+            big: dict[str, tuple[int, ...]] = {f"w{i}": (256, 1024) for i in range(4)}  # 4 MiB a vector, 1 MiB a shard
             vector = {"2014": _vec(1, big), "2015": _vec(2, big)}
             store.init("tiny-base", _tensors(0, shapes=big), target_shard_bytes=2**20)
             assert store.num_shards == 4
