@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "ExperimentConfig": "timevec.config",
     "load_config": "timevec.config",
-    "STAGES": "timevec.pipeline",
+    "STAGES": "timevec.stages",
     "run_pipeline": "timevec.distributed.pipeline",
     "VectorStore": "timevec.store",
     "TimeVector": "timevec.weights.vectors",

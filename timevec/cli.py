@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from timevec.pipeline import STAGE_HELP, STAGES
+from timevec.stages import REGISTRY, STAGES
 
 
 def _config(args: argparse.Namespace):
@@ -261,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     run.set_defaults(func=cmd_run)
 
-    for name in STAGES:
-        stage = sub.add_parser(name, parents=[verbose], help=STAGE_HELP[name], description=STAGE_HELP[name])
+    for name, declared in REGISTRY.items():
+        stage = sub.add_parser(name, parents=[verbose], help=declared.help, description=declared.help)
         _add_config_args(stage)
         stage.set_defaults(func=_stage(name))
 

@@ -1,15 +1,15 @@
-"""The whole study as stages: finetune → evaluate → forgetting → interpolate → forecast → analogy → groups → analyze → report.
+"""The whole study as stages, run in the order of the stage registry (:mod:`timevec.stages`).
 
-One job: the stage names and their order, the loop that runs a chosen subset in that order, and
-the stages that need no Ray (analyze, report). Each stage reads its inputs from the store (or the
-corpus) and writes its outputs to the store, so a pipeline is only an ordering of independent,
-resumable steps and any one stage can be re-run alone.
+One job: the loop that runs a chosen subset of the stages in that order (a stage that does not apply
+to the config is reported as skipped, with its reason), and the stages that need no Ray (analyze,
+report). Each stage reads its inputs from the store (or the corpus) and writes its outputs to the
+store, so a pipeline is only an ordering of independent, resumable steps and any one stage can be
+re-run alone.
 
 Layering: the core never imports :mod:`timevec.distributed`. Which function runs each stage is
-given to :func:`run_stages`; :mod:`timevec.distributed.pipeline` binds the Ray stages (fleet,
-cells, interpolation, forecast, analogy) and the two here into that table and is what the CLI, ``timevec
-demo`` and ``python -m timevec run`` call. Module-level imports stay light, so that ``timevec --help``
-(which lists :data:`STAGES`) needs no torch.
+given to :func:`run_stages`; :mod:`timevec.distributed.pipeline` binds every registered stage's
+runner into that table and is what the CLI, ``timevec demo`` and ``python -m timevec run`` call.
+Module-level imports stay light, so that ``timevec --help`` (which lists :data:`STAGES`) needs no torch.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from timevec.stages import REGISTRY, STAGES, StageFunction, StageResult
 from timevec.train.progress import log as progress_log  # the stage times: shown without -v (light: no torch)
 
 if TYPE_CHECKING:
@@ -30,27 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGE_HELP: dict[str, str] = {
-    "finetune": "fine-tune one model per (task, period) on Ray and store each time vector (skips finished runs)",
-    "evaluate": "evaluate the all-pairs (train vector × test period) matrix into results/cells.parquet (resumable)",
-    "forgetting": "training.mode continual: forgetting of continual vs independent vs merged updating into "
-                  "results/forgetting.parquet",
-    "interpolate": "evaluate (1−α)·τ_first + α·τ_last on the periods in between; time soups and patching",
-    "forecast": "hold out the last forecast.horizon periods and predict their weights from earlier vectors only",
-    "analogy": "search α1·τ_task(j) + α2·τ_lm(k) − α3·τ_lm(j) with Ray Tune",
-    "groups": "group swaps: τ_j with one parameter group from τ_k, on k (needs groups.swaps: true)",
-    "analyze": "similarity, degradation, decay fits, stripes and the findings into results/*.parquet",
-    "report": "figures and a self-contained reports/index.html in the store",
-}
-"""Every stage, in pipeline order, with what it does (the CLI's help for its subcommand)."""
+__all__ = ["STAGES", "StageFunction", "StageResult", "analyze", "check_stages", "report", "run_stages"]
 
-STAGES: tuple[str, ...] = tuple(STAGE_HELP)
-"""The stage names in pipeline order."""
-
-StageResult = dict[str, Any]
-"""What a stage returns: ``tables`` and ``headline`` to print, ``report``/``findings``/``findings_file``; or
-``{"skipped": why}`` when the stage does not apply to the config (printed as ``stage <name>: skipped (why)``)."""
-StageFunction = Callable[["ExperimentConfig", "VectorStore"], StageResult]
 
 def gram_of_store(store: VectorStore) -> tuple[Any, list[tuple[str, str]]]:
     """The streamed Gram matrix of every stored vector, and the keys in its order."""
@@ -217,12 +199,13 @@ def _run_one(config: ExperimentConfig, stages: list[str], functions: Mapping[str
     ordered = [s for s in STAGES if s in stages]
     for name in ordered:
         began = time.perf_counter()
+        why = REGISTRY[name].skip_reason(config)
+        if why is not None:  # the stage does not apply to this config: say so and why, not "done"
+            progress_log.info("stage %s: skipped (%s)", name, why)
+            summary["headline"][name] = f"skipped: {why}"
+            continue
         log.info("stage %s: starting", name)  # (-v) the stage's progress lines and its time are on the progress channel
         result = functions[name](config, store)
-        if "skipped" in result:  # the stage does not apply to this config: say so and why, not "done"
-            progress_log.info("stage %s: skipped (%s)", name, result["skipped"])
-            summary["headline"][name] = f"skipped: {result['skipped']}"
-            continue
         summary["tables"].update(result.get("tables", {}))
         summary["headline"].update(result.get("headline", {}))
         for key in ("report", "findings", "findings_file"):

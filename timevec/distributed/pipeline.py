@@ -1,8 +1,10 @@
-"""The pipeline's stage table: each stage name bound to the function that runs it, Ray stages included.
+"""The pipeline's stage table: each registered stage bound to the function that runs it, Ray stages included.
 
-One job: the composition root of the study. The order, the loop and the Ray-free stages (analyze,
-report) are the core's (:mod:`timevec.pipeline`); the five Ray stages are adapters here that call
-their drivers (fleet, cells, interpolation, forecast, analogy) and turn the outcome into a stage result.
+One job: the composition root of the study. The declarations (:mod:`timevec.stages`), the order, the
+loop and the Ray-free stages (analyze, report) are the core's (:mod:`timevec.pipeline`); the Ray
+stages' runners are adapters here (``finetune_stage`` … ``groups_stage``, named by the registry) that
+call their drivers (fleet, cells, forgetting, interpolation, forecast, analogy, group swaps) and turn
+the outcome into a stage result.
 ``run_pipeline`` is what the CLI, ``timevec demo`` and ``python -m timevec run`` call. Each driver is
 imported when its stage runs, so a run of ``analyze`` alone never imports Ray.
 """
@@ -13,21 +15,15 @@ import logging
 
 from timevec import results
 from timevec.config import ExperimentConfig
-from timevec.errors import StageFailed
-from timevec.pipeline import (
-    STAGES,
-    StageFunction,
-    StageResult,
-    analyze,
-    report,
-    run_stages,
-)
+from timevec.errors import ConfigError, StageFailed
+from timevec.pipeline import check_stages, run_stages
+from timevec.stages import REGISTRY, STAGES, Stage, StageFunction, StageResult
 from timevec.store import VectorStore
 
 log = logging.getLogger(__name__)
 
 
-def _finetune(config: ExperimentConfig, store: VectorStore) -> StageResult:
+def finetune_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.fleet import run_fleet
 
     runs = run_fleet(config, store)
@@ -39,59 +35,47 @@ def _finetune(config: ExperimentConfig, store: VectorStore) -> StageResult:
     return {"tables": {"fine-tune runs": runs}, "headline": {"runs": counts}}
 
 
-def _evaluate(config: ExperimentConfig, store: VectorStore) -> StageResult:
+def evaluate_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.cells import run_cells
 
     cells, stats = run_cells(config, store)
     return {"headline": {"cells": len(cells), "cells computed": stats.cells_computed}}
 
 
-def _forgetting(config: ExperimentConfig, store: VectorStore) -> StageResult:
+def forgetting_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.analyze.forgetting import by_lag, headline
     from timevec.distributed.forgetting import run_forgetting
 
     table = run_forgetting(config, store)
-    if table is None:
-        return {"skipped": f"training.mode is {config.training.mode}, not continual"}
+    assert table is not None, "the registry skips the forgetting stage outside training.mode continual"
     return {"tables": {"forgetting by lag (% worse than when learned; gap to the in-period model)": by_lag(table)},
             "headline": headline(table)}
 
 
-def _interpolate(config: ExperimentConfig, store: VectorStore) -> StageResult:
+def interpolate_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.interpolate import run_interpolation
 
     run_interpolation(config, store)
     return {"tables": {"interpolation: best α per period": store.read_table(results.INTERPOLATION_BEST_TABLE)}}
 
 
-def _forecast(config: ExperimentConfig, store: VectorStore) -> StageResult:
-    from timevec.adapt.forecast import check_horizon
-    from timevec.config import ConfigError
+def forecast_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.forecast import run_forecast
 
-    try:
-        check_horizon(config)
-    except ConfigError as exc:
-        return {"skipped": str(exc)}
     table = run_forecast(config, store)
     return {"tables": {"forecast (past-only) vs the latest vector, test": table}}
 
 
-def _analogy(config: ExperimentConfig, store: VectorStore) -> StageResult:
+def analogy_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.analogy import run_analogy
-
-    if config.analogy.task not in config.tasks or "lm" not in config.tasks:
-        return {"skipped": f"it needs the tasks 'lm' and {config.analogy.task!r} in config.tasks (have {config.tasks})"}
 
     run_analogy(config, store)
     return {"tables": {"task analogies (test split)": store.read_table(results.ANALOGY_BEST_TABLE)}}
 
 
-def _groups(config: ExperimentConfig, store: VectorStore) -> StageResult:
+def groups_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.group_swaps import run_group_swaps
 
-    if not config.groups.swaps:
-        return {"skipped": "groups.swaps is false"}
     return {"tables": {"group swaps: share of the gap to the in-period vector": run_group_swaps(config, store)}}
 
 
@@ -120,28 +104,23 @@ def _leased(name: str, function: StageFunction) -> StageFunction:
     return run
 
 
-STAGE_FUNCTIONS: dict[str, StageFunction] = {
-    "finetune": _finetune,
-    **{
-        name: _leased(name, function)
-        for name, function in (
-            ("evaluate", _evaluate), ("forgetting", _forgetting), ("interpolate", _interpolate),
-            ("forecast", _forecast), ("analogy", _analogy), ("groups", _groups), ("analyze", analyze),
-            ("report", report),
-        )
-    },  # fmt: skip
-}
-assert tuple(STAGE_FUNCTIONS) == STAGES, "STAGES names the pipeline's stages in order"
+def _bound(stage: Stage) -> StageFunction:
+    """The registered stage's runner, under its writer lease where it declares one."""
+    return _leased(stage.name, stage.function()) if stage.leased else stage.function()
+
+
+STAGE_FUNCTIONS: dict[str, StageFunction] = {name: _bound(stage) for name, stage in REGISTRY.items()}
 
 
 def run_pipeline(config: ExperimentConfig, stages: list[str]) -> StageResult:
     """Run ``stages`` in the pipeline's order; returns the tables and findings to print."""
-    if "forecast" in stages and set(stages) != set(STAGES):
-        from timevec.adapt.forecast import check_horizon
-
-        # asked for by name: a horizon the periods cannot hold fails now, not after the fine-tunes; in the whole
-        # study on a short period range the stage says it is skipped and why, every other stage still runs
-        check_horizon(config)
+    check_stages(stages)
+    if set(stages) != set(STAGES):
+        # asked for by name: a strict stage that cannot apply (a forecast horizon the periods cannot hold) fails now,
+        # not after the fine-tunes; in the whole study it is skipped, saying why, and every other stage still runs
+        for name in stages:
+            if REGISTRY[name].strict and (why := REGISTRY[name].skip_reason(config)) is not None:
+                raise ConfigError(why)
     if set(stages) - {"analyze", "report"}:
         _check_cluster(config)
     return run_stages(config, stages, STAGE_FUNCTIONS)
