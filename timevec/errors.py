@@ -8,24 +8,26 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-
-#: The bad-input error classes, by module. An exception of one can only exist once its module has
-#: been imported, so they are looked up when one is caught, and importing this module stays light:
-#: a mistyped stage or key exits 2 before torch, datasets or Ray are imported.
-_USER_ERRORS = (
-    ("timevec.data.corpus", "CorpusError"),
-    ("timevec.data.periods", "PeriodError"),
-    ("timevec.store.errors", "StoreError"),
-)
+from typing import ClassVar
 
 
-class ConfigError(ValueError):
+class TimevecError(Exception):
+    """The base of every error timevec raises on purpose; ``exit_status`` is what the command then exits with.
+
+    2: bad input (a config, corpus, period, store or vector the user can fix; one line names it), 1: a stage
+    finished with some of its work failed, None: an invariant of the code itself broke (a bug: the command
+    fails with its traceback). A subclass says which once, as a class attribute, so the CLI needs no list of
+    error classes and importing this module stays light: a mistyped stage or key exits 2 before torch,
+    datasets or Ray are imported.
+    """
+
+    exit_status: ClassVar[int | None] = None
+
+
+class ConfigError(TimevecError, ValueError):
     """A config that cannot be used; the message names the file and the key (exit status 2)."""
 
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The bad-input error classes of the modules imported so far (exit status 2)."""
-    return (ConfigError, *(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules))
+    exit_status = 2
 
 
 class MissingExtra(ConfigError):
@@ -42,17 +44,18 @@ def require_extra(module: str, extra: str, feature: str):
         raise MissingExtra(f"{feature} needs the optional dependency {module!r}: pip install 'timevec[{extra}]'") from None
 
 
-class StageFailed(RuntimeError):
+class StageFailed(TimevecError, RuntimeError):
     """A stage finished with some of its work failed (after Ray's retries): exit status 1."""
+
+    exit_status = 1
 
 
 def run_with_exit_status(action: Callable[[], int], prefix: str) -> int:
-    """``action()``'s status, or 2 for bad input and 1 for a failed stage, the message on stderr."""
+    """``action()``'s status, or the ``exit_status`` of the :class:`TimevecError` it raised, the message on stderr."""
     try:
         return action()
-    except user_errors() as exc:
+    except TimevecError as exc:
+        if exc.exit_status is None:
+            raise
         print(f"{prefix}error: {exc}", file=sys.stderr)
-        return 2
-    except StageFailed as exc:
-        print(f"{prefix}error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_status

@@ -67,6 +67,7 @@ from timevec.adapt.interpolation import (
 from timevec.config import ConfigError
 from timevec.data.examples import EvalSplit
 from timevec.data.periods import sort_periods
+from timevec.errors import TimevecError
 from timevec.evaluate.bootstrap import interval_of
 from timevec.evaluate.gains import better, gain, gain_pct
 from timevec.results import FORECAST_KEY
@@ -102,7 +103,7 @@ BASELINES = ("base", "in_period")
 PAST_ONLY, ORACLE = "past-only", "oracle"
 
 
-class HeldOutError(RuntimeError):
+class HeldOutError(TimevecError, RuntimeError):
     """A forecast asked for a vector that is not a past period's: a bug, never a user error."""
 
 

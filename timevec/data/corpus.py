@@ -20,6 +20,7 @@ import pandas as pd
 
 from timevec.config import CorpusConfig
 from timevec.data.periods import Granularity, Period
+from timevec.errors import TimevecError
 
 if TYPE_CHECKING:
     import datasets
@@ -31,8 +32,10 @@ SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 CANONICAL = ["key", "date", "text", "label", "summary_source", "summary_target"]
 
 
-class CorpusError(ValueError):
+class CorpusError(TimevecError, ValueError):
     """A corpus that cannot be used; the message names the file, column or period."""
+
+    exit_status = 2
 
 
 @dataclass

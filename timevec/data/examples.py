@@ -31,6 +31,7 @@ from timevec.config import TASKS, EvaluationConfig, ExperimentConfig
 from timevec.data.corpus import Corpus, Split
 from timevec.data.models import Example, lm_examples, prompt_examples
 from timevec.data.periods import Period
+from timevec.errors import TimevecError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,7 +44,7 @@ __all__ = ["EvalSets", "EvalSplit", "EvaluationError", "eval_set_key", "prepare_
            "task_examples"]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(TimevecError, ValueError):
     """A split that cannot be prepared or evaluated (empty, wrong architecture, missing tokenizer)."""
 
 

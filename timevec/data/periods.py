@@ -15,13 +15,17 @@ from dataclasses import dataclass
 from functools import total_ordering
 from typing import Literal
 
+from timevec.errors import TimevecError
+
 Granularity = Literal["year", "month"]
 
 _PATTERN = re.compile(r"^(?P<year>\d{4})(?:-(?P<month>\d{2}))?$")
 
 
-class PeriodError(ValueError):
+class PeriodError(TimevecError, ValueError):
     """A string that is not a valid period, or periods that cannot be combined."""
+
+    exit_status = 2
 
 
 @total_ordering

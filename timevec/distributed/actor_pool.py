@@ -64,7 +64,7 @@ import ray
 
 from timevec.config import ConfigError, RayConfig
 from timevec.distributed.runtime import base_bytes, check_fits, check_gpus, ensure_ray, eval_memory
-from timevec.errors import StageFailed
+from timevec.errors import StageFailed, TimevecError
 from timevec.store import StoreError, VectorStore
 from timevec.train.memory_cgroup import join_memory_cgroup
 from timevec.train.memory_limit import cap_data_memory, data_memory_bytes, is_out_of_memory, peak_rss_mb
@@ -84,7 +84,7 @@ BAD_STORED_DATA: tuple[type[Exception], ...] = (StoreError, VectorError)
 Rows = dict[str, list[dict[str, Any]]]  # output name -> rows
 
 
-class ActorSetupError(Exception):
+class ActorSetupError(TimevecError):
     """An actor's setup failed; ``error`` is the original exception (raised by the actor's calls)."""
 
     def __init__(self, error: BaseException) -> None:
@@ -92,11 +92,11 @@ class ActorSetupError(Exception):
         self.error = error
 
 
-class OutOfMemory(Exception):
+class OutOfMemory(TimevecError):
     """An item ran out of memory in an actor (under ``ray.eval_actor_memory_mb``, or the machine's)."""
 
 
-class ActorDied(Exception):
+class ActorDied(TimevecError):
     """An actor died while working on an item, after Ray's restarts and retries (Ray's reason in the text)."""
 
 

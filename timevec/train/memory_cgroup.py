@@ -26,6 +26,8 @@ import logging
 import os
 from pathlib import Path
 
+from timevec.errors import TimevecError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CgroupUnavailable", "join_memory_cgroup", "memory_cgroup_dir", "sweep_dead_groups"]
@@ -33,7 +35,7 @@ __all__ = ["CgroupUnavailable", "join_memory_cgroup", "memory_cgroup_dir", "swee
 PREFIX = "timevec-"
 
 
-class CgroupUnavailable(RuntimeError):
+class CgroupUnavailable(TimevecError, RuntimeError):
     """No writable memory cgroup for this process (not Linux, no memory controller, no permission)."""
 
 

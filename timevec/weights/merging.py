@@ -68,6 +68,7 @@ import torch
 from pydantic import ValidationError
 
 from timevec.config import MergeConfig, MergeMethodName, SignMethod
+from timevec.errors import TimevecError
 
 if TYPE_CHECKING:
     from timevec.config import ExperimentConfig
@@ -90,7 +91,7 @@ _SIGNED = ("ties", "dare_ties")
 _RANDOM = ("dare_linear", "dare_ties")
 
 
-class MergeError(ValueError):
+class MergeError(TimevecError, ValueError):
     """A merge method that cannot be used, or terms that cannot be merged (names the parameter)."""
 
 

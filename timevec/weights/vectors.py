@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from timevec.errors import TimevecError
+
 if TYPE_CHECKING:
     from timevec.weights.merging import MergeMethod
 
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 
-class VectorError(ValueError):
+class VectorError(TimevecError, ValueError):
     """Vectors that cannot be combined (names/shapes differ) or hold NaN/Inf."""
 
 
