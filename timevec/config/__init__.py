@@ -57,24 +57,53 @@ __all__ = [
 class ExperimentConfig(_Strict):
     """A whole study."""
 
-    name: str = Field("timevec", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 42
-    base: BaseConfig = BaseConfig()
-    corpus: CorpusConfig
-    granularities: list[Granularity] = Field(default_factory=lambda: ["year"])  # type: ignore[arg-type]  # the literals are the list's type
-    periods: PeriodRange
-    month_periods: PeriodRange | None = Field(None, description="narrower year range for monthly runs")
-    tasks: list[Task] = Field(default_factory=lambda: ["lm"])  # type: ignore[arg-type]  # the literals are the list's type
-    training: TrainingConfig = TrainingConfig()
-    store: StoreConfig = StoreConfig()
-    ray: RayConfig = RayConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    interpolation: InterpolationConfig = InterpolationConfig()
-    analogy: AnalogyConfig = AnalogyConfig()
-    merge: MergeConfig = MergeConfig()
-    forecast: ForecastConfig = ForecastConfig()
-    groups: GroupsConfig = GroupsConfig()
-    probe: ProbeConfig = ProbeConfig()
+    name: str = Field("timevec", pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="study name, used in Ray run names (letters, digits, `_`, `.`, `-`)")
+    seed: int = Field(42, description="global seed: the default of `merge.seed` and `probe.seed`, and the analogy search's "
+                                      "(`training.seed` seeds the fine-tunes)")
+    base: BaseConfig = Field(BaseConfig(), description="The pretrained model θ_pre: an embedded tiny model built from a config "
+                             "(no download) and pretrained here, or a hub model, a local `save_pretrained` directory or a "
+                             "packaged preset. The store records the base by its weights' fingerprint and a portable `name`, "
+                             "never by a local path.")
+    corpus: CorpusConfig = Field(description="Where the dated records come from and which columns mean what.")
+    granularities: list[Granularity] = Field(default_factory=lambda: ["year"],  # type: ignore[arg-type]  # the literals are the list's type
+                                             description="`[year]`, `[month]` or both: a time vector per year, per month, or both")
+    periods: PeriodRange = Field(description="The periods of the study: `{start: \"YYYY\", end: \"YYYY\"}`, whole years. For "
+                                 "monthly runs only a bound may be a month (`\"2017-11\"`), so a monthly study can be extended "
+                                 "one month at a time (see [Adding a new period](GUIDE.md#adding-a-new-period)).")
+    month_periods: PeriodRange | None = Field(None, description="A narrower range for monthly runs, which use it when given "
+                                              "(the same form as `periods`).")
+    tasks: list[Task] = Field(default_factory=lambda: ["lm"],  # type: ignore[arg-type]  # the literals are the list's type
+                              description="`lm` (perplexity; next-block for T5, next-token for decoder-only), `classification` "
+                              "(macro-F1, labels scored by likelihood; needs `corpus.label_column`), `summarization` (ROUGE-L; "
+                              "needs `corpus.summary_source_column` and `corpus.summary_target_column`)")
+    training: TrainingConfig = Field(TrainingConfig(), description="Hyper-parameters of one fine-tune (one run per (task, "
+                                     "period)); `task_overrides` and `granularity_overrides` change them per task or granularity.")
+    store: StoreConfig = Field(StoreConfig(), description="Where the time vectors, manifests and result tables are written "
+                               "(a folder or S3), and how.")
+    ray: RayConfig = Field(RayConfig(), description="How the distributed stages use Ray: the cluster, and the resources of each "
+                           "fine-tune run and evaluation actor.")
+    evaluation: EvaluationConfig = Field(EvaluationConfig(), description="How every cell (a model on a task's test split of a "
+                                         "period) is evaluated, and its bootstrap interval.")
+    interpolation: InterpolationConfig = Field(InterpolationConfig(), description="The interpolation stage's α grid between "
+                                               "two periods' vectors, and the greedy time soups.")
+    analogy: AnalogyConfig = Field(AnalogyConfig(), description="Task analogies: θ = θ_pre + α1·τ_task(j) + α2·τ_lm(k) − "
+                                   "α3·τ_lm(j) moves a task model from period j to a later period k with unlabeled text of k "
+                                   "only; the α's are searched with Ray Tune (the grid, or Optuna), selected on validation.")
+    merge: MergeConfig = Field(MergeConfig(), description="How every combination of ≥ 2 vectors (soups, interpolation, "
+                               "patching, analogies, forecasts) is merged: peft's merge functions, tensor by tensor. Single "
+                               "vectors and the base are never merged. `bench/merge_methods.py [--write]` compares the methods "
+                               "in one table (`results/merge_methods.parquet`).")
+    forecast: ForecastConfig = Field(ForecastConfig(), description="The forecast stage: hold out the last `horizon` periods of "
+                                     "each granularity and predict their weights from earlier vectors only. Whether the horizon "
+                                     "leaves at least two past periods is checked when the stage starts, so a short study still "
+                                     "loads for its other stages.")
+    groups: GroupsConfig = Field(GroupsConfig(), description="Where in the weights time lives: per parameter group and layer "
+                                 "statistics in the analyze stage, and group swaps (τ_j with one group taken from τ_k) in the "
+                                 "`groups` stage.")
+    probe: ProbeConfig = Field(ProbeConfig(), description="`timevec probe`: linear time probes, ridge regression from hidden "
+                               "states to each text's date. Texts come from the validation and test splits of every period "
+                               "(never what a vector was fine-tuned on).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

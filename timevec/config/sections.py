@@ -26,21 +26,21 @@ class _Strict(BaseModel):
 class TinyModel(_Strict):
     """Sizes of the embedded tiny model (built from a config, no download)."""
 
-    d_model: int = Field(64, ge=8)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    d_ff: int = Field(256, ge=8)
-    max_positions: int = Field(256, ge=16, description="decoder-only context length")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    d_model: int = Field(64, ge=8, description="hidden size")
+    num_layers: int = Field(2, ge=1, description="layers (t5: of the encoder and of the decoder each)")
+    num_heads: int = Field(4, ge=1, description="attention heads")
+    d_ff: int = Field(256, ge=8, description="inner size of the feed-forward blocks")
+    max_positions: int = Field(256, ge=16, description="decoder-only (gpt2) context length")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability of the model")
 
 
 class PretrainConfig(_Strict):
     """The short 'pretraining' that turns the embedded tiny model into a real base."""
 
-    steps: int = Field(300, ge=0)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    max_length: int = Field(128, ge=8)
+    steps: int = Field(300, ge=0, description="pretraining optimizer steps (0: the randomly initialised model is the base)")
+    batch_size: int = Field(32, ge=1, description="examples per pretraining step")
+    lr: float = Field(1e-3, gt=0, description="pretraining learning rate")
+    max_length: int = Field(128, ge=8, description="tokens per pretraining example")
 
 
 class BaseConfig(_Strict):
@@ -55,20 +55,30 @@ class BaseConfig(_Strict):
     name, the hub id, or a local directory's folder name), never by a local path.
     """
 
-    source: Literal["embedded", "hub"] = "embedded"
-    arch: Literal["t5", "gpt2"] = Field("t5", description="embedded architecture: encoder-decoder or decoder-only")
+    source: Literal["embedded", "hub"] = Field(
+        "embedded", description="`embedded`: the tiny model of `arch` and `tiny`, pretrained with `pretrain` (no download); "
+        "`hub`: loaded with the Auto classes from `hub_id` or `preset`",
+    )
+    arch: Literal["t5", "gpt2"] = Field("t5", description="embedded architecture: `t5` encoder-decoder or `gpt2` decoder-only")
     hub_id: str | None = Field(
-        None, description="Hugging Face model id (google-t5/t5-small) or a local save_pretrained directory (source: hub)"
+        None, description="Hugging Face model id (e.g. `google-t5/t5-small`) or a local `save_pretrained` directory (`source: hub`)"
     )
-    revision: str | None = None
-    gguf_file: str | None = Field(None, description="a GGUF file inside hub_id to load (dequantised), e.g. model.Q4_1.gguf")
-    preset: str | None = Field(None, description="a packaged base, e.g. smollm2-135m-instruct (implies source: hub)")
-    name: str | None = Field(None, description="portable base name recorded in the store; default from preset/hub_id")
+    revision: str | None = Field(None, description="the hub revision of `hub_id` (branch, tag or commit); default: `main`")
+    gguf_file: str | None = Field(None, description="a GGUF file inside `hub_id` to load (dequantised), e.g. `model.Q4_1.gguf`")
+    preset: str | None = Field(
+        None, description="a base that a pip package ships (`timevec.data.presets`), e.g. `smollm2-135m-instruct`; implies `source: hub`"
+    )
+    name: str | None = Field(
+        None, description="portable base name recorded in the store; default: the preset's name, the hub id (with its revision), "
+        "or a local directory's folder name"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype the base is loaded and fine-tuned in (the store keeps its own store.dtype)"
+        "float32", description="dtype the base is loaded and fine-tuned in (the store keeps its own `store.dtype`)"
     )
-    tiny: TinyModel = TinyModel()
-    pretrain: PretrainConfig = PretrainConfig()
+    tiny: TinyModel = Field(TinyModel(), description="sizes of the embedded tiny model (`source: embedded` only)")
+    pretrain: PretrainConfig = Field(
+        PretrainConfig(), description="the short pretraining that turns the embedded tiny model into a real base (`source: embedded` only)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -112,8 +122,8 @@ class BaseConfig(_Strict):
 class SplitConfig(_Strict):
     """Fractions of each period's rows held out; the rest is train."""
 
-    validation: float = Field(0.1, ge=0.0, lt=1.0)
-    test: float = Field(0.1, gt=0.0, lt=1.0)
+    validation: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of each period's rows in its validation split")
+    test: float = Field(0.1, gt=0.0, lt=1.0, description="fraction of each period's rows in its test split")
 
     @model_validator(mode="after")
     def _leave_train(self) -> SplitConfig:
@@ -125,33 +135,38 @@ class SplitConfig(_Strict):
 class CapConfig(_Strict):
     """Per-period row caps (after splitting); null means no cap."""
 
-    train: int | None = Field(None, ge=1)
-    validation: int | None = Field(None, ge=1)
-    test: int | None = Field(None, ge=1)
+    train: int | None = Field(None, ge=1, description="train rows per period; null: no cap")
+    validation: int | None = Field(None, ge=1, description="validation rows per period; null: no cap")
+    test: int | None = Field(None, ge=1, description="test rows per period; null: no cap")
 
 
 class CorpusConfig(_Strict):
     """Where dated records come from and which columns mean what."""
 
     source: str = Field(
-        ..., description="'demo:trump_tweets', a file URL/path or glob (Parquet, JSONL, CSV; .gz ok), a datasets save_to_disk "
-        "directory, a local dataset repository (data files + card: what load_dataset(path) reads), or hf://datasets/<owner>/<name>")
-    format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
-    text_column: str = "text"
-    date_column: str = "date"
-    label_column: str | None = None
-    summary_source_column: str | None = Field(None, description="summarisation input column, e.g. body")
-    summary_target_column: str | None = Field(None, description="summarisation target column, e.g. subject")
+        ..., description="`demo:trump_tweets`, any fsspec file URL/path or glob (Parquet, JSONL, CSV; `.gz` ok), a datasets "
+        "`save_to_disk` directory, a local dataset repository (data files + card: what `load_dataset(path)` reads), or "
+        "`hf://datasets/<owner>/<name>`")
+    format: Literal["auto", "parquet", "jsonl", "csv"] = Field(
+        "auto", description="the files' format; `auto`: from the name (`.parquet`, `.jsonl`/`.json`/`.ndjson`, `.csv`/`.tsv`)"
+    )
+    text_column: str = Field("text", description="column of each record's text")
+    date_column: str = Field("date", description="column of each record's date, which puts it in a period")
+    label_column: str | None = Field(None, description="column of each record's class label (needed by `tasks: [classification]`)")
+    summary_source_column: str | None = Field(None, description="summarisation input column, e.g. `body`")
+    summary_target_column: str | None = Field(None, description="summarisation target column, e.g. `subject`")
     key_column: str | None = Field(None, description="stable row key for the split hash; default: hash of date+text")
     split_column: str | None = Field(
         None, description="take each row's split from this column (train/validation/test; valid/dev too) instead of the hash "
-        "split; a datasets source with several splits has them in the column 'split'")
+        "split; a datasets source with several splits has them in the column `split`")
     bad_dates: Literal["report", "reject"] = Field(
         "report", description="rows with missing/unparseable dates: count and report them, or fail"
     )
-    min_rows_per_period: int = Field(1, ge=1, description="a period with fewer rows is an error")
-    split: SplitConfig = SplitConfig()
-    caps: CapConfig = CapConfig()
+    min_rows_per_period: int = Field(1, ge=1, description="a period with fewer train or test rows is an error")
+    split: SplitConfig = Field(SplitConfig(), description="fractions of each period's rows held out (by a stable hash of each "
+                               "row's key); the rest is train")
+    caps: CapConfig = Field(CapConfig(), description="row caps per period, after splitting (rows per year, spread evenly over "
+                            "its months)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options; never credentials")
 
     @field_validator("storage_options")
@@ -161,52 +176,61 @@ class CorpusConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    target_modules: list[str] | None = Field(None, description="default: peft's choice for the architecture")
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA α: the update is α/r · BA")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout probability on the LoRA path")
+    target_modules: list[str] | None = Field(
+        None, description="modules that get LoRA adapters; default: peft's choice for the architecture"
+    )
     store: Literal["dense", "factors"] = Field(
         "dense",
-        description="how τ is stored: 'dense' (merged, the reference protocol and every existing store) or "
-        "'factors' (B, A and α/r per target module, the low-rank kind: timevec.weights.lowrank)",
+        description="how τ is stored: `dense` (merged, the reference protocol and every existing store) or "
+        "`factors` (B, A and α/r per target module instead of dense, the low-rank kind: `timevec.weights.lowrank`, ARCHITECTURE §13)",
     )
 
 
 class TrainingConfig(_Strict):
     """Hyper-parameters of one fine-tune (one per (task, period))."""
 
-    lr: float = Field(8e-4, gt=0)
-    steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(16, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(128, ge=8)
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    schedule: Literal["constant", "linear"] = "linear"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    seed: int = 42
+    lr: float = Field(8e-4, gt=0, description="peak learning rate (AdamW)")
+    steps: int | None = Field(None, ge=1, description="optimizer steps; overrides `epochs`")
+    epochs: float = Field(1.0, gt=0, description="passes over the period's train split, when `steps` is not set")
+    batch_size: int = Field(16, ge=1, description="examples per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (gradient accumulation)")
+    max_length: int = Field(128, ge=8, description="tokens per training example")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the steps over which the learning rate warms up linearly")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    schedule: Literal["constant", "linear"] = Field(
+        "linear", description="learning rate after the warmup: `constant`, or `linear` decay to 0 at the last step"
+    )
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="`bf16`: the forward pass under bfloat16 autocast; `fp32`: none")
+    seed: int = Field(42, description="seed of each fine-tune (batch order, dropout, LoRA initialisation)")
     seeds: list[int] | None = Field(
-        None, description="seed replicates: the study once per seed, each in <store.url>/seeds/<seed> (timevec.train.replicates)"
+        None, description="seed replicates: the study once per seed, each in `<store.url>/seeds/<seed>/` on one shared base "
+        "(`timevec.train.replicates`); findings over seeds in `results/findings_seeds.parquet`"
     )
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (resume points)")
-    lora: LoraConfig | None = None
+    lora: LoraConfig | None = Field(
+        None, description="fine-tune LoRA adapters instead of every weight; they are merged before τ is taken. null: full fine-tune"
+    )
     task_overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per-task overrides of any field above, e.g. {classification: {epochs: 3}}"
+        default_factory=dict, description="per-task overrides of any field above, e.g. `{classification: {epochs: 3}}`"
     )
     granularity_overrides: dict[Granularity, dict[str, Any]] = Field(
         default_factory=dict,
-        description="per-granularity overrides applied after the task's, e.g. {month: {steps: 40}} (a month has ~1/12 of a year's text)",
+        description="per-granularity overrides applied after the task's, e.g. `{month: {steps: 40}}` (a month has ~1/12 of a year's text)",
     )
     mode: Literal["independent", "continual", "equal_steps"] = Field(
         "independent",
-        description="continual: the run for period t starts from θ_pre + τ_{t−1} (timevec.train.continual); τ_t is still θ_t − θ_pre. "
-                    "equal_steps: the continual chain's control, an independent run from θ_pre trained for as many steps as "
-                    "the chain has by period t ((position of t + 1) × steps)",
+        description="`independent`: every run starts from θ_pre. "
+                    "`continual`: the run for period t starts from θ_pre + τ_{t−1} (`timevec.train.continual`); τ_t is still θ_t − θ_pre; "
+                    "its own store `<store.url>/continual` (`continual-replay-<replay>` with replay). "
+                    "`equal_steps`: the continual chain's control, an independent run from θ_pre trained for as many steps as "
+                    "the chain has by period t ((position of t + 1) × steps; needs `steps`), in `<store.url>/continual-equal-steps`",
     )
     replay: float = Field(
         0.0, ge=0.0, le=1.0,
-        description="continual only: replay round(replay·n_t) training examples drawn from the earlier periods of the chain",
+        description="`continual` only, 0–1: replay round(replay·n_t) training examples drawn from the earlier periods of the chain",
     )
 
     @model_validator(mode="after")
@@ -243,21 +267,23 @@ class TrainingConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    url: str = "./runs/demo"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    url: str = Field("./runs/demo", description="the store: a folder or `s3://bucket/prefix` (any fsspec URL)")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype the time vectors are stored in")
     target_shard_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="shard plan: bytes per shard")
     checksum: Literal["xxh3_128", "sha256"] = Field(
-        "xxh3_128", description="checksum of new shards (readers follow each manifest; old ones say sha256)"
+        "xxh3_128", description="checksum of new shards (readers follow each manifest; old ones say `sha256`)"
     )
     storage_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec options, e.g. {endpoint_url: http://...}; never credentials"
+        default_factory=dict, description="fsspec options, e.g. `{endpoint_url: http://...}`; credentials are refused: they come "
+        "from the AWS chain"
     )
     shared: bool = Field(
         False, description="a local-path url is a filesystem mounted at the same path on every node (NFS, a cluster "
         "filesystem): allowed on a multi-node Ray cluster, where an unshared one is refused",
     )
     lease_seconds: float = Field(
-        120.0, gt=0, description="a writing driver's store lease expires this long after its last renewal (ARCHITECTURE §3)"
+        120.0, gt=0, description="a stage driver's store lease (one per stage) expires this long after its last renewal; a second "
+        "driver of the stage on the store exits 2 naming the first (ARCHITECTURE §3)"
     )
 
     @field_validator("storage_options")
@@ -269,40 +295,41 @@ class StoreConfig(_Strict):
 class RayConfig(_Strict):
     """How the distributed stages use Ray."""
 
-    address: str | None = Field(None, description="None: attach to RAY_ADDRESS or start a local cluster")
+    address: str | None = Field(None, description="the Ray cluster's address; null: attach to `RAY_ADDRESS` or start a local cluster")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster started by timevec")
-    storage_path: str | None = Field(None, description="Train/Tune storage; default <store>/ray")
-    cpus_per_run: float = Field(1.0, gt=0)
-    gpus_per_run: float = Field(0.0, ge=0)
-    workers_per_run: int = Field(0, ge=0, description="0: train inside the Tune trial; >=1: a TorchTrainer per run")
+    storage_path: str | None = Field(None, description="Train/Tune storage; default `<store>/ray`")
+    cpus_per_run: float = Field(1.0, gt=0, description="CPUs each fine-tune run (each Train worker) reserves")
+    gpus_per_run: float = Field(0.0, ge=0, description="GPUs each fine-tune run (each Train worker) reserves; fractional ok")
+    workers_per_run: int = Field(0, ge=0, description="0: train inside the Tune trial; ≥ 1: a TorchTrainer per run")
     memory_per_run_mb: float | None = Field(
         None, gt=0, description="memory (MiB) each fine-tune run (each Train worker) declares to Ray, which places no more "
-        "runs on a node than fit; None: estimated from θ_pre (process + 5x θ_pre for a full fine-tune, 2x with LoRA)",
+        "runs on a node than fit; null: estimated from θ_pre (process + 5x θ_pre for a full fine-tune, 2x with LoRA)",
     )
-    max_concurrent_runs: int = Field(2, ge=1)
-    max_failures: int = Field(2, ge=0)
-    eval_actors: int = Field(2, ge=1)
-    cpus_per_eval_actor: float = Field(1.0, gt=0)
-    gpus_per_eval_actor: float = Field(0.0, ge=0)
+    max_concurrent_runs: int = Field(2, ge=1, description="fine-tune runs at once")
+    max_failures: int = Field(2, ge=0, description="retries of a failed fine-tune run (Ray's `FailureConfig`), and of an evaluation item "
+                              "that ran out of memory (on a fresh actor)")
+    eval_actors: int = Field(2, ge=1, description="evaluation actors, each holding θ_pre once")
+    cpus_per_eval_actor: float = Field(1.0, gt=0, description="CPUs each evaluation actor reserves")
+    gpus_per_eval_actor: float = Field(0.0, ge=0, description="GPUs each evaluation actor reserves; fractional ok")
     allow_cpu_fallback: bool = Field(
         False, description="a run or evaluation actor that Ray gave a GPU but whose torch sees no CUDA device runs on the "
-        "CPU with a warning; false: the study stops with exit status 2 naming the node, CUDA_VISIBLE_DEVICES and the torch build",
+        "CPU with a warning; false: the study stops with exit status 2 naming the node, `CUDA_VISIBLE_DEVICES` and the torch build",
     )
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per run/actor on CPU")
     eval_actor_memory_mb: float | None = Field(
         None, gt=0, description="cap (MiB of private writable memory, RLIMIT_DATA) on what an evaluation actor may map beyond "
-        "θ_pre and the splits once loaded; an item over it is retried on a fresh actor, then reported (ARCHITECTURE §4); None: no cap",
+        "θ_pre and the splits once loaded; an item over it is retried on a fresh actor, then reported (ARCHITECTURE §4); null: no cap",
     )
     eval_actor_memory_kind: Literal["data", "cgroup"] = Field(
-        "data", description="how eval_actor_memory_mb is enforced: 'data' (RLIMIT_DATA: an allocation over it fails, the "
-        "item is retried, then reported) or 'cgroup' (a memory cgroup per actor: the kernel's OOM killer kills the actor, "
+        "data", description="how `eval_actor_memory_mb` is enforced: `data` (RLIMIT_DATA: an allocation over it fails, the "
+        "item is retried, then reported) or `cgroup` (a memory cgroup per actor: the kernel's OOM killer kills the actor, "
         "as a container limit does; needs a writable cgroup filesystem)",
     )
     fault_first_attempt_headroom_mb: float | None = Field(
         None, gt=0, description="fault injection, for tests: the first attempt of every evaluation item maps ballast "
-        "(private, untouched) that leaves only this many MiB of the eval_actor_memory_mb cap (kind 'data', above this) free "
+        "(private, untouched) that leaves only this many MiB of the `eval_actor_memory_mb` cap (kind `data`, above this) free "
         "while it works, so an item needing more runs out of memory there and its retry on a fresh actor, without "
-        "ballast, need not; None: off",
+        "ballast, need not; null: off",
     )
     autoscaling: bool = Field(
         False, description="the cluster adds nodes on demand: do not fail fast when no current node fits a run or actor"
@@ -312,11 +339,11 @@ class RayConfig(_Strict):
         0.5, ge=0, description="a fleet run reports its per-step metrics at most this often (checkpoints always); 0: every step"
     )
     loggers: list[Literal["mlflow"]] = Field(
-        default_factory=list, description="experiment trackers beside TensorBoard (always on): 'mlflow' records every fine-tune's "
-        "curve and every α-search trial with Ray Tune's MLflow callback (extra: timevec[mlflow])",
+        default_factory=list, description="experiment trackers beside TensorBoard (always on): `mlflow` records every fine-tune's "
+        "curve and every α-search trial with Ray Tune's MLflow callback (extra: `timevec[mlflow]`)",
     )
     mlflow_tracking_uri: str | None = Field(
-        None, description="where ray.loggers' mlflow writes; default file://<store>/mlruns (a local store only)"
+        None, description="where `ray.loggers`' mlflow writes; default `file://<store>/mlruns` (a local store only)"
     )
 
     @model_validator(mode="after")
@@ -342,8 +369,8 @@ class PeriodRange(_Strict):
     """Bounds are years (whole years of periods) or, for monthly runs only, months ("2017-03"), so
     that a monthly study can be extended one month at a time (ARCHITECTURE §12)."""
 
-    start: str
-    end: str
+    start: str = Field(description="the first period: a year `\"YYYY\"`, or (monthly runs only) a month `\"YYYY-MM\"`")
+    end: str = Field(description="the last period, included: a year, or (monthly runs only) a month")
 
     @field_validator("start", "end")
     @classmethod

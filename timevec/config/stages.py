@@ -13,12 +13,13 @@ from timevec.data.periods import Period, PeriodError
 
 
 class EvaluationConfig(_Strict):
-    batch_size: int = Field(32, ge=1)
-    max_examples: int | None = Field(None, ge=1, description="cap per test split")
-    max_length: int = Field(128, ge=8)
-    summary_max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(32, ge=1, description="examples per evaluation batch")
+    max_examples: int | None = Field(None, ge=1, description="cap per test split (examples spread over the split); null: all")
+    max_length: int = Field(128, ge=8, description="tokens per evaluated example")
+    summary_max_new_tokens: int = Field(48, ge=1, description="tokens a summary may generate (summarization)")
     bootstrap_samples: int = Field(
-        1000, ge=0, description="bootstrap resamples of the test examples per cell (timevec.evaluate.bootstrap); 0: off, NaN bounds"
+        1000, ge=0, description="bootstrap resamples of the test examples per cell, for the cells' `low`/`high` interval "
+        "(`timevec.evaluate.bootstrap`); 0: off, NaN bounds"
     )
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="confidence of the cells' bootstrap intervals")
     bootstrap_seed: int = Field(0, ge=0, description="seed of the resample indices (shared by every cell of a split)")
@@ -30,9 +31,10 @@ def _alpha_grid(start: float, stop: float, step: float) -> list[float]:
 
 
 class InterpolationConfig(_Strict):
-    alphas: list[float] = Field(default_factory=lambda: _alpha_grid(0.0, 1.0, 0.1))
+    alphas: list[float] = Field(default_factory=lambda: _alpha_grid(0.0, 1.0, 0.1),
+                                description="the α grid in [0, 1]; α = weight of the LATER vector")
     soup_max_distance: int | None = Field(
-        None, ge=1, description="greedy soups try vectors at most this many periods away; None: every stored vector"
+        None, ge=1, description="greedy time soups try vectors at most this many periods away; null: every stored vector"
     )
 
     @field_validator("alphas")
@@ -47,14 +49,18 @@ class InterpolationConfig(_Strict):
 
 
 class AnalogyConfig(_Strict):
-    task: Task = "classification"
-    alpha1: list[float] = Field(default_factory=lambda: _alpha_grid(0.6, 2.2, 0.2))
-    alpha2: list[float] = Field(default_factory=lambda: _alpha_grid(0.1, 0.6, 0.1))
-    alpha3: list[float] = Field(default_factory=lambda: _alpha_grid(0.1, 0.6, 0.1))
-    searcher: Literal["grid", "optuna"] = "grid"
+    task: Task = Field("classification", description="the task whose vector τ_task(j) is moved to k")
+    alpha1: list[float] = Field(default_factory=lambda: _alpha_grid(0.6, 2.2, 0.2), description="grid of α1, the weight of τ_task(j)")
+    alpha2: list[float] = Field(default_factory=lambda: _alpha_grid(0.1, 0.6, 0.1), description="grid of α2, the weight of τ_lm(k)")
+    alpha3: list[float] = Field(default_factory=lambda: _alpha_grid(0.1, 0.6, 0.1),
+                                description="grid of α3, the weight subtracted of τ_lm(j)")
+    searcher: Literal["grid", "optuna"] = Field(
+        "grid", description="`grid`: every point of alpha1 × alpha2 × alpha3; `optuna`: `num_samples` points proposed by "
+        "Optuna's TPE over the same grid"
+    )
     num_samples: int = Field(40, ge=1, description="trials for the optuna searcher")
-    source_periods: list[str] | None = Field(None, description="j; default: the first period")
-    max_concurrent_trials: int = Field(2, ge=1)
+    source_periods: list[str] | None = Field(None, description="the periods j; default: the first period (k: every later year)")
+    max_concurrent_trials: int = Field(2, ge=1, description="Ray Tune trials at once")
 
     @field_validator("source_periods")
     @classmethod
@@ -89,10 +95,17 @@ class MergeConfig(_Strict):
     pruning methods keep; ``seed``: DARE's seed (default: the experiment's ``seed``).
     """
 
-    method: MergeMethodName = "task_arithmetic"
-    density: float = Field(0.5, gt=0.0, le=1.0, description="ties / dare_* / magnitude_prune: fraction of each tensor kept")
-    majority_sign_method: SignMethod = Field("total", description="ties / dare_ties: sign election by total mass or by count")
-    seed: int | None = Field(None, description="dare_*: seed of the drop masks; default: the experiment seed")
+    method: MergeMethodName = Field(
+        "task_arithmetic", description="the merge method (`peft.utils.merge_utils`'s function, tensor by tensor; "
+        "`timevec.weights.merging`)"
+    )
+    density: float = Field(
+        0.5, gt=0.0, le=1.0, description="`ties` / `dare_*` / `magnitude_prune`: fraction of each tensor kept, in (0, 1]"
+    )
+    majority_sign_method: SignMethod = Field(
+        "total", description="`ties` / `dare_ties`: sign election by `total` mass or by count (`frequency`)"
+    )
+    seed: int | None = Field(None, description="`dare_*`: seed of the drop masks; default: the experiment's `seed`")
 
     @field_validator("density", "seed", mode="before")
     @classmethod
@@ -124,11 +137,12 @@ class ForecastConfig(_Strict):
     trend_window: int = Field(3, ge=2, description="m: the trend is a least-squares line through the last m past vectors")
     ema_decay: float = Field(0.5, gt=0.0, lt=1.0, description="β: the EMA weighs a vector k periods old by β^k")
     lambdas: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5],
-                                 description="the grid of λ for scaled_latest (λ·τ_latest), chosen on the past")
+                                 description="the grid of λ for `scaled_latest` (λ·τ_latest), chosen on the past")
     subspace_max_rank: int = Field(3, ge=1, description="subspace: the most principal coordinates k (k chosen past-only)")
     subspace_max_order: int = Field(2, ge=0, description="subspace: the highest AR order p (p, d chosen past-only)")
     methods: list[str] = Field(default_factory=lambda: list(_forecast_methods()),
-                               description="registered forecast methods (timevec.adapt.forecast_methods); default: all")
+                               description="registered forecast methods (`timevec.adapt.forecast_methods`); default: all. base, "
+                               "latest and the in-period oracle are always evaluated")
 
     @field_validator("lambdas")
     @classmethod
@@ -167,15 +181,18 @@ class ProbeConfig(_Strict):
     """
 
     texts_per_period: int = Field(200, ge=4, description="texts drawn per period (from its validation + test splits)")
-    test_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of each period's texts held out from the fit")
-    layers: list[int] | None = Field(None, description="hidden-state indices (0 = embeddings); default: all")
-    poolings: list[Pooling] = Field(default_factory=lambda: ["last", "mean"])  # type: ignore[arg-type]  # the literals are the list's type
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="share of each period's texts held out from the fit "
+                                 "(stratified by period, drawn with `seed`)")
+    layers: list[int] | None = Field(None, description="indices into `output_hidden_states` (0 = the embeddings); default: every layer")
+    poolings: list[Pooling] = Field(default_factory=lambda: ["last", "mean"],  # type: ignore[arg-type]  # the literals are the list's type
+                                    description="what a text's hidden states are pooled to: the `last` real token, or the "
+                                    "`mean` over the attention mask")
     alphas: list[float] = Field(default_factory=lambda: [round(10.0 ** (k / 2), 6) for k in range(-6, 11)],
                                 description="RidgeCV's grid (default 10^-3 … 10^5, half decades)")
-    tasks: list[Task] = Field(default_factory=lambda: ["lm"], description="tasks whose vectors are probed")  # type: ignore[arg-type]  # the literals are the list's type
-    batch_size: int = Field(32, ge=1)
-    max_length: int | None = Field(None, ge=8, description="tokens per text; default: evaluation.max_length")
-    seed: int | None = Field(None, description="text draw and held-out split; default: the experiment seed")
+    tasks: list[Task] = Field(default_factory=lambda: ["lm"], description="tasks whose stored vectors give the tuned models")  # type: ignore[arg-type]  # the literals are the list's type
+    batch_size: int = Field(32, ge=1, description="texts per forward pass")
+    max_length: int | None = Field(None, ge=8, description="tokens per text; default: `evaluation.max_length`")
+    seed: int | None = Field(None, description="seed of the text draw and the held-out split; default: the experiment's `seed`")
 
     @field_validator("layers")
     @classmethod
@@ -210,9 +227,16 @@ class GroupsConfig(_Strict):
     evaluation per (pair, group).
     """
 
-    analyze: bool = True
-    swaps: bool = False
-    pairs: list[tuple[str, str]] | None = Field(None, description="(j, k) periods; default: first↔last")
+    analyze: bool = Field(
+        True, description="per parameter group and layer, the norms, cosines and r(cosine, degradation) in the analyze stage "
+        "(one extra streaming pass over the vectors, no evaluation)"
+    )
+    swaps: bool = Field(
+        False, description="the `groups` stage: evaluate τ_j with each group taken from τ_k on k, one evaluation per (pair, group)"
+    )
+    pairs: list[tuple[str, str]] | None = Field(
+        None, description="(j, k) periods; default: the first and the last stored period of each granularity, both ways"
+    )
     tasks: list[Task] | None = Field(None, description="tasks whose vectors are swapped; default: every task")
     groups: list[str] | None = Field(None, description="groups to swap; default: every group the base has")
 
