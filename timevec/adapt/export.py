@@ -43,7 +43,7 @@ import math
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,7 @@ def _forecast(config, store, spec, task, granularity, method, target, params) ->
             scale = rows["param"].dropna().iloc[0] if rows["param"].notna().any() else None
         if scale is None:
             raise ConfigError(f"export: {spec!r}: scaled_latest needs lambda= (none in results/forecast for {target})")
-        forecast_params = ForecastParams(forecast_params.trend_window, forecast_params.ema_decay, forecast_params.lambdas, float(scale))
+        forecast_params = replace(forecast_params, scale=float(scale))
     try:
         coefficients = forecast_coefficients(method, past, target, forecast_params)
     except ValueError as exc:

@@ -33,12 +33,10 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from timevec.config import ForecastConfig
 from timevec.data.periods import Period, sort_periods
-
-if TYPE_CHECKING:
-    from timevec.config import ForecastConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +54,9 @@ __all__ = [
 Coefficients = list[tuple[float, str]]
 
 
+_SECTION = ForecastConfig.model_fields
+
+
 @dataclass(frozen=True)
 class ForecastParams:
     """The settings of the methods (``forecast`` of the config) and, once chosen, the per-item state.
@@ -64,12 +65,13 @@ class ForecastParams:
     order of the item's ``past``), attached by the planner for methods with ``needs_gram``.
     """
 
-    trend_window: int = 3
-    ema_decay: float = 0.5
-    lambdas: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
+    # the defaults are the config section's (one owner of each value), not written again here
+    trend_window: int = _SECTION["trend_window"].default
+    ema_decay: float = _SECTION["ema_decay"].default
+    lambdas: tuple[float, ...] = tuple(_SECTION["lambdas"].default_factory())  # type: ignore[call-arg,misc]
     scale: float | None = None
-    subspace_max_rank: int = 3
-    subspace_max_order: int = 2
+    subspace_max_rank: int = _SECTION["subspace_max_rank"].default
+    subspace_max_order: int = _SECTION["subspace_max_order"].default
     gram: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
 
     @classmethod

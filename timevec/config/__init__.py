@@ -94,10 +94,11 @@ class ExperimentConfig(_Strict):
                                "patching, analogies, forecasts) is merged: peft's merge functions, tensor by tensor. Single "
                                "vectors and the base are never merged. `bench/merge_methods.py [--write]` compares the methods "
                                "in one table (`results/merge_methods.parquet`).")
-    forecast: ForecastConfig = Field(ForecastConfig(), description="The forecast stage: hold out the last `horizon` periods of "
-                                     "each granularity and predict their weights from earlier vectors only. Whether the horizon "
-                                     "leaves at least two past periods is checked when the stage starts, so a short study still "
-                                     "loads for its other stages.")
+    # built on use (default_factory): its default method names come from adapt's registry, which imports the config
+    forecast: ForecastConfig = Field(default_factory=ForecastConfig, description="The forecast stage: hold out the last "
+                                     "`horizon` periods of each granularity and predict their weights from earlier vectors "
+                                     "only. Whether the horizon leaves at least two past periods is checked when the stage "
+                                     "starts, so a short study still loads for its other stages.")
     groups: GroupsConfig = Field(GroupsConfig(), description="Where in the weights time lives: per parameter group and layer "
                                  "statistics in the analyze stage, and group swaps (τ_j with one group taken from τ_k) in the "
                                  "`groups` stage.")

@@ -83,12 +83,33 @@ __all__ = [
     "tensor_seed",
 ]
 
-#: The merge methods, named as the functions of ``peft.utils.merge_utils``.
+#: The merge methods, named as the functions of ``peft.utils.merge_utils``; the names are the config's
+#: (:data:`timevec.config.MergeMethodName`, the foundation every package may import), each method is
+#: declared once below (:data:`_REGISTRY`) and the two must agree (checked at import).
 METHODS: tuple[str, ...] = get_args(MergeMethodName)
 SIGN_METHODS: tuple[str, ...] = get_args(SignMethod)
-_PRUNED = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
-_SIGNED = ("ties", "dare_ties")
-_RANDOM = ("dare_linear", "dare_ties")
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """One merge method: the :class:`MergeMethod` settings peft's function takes after (tensors, weights), in its
+    argument order, and whether its masks are random (seeded per parameter by :func:`tensor_seed`)."""
+
+    settings: tuple[str, ...] = ()
+    random: bool = False
+
+
+_REGISTRY: dict[str, _Declared] = {
+    "task_arithmetic": _Declared(),
+    "magnitude_prune": _Declared(("density",)),
+    "ties": _Declared(("density", "majority_sign_method")),
+    "dare_linear": _Declared(("density",), random=True),
+    "dare_ties": _Declared(("density", "majority_sign_method"), random=True),
+}
+if set(_REGISTRY) != set(METHODS):
+    raise ImportError(f"merge methods declared {sorted(_REGISTRY)} differ from the config's {sorted(METHODS)}")
+#: How a setting appears in a method's label.
+_LABELS = {"density": "density={:g}", "majority_sign_method": "sign={}"}
 
 
 class MergeError(TimevecError, ValueError):
@@ -104,10 +125,10 @@ class MergeMethod:
     the seed DARE's masks are derived from (:func:`tensor_seed`).
     """
 
-    name: str = "task_arithmetic"
-    density: float = 0.5
-    majority_sign_method: str = "total"
-    seed: int = 0
+    name: str = MergeConfig.model_fields["method"].default
+    density: float = MergeConfig.model_fields["density"].default
+    majority_sign_method: str = MergeConfig.model_fields["majority_sign_method"].default
+    seed: int = 0  # the config's default (None) means the experiment's seed: MergeMethod.from_config
 
     def __post_init__(self) -> None:
         # One owner of these rules: the config section (timevec.config.MergeConfig) validates them here too.
@@ -137,19 +158,16 @@ class MergeMethod:
 
     @property
     def is_random(self) -> bool:
-        return self.name in _RANDOM
+        return _REGISTRY[self.name].random
 
     @property
     def label(self) -> str:
         """The method with the settings that change its result, e.g. ``ties(density=0.5, sign=total)``."""
-        if self.name not in _PRUNED:
-            return self.name
-        parts = [f"density={self.density:g}"]
-        if self.name in _SIGNED:
-            parts.append(f"sign={self.majority_sign_method}")
-        if self.is_random:
+        declared = _REGISTRY[self.name]
+        parts = [_LABELS[setting].format(getattr(self, setting)) for setting in declared.settings]
+        if declared.random:
             parts.append(f"seed={self.seed}")
-        return f"{self.name}({', '.join(parts)})"
+        return f"{self.name}({', '.join(parts)})" if parts else self.name
 
     def __str__(self) -> str:
         return self.label
@@ -203,14 +221,10 @@ def merge_tensor(method: MergeMethod, tensors: Sequence[torch.Tensor], weights: 
     with warnings.catch_warnings():
         # peft warns once per tensor that density 1 prunes nothing; that is what density 1 means
         warnings.filterwarnings("ignore", message=r"The density .* no pruning will be performed")
-        if method.name == "task_arithmetic":
-            return fn(task_tensors, w)
-        if method.name == "magnitude_prune":
-            return fn(task_tensors, w, method.density)
-        if method.name == "ties":
-            return fn(task_tensors, w, method.density, method.majority_sign_method)
+        declared = _REGISTRY[method.name]
+        settings = [getattr(method, setting) for setting in declared.settings]
+        if not declared.random:
+            return fn(task_tensors, w, *settings)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tensor_seed(method.seed, name))
-            if method.name == "dare_linear":
-                return fn(task_tensors, w, method.density)
-            return fn(task_tensors, w, method.density, method.majority_sign_method)
+            return fn(task_tensors, w, *settings)
