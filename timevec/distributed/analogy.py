@@ -63,10 +63,11 @@ from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit, prepare_eval_sets
 from timevec.data.periods import Period
+from timevec.distributed.combinations import stage_store
 from timevec.distributed.runtime import eval_actor_device
 from timevec.distributed.storage import RayStorage, ray_storage
 from timevec.distributed.tracking import tracker_callbacks
-from timevec.evaluate.cells import CellEvaluator, require_base
+from timevec.evaluate.cells import CellEvaluator
 from timevec.evaluate.metrics import METRICS
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
 from timevec.store import StoreError, VectorStore
@@ -404,8 +405,7 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
     from timevec.distributed.runtime import base_bytes, check_gpus, ensure_ray, eval_memory
 
     began = time.perf_counter()
-    store = store or VectorStore.from_config(config.store)
-    require_base(store)
+    store = stage_store(config, store)
     task = config.analogy.task
     stored = set(store.list_vectors())
     pairs, skipped = task_analogy.analogy_pairs(config, stored)

@@ -56,15 +56,9 @@ from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import Period
 from timevec.distributed.actor_pool import Attempt, Failure, PoolActor, drive, failure_error
+from timevec.distributed.combinations import stage_store
 from timevec.distributed.runtime import worker_device
-from timevec.evaluate.cells import (
-    BASE,
-    CellEvaluator,
-    SplitKey,
-    WorkItem,
-    plan_cells,
-    require_base,
-)
+from timevec.evaluate.cells import BASE, CellEvaluator, SplitKey, WorkItem, plan_cells
 from timevec.results import CELL_KEY, CELLS_ADDED_COLUMNS, CELLS_TABLE, cells_frame, cells_table
 from timevec.store import StoreError, VectorStore
 
@@ -162,8 +156,7 @@ def run_cells(
     granularities and test periods (old and new), sorted, and what this call did.
     """
     began = time.perf_counter()
-    store = store or VectorStore.from_config(config.store)
-    require_base(store)
+    store = stage_store(config, store)
     from timevec.train.loop import check_store_base
 
     check_store_base(config, store)  # names both bases when the architecture/vocabulary or weights differ

@@ -5,10 +5,10 @@ every method of :mod:`timevec.adapt.forecast` (and the baselines base, latest an
 is evaluated on each held-out period's test split → ``results/forecast.parquet``
 (:data:`timevec.results.FORECAST_COLUMNS`).
 
-Execution is the interpolation stage's: actors each hold one :class:`~timevec.evaluate.cells.CellEvaluator`
-and a :class:`~timevec.distributed.interpolate.VectorCache`, the pool driver
-(:mod:`timevec.distributed.actor_pool`) schedules one item per (task, granularity, method), and rows
-are appended as items finish, so a re-run skips every row already in the table. The actors are
+Execution is the combination stages' frame (:mod:`timevec.distributed.combinations`): actors each hold
+one :class:`~timevec.evaluate.cells.CellEvaluator` and a vector cache, one item per (task, granularity,
+method) scored by :func:`score`, and rows are appended as items finish, so a re-run skips every row
+already in the table. The actors are
 handed only the held-out periods' TEST splits and the last past period's VALIDATION split (what λ
 is chosen on); the held-out vectors are read only for the in_period oracle row, and only when the
 cells table lacks that cell.
@@ -25,13 +25,20 @@ import pandas as pd
 
 from timevec import results
 from timevec.adapt import forecast
-from timevec.adapt.interpolation import EvaluateWeights, GetVector
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import sort_periods
-from timevec.distributed.actor_pool import Failure, drive, failure_error
-from timevec.distributed.interpolate import CombinationActor, KnownCells, SplitSets, known_cells
-from timevec.evaluate.cells import require_base
+from timevec.distributed.combinations import (
+    Combinations,
+    KnownCells,
+    Rows,
+    Scoring,
+    SplitSets,
+    known_cells,
+    known_of,
+    run_combinations,
+    stage_store,
+)
 from timevec.results import FORECAST_TABLE
 from timevec.store import VectorStore
 
@@ -45,25 +52,20 @@ def _label(item: forecast.ForecastItem) -> str:
     return f"forecast {item.task}/{item.granularity} {item.method}"
 
 
-class _ForecastActor(CombinationActor):
-    """Runs forecast items; ``work`` gets the splits and known cells once."""
-
-    def work(self, item: forecast.ForecastItem, splits: SplitSets, known: KnownCells) -> dict[str, list[dict]]:
-        return {FORECAST_TABLE: run_item(self.evaluator.evaluate_weights, self.cache.get, item, splits, known)}
-
-
-def run_item(
-    evaluate_weights: EvaluateWeights, get_vector: GetVector, item: forecast.ForecastItem, splits: SplitSets,
-    known: KnownCells | None = None,
-) -> list[dict]:
-    """Evaluate one item (no Ray): its forecast rows. ``get_vector(task, period)``."""
+def score(on: Scoring, item: forecast.ForecastItem, splits: SplitSets, known: KnownCells) -> Rows:
+    """One item's forecast rows."""
     key = (item.task, item.granularity)
-    return forecast.evaluate_item(
-        evaluate_weights, lambda p: get_vector(item.task, p), item,
+    return {FORECAST_TABLE: forecast.evaluate_item(
+        on.evaluator.evaluate_weights, on.vectors(item.task), item,
         splits["test"].get(key, {}), splits["validation"].get(key, {}),
-        known=lambda source, test: (known or {}).get((item.task, item.granularity, source, test)),
-        load_oracle=lambda p: get_vector(item.task, p),
-    )
+        known=known_of(known, item.task, item.granularity), load_oracle=on.vectors(item.task),
+    )}
+
+
+STAGE = Combinations(
+    desc="forecast", unit="item", score=score, tables={FORECAST_TABLE: results.forecast_frame}, flush_rows=256,
+    label=_label, failed="forecast item(s)", log=log,
+)
 
 
 def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[forecast.ForecastItem], Needed, list[str]]:
@@ -110,33 +112,18 @@ def _splits(config: ExperimentConfig, store: VectorStore, needed: Needed) -> Spl
 def run_forecast(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame:
     """Every forecast of every configured task and granularity; returns their rows (old and new)."""
     began = time.perf_counter()
-    store = store or VectorStore.from_config(config.store)
-    require_base(store)
+    store = stage_store(config, store)
     items, needed, notes = plan(config, store)
     for note in notes:
         log.warning("forecast: %s", note)
     log.info("forecast: %d item(s) to evaluate", len(items))
     if items:
-        _compute(config, store, items, needed)
+        # The longest first (each registered method's cost): scaled_latest chooses λ (one evaluation per λ),
+        # taylor/trend evaluate each target alone.
+        ordered = sorted(items, key=lambda i: forecast.method_cost(i.method))
+        run_combinations(config, store, ordered, STAGE, lambda: [_splits(config, store, needed), known_cells(store)])
     table = store.read_table(FORECAST_TABLE) if store.has_table(FORECAST_TABLE) else results.forecast_frame([])
     table = table[table["task"].isin(config.tasks) & table["granularity"].isin(config.granularities)]
     log.info("forecast stage done in %.1f s", time.perf_counter() - began)
     return table.reset_index(drop=True)
 
-
-def _compute(config: ExperimentConfig, store: VectorStore, items: list[forecast.ForecastItem], needed: Needed) -> None:
-    def failed(failure: Failure) -> None:
-        log.error("%s failed: %s", _label(failure.item), failure.text)
-
-    # The longest first (each registered method's cost): scaled_latest chooses λ (one evaluation per λ),
-    # taylor/trend evaluate each target alone.
-    ordered = sorted(items, key=lambda i: forecast.method_cost(i.method))
-    outcome = drive(
-        _ForecastActor, (config, store), config.ray, ordered,
-        lambda: [_splits(config, store, needed), known_cells(store)],
-        {FORECAST_TABLE: lambda rows: store.append_table(FORECAST_TABLE, results.forecast_frame(rows))},
-        desc="forecast", unit="item", flush_rows=256, flush_seconds=30.0, on_failure=failed,
-    )
-    if outcome.failures:
-        failures = [f"{_label(f.item)}: {f.text}" for f in outcome.failures]
-        raise failure_error(f"{len(failures)} forecast item(s) failed:\n  " + "\n  ".join(failures), outcome.failures)

@@ -4,9 +4,9 @@ Runs in a continual study (``training.mode: continual``; the stage gets the cont
 :func:`timevec.train.continual.for_mode`). It reads three sets of cells (:mod:`timevec.analyze.forgetting`):
 the continual store's own ``cells`` (the evaluate stage, unchanged), the independent study's
 ``cells`` in the parent store, and ``merged_cells`` — θ_pre + mean(τ_1 … τ_t) of the INDEPENDENT
-vectors, which this stage evaluates on the actor pool of the interpolation stage
-(:class:`~timevec.distributed.interpolate.CombinationActor` over the independent store, one item
-per merged state, rows appended to the continual store as items finish, so a re-run evaluates
+vectors, which this stage evaluates on the combination stages' actor pool
+(:mod:`timevec.distributed.combinations`, actors over the independent store, one item per merged
+state scored by :func:`score`, rows appended to the continual store as items finish, so a re-run evaluates
 only the missing ones). Then ``results/forgetting.parquet``. In an independent study the stage
 does nothing.
 """
@@ -22,30 +22,32 @@ from timevec.analyze import forgetting
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.data.periods import sort_periods
-from timevec.distributed.actor_pool import Failure, drive, failure_error
-from timevec.distributed.interpolate import CombinationActor
-from timevec.evaluate.cells import require_base
+from timevec.distributed.combinations import Combinations, Rows, Scoring, run_combinations, stage_store
 from timevec.store import VectorStore
 from timevec.train import continual
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_forgetting", "run_item"]
+__all__ = ["run_forgetting", "score"]
 
 
-def run_item(evaluate_weights, get_vector, item: forgetting.MergedItem, splits) -> list[dict]:
-    """Cells rows of one merged state on its test splits (no Ray). ``get_vector(task, period)``."""
+def score(on: Scoring, item: forgetting.MergedItem, splits: dict) -> Rows:
+    """Cells rows of one merged state on its test splits."""
     available = splits.get((item.task, item.granularity), {})
     tests = [available[p] for p in item.test_periods if p in available]
     weight = 1.0 / len(item.members)
-    rows = evaluate_weights([(weight, get_vector(item.task, p)) for p in item.members], tests)
-    return [{**row, "task": item.task, "granularity": item.granularity, "vector": item.vector,
-             "train_period": item.members[-1]} for row in rows]
+    vector = on.vectors(item.task)
+    rows = on.evaluator.evaluate_weights([(weight, vector(p)) for p in item.members], tests)
+    return {results.MERGED_CELLS_TABLE: [
+        {**row, "task": item.task, "granularity": item.granularity, "vector": item.vector,
+         "train_period": item.members[-1]} for row in rows]}
 
 
-class _MergedActor(CombinationActor):
-    def work(self, item: forgetting.MergedItem, splits) -> dict[str, list[dict]]:
-        return {results.MERGED_CELLS_TABLE: run_item(self.evaluator.evaluate_weights, self.cache.get, item, splits)}
+STAGE = Combinations(
+    desc="merged states", unit="state", score=score,
+    tables={results.MERGED_CELLS_TABLE: lambda rows: results.cells_table(results.cells_frame(rows))}, flush_rows=64,
+    label=lambda item: f"merged {item.vector}", failed="merged state(s)", log=log, name=lambda item: item.vector,
+)
 
 
 def _cells(store: VectorStore, name: str) -> pd.DataFrame | None:
@@ -57,8 +59,7 @@ def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -
     if config.training.mode != "continual":
         log.info("forgetting: skipped (training.mode is independent; set training.mode=continual)")
         return None
-    store = store or VectorStore.from_config(config.store)
-    require_base(store)
+    store = stage_store(config, store)
     root_config = config.with_overrides([f"store.url={continual.independent_url(config.store.url)}"])
     root = VectorStore.from_config(root_config.store)
     if not root.exists() or not root.list_vectors():
@@ -81,19 +82,8 @@ def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -
         needed: dict[tuple[str, str], set[str]] = {}
         for item in items:
             needed.setdefault((item.task, item.granularity), set()).update(item.test_periods)
-
-        def failed(failure: Failure) -> None:
-            log.error("merged %s failed: %s", failure.item.vector, failure.text)
-
-        outcome = drive(
-            _MergedActor, (root_config, root), config.ray, items, lambda: [prepare_eval_sets(config, needed, store=store)["test"]],
-            {results.MERGED_CELLS_TABLE: lambda rows: store.append_table(
-                results.MERGED_CELLS_TABLE, results.cells_table(results.cells_frame(rows)))},
-            desc="merged states", unit="state", flush_rows=64, flush_seconds=30.0, on_failure=failed,
-        )
-        if outcome.failures:
-            names = ", ".join(f.item.vector for f in outcome.failures)
-            raise failure_error(f"{len(outcome.failures)} merged state(s) failed: {names}", outcome.failures)
+        run_combinations(config, store, items, STAGE, lambda: [prepare_eval_sets(config, needed, store=store)["test"]],
+                         source=(root_config, root))
     equal = VectorStore.from_config(root_config.with_overrides(
         [f"store.url={continual.mode_url(root_config.store.url, mode='equal_steps')}"]).store)
     table = forgetting.forgetting_rows(periods_of, _cells(store, results.CELLS_TABLE),  # type: ignore[arg-type]  # Literal keys are str keys
