@@ -26,40 +26,29 @@ Three measurements, printed side by side in one run:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from timevec.adapt import analogy as task_analogy  # noqa: E402
-from timevec.config import ExperimentConfig, TrainingConfig, load_config  # noqa: E402
-from timevec.data.corpus import load_corpus  # noqa: E402
-from timevec.data.examples import (
-    prepare_split,  # noqa: E402
-    task_examples,  # noqa: E402
-)
-from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer  # noqa: E402
-from timevec.evaluate.cells import CellEvaluator  # noqa: E402
-from timevec.store import VectorStore  # noqa: E402
+from timevec.adapt import analogy as task_analogy
+from timevec.config import ExperimentConfig, TrainingConfig, load_config
+from timevec.data.corpus import load_corpus
+from timevec.data.examples import prepare_split, task_examples
+from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
+from timevec.evaluate.cells import CellEvaluator
+from timevec.store import VectorStore
 from timevec.train.loop import pretrain_base, train
-from timevec.weights.vectors import TimeVector  # noqa: E402
+from timevec.weights.vectors import TimeVector
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "timevec" / "demo" / "tiny.yaml"
+TINY = harness.REPO / "timevec" / "demo" / "tiny.yaml"
 log = logging.getLogger("bench.analogy")
 
 
@@ -329,7 +318,7 @@ def bench_tune(tmp: str, shape: tuple[int, int, int]) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--tune-grid", default="3x2x2", help="sub-grid of the reference grid for (c): n1xn2xn3")
     parser.add_argument("--quick", action="store_true", help="one setting / one pair (smoke run)")
@@ -339,6 +328,7 @@ def main() -> None:
     parser.add_argument("--study", help="(b) on an existing study's store instead (its YAML config, e.g. the demo's); "
                         "landscapes are cached in --trained-store when given")
     args = parser.parse_args()
+    harness.output_block()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     began = time.perf_counter()
@@ -390,7 +380,7 @@ def main() -> None:
     print(f"reuse_actors=True: {off['per_trial_s'] / on['per_trial_s']:.1f}x less wall time per trial overall, "
           f"{off['steady_s'] / on['steady_s']:.1f}x after the first result "
           "(steady = time between the first and last result / (trials - 1), 2 trials at a time)")
-    print(f"\ntotal {time.perf_counter() - began:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"\ntotal {time.perf_counter() - began:.0f} s; {harness.load_note()} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

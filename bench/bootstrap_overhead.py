@@ -9,9 +9,9 @@ times the interval computation alone on the same per-example data. Prints one li
 
 from __future__ import annotations
 
-import argparse
 import time
 
+import harness
 import torch
 
 from timevec.config import load_config
@@ -23,10 +23,11 @@ from timevec.evaluate.metrics import classify, evaluate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("config", nargs="?", default="timevec/demo/tiny.yaml")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    harness.output_block()
     torch.set_num_threads(1)
     config = load_config(args.config)
     tokenizer = load_tokenizer(config.base)

@@ -17,46 +17,31 @@ steps) base: evaluation cost does not depend on what the weights are.
 
 ``--against plain --config FILE [--set k=v]`` compares instead the evaluate stage (``run_cells``,
 one actor with ``ray.torch_threads`` threads) with a plain Hugging Face loop in this process
-(:mod:`bench.cells_plain`) on the config's store: the same model, vectors, prepared splits,
+(``bench/cells_plain.py``) on the config's store: the same model, vectors, prepared splits,
 ``evaluation.batch_size`` and ``max_length``, and torch threads. The store is filled first where it
 lacks the base (``prepare_base``) or a vector of ``--vector-periods`` (random, as above).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+import ray
+import torch
 
-import ray  # noqa: E402
-import torch  # noqa: E402
-
-from timevec.config import load_config  # noqa: E402
-from timevec.data.corpus import load_corpus  # noqa: E402
+from timevec.config import load_config
+from timevec.data.corpus import load_corpus
 from timevec.data.examples import prepare_eval_sets
-from timevec.data.models import (  # noqa: E402
-    assign_parameters,
-    base_from_store,
-    base_id,
-    build_model,
-    float_parameters,
-    load_tokenizer,
-)
-from timevec.distributed.cells import run_cells  # noqa: E402
-from timevec.evaluate.cells import CellEvaluator  # noqa: E402
-from timevec.evaluate.metrics import evaluate  # noqa: E402
-from timevec.store import VectorStore  # noqa: E402
-from timevec.weights.vectors import TimeVector  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+from timevec.data.models import assign_parameters, base_from_store, base_id, build_model, float_parameters, load_tokenizer
+from timevec.distributed.cells import run_cells
+from timevec.evaluate.cells import CellEvaluator
+from timevec.evaluate.metrics import evaluate
+from timevec.store import VectorStore
+from timevec.weights.vectors import TimeVector
 
 
 def naive_cell(config, store, split, task: str, period: str) -> dict:
@@ -99,7 +84,8 @@ def row(design: str, cells: int, wall: float, loads: int, reads: int, forward: f
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, harness.config_options(
+        None, help="(plain) the study config whose store, splits and model are compared"))
     parser.add_argument("--periods", default="2013:2017", help="first:last year (N vectors = M test periods)")
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -108,20 +94,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="one-process runs per design (best is shown)")
     parser.add_argument("--against", choices=["naive", "plain"], default="naive",
                         help="naive: a model load per cell; plain: a plain Hugging Face loop (bench/cells_plain.py)")
-    parser.add_argument("--config", help="(plain) the study config whose store, splits and model are compared")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="(plain) key=value")
     parser.add_argument("--vector-periods", help="(plain) comma-separated periods whose vectors are evaluated "
                         "(default: every stored one); missing ones are written as random vectors")
     args = parser.parse_args()
+    harness.output_block()
     logging.basicConfig(level=logging.WARNING)
     if args.against == "plain":
-        from bench.cells_plain import compare
+        from cells_plain import compare
 
         return compare(args.config, args.overrides, args.vector_periods, repeats=args.repeats)
     first, last = args.periods.split(":")
     with tempfile.TemporaryDirectory(prefix="timevec-bench-cells-") as root:
         config = load_config(
-            REPO / "timevec/demo/tiny.yaml",
+            harness.REPO / "timevec/demo/tiny.yaml",
             [
                 f"store.url={root}",
                 f"periods.start='{first}'",

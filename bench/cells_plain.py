@@ -22,10 +22,10 @@ imports, θ_pre load); and the actor's busy time (reads + patches + forward pass
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
+import harness
 import torch
 from sklearn.metrics import f1_score
 
@@ -147,21 +147,21 @@ def compare(config_path: str, overrides: list[str], vector_periods: str | None, 
     print(f"cells vs a plain HF loop: {config_path} {' '.join(overrides)}; {n_params / 1e6:.1f} M params; "
           f"{len(items)} weight states (incl. the base) × their test splits {sizes}; batch {config.evaluation.batch_size}, "
           f"max_length {config.evaluation.max_length}, {config.ray.torch_threads} torch thread(s) each side; "
-          f"bootstrap {config.evaluation.bootstrap_samples} (stage only); load {os.getloadavg()[0]:.1f}", flush=True)
+          f"bootstrap {config.evaluation.bootstrap_samples} (stage only); {harness.load_note()}", flush=True)
 
     plains = [plain_loop(config, store, splits, items)]  # before the stage, and after it (a shared machine)
-    print(f"  plain 1: {plains[0]['cells'] / plains[0]['seconds']:.3f} cells/s; load {os.getloadavg()[0]:.1f}", flush=True)
-    from bench.ray_start import start_ray
+    print(f"  plain 1: {plains[0]['cells'] / plains[0]['seconds']:.3f} cells/s; {harness.load_note()}", flush=True)
+    from ray_start import start_ray
 
     start_ray(max(2, config.ray.torch_threads))
     table = f"{TABLE}_{time.strftime('%Y%m%d_%H%M%S')}"  # a fresh table: every cell computed (left in the store)
     frame, stats = run_cells(config, store, include_base=True, table=table)
     ray.shutdown()
-    print(f"  stage: {stats.cells_computed / stats.seconds:.3f} cells/s; load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"  stage: {stats.cells_computed / stats.seconds:.3f} cells/s; {harness.load_note()}", flush=True)
     for _ in range(repeats - 1):
         plains.append(plain_loop(config, store, splits, items))
         print(f"  plain {len(plains)}: {plains[-1]['cells'] / plains[-1]['seconds']:.3f} cells/s; "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
+              f"{harness.load_note()}", flush=True)
     plain = min(plains, key=lambda r: r["seconds"])
 
     actor = stats.actor_stats[0]

@@ -13,11 +13,11 @@ demo's tables unchanged.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
+import harness
 import pandas as pd
 
 KEYS: dict[str, list[str]] = {
@@ -76,11 +76,12 @@ def first_difference(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__)
     parser.add_argument("store_a")
     parser.add_argument("store_b")
     parser.add_argument("--tables", default=",".join(KEYS), help=f"comma-separated (default: {','.join(KEYS)})")
     args = parser.parse_args(argv)
+    harness.output_block()
     different = False
     for table in [t for t in args.tables.split(",") if t]:
         a, b = _load(args.store_a, table), _load(args.store_b, table)

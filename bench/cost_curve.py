@@ -24,30 +24,24 @@ the fit, never mixed with the measured rows.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import harness
+import numpy as np
+import ray
+from ray_start import start_ray
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-
-from bench.ray_start import start_ray  # noqa: E402
-from timevec.config import load_config  # noqa: E402
-from timevec.data.corpus import load_corpus  # noqa: E402
-from timevec.distributed.pipeline import run_pipeline  # noqa: E402
-from timevec.store import VectorStore  # noqa: E402
-from timevec.train.loop import prepare_base  # noqa: E402
-from timevec.train.plan import plan_runs  # noqa: E402
+from timevec.config import load_config
+from timevec.data.corpus import load_corpus
+from timevec.distributed.pipeline import run_pipeline
+from timevec.store import VectorStore
+from timevec.train.loop import prepare_base
+from timevec.train.plan import plan_runs
 
 #: N → the config's period overrides (see the module docstring)
 SIZES: dict[int, list[str]] = {
@@ -74,13 +68,12 @@ def formula(coef: np.ndarray, powers: tuple[int, ...]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "timevec/demo/tiny.yaml"))
+    parser = harness.parser(__doc__, harness.config_options(harness.REPO / "timevec/demo/tiny.yaml"))
     parser.add_argument("--stages", default="finetune,evaluate,interpolate,analyze")
     parser.add_argument("--sizes", default="6,12,24")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every size")
     parser.add_argument("--workdir", help="where the stores go (default: a temporary directory, removed)")
     args = parser.parse_args()
+    harness.output_block()
     logging.basicConfig(level=logging.WARNING)
     stages = args.stages.split(",")
     sizes = [int(n) for n in args.sizes.split(",")]
@@ -91,7 +84,7 @@ def main() -> int:
     prepare_base(base_config, load_corpus(base_config.corpus), VectorStore.from_config(base_config.store))
     init_s = start_ray(base_config.ray.num_cpus)
     print(f"cost curve: {args.config} {' '.join(common)}; stages {', '.join(stages)}; "
-          f"ray.init {init_s:.1f} s (not counted); load {os.getloadavg()[0]:.1f} at the start")
+          f"ray.init {init_s:.1f} s (not counted); {harness.load_note()} at the start")
 
     measured: dict[int, dict[str, float]] = {}
     for n in sizes:
@@ -111,7 +104,7 @@ def main() -> int:
         store = VectorStore.from_config(config.store)
         cells = len(store.read_table("cells")) if store.has_table("cells") else 0
         print(f"N={n:3d}: {runs} runs, {cells} cells; " + ", ".join(f"{s} {row[s]:.1f} s" for s in stages)
-              + f"; study {wall:.1f} s; load {os.getloadavg()[0]:.1f}", flush=True)
+              + f"; study {wall:.1f} s; {harness.load_note()}", flush=True)
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
     ray.shutdown()

@@ -14,15 +14,14 @@ flipped-sign difference.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import harness
 import torch
 
 from timevec.adapt.export import export
@@ -33,15 +32,14 @@ from timevec.train.loop import prepare_base
 from timevec.train.plan import RunSpec
 from timevec.train.run import RunJob
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "jobs" / "configs" / "smollm2-smoke.yaml"))
+    parser = harness.parser(__doc__, harness.config_options(harness.REPO / "jobs" / "configs" / "smollm2-smoke.yaml",
+                                                            overrides=False))
     parser.add_argument("--out", default="/tmp/export-lora")
     parser.add_argument("--alphas", default="1.0,0.5,0.6", help="α₁,α₂,α₃ (the τ_lm(j) coefficient is −α₃)")
     args = parser.parse_args()
+    harness.output_block()
     out = Path(args.out)
     config = load_config(args.config, [
         f"store.url={out / 'store'}", "store.dtype=float32", "training.steps=2",
@@ -81,8 +79,7 @@ def main() -> None:
         print(json.dumps({{"max_diff": float((peft - dense).abs().max()), "flip_diff": float((flipped - dense).abs().max()),
                           "max_logit": float(dense.abs().max())}}))
     """
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True)
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     dense_bytes = sum(p.stat().st_size for p in (out / "analogy").glob("*.safetensors"))
     adapter = card["adapter"]

@@ -24,10 +24,8 @@ loads both sides alike; the load average of each phase is printed.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
-import os
 import shutil
 import statistics
 import sys
@@ -35,23 +33,18 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local head without token auth (ARCHITECTURE §5)
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+import harness
+import psutil
+import ray
+import torch
+from ray import tune
+from ray_start import start_ray
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import psutil  # noqa: E402
-import ray  # noqa: E402
-import torch  # noqa: E402
-from ray import tune  # noqa: E402
-
-from bench.ray_start import start_ray  # noqa: E402
-from timevec.config import ExperimentConfig, load_config  # noqa: E402
-from timevec.data.corpus import load_corpus  # noqa: E402
-from timevec.distributed.fleet import RunSpec, plan_runs, run_fleet, run_one  # noqa: E402
-from timevec.store import VectorStore  # noqa: E402
-from timevec.train.loop import prepare_base  # noqa: E402
+from timevec.config import ExperimentConfig, load_config
+from timevec.data.corpus import load_corpus
+from timevec.distributed.fleet import RunSpec, plan_runs, run_fleet, run_one
+from timevec.store import VectorStore
+from timevec.train.loop import prepare_base
 
 
 def cpu_by_process() -> dict[int, float]:
@@ -136,17 +129,17 @@ def plain_phase(config: ExperimentConfig, runs: list[RunSpec], concurrency: int)
     with ctx.Pool(concurrency, initializer=_plain_init, initargs=(config,)) as pool:
         out = pool.map(_plain_run, runs, chunksize=1)
     wall = max(m["ended"] for m in out) - min(m["began"] for m in out)
-    return out, wall, os.getloadavg()[0]
+    return out, wall, harness.load_average()
 
 
 # ----------------------------------------------------------------------------- the benchmark
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, harness.config_options(
+        harness.REPO / "timevec/demo/tiny.yaml", overrides=False,
+        help="the study config whose model, corpus and training the runs use (default: %(default)s)"))
     parser.add_argument("--runs", type=int, default=24, help="monthly runs (from 2014-01)")
-    parser.add_argument("--config", default=str(REPO / "timevec/demo/tiny.yaml"),
-                        help="the study config whose model, corpus and training the runs use")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default: 400 for tiny.yaml, else the config's)")
     parser.add_argument("--concurrency", type=int, default=2, help="runs at once = local CPUs")
     parser.add_argument("--trainer-runs", type=int, default=2, help="runs for the workers_per_run 0 vs 1 comparison (0: skip)")
@@ -155,6 +148,7 @@ def main() -> int:
     parser.add_argument("--report-intervals", default="0.5,0",
                         help="ray.report_interval_s of each fleet run, comma-separated (0: report every step)")
     args = parser.parse_args()
+    harness.output_block()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="timevec-bench-fleet-"))
@@ -198,7 +192,7 @@ def main() -> int:
         table = run_fleet(config_for(f"fleet-{interval:g}", f"ray.report_interval_s={interval}"), runs=runs,
                           progress=False, callbacks=[timeline])
         assert set(table["status"]) == {"done"}, table.to_string()
-        fleets.append((interval, table, timeline, os.getloadavg()[0]))
+        fleets.append((interval, table, timeline, harness.load_average()))
 
     second, wall2, load2 = plain_phase(plain_config, runs[half:], args.concurrency)
     plain = first + second

@@ -22,27 +22,23 @@ twice: as factors (``put_vector`` of a :class:`~timevec.weights.lowrank.LowRankV
 Then ``--check-run`` (default on): one real tiny LoRA run (tiny GPT-2, a few steps) stored as factors,
 its factors multiplied out against its merged dense τ: the largest absolute difference, relative
 to the largest |τ| entry and to fp32's resolution at the weights' magnitude.
-Every figure is from this one run; the machine's load (``os.getloadavg``) is printed beside them.
+Every figure is from this one run; the machine's load (``harness.load_note``) is printed beside them.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from timevec.store import VectorStore  # noqa: E402
-from timevec.weights.lowrank import Factor, LowRankVector  # noqa: E402
-from timevec.weights.vectors import WeightPatcher  # noqa: E402
+from timevec.store import VectorStore
+from timevec.weights.lowrank import Factor, LowRankVector
+from timevec.weights.vectors import WeightPatcher
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -73,10 +69,6 @@ def synthetic_lora(shapes: dict, targets: tuple[str, ...], rank: int, seed: int)
 
 def disk_bytes(store: VectorStore, task: str, period: str) -> int:
     return sum(int(s["bytes"]) for s in store.manifest(task, period)["shards"])
-
-
-def load() -> str:
-    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def bench_targets(store: VectorStore, shapes: dict, targets: tuple[str, ...], label: str, args) -> dict:
@@ -121,7 +113,7 @@ def bench_targets(store: VectorStore, shapes: dict, targets: tuple[str, ...], la
         "err_mixed": float(np.max(np.abs(g_low - g_mixed) / scale)),
         "low_key": low_keys[0],
         "dense_key": dense_keys[0],
-        "load": load(),
+        "load": harness.load_note(full=True),
     }
 
 
@@ -206,7 +198,7 @@ def check_run(root: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--targets", nargs="+", default=["q_proj,v_proj", "all"])
@@ -214,7 +206,8 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--no-check-run", dest="check_run", action="store_false")
     args = ap.parse_args()
-    print(f"lowrank bench: {load()}, torch threads {torch.get_num_threads()}")
+    harness.output_block()
+    print(f"lowrank bench: {harness.load_note(full=True)}, torch threads {torch.get_num_threads()}")
     t = time.perf_counter()
     shapes = smollm2_shapes()
     print(f"SmolLM2-135M shapes: {len(shapes)} tensors, {sum(np.prod(s) for s in shapes.values()) / 1e6:.1f} M params "
@@ -241,14 +234,14 @@ def main() -> None:
         low_s, dense_s = p["read_low"] + p["apply_low"], p["read_dense"] + p["apply_dense"]
         print(f"\n[patch one vector of {args.targets[-1]}, 1 torch thread] read + apply_combination: "
               f"low-rank {p['read_low']:.3f} + {p['apply_low']:.3f} s   dense {p['read_dense']:.3f} + {p['apply_dense']:.3f} s   "
-              f"ratio {dense_s / low_s:.1f}× faster   (max |weights difference| {p['diff']:.1e}; {load()})")
+              f"ratio {dense_s / low_s:.1f}× faster   (max |weights difference| {p['diff']:.1e}; {harness.load_note(full=True)})")
         if args.check_run:
             c = check_run(scratch / "tiny-run")
             print(f"\n[tiny LoRA run, factors vs merged τ] {c['modules']} modules: max |sBA − τ| = {c['abs']:.2e} "
                   f"= {c['rel']:.1e} of max |τ| = {c['ulp']:.2f} fp32 ulp at the weights' magnitude; "
                   f"{c['outside']} tensors changed outside the targets; |τ| {c['norm_low']:.6g} (factors) vs "
                   f"{c['norm_dense']:.6g} (merged); {c['bytes_low'] / 1e3:.1f} kB vs {c['bytes_dense'] / 1e3:.1f} kB dense")
-        print(f"\ndone: {load()}")
+        print(f"\ndone: {harness.load_note(full=True)}")
     finally:
         if args.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)

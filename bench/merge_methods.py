@@ -15,25 +15,18 @@ in this process (no Ray), e.g. ``--config timevec/demo/tiny.yaml --set store.url
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+import pandas as pd
 
-import pandas as pd  # noqa: E402
+from timevec.adapt.merge_comparison import compared_methods, merge_methods_table
+from timevec.config import load_config
+from timevec.results import MERGE_METHODS_TABLE
+from timevec.store import VectorStore
+from timevec.weights.merging import MergeMethod
 
-from timevec.adapt.merge_comparison import compared_methods, merge_methods_table  # noqa: E402
-from timevec.config import load_config  # noqa: E402
-from timevec.results import MERGE_METHODS_TABLE  # noqa: E402
-from timevec.store import VectorStore  # noqa: E402
-from timevec.weights.merging import MergeMethod  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.merge_methods")
 
 
@@ -56,13 +49,12 @@ def train_missing(config, store: VectorStore) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "timevec/demo/demo.yaml"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser = harness.parser(__doc__, harness.config_options(harness.REPO / "timevec/demo/demo.yaml"))
     parser.add_argument("--methods", help="comma-separated merge methods besides task arithmetic (default: all)")
     parser.add_argument("--train", action="store_true", help="train the base and missing vectors first (no Ray)")
     parser.add_argument("--write", action="store_true", help=f"write results/{MERGE_METHODS_TABLE}.parquet to the store")
     args = parser.parse_args()
+    harness.output_block()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     began = time.perf_counter()

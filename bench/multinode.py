@@ -3,7 +3,8 @@
     .venv/bin/python bench/multinode.py [--config timevec/demo/demo.yaml] [--set KEY=VALUE ...] [--rounds 1]
 
 Both layouts are real Ray clusters of separate ``ray start`` processes on loopback
-(tests/multinode.py), with the store on SeaweedFS S3 (tests/s3_server.py), measured one after the
+(:mod:`timevec.distributed.local_cluster`), with the store on SeaweedFS S3
+(:mod:`timevec.store.local_s3`), measured one after the
 other in one run (``--rounds 2`` adds a second pass in the reverse order, so a machine shared
 with other work loads both alike):
 
@@ -21,29 +22,19 @@ each trial and actor (Ray's state API); then the ratio 2x1 / 1x2 of fleet, cells
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import harness
+import ray
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import ray  # noqa: E402
-
-from tests.multinode import MultiNodeCluster  # noqa: E402
-from tests.s3_server import start_s3_server  # noqa: E402
-from timevec.config import load_config  # noqa: E402
-from timevec.store import VectorStore  # noqa: E402
+from timevec.config import load_config
+from timevec.distributed.local_cluster import MultiNodeCluster
+from timevec.store import VectorStore
+from timevec.store.local_s3 import start_s3_server
 
 LAYOUTS = {"1x2": (2, []), "2x1": (0, [1, 1])}  # name -> (head CPUs, worker CPUs)
 
@@ -108,21 +99,20 @@ def run_layout(name: str, config_path: str, sets: list[str], s3) -> dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="timevec/demo/demo.yaml")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser = harness.parser(__doc__, harness.config_options("timevec/demo/demo.yaml"))
     parser.add_argument("--rounds", type=int, default=1, help="2: a second pass in the reverse order")
     args = parser.parse_args(argv)
+    harness.output_block()
     logging.basicConfig(level=logging.WARNING)
-    print(f"load before: {os.getloadavg()}")
+    print(f"load before: {harness.load_note(full=True)}")
     s3 = start_s3_server(tempfile.mkdtemp(prefix="tvbench-s3-"))
     results: list[dict] = []
     try:
         order = ["1x2", "2x1"]
         for round_ in range(args.rounds):
             for name in order if round_ % 2 == 0 else order[::-1]:
-                result = run_layout(name, args.config, args.set, s3)
-                result["load"] = f"{os.getloadavg()[0]:.1f}"
+                result = run_layout(name, args.config, args.overrides, s3)
+                result["load"] = f"{harness.load_average():.1f}"
                 results.append(result)
                 print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()), flush=True)
     finally:
@@ -140,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     total_a = mean("1x2", "fleet_s") + mean("1x2", "cells_s")
     total_b = mean("2x1", "fleet_s") + mean("2x1", "cells_s")
     print(f"{'fleet + cells':<26} {total_a:8.1f} {total_b:8.1f} {total_b / total_a:8.3f}   (goal ≤ 1.1)")
-    print(f"load after: {os.getloadavg()}")
+    print(f"load after: {harness.load_note(full=True)}")
     return 0
 
 

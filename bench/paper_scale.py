@@ -34,31 +34,23 @@ before part files).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local head without token auth (ARCHITECTURE §5)
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+import harness
+import psutil
+import ray
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import psutil  # noqa: E402
-import ray  # noqa: E402
-
-from timevec.config import ExperimentConfig, StoreConfig  # noqa: E402
-from timevec.data.periods import Period  # noqa: E402
-from timevec.store import VectorStore  # noqa: E402
-from timevec.store.tables import ResultTables  # noqa: E402
+from timevec.config import ExperimentConfig, StoreConfig
+from timevec.data.periods import Period
+from timevec.store import VectorStore
+from timevec.store.tables import ResultTables
 
 log = logging.getLogger("paper_scale")
 
@@ -220,7 +212,7 @@ def table_writes(months: list[int], tasks: int, flush_rows: int, tmp: Path) -> N
 
     from timevec.results import cells_frame, cells_table
 
-    print(f"\n== table writes: cells rows appended in batches of {flush_rows} (Ray-free), load {os.getloadavg()[0]:.2f}")
+    print(f"\n== table writes: cells rows appended in batches of {flush_rows} (Ray-free), {harness.load_note()}")
     for n in months:
         periods = [f"p{i:03d}" for i in range(n)]
         rows = [{"task": f"t{t}", "granularity": "month", "vector": f"t{t}/{v}", "train_period": v, "test_period": p,
@@ -277,17 +269,18 @@ def start_cluster(nodes: int, temp_dir: str):  # noqa: ANN201 - ray.cluster_util
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__, harness.tmp_option())
     parser.add_argument("--months", type=int, default=58)
     parser.add_argument("--tasks", default="lm,classification,summarization")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--texts", type=int, default=4)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--stages", default="finetune,evaluate,interpolate,analyze")
-    parser.add_argument("--tmp", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the store and Ray's folder")
     parser.add_argument("--tables", default=None, help="only the table writes, at these month counts (e.g. 20,58,167)")
     args = parser.parse_args()
+    harness.output_block()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's older progress output (read when a Tune run starts)
     if args.tables:
         tmp = Path(tempfile.mkdtemp(prefix="paper_tables_", dir=args.tmp))
         try:
@@ -315,8 +308,8 @@ def main() -> None:
         print(line, flush=True)
 
     say(f"\n== paper scale: {args.months} months × {len(tasks)} tasks ({','.join(tasks)}) on {args.nodes} Ray nodes "
-        f"(1 CPU each), {args.steps} steps × {args.texts} texts per run; {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.2f} at the start")
+        f"(1 CPU each), {args.steps} steps × {args.texts} texts per run; {os.cpu_count()} cores, "
+        f"{harness.load_note()} at the start")
     began = time.perf_counter()
     cluster = None
     try:
@@ -406,7 +399,7 @@ def main() -> None:
             cluster.shutdown()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    say(f"total {time.perf_counter() - began:.1f} s; load average {os.getloadavg()[0]:.2f} at the end; "
+    say(f"total {time.perf_counter() - began:.1f} s; {harness.load_note()} at the end; "
         f"driver ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     say("driver peak RSS per phase (MiB): " + ", ".join(f"{k} {mb(v):.0f}" for k, v in sampler.peaks.items()))
     say("CPU s of every process per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in sampler.cpu.items()))

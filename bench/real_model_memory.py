@@ -17,12 +17,15 @@ study's. Every stage runs in its own Python process (what a Ray trial or actor i
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+import harness
 
 
 def _rss_mb() -> float:
@@ -91,12 +94,18 @@ STAGES = ("store_get", "store_put", "gram", "eval_actor", "analogy_trial", "flee
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--stage":
-        print(json.dumps(_stage(sys.argv[2], sys.argv[3], sys.argv[4])))
+    parser = harness.parser(__doc__)
+    parser.add_argument("config", help="the study config")
+    parser.add_argument("store_url", help="its store, filled by its pipeline (at least 3 LM vectors)")
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # a child: one stage, its JSON line
+    args = parser.parse_args()
+    if args.stage:
+        print(json.dumps(_stage(args.stage, args.config, args.store_url)))
         return
-    config_path, url = sys.argv[1], sys.argv[2]
+    harness.output_block()
     for name in STAGES:
-        out = subprocess.run([sys.executable, __file__, "--stage", name, config_path, url], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, __file__, "--stage", name, args.config, args.store_url], capture_output=True,
+                             text=True)
         ok = out.returncode == 0 and out.stdout.strip()
         line = out.stdout.strip().splitlines()[-1] if ok else json.dumps({"stage": name, "error": out.stderr[-400:]})
         print(line, flush=True)

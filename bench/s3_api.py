@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/s3_api.py [--rounds 30] [--mib 64] [--reads 5]
 
-On a SeaweedFS S3 server on loopback (tests/s3_server.py), side by side, interleaved per round:
+On a SeaweedFS S3 server on loopback (:mod:`timevec.store.local_s3`), side by side, interleaved per round:
 
 - the lease's conditional writes: ``pipe_file(path, data, mode="create")`` / ``pipe_file(..., IfMatch=etag)``
   vs ``_call_s3("put_object", IfNoneMatch="*" / IfMatch=etag)`` (one create, then swaps);
@@ -16,20 +16,18 @@ Prints medians per operation (ms) or MB/s, and each public/private ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+import numpy as np
+from fsspec.asyn import sync
 
-import numpy as np  # noqa: E402
-from fsspec.asyn import sync  # noqa: E402
-
-from timevec.store.fs import StoreFiles  # noqa: E402
+from timevec.store.fs import StoreFiles
+from timevec.store.local_s3 import start_s3_server
 
 
 def private_put(fs, path: str, data: bytes, **condition) -> str:
@@ -87,13 +85,12 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--rounds", type=int, default=30, help="lease writes/reads per variant")
     parser.add_argument("--mib", type=int, default=64, help="size of the streamed file")
     parser.add_argument("--reads", type=int, default=5, help="streamed reads per variant")
     args = parser.parse_args()
-    from tests.s3_server import start_s3_server
-
+    harness.output_block()
     with tempfile.TemporaryDirectory(prefix="tv-s3api-") as tmp:
         server = start_s3_server(Path(tmp) / "s3", bucket="timevec-bench")
         try:

@@ -37,8 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import harness
 
 
 def model_shapes(model: str) -> dict[str, tuple[int, ...]]:
@@ -174,7 +173,7 @@ def child(op: str, spec: dict, i: int) -> dict:
 
 def run_child(op: str, spec_path: Path, i: int = 0) -> dict:
     cmd = [sys.executable, __file__, "--child", op, "--spec", str(spec_path), "--i", str(i)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"child {op} {i} failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -255,7 +254,7 @@ def init_shards(spec: dict) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__, harness.tmp_option())
     ap.add_argument("--model", default="1b", help="1b or smollm2-135m")
     ap.add_argument("--n", type=int, default=8, help="number of vectors")
     ap.add_argument("--dtype", default="float16", help="store dtype: float32, float16, bfloat16")
@@ -264,7 +263,6 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=2, help="vectors timed against raw IO for write and read")
     ap.add_argument("--gram-noverify", action="store_true", help="also time gram(verify=False)")
     ap.add_argument("--gram-only", action="store_true", help="no raw write / read comparison (put, Gram, sequential read)")
-    ap.add_argument("--tmp", default=None, help="scratch directory (default: a new temp dir)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--i", type=int, default=0, help=argparse.SUPPRESS)
@@ -275,6 +273,7 @@ def main() -> None:
         torch.set_num_threads(2)
         print(json.dumps(child(args.child, json.loads(Path(args.spec).read_text()), args.i)))
         return
+    harness.output_block()
     import numpy as np
 
     shapes = model_shapes(args.model)
@@ -282,7 +281,7 @@ def main() -> None:
     biggest = max(math.prod(s) for s in shapes.values())
     print(f"scale bench: {args.model} shapes, {total / 1e6:.1f} M params/vector ({len(shapes)} tensors, largest "
           f"{biggest / 1e6:.1f} M), N={args.n}, store dtype {args.dtype}, target shard {args.shard_mib} MiB; "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"{harness.load_note()}")  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="timevec-scale-", dir=args.tmp))
     try:
         pool = tmp / "pool.f32"
@@ -297,7 +296,7 @@ def main() -> None:
                 run_backend("local", str(tmp / "local-store"), {}, args, pool, tmp)
                 shutil.rmtree(tmp / "local-store", ignore_errors=True)
             elif backend == "s3":
-                from tests.s3_server import start_s3_server
+                from timevec.store.local_s3 import start_s3_server
 
                 server = start_s3_server(tmp / "s3", bucket="timevec-scale")
                 try:
@@ -307,7 +306,7 @@ def main() -> None:
                     shutil.rmtree(tmp / "s3", ignore_errors=True)
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
-            print(f"  load average now {os.getloadavg()[0]:.1f}", flush=True)
+            print(f"  {harness.load_note()} now", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/store.py [--n 32] [--params 10e6] [--backends local,s3] [--shard-mib 8]
 
-For each backend (a local folder; a SeaweedFS S3 server on loopback started with tests/s3_server.py)
+For each backend (a local folder; a SeaweedFS S3 server on loopback, :mod:`timevec.store.local_s3`)
 N synthetic vectors of a small transformer's shapes (random fp32, ≥ 10 M parameters) are:
 
 - written with ``put_vector`` (cast, NaN/Inf check, norm, safetensors, xxh3_128, publish, manifest)
@@ -25,19 +25,17 @@ import argparse
 import logging
 import math
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import harness
+import numpy as np
+import safetensors.torch
+import torch
 
-import numpy as np  # noqa: E402
-import safetensors.torch  # noqa: E402
-import torch  # noqa: E402
-
-from timevec.store import VectorStore  # noqa: E402
-from timevec.weights.vectors import TimeVector  # noqa: E402
+from timevec.store import VectorStore
+from timevec.weights.vectors import TimeVector
 
 
 def transformer_shapes(params: float) -> dict[str, tuple[int, ...]]:
@@ -182,15 +180,15 @@ def run_backend(name: str, store: VectorStore, shapes: dict, args: argparse.Name
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__, harness.tmp_option())
     ap.add_argument("--n", type=int, default=32, help="number of vectors")
     ap.add_argument("--params", type=float, default=10e6, help="parameters per vector (at least)")
     ap.add_argument("--backends", default="local,s3", help="comma-separated: local, s3")
     ap.add_argument("--shard-mib", type=float, default=8.0, help="store target_shard_bytes in MiB")
     ap.add_argument("--naive-pairs", type=int, default=4, help="pairs timed for the naive method")
     ap.add_argument("--repeat", type=int, default=2, help="best of this many read/Gram runs")
-    ap.add_argument("--tmp", default=None, help="scratch directory (default: a new temp dir)")
     args = ap.parse_args()
+    harness.output_block()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     shapes = transformer_shapes(args.params)
@@ -204,7 +202,7 @@ def main() -> None:
             if backend == "local":
                 run_backend("local", VectorStore(str(tmp / "local-store")), shapes, args)
             elif backend == "s3":
-                from tests.s3_server import start_s3_server
+                from timevec.store.local_s3 import start_s3_server
 
                 server = start_s3_server(tmp / "s3", bucket="timevec-bench")
                 try:

@@ -1,4 +1,7 @@
-"""Shared pytest set-up: the gpu marker, the real S3 server on loopback, one local Ray.
+"""Shared pytest set-up: the gpu marker, the real S3 server on loopback, one local Ray, and the fixtures
+several test files share (``new_store``: empty stores on both backends; ``model_and_tokenizer``: the tiny
+embedded GPT-2 and T5). Helpers that are not fixtures live in modules of their own (``tests/stores.py``,
+``tests/evaluation_inputs.py``, ...): no test file imports another.
 
 Every tier runs by default — `make test` and CI run the `slow` tests too; `make test-fast`
 (`-m "not slow"`) leaves them out. Tests needing a real component outside Python (SeaweedFS, Chromium,
@@ -9,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,6 +24,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
 
 from tests.s3_server import s3_server  # noqa: E402,F401  (session fixture: SeaweedFS on 127.0.0.1)
+
+if TYPE_CHECKING:
+    from timevec.store import VectorStore
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +61,22 @@ def ray_session(request: pytest.FixtureRequest) -> Iterator[str]:
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(params=["local", "s3"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., VectorStore]:
+    """A factory of empty stores on the parametrised backend (a fresh prefix each call)."""
+    from tests.stores import store_factory  # here, not at the top: torch loads only for the tests that use it
+
+    return store_factory(request, tmp_path, request.param)
+
+
+@pytest.fixture(params=["gpt2", "t5"])
+def model_and_tokenizer(request: pytest.FixtureRequest):
+    """The tiny embedded model of each architecture (random init, eval mode) and its tokenizer."""
+    from tests.evaluation_inputs import tiny_model_and_tokenizer
+
+    return tiny_model_and_tokenizer(request.param)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.s3_server import free_ports
+from timevec.store.local_s3 import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "timevec" / "demo" / "tiny.yaml"

@@ -16,14 +16,15 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.stores import TINY, build_store, tiny_config
 from timevec import results
 from timevec.adapt import interpolation as adapt
 from timevec.adapt import summaries
-from timevec.config import ExperimentConfig, load_config
+from timevec.config import ExperimentConfig
 from timevec.data import periods
 from timevec.data.corpus import load_corpus
 from timevec.data.examples import EvalSplit, prepare_split
-from timevec.data.models import base_id, base_is_encoder_decoder, build_model, float_parameters, load_tokenizer
+from timevec.data.models import base_is_encoder_decoder, load_tokenizer
 from timevec.data.periods import Period
 from timevec.distributed.interpolate import plan, run_interpolation
 from timevec.evaluate.cells import CellEvaluator
@@ -32,32 +33,8 @@ from timevec.store import VectorStore
 from timevec.weights.vectors import TimeVector
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "timevec" / "demo" / "tiny.yaml"
 YEARS = ["2014", "2015", "2016", "2017"]
 MONTHS = [f"2017-{m:02d}" for m in range(1, 13)]
-
-
-def tiny_config(root: Path, overrides: list[str]) -> ExperimentConfig:
-    """tiny.yaml with the store under ``root``; 2 evaluation actors, no retries (fail fast)."""
-    return load_config(TINY, [f"store.url={root}", "ray.eval_actors=2", "ray.max_failures=0", *overrides])
-
-
-def perturbation(base: dict[str, torch.Tensor], seed: int, scale: float = 0.05) -> TimeVector:
-    g = torch.Generator().manual_seed(seed)
-    return TimeVector({n: scale * torch.randn(t.shape, generator=g) for n, t in base.items()})
-
-
-def build_store(
-    config: ExperimentConfig, vectors: dict[tuple[str, str], int], scale: float = 0.05
-) -> tuple[VectorStore, dict[str, torch.Tensor]]:
-    """A store with the tiny base and one seeded perturbation (× ``scale``) per (task, period) → seed."""
-    tokenizer = load_tokenizer(config.base)
-    base = {n: p.detach().clone() for n, p in float_parameters(build_model(config.base, tokenizer)).items()}
-    store = VectorStore.from_config(config.store)
-    store.init(base_id(config.base), base)
-    for (task, period), seed in vectors.items():
-        store.put_vector(task, period, perturbation(base, seed, scale))
-    return store, base
 
 
 @pytest.fixture(scope="module")

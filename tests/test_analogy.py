@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.test_adapt import build_store, perturbation, tiny_config
+from tests.stores import build_store, perturbation, tiny_config
 from timevec import results
 from timevec.adapt import analogy as task_analogy
 from timevec.config import AnalogyConfig

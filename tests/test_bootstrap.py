@@ -11,8 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tests.test_evaluation import EVAL, make_corpus, model_and_tokenizer  # noqa: F401  (fixture)
-from tests.test_store import new_store  # noqa: F401  (fixture: local and S3 stores)
+from tests.evaluation_inputs import EVAL, make_corpus
 from timevec import results
 from timevec.analyze import misalignment
 from timevec.config import EvaluationConfig
@@ -162,7 +161,7 @@ def test_off_or_too_few_examples_gives_nan_bounds():
 # ----------------------------------------------------------------------------- evaluate()
 
 
-def test_evaluate_returns_an_interval_around_the_value(model_and_tokenizer):  # noqa: F811
+def test_evaluate_returns_an_interval_around_the_value(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     corpus = make_corpus(12)
     off = EVAL.model_copy(update={"bootstrap_samples": 0})
@@ -185,7 +184,7 @@ def _row(vector: str, test: str, value: float, low: float = math.nan, high: floa
                 n_examples=10, n_tokens=100, seconds=0.5)
 
 
-def test_old_cells_table_is_read_and_appended_to(new_store: Callable[..., VectorStore]):  # noqa: F811
+def test_old_cells_table_is_read_and_appended_to(new_store: Callable[..., VectorStore]):
     store = new_store()
     old_schema = pa.schema([f for f in results.CELLS_SCHEMA if f.name not in results.CELLS_ADDED_COLUMNS])
     old_rows = results.cells_frame([_row("base", "2014", 30.0), _row("lm/2014", "2014", 20.0)])

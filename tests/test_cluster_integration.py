@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 
 from tests.components import require_that
-from tests.multinode import group_alive, wait_for_job
-from tests.s3_server import free_ports
+from timevec.distributed.local_cluster import group_alive, wait_for_job
+from timevec.store.local_s3 import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SH = REPO / "cluster" / "local.sh"

@@ -4,42 +4,15 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import pytest
 import torch
 
-from timevec.config import BaseConfig, EvaluationConfig, TinyModel
+from tests.evaluation_inputs import EVAL, TINY_MODEL, make_corpus
+from timevec.config import BaseConfig
 from timevec.data.corpus import Corpus
 from timevec.data.examples import EvalSplit, prepare_split, spread
 from timevec.data.models import IGNORE, build_model, is_encoder_decoder, load_tokenizer
 from timevec.evaluate.metrics import _score, candidate_logliks, classify, evaluate, macro_f1, rouge_l
-
-TINY = TinyModel(d_model=32, num_layers=1, num_heads=2, d_ff=64, max_positions=128)
-EVAL = EvaluationConfig(batch_size=4, max_length=48, max_examples=None, summary_max_new_tokens=6)
-
-
-def make_corpus(n: int = 10) -> Corpus:
-    """A hand-made corpus of one year: every row in the test split, labels and summaries set."""
-    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
-    rows = []
-    for i in range(n):
-        text = " ".join(words[(i + k) % len(words)] for k in range(3 + i % 4))
-        rows.append(
-            dict(key=f"k{i}", date=pd.Timestamp(2015, 1 + i % 12, 1), text=text, label=["xx", "yy"][i % 2],
-                 summary_source=text, summary_target=" ".join(text.split()[:2]), year="2015",
-                 month=f"2015-{1 + i % 12:02d}", split="test")
-        )
-    return Corpus(source="hand", records=pd.DataFrame(rows))
-
-
-@pytest.fixture(params=["gpt2", "t5"])
-def model_and_tokenizer(request):
-    base = BaseConfig(source="embedded", arch=request.param, tiny=TINY)
-    tokenizer = load_tokenizer(base)
-    model = build_model(base, tokenizer)
-    model.eval()
-    return model, tokenizer
-
 
 # ----------------------------------------------------------------------------- pure metrics
 
@@ -107,7 +80,7 @@ def test_perplexity_is_exp_of_a_hand_loop(model_and_tokenizer):
 
 
 def test_classification_picks_the_most_likely_label():
-    base = BaseConfig(source="embedded", arch="gpt2", tiny=TINY)
+    base = BaseConfig(source="embedded", arch="gpt2", tiny=TINY_MODEL)
     tokenizer = load_tokenizer(base)
     model = build_model(base, tokenizer).eval()
     x = tokenizer("x", add_special_tokens=False)["input_ids"][0]
@@ -192,7 +165,7 @@ def test_evaluation_is_deterministic_and_batch_independent(model_and_tokenizer):
 
 
 def test_max_examples_caps_each_split():
-    base = BaseConfig(source="embedded", arch="gpt2", tiny=TINY)
+    base = BaseConfig(source="embedded", arch="gpt2", tiny=TINY_MODEL)
     tokenizer = load_tokenizer(base)
     capped = EVAL.model_copy(update={"max_examples": 3})
     corpus = make_corpus(10)
@@ -216,7 +189,7 @@ def test_summaries_are_generated_and_scored(model_and_tokenizer):
 
 
 def test_validation_rows_are_prepared_the_same_way():
-    base = BaseConfig(source="embedded", arch="gpt2", tiny=TINY)
+    base = BaseConfig(source="embedded", arch="gpt2", tiny=TINY_MODEL)
     tokenizer = load_tokenizer(base)
     corpus = make_corpus(6)
     records = corpus.records.copy()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import timevec.demo
-from tests.test_adapt import build_store
+from tests.stores import build_store
 from timevec.adapt.export import export
 from timevec.adapt.interpolation import plan_interpolation, run_interpolation_item
 from timevec.adapt.selection import interpolation_protocols
@@ -133,7 +133,7 @@ ADAPTED = [
 def adapted(ray_session: str, tmp_path_factory: pytest.TempPathFactory):
     """A store on which the analogy stage (classification 2016 → 2017, a 2-point grid, on Ray Tune) and the
     forecast stage (on the evaluation actors) ran as `timevec run` runs them, over seeded perturbations
-    of the tiny base (tests/test_adapt.build_store; no fine-tune). Perturbations of 0.3 so that the
+    of the tiny base (tests/stores.build_store; no fine-tune). Perturbations of 0.3 so that the
     tiny model's macro-F1 moves with the weights (test_analogy's study does the same)."""
     from timevec.distributed.analogy import run_analogy
     from timevec.distributed.forecast import run_forecast

@@ -363,7 +363,7 @@ def test_report_draws_the_forecast_figure(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_forecast_stage_on_the_tiny_config(ray_session, tmp_path) -> None:
-    from tests.test_adapt import build_store, tiny_config
+    from tests.stores import build_store, tiny_config
     from timevec.data.corpus import load_corpus
     from timevec.data.examples import prepare_split
     from timevec.data.models import base_is_encoder_decoder, load_tokenizer

@@ -39,7 +39,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.multinode import REPO, MultiNodeCluster, multinode_cluster, submit_job, wait_job
+from tests.multinode import REPO, multinode_cluster
+from timevec.distributed.local_cluster import MultiNodeCluster, submit_job, wait_job
 
 CONFIG = "timevec/demo/tiny.yaml"
 STAGES = "finetune,evaluate"  # what spreads over nodes; analysis and report run on the driver only

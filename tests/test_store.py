@@ -13,7 +13,6 @@ import textwrap
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,10 +20,11 @@ import pytest
 import torch
 
 from tests.reliability import kill_when
-from tests.s3_server import S3Server
+from tests.stores import store_factory
 from timevec.config import StoreConfig
 from timevec.data.models import fingerprint
 from timevec.store import StoreError, VectorStore, shard_plan
+from timevec.store.local_s3 import S3Server
 from timevec.weights.vectors import TimeVector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,27 +57,6 @@ def _dense(v: TimeVector) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- backends
-
-
-@pytest.fixture(params=["local", "s3"])
-def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., VectorStore]:
-    """A factory of empty stores on the parametrised backend (a fresh prefix each call)."""
-    return _store_factory(request, tmp_path, request.param)
-
-
-def _store_factory(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> Callable[..., VectorStore]:
-    if backend == "s3":
-        server: S3Server = request.getfixturevalue("s3_server")
-
-        def make(**kwargs: Any) -> VectorStore:
-            return VectorStore(server.url(f"t-{uuid.uuid4().hex[:10]}"), server.storage_options, **kwargs)
-
-    else:
-
-        def make(**kwargs: Any) -> VectorStore:
-            return VectorStore(str(tmp_path / f"store-{uuid.uuid4().hex[:6]}"), **kwargs)
-
-    return make
 
 
 @pytest.fixture
@@ -421,7 +400,7 @@ CHILD = textwrap.dedent(
 def test_killed_writer_leaves_no_visible_vector(
     request: pytest.FixtureRequest, tmp_path: Path, backend: str, mode: str
 ) -> None:
-    store = _store_factory(request, tmp_path, backend)()
+    store = store_factory(request, tmp_path, backend)()
     store.init("tiny-base", _tensors(0), target_shard_bytes=TARGET)
     if mode == "between_shards":
         store.put_vector("lm", "2014", _vec(1))  # an overwrite killed half way must not leave a hybrid

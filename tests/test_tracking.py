@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.components import require
-from tests.test_adapt import build_store, tiny_config
+from tests.stores import build_store, tiny_config
 from timevec.config import ConfigError
 from timevec.distributed.analogy import run_analogy
 from timevec.distributed.fleet import run_fleet

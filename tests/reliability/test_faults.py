@@ -35,9 +35,9 @@ from tests.reliability import (
     run_cli,
     write_config,
 )
-from tests.s3_server import S3Server, S3ServerUnavailable, _wait_ready, start_s3_server
 from timevec.store import StoreError, VectorStore
 from timevec.store.layout import shard_file
+from timevec.store.local_s3 import S3Server, S3ServerUnavailable, _wait_ready, start_s3_server
 from timevec.weights.vectors import TimeVector
 
 PERIODS = ["2014", "2015"]
