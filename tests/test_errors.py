@@ -17,7 +17,7 @@ EXIT_STATUS = {
     "ConfigError": 2, "MissingExtra": 2, "NoCudaDevice": 2, "CorpusError": 2, "PeriodError": 2, "StoreError": 2,
     "LeaseHeld": 2, "LeaseLost": 2, "StageFailed": 1, "VectorError": None, "MergeError": None, "EvaluationError": None,
     "HeldOutError": None, "CgroupUnavailable": None, "ActorSetupError": None, "OutOfMemory": None, "ActorDied": None,
-    "TimevecError": None,
+    "TimevecError": None, "S3ServerUnavailable": 2, "RayCliMissing": 2,
 }  # fmt: skip
 
 

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from timevec.config import ExperimentConfig
 
@@ -111,7 +110,7 @@ def value_text(value: Any) -> str:
 
 def default_text(field: FieldInfo) -> str:
     """A field's default for the table: ``required``, nothing for a section with defaults, or the value."""
-    if field.default is PydanticUndefined and field.default_factory is None:
+    if field.is_required():
         return "required"
     value = field.get_default(call_default_factory=True, validated_data={})
     if isinstance(value, BaseModel):
