@@ -48,7 +48,7 @@ import psutil
 import ray
 
 from timevec.config import ExperimentConfig, StoreConfig
-from timevec.data.periods import Period
+from timevec.periods import Period
 from timevec.store import VectorStore
 from timevec.store.tables import ResultTables
 

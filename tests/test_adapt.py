@@ -17,17 +17,16 @@ import pytest
 import torch
 
 from tests.stores import TINY, build_store, tiny_config
-from timevec import results
+from timevec import periods, results
 from timevec.adapt import interpolation as adapt
 from timevec.adapt import summaries
 from timevec.config import ExperimentConfig
-from timevec.data import periods
 from timevec.data.corpus import load_corpus
 from timevec.data.examples import EvalSplit, prepare_split
 from timevec.data.models import base_is_encoder_decoder, load_tokenizer
-from timevec.data.periods import Period
 from timevec.distributed.interpolate import plan, run_interpolation
 from timevec.evaluate.cells import CellEvaluator
+from timevec.periods import Period
 from timevec.results import INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
 from timevec.weights.vectors import TimeVector

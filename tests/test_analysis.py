@@ -12,7 +12,7 @@ from scipy import stats
 from timevec.adapt import summaries
 from timevec.analyze import analysis as an
 from timevec.analyze import misalignment, similarity
-from timevec.data.periods import Period
+from timevec.periods import Period
 
 PERIODS = ["2014", "2015", "2016"]
 # rows = train period, cols = test period

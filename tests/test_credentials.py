@@ -1,4 +1,4 @@
-"""The one credential policy (timevec.store.credentials), pinned: which keys are refused, which are allowed,
+"""The one credential policy (timevec.credentials), pinned: which keys are refused, which are allowed,
 at what depth, and what is scrubbed from what the store writes. Config and store use it both."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from timevec.config import StoreConfig, load_config
-from timevec.store import StoreError, VectorStore
-from timevec.store.credentials import (
+from timevec.credentials import (
     CREDENTIAL_ENV,
     CREDENTIAL_NAMES,
     credential_keys,
@@ -21,6 +20,7 @@ from timevec.store.credentials import (
     refuse_credentials,
     scrub_credentials,
 )
+from timevec.store import StoreError, VectorStore
 
 REPO = Path(__file__).resolve().parents[1]
 

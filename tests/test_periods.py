@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from timevec.data.periods import Period, PeriodError, period_range, sort_periods
+from timevec.periods import Period, PeriodError, period_range, sort_periods
 
 
 def test_parse_and_format_round_trip():

@@ -13,7 +13,7 @@ import torch
 from timevec.analyze.probe import ProbeTexts, hidden_features, pool, probe_model_rows
 from timevec.config import ConfigError, load_config
 from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
-from timevec.data.periods import fractional_year, period_midpoint
+from timevec.periods import fractional_year, period_midpoint
 from timevec.results import PROBE_COLUMNS, PROBE_TABLE
 from timevec.store import VectorStore
 from timevec.weights.vectors import TimeVector

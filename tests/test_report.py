@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.components import require, require_that
-from timevec.data.periods import Period
+from timevec.periods import Period
 from timevec.report import build_report
 
 CHROMIUM = "/usr/bin/chromium"

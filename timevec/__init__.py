@@ -30,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "TimeVector": "timevec.weights.vectors",
     "LowRankVector": "timevec.weights.lowrank",
     "WeightPatcher": "timevec.weights.vectors",
-    "Period": "timevec.data.periods",
+    "Period": "timevec.periods",
     "prepare_eval_sets": "timevec.data.examples",
     "CellEvaluator": "timevec.evaluate.cells",
 }

@@ -128,7 +128,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     """List the store's vectors with their norms and the cosine to the previous period."""
     import pandas as pd
 
-    from timevec.data.periods import Period
+    from timevec.periods import Period
 
     config = _config(args)
     store = _store(config)

@@ -21,8 +21,8 @@ import pandas as pd
 from timevec.adapt.interpolation import EvaluateWeights, Term, task_higher, value_of
 from timevec.config import AnalogyConfig, ExperimentConfig
 from timevec.data.examples import EvalSplit
-from timevec.data.periods import Period, latest_before
 from timevec.evaluate.gains import better
+from timevec.periods import Period, latest_before
 from timevec.results import analogy_frame
 from timevec.weights.vectors import TimeVector
 

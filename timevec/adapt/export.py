@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from timevec.config import ConfigError, ExperimentConfig
-from timevec.data.periods import Period, sort_periods
+from timevec.periods import Period, sort_periods
 
 log = logging.getLogger(__name__)
 

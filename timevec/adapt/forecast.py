@@ -66,10 +66,10 @@ from timevec.adapt.interpolation import (
 )
 from timevec.config import ConfigError
 from timevec.data.examples import EvalSplit
-from timevec.data.periods import sort_periods
 from timevec.errors import TimevecError
 from timevec.evaluate.bootstrap import interval_of
 from timevec.evaluate.gains import better, gain, gain_pct
+from timevec.periods import sort_periods
 from timevec.results import FORECAST_KEY
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from timevec.config import ForecastConfig
-from timevec.data.periods import Period, sort_periods
+from timevec.periods import Period, sort_periods
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ import numpy as np
 from timevec.adapt.interpolation import EvaluateWeights, KnownValue, LoadVector, Term, takes_replicates
 from timevec.config import ConfigError
 from timevec.data.examples import EvalSplit
-from timevec.data.periods import Period, PeriodError, sort_periods
 from timevec.evaluate.bootstrap import interval_of
 from timevec.evaluate.gains import gain
+from timevec.periods import Period, PeriodError, sort_periods
 from timevec.weights.param_groups import GROUPS, param_group
 from timevec.weights.vectors import TimeVector
 

@@ -42,9 +42,9 @@ from typing import Any
 import pandas as pd
 
 from timevec.data.examples import EvalSplit
-from timevec.data.periods import Period, latest_before, sort_periods
 from timevec.evaluate.gains import better, gain
 from timevec.evaluate.metrics import METRICS
+from timevec.periods import Period, latest_before, sort_periods
 from timevec.results import INTERPOLATION_KEY, alpha_key, with_split
 from timevec.weights.vectors import TimeVector
 

@@ -26,9 +26,9 @@ import pandas as pd
 from timevec.adapt.interpolation import Term, interpolation_ends
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
-from timevec.data.periods import Period, sort_periods
 from timevec.evaluate.cells import CellEvaluator, Splits
 from timevec.evaluate.gains import gain
+from timevec.periods import Period, sort_periods
 from timevec.results import merge_methods_frame
 from timevec.store import VectorStore
 from timevec.weights.merging import METHODS, MergeMethod

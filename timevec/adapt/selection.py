@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from timevec.data.periods import Period, latest_before, sort_periods
 from timevec.evaluate.gains import better, gain, gain_pct, higher_is_better
+from timevec.periods import Period, latest_before, sort_periods
 from timevec.results import (
     ANALOGY_PROTOCOL_COLUMNS,
     INTERPOLATION_PROTOCOL_COLUMNS,

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from timevec.adapt.selection import best_alpha
-from timevec.data.periods import Period, latest_before, sort_periods
 from timevec.evaluate.gains import better, gain, gain_pct, higher_is_better
+from timevec.periods import Period, latest_before, sort_periods
 from timevec.results import ANALOGY_METHODS, INTERPOLATION_BEST_COLUMNS, alpha_key, cell_values, with_split
 
 __all__ = ["ANALOGY_BASELINES", "analogy_summary", "interpolation_best"]

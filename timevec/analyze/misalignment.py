@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from timevec.data.periods import Period, sort_periods
+from timevec.periods import Period, sort_periods
 
 log = logging.getLogger(__name__)
 

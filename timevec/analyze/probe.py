@@ -7,7 +7,7 @@ hidden state to the text's date. This module is that probe, for θ_pre and for e
 
 - **texts**: ``probe.texts_per_period`` texts of every period, drawn (seeded) from its validation and
   test splits — never a vector's own training text — each dated as a fractional year
-  (:func:`timevec.data.periods.fractional_year`); a seeded split by text, stratified by period, holds
+  (:func:`timevec.periods.fractional_year`); a seeded split by text, stratified by period, holds
   ``probe.test_fraction`` of them out of every fit, so every period is in the fit and in the test;
 - **features**: every layer's hidden state (``output_hidden_states``; the encoder's for T5), pooled
   two ways over the attention mask — the last real token and the mean (:func:`pool`);
@@ -57,7 +57,7 @@ except ImportError:  # the `probe` extra
 from timevec.config import ConfigError, ExperimentConfig
 from timevec.data.corpus import Corpus, CorpusError, load_corpus
 from timevec.data.models import Example, collate, is_encoder_decoder
-from timevec.data.periods import Period, fractional_year, period_midpoint
+from timevec.periods import Period, fractional_year, period_midpoint
 
 log = logging.getLogger(__name__)
 

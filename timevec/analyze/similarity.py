@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from timevec.analyze.misalignment import GROUP
-from timevec.data.periods import Period
+from timevec.periods import Period
 
 log = logging.getLogger(__name__)
 

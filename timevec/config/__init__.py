@@ -42,8 +42,8 @@ from timevec.config.stages import (
     ProbeConfig,
     SignMethod,
 )
-from timevec.data.periods import Granularity
 from timevec.errors import ConfigError
+from timevec.periods import Granularity
 
 __all__ = [
     "TASKS", "AnalogyConfig", "BaseConfig", "CapConfig", "ConfigError", "CorpusConfig", "EvaluationConfig",

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from timevec.data.periods import Granularity, Period, PeriodError, period_range
-from timevec.store.credentials import refuse_credentials
+from timevec.credentials import refuse_credentials
+from timevec.periods import Granularity, Period, PeriodError, period_range
 
 Task = Literal["lm", "classification", "summarization"]
 TASKS: tuple[Task, ...] = ("lm", "classification", "summarization")

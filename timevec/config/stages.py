@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from timevec.config.sections import Task, _Strict
-from timevec.data.periods import Period, PeriodError
+from timevec.periods import Period, PeriodError
 
 
 class EvaluationConfig(_Strict):

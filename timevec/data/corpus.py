@@ -19,8 +19,8 @@ import fsspec
 import pandas as pd
 
 from timevec.config import CorpusConfig
-from timevec.data.periods import Granularity, Period
 from timevec.errors import TimevecError
+from timevec.periods import Granularity, Period
 
 if TYPE_CHECKING:
     import datasets

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 from timevec.config import TASKS, EvaluationConfig, ExperimentConfig
 from timevec.data.corpus import Corpus, Split
 from timevec.data.models import Example, lm_examples, prompt_examples
-from timevec.data.periods import Period
 from timevec.errors import TimevecError
+from timevec.periods import Period
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

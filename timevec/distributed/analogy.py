@@ -62,13 +62,13 @@ from timevec import results
 from timevec.adapt import analogy as task_analogy
 from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit, prepare_eval_sets
-from timevec.data.periods import Period
 from timevec.distributed.combinations import stage_store
 from timevec.distributed.runtime import eval_actor_device
 from timevec.distributed.storage import RayStorage, ray_storage
 from timevec.distributed.tracking import tracker_callbacks
 from timevec.evaluate.cells import CellEvaluator
 from timevec.evaluate.metrics import METRICS
+from timevec.periods import Period
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE
 from timevec.store import StoreError, VectorStore
 from timevec.store.checksum import shard_digest

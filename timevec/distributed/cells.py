@@ -54,11 +54,11 @@ import torch
 
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
-from timevec.data.periods import Period
 from timevec.distributed.actor_pool import Attempt, Failure, PoolActor, drive, failure_error
 from timevec.distributed.combinations import stage_store
 from timevec.distributed.runtime import worker_device
 from timevec.evaluate.cells import BASE, CellEvaluator, SplitKey, WorkItem, plan_cells
+from timevec.periods import Period
 from timevec.results import CELL_KEY, CELLS_ADDED_COLUMNS, CELLS_TABLE, cells_frame, cells_table
 from timevec.store import StoreError, VectorStore
 

@@ -85,7 +85,6 @@ from ray import tune
 
 from timevec.config import ExperimentConfig
 from timevec.data.corpus import load_corpus
-from timevec.data.periods import Period
 from timevec.distributed.checkpoints import drop_checkpoints
 from timevec.distributed.fleet_callbacks import FleetProgress, LossCurves
 from timevec.distributed.fleet_trials import (
@@ -100,6 +99,7 @@ from timevec.distributed.runtime import base_bytes, check_fits, check_gpus, ensu
 from timevec.distributed.storage import ray_storage
 from timevec.distributed.tracking import tracker_callbacks
 from timevec.errors import StageFailed
+from timevec.periods import Period
 from timevec.store import VectorStore
 from timevec.train import continual
 from timevec.train.devices import NO_CUDA, NoCudaDevice

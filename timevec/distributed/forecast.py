@@ -27,7 +27,6 @@ from timevec import results
 from timevec.adapt import forecast
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
-from timevec.data.periods import sort_periods
 from timevec.distributed.combinations import (
     Combinations,
     KnownCells,
@@ -39,6 +38,7 @@ from timevec.distributed.combinations import (
     run_combinations,
     stage_store,
 )
+from timevec.periods import sort_periods
 from timevec.results import FORECAST_TABLE
 from timevec.store import VectorStore
 

@@ -21,8 +21,8 @@ from timevec import results
 from timevec.analyze import forgetting
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
-from timevec.data.periods import sort_periods
 from timevec.distributed.combinations import Combinations, Rows, Scoring, run_combinations, stage_store
+from timevec.periods import sort_periods
 from timevec.store import VectorStore
 from timevec.train import continual
 

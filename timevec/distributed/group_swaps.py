@@ -20,7 +20,6 @@ from timevec import results
 from timevec.adapt import group_swaps
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
-from timevec.data.periods import sort_periods
 from timevec.distributed.combinations import (
     Combinations,
     KnownCells,
@@ -32,6 +31,7 @@ from timevec.distributed.combinations import (
     run_combinations,
     stage_store,
 )
+from timevec.periods import sort_periods
 from timevec.results import GROUP_SWAPS_TABLE
 from timevec.store import VectorStore
 from timevec.weights.param_groups import group_counts

@@ -38,7 +38,6 @@ from timevec.adapt import interpolation as adapt
 from timevec.adapt import summaries
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
-from timevec.data.periods import Period, sort_periods
 from timevec.distributed.combinations import (
     Combinations,
     KnownCells,
@@ -50,6 +49,7 @@ from timevec.distributed.combinations import (
     run_combinations,
     stage_store,
 )
+from timevec.periods import Period, sort_periods
 from timevec.results import CELLS_TABLE, INTERPOLATION_BEST_TABLE, INTERPOLATION_TABLE, PATCHING_TABLE, SOUPS_TABLE
 from timevec.store import VectorStore
 

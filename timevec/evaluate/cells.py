@@ -22,8 +22,8 @@ import torch
 from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit
 from timevec.data.models import base_from_store
-from timevec.data.periods import Period
 from timevec.evaluate.metrics import evaluate
+from timevec.periods import Period
 from timevec.store import StoreError, VectorStore
 from timevec.train.devices import pick_device
 from timevec.weights.merging import MergeMethod

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from timevec import periods
 from timevec.adapt import summaries
-from timevec.data import periods
 from timevec.report.plotting import Figure, WriteTable, new_figure, set_ticks, to_png
 
 

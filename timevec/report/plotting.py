@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from timevec.data.periods import Period
+from timevec.periods import Period
 
 WriteBytes = Callable[[str, bytes], None]
 WriteTable = Callable[[str, pd.DataFrame], None]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from timevec.data import periods
+from timevec import periods
 from timevec.report.adaptation import gain_unit
 from timevec.report.plotting import Figure, WriteTable, new_figure, set_ticks, to_png
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from timevec import periods
 from timevec.analyze import analysis as an
 from timevec.analyze import misalignment, similarity
-from timevec.data import periods
 from timevec.report.plotting import (
     Figure,
     WriteTable,

@@ -34,7 +34,8 @@ names, manifest checks), :mod:`.shards` (writing and reading one entry with its 
 checks), :mod:`.checksum` (which digest, and checking it), :mod:`.codec` (safetensors),
 :mod:`.gram` (the streamed Gram matrix), :mod:`.tables` (Parquet results), :mod:`.errors` (:class:`StoreError`).
 
-May import: ``data`` (periods, fingerprints), ``weights`` (the vector types) and ``errors``; never Ray.
+May import: ``data`` (fingerprints), ``weights`` (the vector types) and the foundation (``errors``, ``periods``,
+``credentials``: the credential policy the config applies too); never Ray.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ _LAZY = {"DEFAULT_TARGET_SHARD_BYTES": "layout", "FORMAT_VERSION": "layout", "ST
 
 
 def __getattr__(name: str) -> Any:
-    """The store's torch-backed pieces, imported on first use: importing ``timevec.store.credentials`` (as the
+    """The store's torch-backed pieces, imported on first use: importing ``timevec.credentials`` (as the
     config does) or ``timevec.store.errors`` must not load torch (a mistyped key exits 2 before torch loads)."""
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from timevec.data.periods import Period
+from timevec.periods import Period
 from timevec.store.errors import StoreError
 
 logger = logging.getLogger("timevec.store")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from timevec.data.periods import Period, PeriodError
+from timevec.periods import Period, PeriodError
 from timevec.store.codec import bytes_per
 from timevec.store.errors import StoreError
 from timevec.weights.vectors import TimeVector

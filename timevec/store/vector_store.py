@@ -7,7 +7,7 @@ written when); the work is done by :mod:`~timevec.store.fs` (IO), :mod:`~timevec
 integrity), :mod:`~timevec.store.codec` (safetensors), :mod:`~timevec.store.gram` and
 :mod:`~timevec.store.tables`. Credentials come only from the standard AWS chain (environment,
 profiles, instance roles): the store refuses credential-like ``storage_options``, never writes
-them and never logs them (:mod:`timevec.store.credentials`).
+them and never logs them (:mod:`timevec.credentials`).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from timevec.data.periods import Period
-from timevec.store import lowrank as lowrank_layout
-from timevec.store.checksum import DEFAULT_CHECKSUM, check_algorithm
-from timevec.store.credentials import (
+from timevec.credentials import (
     credential_keys,
     environment_secrets,
     is_credential_key,
     scrub_credentials,
 )
+from timevec.periods import Period
+from timevec.store import lowrank as lowrank_layout
+from timevec.store.checksum import DEFAULT_CHECKSUM, check_algorithm
 from timevec.store.errors import StoreError
 from timevec.store.fs import TMP_MARK, Pieces, StoreFiles, ray_storage_uri, safe_url
 from timevec.store.layout import (

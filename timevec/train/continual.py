@@ -104,7 +104,7 @@ def predecessor(config: ExperimentConfig, run: RunSpec) -> str | None:
 
 def chains(runs: Iterable[RunSpec]) -> dict[tuple[str, str], list[RunSpec]]:
     """The runs by chain (task, granularity), each in period order."""
-    from timevec.data.periods import Period
+    from timevec.periods import Period
 
     out: dict[tuple[str, str], list[RunSpec]] = {}
     for run in runs:

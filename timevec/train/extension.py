@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from timevec.config import ConfigError
-from timevec.data.periods import sort_periods
+from timevec.periods import sort_periods
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE, CELLS_TABLE
 from timevec.store.tables import table_of
 

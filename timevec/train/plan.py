@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from timevec.config import ExperimentConfig
-from timevec.data.periods import Granularity
+from timevec.periods import Granularity
 
 __all__ = ["RunSpec", "experiment_name", "plan_runs"]
 
