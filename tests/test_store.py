@@ -470,8 +470,10 @@ def test_tables(store: VectorStore) -> None:
     assert not store.has_table("cells")
     with pytest.raises(StoreError, match="table cells not found"):
         store.read_table("cells")
+    assert store.read_table("cells", default=None) is None  # a table a stage may not have written yet
     df = pd.DataFrame({"task": ["lm", "lm"], "train": ["2014", "2015"], "metric": [1.5, 2.5], "n": [3, 4]})
     store.write_table("cells", df)
+    assert store.read_table("cells", default=None).equals(df)
     store.append_table("cells", df.iloc[:1])
     store.append_table("cells", df[["n", "metric", "train", "task"]].iloc[1:])  # column order is free
     got = store.read_table("cells")

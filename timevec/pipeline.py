@@ -97,7 +97,7 @@ def _analyze_groups(store: VectorStore, rel: pd.DataFrame, headline: dict[str, A
     store.write_table(r.GROUP_NORMS_TABLE, groups.norms)
     store.write_table(r.GROUP_SIMILARITY_TABLE, groups.similarity)
     store.write_table(r.GROUP_SIM_DEG_TABLE, groups.sim_vs_deg)
-    swaps = store.read_table(r.GROUP_SWAPS_TABLE) if store.has_table(r.GROUP_SWAPS_TABLE) else None
+    swaps = store.read_table(r.GROUP_SWAPS_TABLE, default=None)
     headline.update(group_headline(groups.norms, groups.sim_vs_deg, swaps))
     shares = groups.norms[groups.norms["scope"] != "all"].groupby(["task", "scope", "part"], sort=False)
     return {"share of |τ|² per parameter group and layer (mean over periods)":

@@ -116,7 +116,7 @@ def _float(params: dict[str, str], key: str, spec: str) -> float:
 
 
 def _table(store, name: str):
-    return store.read_table(name) if store.has_table(name) else None
+    return store.read_table(name, default=None)
 
 
 def _records(frame) -> list[dict[str, Any]]:

@@ -418,8 +418,8 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
     storage = ray_storage(config, store)
     memory = eval_memory(config.ray, base_bytes(store), vectors=3)  # θ_pre and the three vectors of a pair
     splits = _prepared_splits(config, store, task, sorted({k for _, k in pairs}, key=Period.parse))
-    best_old = store.read_table(ANALOGY_BEST_TABLE) if store.has_table(ANALOGY_BEST_TABLE) else None
-    grid_old = store.read_table(ANALOGY_TABLE) if store.has_table(ANALOGY_TABLE) else None
+    best_old = store.read_table(ANALOGY_BEST_TABLE, default=None)
+    grid_old = store.read_table(ANALOGY_TABLE, default=None)
     baselines_remote = ray.remote(_baselines_task).options(
         num_cpus=config.ray.cpus_per_eval_actor, num_gpus=config.ray.gpus_per_eval_actor, memory=memory,
         max_retries=config.ray.max_failures,

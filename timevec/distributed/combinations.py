@@ -56,7 +56,7 @@ def stage_store(config: ExperimentConfig, store: VectorStore | None) -> VectorSt
 
 def known_cells(store: VectorStore) -> KnownCells:
     """The cells table as :data:`KnownCells` (empty before the evaluate stage has run)."""
-    return results.cell_values(store.read_table(CELLS_TABLE)) if store.has_table(CELLS_TABLE) else {}
+    return results.cell_values(store.read_table(CELLS_TABLE, default=None))
 
 
 def known_of(known: KnownCells, task: str, granularity: str) -> Callable[[str, str], float | None]:

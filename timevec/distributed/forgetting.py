@@ -51,7 +51,7 @@ STAGE = Combinations(
 
 
 def _cells(store: VectorStore, name: str) -> pd.DataFrame | None:
-    return store.read_table(name) if store.exists() and store.has_table(name) else None
+    return store.read_table(name, default=None)  # None too when the store does not exist yet
 
 
 def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame | None:

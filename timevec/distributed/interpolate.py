@@ -117,7 +117,7 @@ def _done_periods(store: VectorStore, table: str) -> set[tuple[str, str, str]]:
 
 def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[Item], dict[tuple[str, str], set[str]], list[str]]:
     """(work items, test periods needed per (task, granularity), notes on what was left out)."""
-    existing = store.read_table(INTERPOLATION_TABLE) if store.has_table(INTERPOLATION_TABLE) else None
+    existing = store.read_table(INTERPOLATION_TABLE, default=None)
     if existing is not None and "split" not in existing:  # written before validation rows existed
         existing = results.with_split(existing)
         store.write_table(INTERPOLATION_TABLE, results.interpolation_frame(existing.to_dict("records")))
@@ -177,8 +177,8 @@ def run_interpolation(config: ExperimentConfig, store: VectorStore | None = None
         # Actors load θ_pre while the driver tokenises.
         run_combinations(config, store, ordered, STAGE, lambda: [
             prepare_eval_sets(config, needed, ("test", "validation"), store=store), known_cells(store)])
-    table = store.read_table(INTERPOLATION_TABLE) if store.has_table(INTERPOLATION_TABLE) else results.interpolation_frame([])
-    cells = store.read_table(CELLS_TABLE) if store.has_table(CELLS_TABLE) else None
+    table = store.read_table(INTERPOLATION_TABLE, default=results.interpolation_frame([]))
+    cells = store.read_table(CELLS_TABLE, default=None)
     store.write_table(INTERPOLATION_BEST_TABLE, summaries.interpolation_best(table, cells))
     table = table[table["task"].isin(config.tasks) & table["granularity"].isin(config.granularities)]
     log.info("interpolation stage done in %.1f s", time.perf_counter() - began)

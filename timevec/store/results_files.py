@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from timevec.store.errors import StoreError
 from timevec.store.layout import check_relpath
@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
     from timevec.store.fs import StoreFiles
     from timevec.store.tables import ResultTables
+
+
+_REQUIRED: Any = object()  # read_table without a default: a missing table is an error
+_D = TypeVar("_D")
 
 
 class ResultFiles:
@@ -43,8 +47,16 @@ class ResultFiles:
         the stages do it when they end. Returns the tables compacted."""
         return [name for name in self._tables.names() if self._tables.compact(name)]
 
-    def read_table(self, name: str) -> pd.DataFrame:
-        """``results/<name>.parquet`` as a DataFrame; a missing table is a :class:`StoreError`."""
+    @overload
+    def read_table(self, name: str) -> pd.DataFrame: ...
+    @overload
+    def read_table(self, name: str, default: _D) -> pd.DataFrame | _D: ...
+    def read_table(self, name: str, default: Any = _REQUIRED) -> Any:
+        """``results/<name>.parquet`` as a DataFrame; a missing table is a :class:`StoreError`, or ``default``
+        when one is given (``store.read_table(name, default=None)``: the one way to read a table a stage may
+        not have written yet)."""
+        if default is not _REQUIRED and not self._tables.has(name):
+            return default
         return self._tables.read(name)
 
     def has_table(self, name: str) -> bool:
