@@ -128,10 +128,14 @@ GROUP_NORMS_TABLE = "group_norms"
 GROUP_SIMILARITY_TABLE = "group_similarity"
 GROUP_SIM_DEG_TABLE = "group_similarity_degradation"
 GROUP_SWAPS_TABLE = "group_swaps"
-#: What the report reads (figures get their own ``fig_<name>`` tables, written by the report).
+PROBE_TABLE = "probe"  # written by `timevec probe` (timevec.analyze.probe)
+FORGETTING_TABLE = "forgetting"
+MERGED_CELLS_TABLE = "merged_cells"  # cells schema; vector "task/mean(first..last)", train_period = last
+#: What the report reads (figures get their own ``fig_<name>`` tables, written by the report); the report stage
+#: declares the same (timevec.stages), and draws the probe and forgetting figures when those tables exist.
 REPORT_TABLES: tuple[str, ...] = (CELLS_TABLE, INTERPOLATION_TABLE, SOUPS_TABLE, PATCHING_TABLE, ANALOGY_BEST_TABLE, ANALOGY_TABLE,
-                 FORECAST_TABLE)
-REPORT_TABLES += (GROUP_NORMS_TABLE, GROUP_SIM_DEG_TABLE, GROUP_SWAPS_TABLE)
+                                  FORECAST_TABLE, GROUP_NORMS_TABLE, GROUP_SIM_DEG_TABLE, GROUP_SWAPS_TABLE, PROBE_TABLE,
+                                  FORGETTING_TABLE)
 
 
 def alpha_key(alpha: float) -> float:
@@ -389,7 +393,6 @@ def group_swaps_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- time probes
 
-PROBE_TABLE = "probe"  # written by `timevec probe` (timevec.analyze.probe)
 #: One (model, layer, pooling, probe). ``model``: ``base`` or ``task/period``; ``layer``: index into
 #: ``output_hidden_states`` (0 = embeddings); ``pooling``: ``last`` | ``mean``; ``probe``: ``own`` (refitted
 #: on this model's features) or ``base`` (θ_pre's probe applied to them; tuned models only). ``r2``,
@@ -408,14 +411,11 @@ def probe_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
                          "shift_toward_other": "float64"})
 
 
-REPORT_TABLES = (*REPORT_TABLES, PROBE_TABLE)  # the report draws the probe figures when the table exists
 __all__ += ["PROBE_COLUMNS", "PROBE_TABLE", "probe_frame"]
 
 
 # ----------------------------------------------------------------------------- continual updating and forgetting
 
-FORGETTING_TABLE = "forgetting"
-MERGED_CELLS_TABLE = "merged_cells"  # cells schema; vector "task/mean(first..last)", train_period = last
 #: One (task, granularity, mode, test period s, train period t ≥ s) of :mod:`timevec.analyze.forgetting`. ``mode``:
 #: continual | independent | merged; ``lag``: t − s in periods; ``value_at_learning``: the same mode's score
 #: on s after learning s; ``forgetting``: −gain(value, value_at_learning) (positive = worse than when
@@ -425,7 +425,6 @@ FORGETTING_COLUMNS = [
     "task", "granularity", "mode", "test_period", "train_period", "lag", "metric", "higher_is_better", "value",
     "value_at_learning", "forgetting", "forgetting_pct", "in_period_value", "gap_to_in_period_pct",
 ]
-REPORT_TABLES = (*REPORT_TABLES, FORGETTING_TABLE)
 
 
 def forgetting_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
