@@ -2,8 +2,10 @@
 
     python bench/compare_tables.py STORE_A STORE_B [--tables cells,interpolation,...]
 
+By default every table either store holds (``results/*.parquet``, the report's figure tables included).
 A store is a folder holding ``results/*.parquet`` (or the ``results`` folder itself). Rows are
-sorted by each table's key columns (order of appends differs between runs). Two columns are
+sorted by each table's key columns (the table registry's, ``timevec.results.TABLES``; all columns where it
+declares none): the order of appends differs between runs. Two columns are
 ignored: ``seconds`` (wall time of a cell) and ``experiment`` (analogy_best: the Tune experiment's
 name, whose signature hashes the vectors' shard sha256 — and safetensors writes its metadata keys
 in a per-process random order, so identical tensors get other file bytes on every run). Every
@@ -20,15 +22,10 @@ from pathlib import Path
 import harness
 import pandas as pd
 
-KEYS: dict[str, list[str]] = {
-    "cells": ["task", "granularity", "vector", "test_period"],
-    "interpolation": ["task", "granularity", "first", "last", "alpha", "test_period"],
-    "interpolation_best": ["task", "granularity", "first", "last", "test_period"],
-    "analogy": ["task", "source_period", "target_period", "alpha1", "alpha2", "alpha3", "split"],
-    "analogy_best": ["task", "source_period", "target_period", "method", "split"],
-    "soups": ["task", "granularity", "period", "method", "split"],
-    "patching": ["task", "granularity", "period", "method", "split"],
-}
+from timevec.results import TABLES
+
+#: Each table's key columns, as the table registry declares them (timevec.results.TABLES).
+KEYS: dict[str, list[str]] = {t.name: list(t.key) for t in TABLES.values() if t.key is not None}
 IGNORED = ("seconds", "experiment")  # timing; a name hashed from run-dependent file bytes
 
 
@@ -79,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__doc__)
     parser.add_argument("store_a")
     parser.add_argument("store_b")
-    parser.add_argument("--tables", default=",".join(KEYS), help=f"comma-separated (default: {','.join(KEYS)})")
+    parser.add_argument("--tables", help="comma-separated (default: every table either store holds, figures' included)")
     args = parser.parse_args(argv)
     harness.output_block()
     different = False
-    for table in [t for t in args.tables.split(",") if t]:
+    tables = ([t for t in args.tables.split(",") if t] if args.tables else
+              sorted({p.stem for store in (args.store_a, args.store_b) for p in _results(store).glob("*.parquet")}))
+    for table in tables:
         a, b = _load(args.store_a, table), _load(args.store_b, table)
         if a is None or b is None:
             missing = [s for s, f in ((args.store_a, a), (args.store_b, b)) if f is None]

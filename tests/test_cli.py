@@ -175,6 +175,13 @@ def test_tiny_demo_end_to_end_extended_by_a_year_then_store_tools(tmp_path, caps
     assert len(lm) == len(years) * (len(years) + 1)  # every vector × test period, plus the base row
     for name in ("interpolation", "analogy_best", "similarity", "decay_fit"):
         assert (results / f"{name}.parquet").exists(), name
+    # every table the stages wrote is a declared one, with its declared columns and one row per key
+    from timevec.results import table
+
+    for path in sorted(results.glob("*.parquet")):
+        declared, frame = table(path.stem), pd.read_parquet(path)
+        assert declared.columns is None or tuple(frame.columns) == declared.columns, (path.stem, list(frame.columns))
+        assert declared.key is None or not frame.duplicated(list(declared.key)).any(), path.stem
 
     # the store tools run in this process (the CLI's own main: no torch import per call); the exit
     # statuses of a real process are test_bad_input.py::test_cli_exit_code_is_2_in_a_real_process's

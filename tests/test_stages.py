@@ -41,6 +41,19 @@ def test_every_declaration_names_real_tables_sections_and_runners() -> None:
     assert REGISTRY["report"].reads == results.REPORT_TABLES
     writers = [table for stage in REGISTRY.values() for table in stage.writes]
     assert len(writers) == len(set(writers)), "a table is written by one stage"
+    # the stage registry and the table registry say the same of who writes what
+    for stage in REGISTRY.values():
+        assert set(stage.writes) == {t.name for t in results.TABLES.values() if t.written_by == stage.name}, stage.name
+    assert {t.written_by for t in results.TABLES.values()} - set(STAGES) == {"timevec probe", "bench/merge_methods.py --write"}
+
+
+def test_every_table_is_declared_once_and_an_unknown_one_is_named() -> None:
+    declared = {value for name, value in vars(results).items() if name.endswith("_TABLE") and isinstance(value, str)}
+    assert set(results.TABLES) == declared
+    for table in results.TABLES.values():
+        assert table.key is None or (table.columns is not None and set(table.key) <= set(table.columns)), table.name
+    with pytest.raises(ValueError, match="unknown result table .cell.; the tables: analogy, analogy_best"):
+        results.table("cell")
 
 
 def test_a_stage_declared_twice_is_refused() -> None:

@@ -29,6 +29,7 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, overload
 
 import pandas as pd
@@ -433,3 +434,67 @@ def forgetting_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame.astype({"lag": "int64", "higher_is_better": "bool", "value": "float64", "value_at_learning": "float64",
                          "forgetting": "float64", "forgetting_pct": "float64", "in_period_value": "float64",
                          "gap_to_in_period_pct": "float64"})
+
+
+# ----------------------------------------------------------------------------- the table registry
+
+
+@dataclass(frozen=True)
+class Table:
+    """One result table, declared once: its name, who writes it (a stage of :mod:`timevec.stages`, or a command),
+    its columns (None: the analysis module that builds it owns them) and the columns that identify a row (None:
+    not declared); readers that sort or de-duplicate rows (``bench/compare_tables.py``) take the key from here."""
+
+    name: str
+    written_by: str
+    columns: tuple[str, ...] | None = None
+    key: tuple[str, ...] | None = None
+
+
+def _declare(*tables: Table) -> dict[str, Table]:
+    return {table.name: table for table in tables}
+
+
+TABLES: dict[str, Table] = _declare(
+    Table(CELLS_TABLE, "evaluate", tuple(CELLS_COLUMNS), tuple(CELL_KEY)),
+    Table(INTERPOLATION_TABLE, "interpolate", tuple(INTERPOLATION_COLUMNS), tuple(INTERPOLATION_KEY)),
+    Table(INTERPOLATION_BEST_TABLE, "interpolate", tuple(INTERPOLATION_BEST_COLUMNS),
+          ("task", "granularity", "first", "last", "test_period")),
+    Table(SOUPS_TABLE, "interpolate", tuple(SOUP_COLUMNS), ("task", "granularity", "period", "method", "split")),
+    Table(PATCHING_TABLE, "interpolate", tuple(PATCHING_COLUMNS), ("task", "granularity", "period", "method", "split")),
+    Table(FORECAST_TABLE, "forecast", tuple(FORECAST_COLUMNS), tuple(FORECAST_KEY)),
+    Table(ANALOGY_TABLE, "analogy", tuple(ANALOGY_COLUMNS),
+          ("task", "source_period", "target_period", "method", "alpha1", "alpha2", "alpha3", "split")),
+    Table(ANALOGY_BEST_TABLE, "analogy", (*ANALOGY_BEST_COLUMNS, "experiment"),  # + the Tune experiment it came from
+          ("task", "source_period", "target_period", "method", "split")),
+    Table(GROUP_SWAPS_TABLE, "groups", tuple(GROUP_SWAPS_COLUMNS), tuple(GROUP_SWAPS_KEY)),
+    Table(MERGED_CELLS_TABLE, "forgetting", tuple(CELLS_COLUMNS), tuple(CELL_KEY)),
+    Table(FORGETTING_TABLE, "forgetting", tuple(FORGETTING_COLUMNS),
+          ("task", "granularity", "mode", "test_period", "train_period")),
+    Table(INTERPOLATION_PROTOCOLS_TABLE, "analyze", tuple(INTERPOLATION_PROTOCOL_COLUMNS)),
+    Table(ANALOGY_PROTOCOLS_TABLE, "analyze", tuple(ANALOGY_PROTOCOL_COLUMNS)),
+    Table(GROUP_NORMS_TABLE, "analyze", tuple(GROUP_NORMS_COLUMNS)),
+    Table(GROUP_SIMILARITY_TABLE, "analyze", tuple(GROUP_SIMILARITY_COLUMNS)),
+    Table(GROUP_SIM_DEG_TABLE, "analyze", tuple(GROUP_SIM_DEG_COLUMNS)),
+    *(Table(name, "analyze") for name in (RELATIVE_CHANGE_TABLE, DIAGONAL_TABLE, DECAY_BY_GAP_TABLE, DECAY_FIT_TABLE,
+                                          STRIPES_TABLE, SIMILARITY_TABLE, SIMILARITY_CENTRED_TABLE, FINDINGS_TABLE)),
+    Table(PROBE_TABLE, "timevec probe", tuple(PROBE_COLUMNS)),
+    Table(MERGE_METHODS_TABLE, "bench/merge_methods.py --write", tuple(MERGE_METHODS_COLUMNS)),
+)
+
+
+#: The numbers behind one figure of the report: ``fig_<figure>``, columns the figure's own.
+FIGURE_TABLE_PREFIX = "fig_"
+
+
+def table(name: str) -> Table:
+    """The declaration of table ``name`` (a ``fig_<figure>`` table: the report's); an unknown name is one clear
+    error naming the known ones."""
+    if name in TABLES:
+        return TABLES[name]
+    if name.startswith(FIGURE_TABLE_PREFIX) and len(name) > len(FIGURE_TABLE_PREFIX):
+        return Table(name, "report")
+    raise ValueError(f"unknown result table {name!r}; the tables: {', '.join(sorted(TABLES))} and fig_<figure>")
+
+
+__all__ += ["FIGURE_TABLE_PREFIX", "TABLES", "Table", "table"]
