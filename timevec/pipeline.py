@@ -45,7 +45,9 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec import results as r
     from timevec.analyze import analysis
 
-    cells = store.read_table(r.CELLS_TABLE)
+    # in key order, not the order the actors finished in: the pooled statistics then sum in one order, and the
+    # analysis of the same cells is the same bit for bit whichever run computed them
+    cells = store.read_table(r.CELLS_TABLE).sort_values(r.CELL_KEY, kind="stable").reset_index(drop=True)
     gram, keys = gram_of_store(store)
     names = (r.INTERPOLATION_TABLE, r.ANALOGY_BEST_TABLE, r.SOUPS_TABLE, r.ANALOGY_TABLE, r.FORECAST_TABLE,
              r.GROUP_SWAPS_TABLE)
