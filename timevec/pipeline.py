@@ -49,9 +49,8 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     # analysis of the same cells is the same bit for bit whichever run computed them
     cells = store.read_table(r.CELLS_TABLE).sort_values(r.CELL_KEY, kind="stable").reset_index(drop=True)
     gram, keys = gram_of_store(store)
-    names = (r.INTERPOLATION_TABLE, r.ANALOGY_BEST_TABLE, r.SOUPS_TABLE, r.ANALOGY_TABLE, r.FORECAST_TABLE,
-             r.GROUP_SWAPS_TABLE)
-    optional = {name: store.read_table(name) for name in names if store.has_table(name)}
+    optional = {name: store.read_table(name) for name in REGISTRY["analyze"].reads  # what the stage declares it reads
+                if name != r.CELLS_TABLE and store.has_table(name)}
     result = analysis.analyze(cells, gram, keys, optional.get(r.INTERPOLATION_TABLE), optional.get(r.ANALOGY_BEST_TABLE),
                               soups=optional.get(r.SOUPS_TABLE), analogy_grid=optional.get(r.ANALOGY_TABLE),
                               forecast=optional.get(r.FORECAST_TABLE), group_swaps=optional.get(r.GROUP_SWAPS_TABLE))
@@ -109,9 +108,8 @@ def _analyze_groups(store: VectorStore, rel: pd.DataFrame, headline: dict[str, A
 def report(config: ExperimentConfig, store: VectorStore) -> StageResult:
     """The report stage: figures and ``reports/index.html`` in the store."""
     from timevec.report import build_report
-    from timevec.results import REPORT_TABLES
 
-    tables = {name: store.read_table(name) for name in REPORT_TABLES if store.has_table(name)}
+    tables = {name: store.read_table(name) for name in REGISTRY["report"].reads if store.has_table(name)}
     gram, keys = gram_of_store(store)
     build_report(tables, gram, keys, store.write_bytes, store.write_table, title=f"timevec — {config.name}")
     return {"report": report_location(store)}

@@ -23,6 +23,7 @@ from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.distributed.combinations import Combinations, Rows, Scoring, run_combinations, stage_store
 from timevec.periods import sort_periods
+from timevec.stages import REGISTRY
 from timevec.store import VectorStore
 from timevec.train import continual
 
@@ -56,8 +57,9 @@ def _cells(store: VectorStore, name: str) -> pd.DataFrame | None:
 
 def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame | None:
     """Merged states into ``merged_cells`` and the ``forgetting`` table into ``store`` (the continual one)."""
-    if config.training.mode != "continual":
-        log.info("forgetting: skipped (training.mode is independent; set training.mode=continual)")
+    why = REGISTRY["forgetting"].skip_reason(config)  # the stage's one rule of when it applies
+    if why is not None:
+        log.info("forgetting: skipped (%s; set training.mode=continual)", why)
         return None
     store = stage_store(config, store)
     root_config = config.with_overrides([f"store.url={continual.independent_url(config.store.url)}"])
