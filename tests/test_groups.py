@@ -28,8 +28,8 @@ from timevec.data.models import base_id, base_is_encoder_decoder, build_model, f
 from timevec.evaluate.cells import CellEvaluator
 from timevec.evaluate.gains import gain
 from timevec.evaluate.metrics import evaluate
+from timevec.param_groups import OTHER, group_counts, group_of, layer_of, param_group
 from timevec.store import VectorStore
-from timevec.weights.param_groups import OTHER, group_counts, group_of, layer_of, param_group
 from timevec.weights.vectors import TimeVector
 
 REPO = Path(__file__).resolve().parents[1]

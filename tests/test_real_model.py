@@ -20,10 +20,11 @@ import torch
 
 from tests.components import require
 from timevec.config import BaseConfig, ConfigError, TrainingConfig, load_config
+from timevec.config.presets import PRESETS
 from timevec.data.corpus import load_corpus
 from timevec.data.examples import prepare_split, task_examples
 from timevec.data.models import base_id, build_model, float_parameters, is_encoder_decoder, load_tokenizer, skeleton
-from timevec.data.presets import PRESETS, resolve
+from timevec.data.presets import resolve
 from timevec.evaluate.metrics import _score, candidate_logliks, evaluate
 from timevec.store import StoreError, VectorStore
 from timevec.train.loop import check_lora_targets, check_store_base, train

@@ -344,7 +344,7 @@ def merge_methods_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- parameter groups
 
 #: Where in the weights time lives (:mod:`timevec.analyze.weight_groups`, :mod:`timevec.adapt.group_swaps`). ``scope``:
-#: ``all`` (the whole vector), ``group`` (``part`` is one of :data:`timevec.weights.param_groups.GROUPS`) or
+#: ``all`` (the whole vector), ``group`` (``part`` is one of :data:`timevec.param_groups.GROUPS`) or
 #: ``layer`` (``part`` is ``"3"`` or ``"encoder.3"``: every group of that layer).
 #: One (vector, part): |τ| on the part, its share of |τ|², the part's share of the parameters.
 GROUP_NORMS_COLUMNS = ["task", "period", "scope", "part", "n_tensors", "n_params", "norm", "norm_sq_share",

@@ -10,8 +10,10 @@ held-out guard, combining them through the merge path, the baselines, the table'
     def my_method(past, target, params):
         return [(1.0, past[-1])]
 
-and its name is then valid in ``forecast.methods`` of a config (the config validates against
-:func:`method_names`), planned, evaluated, keyed and reported like the others.
+with its name added to the config's list of method names (:data:`timevec.config.stages.FORECAST_METHODS`, in
+registration order: the config checks ``forecast.methods`` against it without importing the methods, the way
+peft's ``PeftType`` names the methods ``register_peft_method`` attaches; the registry refuses to load when the
+two differ). It is then planned, evaluated, keyed and reported like the others.
 
 The optional hooks of :func:`forecast_method`:
 
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from timevec.config import ForecastConfig
+from timevec.config.stages import FORECAST_METHODS
 from timevec.periods import Period, sort_periods
 
 log = logging.getLogger(__name__)
@@ -248,5 +251,10 @@ def method_names() -> tuple[str, ...]:
 
 
 def _load_builtins() -> None:
-    """Methods defined in modules of their own register when those are imported (here, on first look-up)."""
+    """Methods defined in modules of their own register when those are imported (here, on first look-up);
+    the registry then holds exactly the names the config declares (:data:`timevec.config.stages.FORECAST_METHODS`),
+    in its order."""
     import timevec.adapt.subspace  # noqa: F401  (numpy only at import; statsmodels when a forecast is made)
+
+    if tuple(_REGISTRY)[: len(FORECAST_METHODS)] != FORECAST_METHODS:
+        raise ImportError(f"forecast methods registered {list(_REGISTRY)} differ from the config's {list(FORECAST_METHODS)}")

@@ -31,8 +31,8 @@ from timevec.config import ConfigError
 from timevec.data.examples import EvalSplit
 from timevec.evaluate.bootstrap import interval_of
 from timevec.evaluate.gains import gain
+from timevec.param_groups import GROUPS, param_group
 from timevec.periods import Period, PeriodError, sort_periods
-from timevec.weights.param_groups import GROUPS, param_group
 from timevec.weights.vectors import TimeVector
 
 if TYPE_CHECKING:

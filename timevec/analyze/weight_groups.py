@@ -2,7 +2,7 @@
 
 The paper's cosine is over all tensors at once (:mod:`timevec.analyze.similarity`); its public code also
 had per-group cosine scripts (embeddings, attention, MLP, norms) that never reached the paper.
-Here the question is asked of every group of :mod:`timevec.weights.param_groups` and of every layer:
+Here the question is asked of every group of :mod:`timevec.param_groups` and of every layer:
 
 - how much of |τ|² each group and layer holds (against its share of the parameters);
 - the cosine of every pair of vectors within each group (raw, and centred on each task's mean τ);
@@ -27,7 +27,7 @@ import pandas as pd
 
 from timevec import results
 from timevec.analyze.similarity import Key, grouped_similarity, similarity_table, similarity_vs_degradation
-from timevec.weights.param_groups import GROUPS, OTHER, group_of
+from timevec.param_groups import GROUPS, OTHER, group_of
 
 if TYPE_CHECKING:
     from timevec.store import VectorStore

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from timevec.config.presets import PRESETS, looks_local
 from timevec.credentials import refuse_credentials
 from timevec.periods import Granularity, Period, PeriodError, period_range
 
@@ -50,7 +51,7 @@ class BaseConfig(_Strict):
     (``google-t5/t5-small``) or a local directory that ``save_pretrained`` wrote (the same
     ``from_pretrained`` path either way), optionally one GGUF file in it (``gguf_file``,
     dequantised on load). ``preset`` names a base that a pip package ships (see
-    :mod:`timevec.data.presets`; ``smollm2-135m-instruct``) and implies ``source: hub``. The store
+    :mod:`timevec.config.presets`; ``smollm2-135m-instruct``) and implies ``source: hub``. The store
     records the base by its weights' fingerprint and a portable ``name`` (default: the preset's
     name, the hub id, or a local directory's folder name), never by a local path.
     """
@@ -66,7 +67,7 @@ class BaseConfig(_Strict):
     revision: str | None = Field(None, description="the hub revision of `hub_id` (branch, tag or commit); default: `main`")
     gguf_file: str | None = Field(None, description="a GGUF file inside `hub_id` to load (dequantised), e.g. `model.Q4_1.gguf`")
     preset: str | None = Field(
-        None, description="a base that a pip package ships (`timevec.data.presets`), e.g. `smollm2-135m-instruct`; implies `source: hub`"
+        None, description="a base that a pip package ships (`timevec.config.presets`), e.g. `smollm2-135m-instruct`; implies `source: hub`"
     )
     name: str | None = Field(
         None, description="portable base name recorded in the store; default: the preset's name, the hub id (with its revision), "
@@ -93,15 +94,11 @@ class BaseConfig(_Strict):
         # Tune runs each trial in its own working directory: a relative folder would name another one there
         if value is None:
             return value
-        from timevec.data.presets import looks_local
-
         return os.path.abspath(os.path.expanduser(value)) if looks_local(value) else value
 
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str | None) -> str | None:
-        from timevec.data.presets import PRESETS
-
         if value is not None and value not in PRESETS:
             raise ValueError(f"unknown preset {value!r} (known: {', '.join(sorted(PRESETS))})")
         return value

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from timevec.config.sections import Task, _Strict
+from timevec.param_groups import GROUPS
 from timevec.periods import Period, PeriodError
 
 
@@ -116,13 +117,12 @@ class MergeConfig(_Strict):
         return value
 
 
-def _forecast_methods() -> tuple[str, ...]:
-    """The forecast methods a config can choose: every method of the registry
-    (:mod:`timevec.adapt.forecast_methods`) but ``latest``, which is always evaluated with the
-    baselines base and in_period. Imported when validated (the registry's methods live in ``adapt``)."""
-    from timevec.adapt.forecast_methods import method_names
-
-    return tuple(m for m in method_names() if m != "latest")
+#: The forecast methods, in the registry's order (:mod:`timevec.adapt.forecast_methods`, which declares each
+#: one once with its function and checks, when its methods load, that it registered exactly these): the names a
+#: config may hold, declared at the config like the merge methods (:data:`MergeMethodName`), so that the config
+#: checks them without importing the methods. ``latest`` is always evaluated with the baselines base and in_period.
+FORECAST_METHODS: tuple[str, ...] = ("latest", "taylor", "trend", "ema", "scaled_latest", "uniform_soup", "subspace",
+                                     "subspace_simplex")
 
 
 class ForecastConfig(_Strict):
@@ -140,7 +140,7 @@ class ForecastConfig(_Strict):
                                  description="the grid of λ for `scaled_latest` (λ·τ_latest), chosen on the past")
     subspace_max_rank: int = Field(3, ge=1, description="subspace: the most principal coordinates k (k chosen past-only)")
     subspace_max_order: int = Field(2, ge=0, description="subspace: the highest AR order p (p, d chosen past-only)")
-    methods: list[str] = Field(default_factory=lambda: list(_forecast_methods()),
+    methods: list[str] = Field(default_factory=lambda: [m for m in FORECAST_METHODS if m != "latest"],
                                description="registered forecast methods (`timevec.adapt.forecast_methods`); default: all. base, "
                                "latest and the in-period oracle are always evaluated")
 
@@ -159,7 +159,7 @@ class ForecastConfig(_Strict):
     def _some_methods(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("forecast.methods is empty")
-        known = _forecast_methods()
+        known = FORECAST_METHODS[1:]  # not latest
         unknown = [m for m in value if m not in known]
         if unknown:
             raise ValueError(f"forecast.methods: unknown method(s) {unknown} (known: {', '.join(known)}; "
@@ -251,8 +251,6 @@ class GroupsConfig(_Strict):
     @field_validator("groups")
     @classmethod
     def _known_groups(cls, value: list[str] | None) -> list[str] | None:
-        from timevec.weights.param_groups import GROUPS
-
         bad = [g for g in value or [] if g not in GROUPS]
         if bad:
             raise ValueError(f"unknown group(s) {bad}; choose from {list(GROUPS)}")

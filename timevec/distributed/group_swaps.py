@@ -31,10 +31,10 @@ from timevec.distributed.combinations import (
     run_combinations,
     stage_store,
 )
+from timevec.param_groups import group_counts
 from timevec.periods import sort_periods
 from timevec.results import GROUP_SWAPS_TABLE
 from timevec.store import VectorStore
-from timevec.weights.param_groups import group_counts
 
 log = logging.getLogger(__name__)
 

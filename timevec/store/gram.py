@@ -56,7 +56,7 @@ __all__ = ["GroupKey", "gram_matrix", "grouped_gram_matrix"]
 
 #: One vector of the pass: (label, its directory, its manifest, already checked against the base).
 Entry = tuple[str, str, dict[str, Any]]
-#: What a tensor name is grouped under (e.g. ``(group, layer)``, :func:`timevec.weights.param_groups.group_of`).
+#: What a tensor name is grouped under (e.g. ``(group, layer)``, :func:`timevec.param_groups.group_of`).
 GroupKey = Hashable
 
 _HEAD_BYTES = 64 * 1024  # the first read of a shard: the header of any shard the store writes
