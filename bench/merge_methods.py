@@ -23,7 +23,7 @@ import pandas as pd
 
 from timevec.adapt.merge_comparison import compared_methods, merge_methods_table
 from timevec.config import load_config
-from timevec.results import MERGE_METHODS_TABLE
+from timevec.results import MERGE_METHODS_TABLE, write_table
 from timevec.store import VectorStore
 from timevec.weights.merging import MergeMethod
 
@@ -71,7 +71,7 @@ def main() -> None:
     table = merge_methods_table(config, store, methods)
     seconds = time.perf_counter() - began
     if args.write:
-        store.write_table(MERGE_METHODS_TABLE, table)
+        write_table(store, MERGE_METHODS_TABLE, table)
     configured = MergeMethod.from_config(config)
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4f}".format):
         print(f"merge methods vs task arithmetic: store {config.store.url}, density {configured.density:g}, "

@@ -210,7 +210,7 @@ def table_writes(months: list[int], tasks: int, flush_rows: int, tmp: Path) -> N
     files — read the table, concatenate, rewrite it whole (``write_table``) — and one read at the end."""
     import pandas as pd
 
-    from timevec.results import cells_frame, cells_table
+    from timevec.results import CELLS_TABLE, TABLES, cells_frame
 
     print(f"\n== table writes: cells rows appended in batches of {flush_rows} (Ray-free), {harness.load_note()}")
     for n in months:
@@ -219,7 +219,7 @@ def table_writes(months: list[int], tasks: int, flush_rows: int, tmp: Path) -> N
                  "metric": "perplexity", "value": 1.0, "low": 0.9, "high": 1.1, "higher_is_better": False,
                  "n_examples": 4, "n_tokens": 100, "seconds": 0.01}
                 for t in range(tasks) for v in [*periods, None] for p in periods]
-        batches = [cells_table(cells_frame(rows[i : i + flush_rows])) for i in range(0, len(rows), flush_rows)]
+        batches = [TABLES[CELLS_TABLE].arrow(cells_frame(rows[i : i + flush_rows])) for i in range(0, len(rows), flush_rows)]
         line = [f"{n} months: {len(rows)} cells, {len(batches)} batches"]
         for how in ("rewrite", "append"):
             store = VectorStore(str(tmp / f"tables-{how}-{n}"))

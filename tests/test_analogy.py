@@ -113,7 +113,7 @@ def test_grid_search_visits_the_reference_grid(ray_session, study):
     assert set(zip(grid["source_period"], grid["target_period"])) == {("2016", "2017")}
 
     stored = store.read_table(ANALOGY_BEST_TABLE)
-    assert list(stored.columns) == [*results.ANALOGY_BEST_COLUMNS, "experiment"]
+    assert list(stored.columns) == results.ANALOGY_BEST_COLUMNS and stored.columns[-1] == "experiment"
     assert len(best) == len(stored) == 2 * len(results.ANALOGY_METHODS)
     assert set(zip(stored["method"], stored["split"])) == set(itertools.product(results.ANALOGY_METHODS, ["validation", "test"]))
     by = stored.set_index(["method", "split"])

@@ -197,7 +197,7 @@ def test_old_cells_table_is_read_and_appended_to(new_store: Callable[..., Vector
     stored = store.read_table(results.CELLS_TABLE)
     assert list(stored.columns) == results.CELLS_COLUMNS and len(stored) == 3
     assert stored["low"].isna().tolist() == [True, True, False] and stored["high"].iloc[2] == 26.5
-    assert results.cells_table(stored).schema.equals(results.CELLS_SCHEMA)
+    assert results.TABLES[results.CELLS_TABLE].arrow(stored).schema.equals(results.CELLS_SCHEMA)
     append_cells(store, [_row("lm/2016", "2014", 27.0, 26.0, 28.0)])  # now an ordinary append
     assert read_cells(store)["high"].tolist()[2:] == [26.5, 28.0]
     # other columns still must match, and only the declared new columns may be added

@@ -20,7 +20,7 @@ from timevec.data.models import (
 from timevec.distributed.cells import read_cells, run_cells
 from timevec.evaluate.cells import CellEvaluator
 from timevec.evaluate.metrics import evaluate
-from timevec.results import CELL_KEY, CELLS_SCHEMA, CELLS_TABLE, cells_table
+from timevec.results import CELL_KEY, CELLS_SCHEMA, CELLS_TABLE, TABLES
 from timevec.results import CELLS_COLUMNS as COLUMNS
 from timevec.store import StoreError, VectorStore
 from timevec.weights.vectors import TimeVector
@@ -80,7 +80,7 @@ def test_matrix_is_complete_and_equals_direct_evaluation(ray_session, study):
     assert stats.vector_reads == 3  # one read per vector, not per cell
     # the stored table has the exact schema other stages read
     stored = store.read_table(CELLS_TABLE)
-    assert cells_table(stored).schema.equals(cells_table(cells).schema)
+    assert TABLES[CELLS_TABLE].arrow(stored).schema.equals(TABLES[CELLS_TABLE].arrow(cells).schema)
     schema = pq.read_schema(f"{store.url}/results/{CELLS_TABLE}.parquet")
     assert schema.remove_metadata().equals(CELLS_SCHEMA)
     assert len(stored) == 12
@@ -137,7 +137,7 @@ def test_rerun_computes_only_missing_cells_and_names_a_broken_vector(ray_session
         | ((first["vector"] == "base") & (first["test_period"] == "2016"))
         | (first["vector"] == "lm/2016")
     )
-    store.write_table(CELLS_TABLE, cells_table(first[~dropped]))
+    store.write_table(CELLS_TABLE, TABLES[CELLS_TABLE].arrow(first[~dropped]))
     tau_2016 = store.get_vector("lm", "2016")
     shard = next(p for p in store.list_paths("vectors/lm/2016") if p.endswith(".safetensors"))
     data = bytearray(store.read_bytes(shard))

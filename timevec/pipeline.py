@@ -14,6 +14,7 @@ Module-level imports stay light, so that ``timevec --help`` (which lists :data:`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -47,24 +48,24 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
 
     # in key order, not the order the actors finished in: the pooled statistics then sum in one order, and the
     # analysis of the same cells is the same bit for bit whichever run computed them
-    cells = store.read_table(r.CELLS_TABLE).sort_values(r.CELL_KEY, kind="stable").reset_index(drop=True)
+    cells = r.read_table(store, r.CELLS_TABLE).sort_values(r.CELL_KEY, kind="stable").reset_index(drop=True)
     gram, keys = gram_of_store(store)
-    optional = {name: store.read_table(name) for name in REGISTRY["analyze"].reads  # what the stage declares it reads
+    optional = {name: r.read_table(store, name) for name in REGISTRY["analyze"].reads  # what the stage declares it reads
                 if name != r.CELLS_TABLE and store.has_table(name)}
     result = analysis.analyze(cells, gram, keys, optional.get(r.INTERPOLATION_TABLE), optional.get(r.ANALOGY_BEST_TABLE),
                               soups=optional.get(r.SOUPS_TABLE), analogy_grid=optional.get(r.ANALOGY_TABLE),
                               forecast=optional.get(r.FORECAST_TABLE), group_swaps=optional.get(r.GROUP_SWAPS_TABLE))
-    store.write_table(r.RELATIVE_CHANGE_TABLE, result.rel)
-    store.write_table(r.DIAGONAL_TABLE, result.diagonal)
-    store.write_table(r.DECAY_BY_GAP_TABLE, result.decay.by_gap)
-    store.write_table(r.DECAY_FIT_TABLE, result.decay.fit)
-    store.write_table(r.STRIPES_TABLE, result.stripes)
+    r.write_table(store, r.RELATIVE_CHANGE_TABLE, result.rel)
+    r.write_table(store, r.DIAGONAL_TABLE, result.diagonal)
+    r.write_table(store, r.DECAY_BY_GAP_TABLE, result.decay.by_gap)
+    r.write_table(store, r.DECAY_FIT_TABLE, result.decay.fit)
+    r.write_table(store, r.STRIPES_TABLE, result.stripes)
     if result.similarity is not None:
-        store.write_table(r.SIMILARITY_TABLE, result.similarity)
-        store.write_table(r.SIMILARITY_CENTRED_TABLE, result.similarity_centred)
-    store.write_table(r.FINDINGS_TABLE, result.findings)
-    store.write_table(r.INTERPOLATION_PROTOCOLS_TABLE, result.interpolation_protocols)
-    store.write_table(r.ANALOGY_PROTOCOLS_TABLE, result.analogy_protocols)
+        r.write_table(store, r.SIMILARITY_TABLE, result.similarity)
+        r.write_table(store, r.SIMILARITY_CENTRED_TABLE, result.similarity_centred)
+    r.write_table(store, r.FINDINGS_TABLE, result.findings)
+    r.write_table(store, r.INTERPOLATION_PROTOCOLS_TABLE, result.interpolation_protocols)
+    r.write_table(store, r.ANALOGY_PROTOCOLS_TABLE, result.analogy_protocols)
     tables = {"diagonal (own period best?)": result.diagonal, "decay with the gap": result.decay.fit}
     if config.groups.analyze:
         tables.update(_analyze_groups(store, result.rel, result.headline))
@@ -95,10 +96,10 @@ def _analyze_groups(store: VectorStore, rel: pd.DataFrame, headline: dict[str, A
     groups = group_analysis(store, rel)
     if groups is None:
         return {}
-    store.write_table(r.GROUP_NORMS_TABLE, groups.norms)
-    store.write_table(r.GROUP_SIMILARITY_TABLE, groups.similarity)
-    store.write_table(r.GROUP_SIM_DEG_TABLE, groups.sim_vs_deg)
-    swaps = store.read_table(r.GROUP_SWAPS_TABLE, default=None)
+    r.write_table(store, r.GROUP_NORMS_TABLE, groups.norms)
+    r.write_table(store, r.GROUP_SIMILARITY_TABLE, groups.similarity)
+    r.write_table(store, r.GROUP_SIM_DEG_TABLE, groups.sim_vs_deg)
+    swaps = r.read_table(store, r.GROUP_SWAPS_TABLE, default=None)
     headline.update(group_headline(groups.norms, groups.sim_vs_deg, swaps))
     shares = groups.norms[groups.norms["scope"] != "all"].groupby(["task", "scope", "part"], sort=False)
     return {"share of |τ|² per parameter group and layer (mean over periods)":
@@ -107,11 +108,13 @@ def _analyze_groups(store: VectorStore, rel: pd.DataFrame, headline: dict[str, A
 
 def report(config: ExperimentConfig, store: VectorStore) -> StageResult:
     """The report stage: figures and ``reports/index.html`` in the store."""
+    from timevec import results as r
     from timevec.report import build_report
 
-    tables = {name: store.read_table(name) for name in REGISTRY["report"].reads if store.has_table(name)}
+    tables = {name: r.read_table(store, name) for name in REGISTRY["report"].reads if store.has_table(name)}
     gram, keys = gram_of_store(store)
-    build_report(tables, gram, keys, store.write_bytes, store.write_table, title=f"timevec — {config.name}")
+    build_report(tables, gram, keys, store.write_bytes, functools.partial(r.write_table, store),
+                 title=f"timevec — {config.name}")
     return {"report": report_location(store)}
 
 
@@ -150,7 +153,7 @@ def run_stages(config: ExperimentConfig, stages: list[str], functions: Mapping[s
 def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, ExperimentConfig]], stages: list[str],
                     functions: Mapping[str, StageFunction]) -> StageResult:
     from timevec import results as r
-    from timevec.analyze.seeds import FINDINGS_SEEDS_TABLE, findings_over_seeds
+    from timevec.analyze.seeds import findings_over_seeds
     from timevec.store import VectorStore
     from timevec.train.replicates import share_base
 
@@ -168,7 +171,7 @@ def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, Experi
         for key, value in result.get("headline", {}).items():
             summary["headline"][f"seed {seed}: {key}"] = value
         if store.has_table(r.FINDINGS_TABLE):
-            by_seed[seed] = store.read_table(r.FINDINGS_TABLE)
+            by_seed[seed] = r.read_table(store, r.FINDINGS_TABLE)
         if result.get("report"):
             reports.append(result["report"])
     summary["results"] = f"{root.url.rstrip('/')}/seeds/*/results/*.parquet"
@@ -176,10 +179,10 @@ def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, Experi
         summary["report"] = " ".join(reports)
     if by_seed:
         over = findings_over_seeds(by_seed)
-        root.write_table(FINDINGS_SEEDS_TABLE, over)
+        r.write_table(root, r.FINDINGS_SEEDS_TABLE, over)
         summary["findings"] = over
-        summary["findings_file"] = write_findings_text(root, f"results/{FINDINGS_SEEDS_TABLE}.txt", over)
-        summary["results"] += f"; over seeds: {root.url.rstrip('/')}/results/{FINDINGS_SEEDS_TABLE}.parquet"
+        summary["findings_file"] = write_findings_text(root, f"results/{r.FINDINGS_SEEDS_TABLE}.txt", over)
+        summary["results"] += f"; over seeds: {root.url.rstrip('/')}/results/{r.FINDINGS_SEEDS_TABLE}.parquet"
     return summary
 
 

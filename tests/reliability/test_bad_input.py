@@ -32,7 +32,7 @@ from tests.reliability import (
 )
 from timevec.config import CorpusConfig, dump_config
 from timevec.data.corpus import load_corpus
-from timevec.results import CELL_KEY, cells_frame, cells_table
+from timevec.results import CELL_KEY, CELLS_TABLE, TABLES, cells_frame
 from timevec.store import StoreError, VectorStore
 from timevec.weights.vectors import TimeVector
 
@@ -50,7 +50,7 @@ def populated(base_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
          "seconds": 0.1}
         for i, (tr, te) in enumerate((a, b) for a in YEARS for b in YEARS)
     ]
-    store.write_table("cells", cells_table(cells_frame(rows)))
+    store.write_table("cells", TABLES[CELLS_TABLE].arrow(cells_frame(rows)))
     return root
 
 

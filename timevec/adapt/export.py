@@ -116,7 +116,9 @@ def _float(params: dict[str, str], key: str, spec: str) -> float:
 
 
 def _table(store, name: str):
-    return store.read_table(name, default=None)
+    from timevec import results
+
+    return results.read_table(store, name, default=None)
 
 
 def _records(frame) -> list[dict[str, Any]]:

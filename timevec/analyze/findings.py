@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from timevec import results
+
 if TYPE_CHECKING:
     from timevec.analyze.analysis import Analysis
 
@@ -39,8 +41,8 @@ __all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "PROTOCOL_WORDS", "findings_table
 
 #: ``line``/``side``: the verdict's threshold and the paper's side of it (``above``/``below``), kept so
 #: that the same verdict can be drawn again over seeds (:mod:`timevec.train.replicates`).
-FINDINGS_COLUMNS = ["finding", "panel", "estimate", "low", "high", "unit", "measured", "paper", "holds", "note",
-                    "line", "side"]
+#: The columns of the findings table (declared with its schema in :mod:`timevec.results`).
+FINDINGS_COLUMNS = results.FINDINGS_COLUMNS
 
 #: finding -> (the paper's result in a few words, for the table; the claim in full, for the report's legend)
 PAPER_CLAIMS: dict[str, tuple[str, str]] = {

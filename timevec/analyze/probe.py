@@ -336,7 +336,7 @@ def _summary_of(table: pd.DataFrame, task: str | None) -> pd.DataFrame:
 
 def probe_stores(config: ExperimentConfig) -> list[tuple[str, pd.DataFrame]]:
     """``timevec probe``: the probe table of every replicate's store (one, without ``training.seeds``), written there."""
-    from timevec.results import PROBE_TABLE
+    from timevec.results import PROBE_TABLE, write_table
     from timevec.store import VectorStore
     from timevec.train.loop import check_store_base
     from timevec.train.replicates import replicate_configs
@@ -348,6 +348,6 @@ def probe_stores(config: ExperimentConfig) -> list[tuple[str, pd.DataFrame]]:
         if store.exists():
             check_store_base(replica, store)
         table = run_probe(replica, store, corpus)
-        store.write_table(PROBE_TABLE, table)
+        write_table(store, PROBE_TABLE, table)
         done.append((f"{store.url.rstrip('/')}/results/{PROBE_TABLE}.parquet", table))
     return done

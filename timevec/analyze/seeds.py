@@ -13,10 +13,10 @@ import pandas as pd
 from scipy import stats
 
 from timevec.analyze.findings import FINDINGS_COLUMNS, PAPER_CLAIMS, verdict
+from timevec.results import FINDINGS_SEEDS_TABLE
 
 __all__ = ["FINDINGS_SEEDS_TABLE", "findings_over_seeds"]
 
-FINDINGS_SEEDS_TABLE = "findings_seeds"
 
 
 _BOUNDS = {"share": (0.0, 1.0), "r": (-1.0, 1.0)}

@@ -39,7 +39,7 @@ Design, and why:
   evaluator code and splits.
 
 Tables: ``results/analogy.parquet`` (:data:`timevec.results.ANALOGY_COLUMNS`, the full grid on
-both splits) and ``results/analogy_best.parquet`` (:data:`timevec.results.ANALOGY_BEST_COLUMNS` plus
+both splits) and ``results/analogy_best.parquet`` (:data:`timevec.results.ANALOGY_BEST_COLUMNS`, with
 ``experiment``: one row per method and split). Rows of a (task, j, k) are replaced on every run.
 """
 
@@ -382,12 +382,12 @@ def _scaled_points(grid: pd.DataFrame | None, keys: dict[str, str]) -> list[task
 def _replace_rows(store: VectorStore, table: str, frame: pd.DataFrame, keys: dict[str, str]) -> None:
     """Replace the rows of one (task, j, k) in a table (others kept)."""
     if store.has_table(table):
-        old = store.read_table(table)
+        old = results.read_table(store, table)
         mask = pd.Series(True, index=old.index)
         for col, value in keys.items():
             mask &= old[col].astype(str) == value
         frame = pd.concat([old.loc[~mask], frame], ignore_index=True) if (~mask).any() else frame
-    store.write_table(table, frame.reset_index(drop=True))
+    results.write_table(store, table, frame.reset_index(drop=True))
 
 
 def _prepared_splits(config: ExperimentConfig, store: VectorStore, task: str, periods: list[str]
@@ -418,8 +418,8 @@ def run_analogy(config: ExperimentConfig, store: VectorStore | None = None) -> p
     storage = ray_storage(config, store)
     memory = eval_memory(config.ray, base_bytes(store), vectors=3)  # θ_pre and the three vectors of a pair
     splits = _prepared_splits(config, store, task, sorted({k for _, k in pairs}, key=Period.parse))
-    best_old = store.read_table(ANALOGY_BEST_TABLE, default=None)
-    grid_old = store.read_table(ANALOGY_TABLE, default=None)
+    best_old = results.read_table(store, ANALOGY_BEST_TABLE, default=None)
+    grid_old = results.read_table(store, ANALOGY_TABLE, default=None)
     baselines_remote = ray.remote(_baselines_task).options(
         num_cpus=config.ray.cpus_per_eval_actor, num_gpus=config.ray.gpus_per_eval_actor, memory=memory,
         max_retries=config.ray.max_failures,

@@ -52,6 +52,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from timevec import results
 from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.distributed.actor_pool import Attempt, Failure, PoolActor, drive, failure_error
@@ -59,7 +60,7 @@ from timevec.distributed.combinations import stage_store
 from timevec.distributed.runtime import worker_device
 from timevec.evaluate.cells import BASE, CellEvaluator, SplitKey, WorkItem, plan_cells
 from timevec.periods import Period
-from timevec.results import CELL_KEY, CELLS_ADDED_COLUMNS, CELLS_TABLE, cells_frame, cells_table
+from timevec.results import CELL_KEY, CELLS_TABLE, cells_frame
 from timevec.store import StoreError, VectorStore
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,14 @@ def read_cells(store: VectorStore, table: str = CELLS_TABLE) -> pd.DataFrame:
     a table written before the ``low``/``high`` columns existed reads with NaN bounds."""
     if not store.has_table(table):
         return cells_frame([])
-    frame = cells_frame(store.read_table(table))
+    frame = cells_frame(results.read_table(store, table))
     return frame.drop_duplicates(CELL_KEY, keep="last").reset_index(drop=True)
 
 
 def append_cells(store: VectorStore, rows: list[dict[str, Any]], table: str = CELLS_TABLE) -> None:
     """Append cells rows in the fixed schema; a table written before ``low``/``high`` existed gets
     them, NaN in its older rows."""
-    store.append_table(table, cells_table(cells_frame(rows)), new_columns=CELLS_ADDED_COLUMNS)
+    results.append_table(store, table, cells_frame(rows))
 
 
 def run_cells(

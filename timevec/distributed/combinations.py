@@ -56,7 +56,7 @@ def stage_store(config: ExperimentConfig, store: VectorStore | None) -> VectorSt
 
 def known_cells(store: VectorStore) -> KnownCells:
     """The cells table as :data:`KnownCells` (empty before the evaluate stage has run)."""
-    return results.cell_values(store.read_table(CELLS_TABLE, default=None))
+    return results.cell_values(results.read_table(store, CELLS_TABLE, default=None))
 
 
 def known_of(known: KnownCells, task: str, granularity: str) -> Callable[[str, str], float | None]:
@@ -164,7 +164,7 @@ def run_combinations(
     actor_config, actor_store = source or (config, store)
 
     def sink(name: str) -> Callable[[list[dict[str, Any]]], None]:
-        return lambda rows: store.append_table(name, stage.tables[name](rows))
+        return lambda rows: results.append_table(store, name, stage.tables[name](rows))
 
     def failed(failure: Failure) -> None:
         stage.log.error("%s failed: %s", stage.label(failure.item), failure.text)

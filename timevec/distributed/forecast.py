@@ -71,7 +71,7 @@ STAGE = Combinations(
 def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[forecast.ForecastItem], Needed, list[str]]:
     """(work items, splits needed per (task, granularity), notes on what was left out)."""
     forecast.check_horizon(config)
-    existing = store.read_table(FORECAST_TABLE, default=None)
+    existing = results.read_table(store, FORECAST_TABLE, default=None)
     done = forecast.forecast_done(existing)
     params = forecast.ForecastParams.from_config(config.forecast)
     items: list[forecast.ForecastItem] = []
@@ -122,7 +122,7 @@ def run_forecast(config: ExperimentConfig, store: VectorStore | None = None) -> 
         # taylor/trend evaluate each target alone.
         ordered = sorted(items, key=lambda i: forecast.method_cost(i.method))
         run_combinations(config, store, ordered, STAGE, lambda: [_splits(config, store, needed), known_cells(store)])
-    table = store.read_table(FORECAST_TABLE, default=results.forecast_frame([]))
+    table = results.read_table(store, FORECAST_TABLE, default=results.forecast_frame([]))
     table = table[table["task"].isin(config.tasks) & table["granularity"].isin(config.granularities)]
     log.info("forecast stage done in %.1f s", time.perf_counter() - began)
     return table.reset_index(drop=True)

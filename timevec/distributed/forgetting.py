@@ -46,13 +46,13 @@ def score(on: Scoring, item: forgetting.MergedItem, splits: dict) -> Rows:
 
 STAGE = Combinations(
     desc="merged states", unit="state", score=score,
-    tables={results.MERGED_CELLS_TABLE: lambda rows: results.cells_table(results.cells_frame(rows))}, flush_rows=64,
+    tables={results.MERGED_CELLS_TABLE: results.cells_frame}, flush_rows=64,
     label=lambda item: f"merged {item.vector}", failed="merged state(s)", log=log, name=lambda item: item.vector,
 )
 
 
 def _cells(store: VectorStore, name: str) -> pd.DataFrame | None:
-    return store.read_table(name, default=None)  # None too when the store does not exist yet
+    return results.read_table(store, name, default=None)  # None too when the store does not exist yet
 
 
 def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -> pd.DataFrame | None:
@@ -91,5 +91,5 @@ def run_forgetting(config: ExperimentConfig, store: VectorStore | None = None) -
     table = forgetting.forgetting_rows(periods_of, _cells(store, results.CELLS_TABLE),  # type: ignore[arg-type]  # Literal keys are str keys
                                        _cells(root, results.CELLS_TABLE), _cells(store, results.MERGED_CELLS_TABLE),
                                        _cells(equal, results.CELLS_TABLE))
-    store.write_table(results.FORGETTING_TABLE, table)
+    results.write_table(store, results.FORGETTING_TABLE, table)
     return table

@@ -63,7 +63,7 @@ STAGE = Combinations(
 
 def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[group_swaps.SwapItem], list[str]]:
     """(work items, notes on what was left out)."""
-    existing = store.read_table(GROUP_SWAPS_TABLE, default=None)
+    existing = results.read_table(store, GROUP_SWAPS_TABLE, default=None)
     done = group_swaps.swaps_done(existing)
     groups = group_swaps.swap_groups(config.groups.groups, list(store.shapes))
     items: list[group_swaps.SwapItem] = []
@@ -92,6 +92,6 @@ def run_group_swaps(config: ExperimentConfig, store: VectorStore | None = None) 
             needed.setdefault((item.task, item.granularity), set()).add(item.target)
         run_combinations(config, store, items, STAGE, lambda: [
             prepare_eval_sets(config, needed, ("test", "validation"), store=store), known_cells(store)])
-    table = store.read_table(GROUP_SWAPS_TABLE, default=results.group_swaps_frame([]))
+    table = results.read_table(store, GROUP_SWAPS_TABLE, default=results.group_swaps_frame([]))
     log.info("groups stage done in %.1f s", time.perf_counter() - began)
     return table.reset_index(drop=True)

@@ -111,16 +111,16 @@ STAGE = Combinations(
 def _done_periods(store: VectorStore, table: str) -> set[tuple[str, str, str]]:
     if not store.has_table(table):
         return set()
-    frame = store.read_table(table)
+    frame = results.read_table(store, table)
     return set(zip(frame["task"], frame["granularity"], frame["period"].astype(str)))
 
 
 def plan(config: ExperimentConfig, store: VectorStore) -> tuple[list[Item], dict[tuple[str, str], set[str]], list[str]]:
     """(work items, test periods needed per (task, granularity), notes on what was left out)."""
-    existing = store.read_table(INTERPOLATION_TABLE, default=None)
+    existing = results.read_table(store, INTERPOLATION_TABLE, default=None)
     if existing is not None and "split" not in existing:  # written before validation rows existed
         existing = results.with_split(existing)
-        store.write_table(INTERPOLATION_TABLE, results.interpolation_frame(existing.to_dict("records")))
+        results.write_table(store, INTERPOLATION_TABLE, results.interpolation_frame(existing.to_dict("records")))
     done = adapt.interpolation_done(existing)
     soups_done = _done_periods(store, SOUPS_TABLE)
     patches_done = _done_periods(store, PATCHING_TABLE)
@@ -177,9 +177,9 @@ def run_interpolation(config: ExperimentConfig, store: VectorStore | None = None
         # Actors load θ_pre while the driver tokenises.
         run_combinations(config, store, ordered, STAGE, lambda: [
             prepare_eval_sets(config, needed, ("test", "validation"), store=store), known_cells(store)])
-    table = store.read_table(INTERPOLATION_TABLE, default=results.interpolation_frame([]))
-    cells = store.read_table(CELLS_TABLE, default=None)
-    store.write_table(INTERPOLATION_BEST_TABLE, summaries.interpolation_best(table, cells))
+    table = results.read_table(store, INTERPOLATION_TABLE, default=results.interpolation_frame([]))
+    cells = results.read_table(store, CELLS_TABLE, default=None)
+    results.write_table(store, INTERPOLATION_BEST_TABLE, summaries.interpolation_best(table, cells))
     table = table[table["task"].isin(config.tasks) & table["granularity"].isin(config.granularities)]
     log.info("interpolation stage done in %.1f s", time.perf_counter() - began)
     return table.reset_index(drop=True)

@@ -56,7 +56,7 @@ def interpolate_stage(config: ExperimentConfig, store: VectorStore) -> StageResu
     from timevec.distributed.interpolate import run_interpolation
 
     run_interpolation(config, store)
-    return {"tables": {"interpolation: best α per period": store.read_table(results.INTERPOLATION_BEST_TABLE)}}
+    return {"tables": {"interpolation: best α per period": results.read_table(store, results.INTERPOLATION_BEST_TABLE)}}
 
 
 def forecast_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:
@@ -70,7 +70,7 @@ def analogy_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:
     from timevec.distributed.analogy import run_analogy
 
     run_analogy(config, store)
-    return {"tables": {"task analogies (test split)": store.read_table(results.ANALOGY_BEST_TABLE)}}
+    return {"tables": {"task analogies (test split)": results.read_table(store, results.ANALOGY_BEST_TABLE)}}
 
 
 def groups_stage(config: ExperimentConfig, store: VectorStore) -> StageResult:

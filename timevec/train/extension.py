@@ -31,6 +31,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from timevec import results
 from timevec.config import ConfigError
 from timevec.periods import sort_periods
 from timevec.results import ANALOGY_BEST_TABLE, ANALOGY_TABLE, CELLS_TABLE
@@ -106,7 +107,7 @@ def find_extension(config: ExperimentConfig, store: VectorStore) -> Extension | 
     """
     if not store.exists() or not store.has_table(CELLS_TABLE):
         return None
-    before = study_periods(store.read_table(CELLS_TABLE))
+    before = study_periods(results.read_table(store, CELLS_TABLE))
     wanted = {(t, g): config.period_list(g) for t in config.tasks for g in config.granularities}
     added = {key: [p for p in periods if p not in set(before[key])] for key, periods in wanted.items() if key in before}
     added = {key: periods for key, periods in added.items() if periods}
