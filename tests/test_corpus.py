@@ -120,3 +120,37 @@ def test_commit_log_by_month(tmp_path):
     assert len(corpus.periods("month")) == 108
     assert corpus.periods("year")[0] == "2012" and corpus.periods("year")[-1] == "2020"
     assert "actioncable" in set(corpus.rows("2016")["label"]) and "actioncable" not in set(corpus.rows("2015")["label"])
+
+
+def test_split_by_quarter_iso_week_and_day(tmp_path):
+    """A dated row goes to the period that contains its date: weeks by ISO week, whose year is the ISO year."""
+    import datetime as dt
+
+    from timevec.periods import Period
+
+    start = dt.date(2015, 12, 24)
+    rows = [{"date": (start + dt.timedelta(days=d)).isoformat(), "text": f"day {d} text {i}"}
+            for d in range(18) for i in range(d % 3 + 1)]  # 2015-12-24 .. 2016-01-10, 1–3 rows a day
+    rows += [{"date": "2016-02-29T23:59:00", "text": "a leap day"}, {"date": "2016-03-31", "text": "end of Q1"},
+             {"date": "2016-04-01", "text": "start of Q2"}]
+    corpus = load_corpus(CorpusConfig(source=str(jsonl(tmp_path, rows))))
+    records = corpus.records
+    assert corpus.periods("week") == ["2015-W52", "2015-W53", "2016-W01", "2016-W09", "2016-W13"]
+    assert corpus.periods("quarter") == ["2015-Q4", "2016-Q1", "2016-Q2"]
+    assert corpus.periods("day")[:2] == ["2015-12-24", "2015-12-25"] and "2016-02-29" in corpus.periods("day")
+    for granularity in ("year", "quarter", "month", "week", "day"):  # the vectorised columns agree with Period.of_date
+        expected = [str(Period.of_date(d, granularity)) for d in records["date"]]
+        assert records[granularity].tolist() == expected, granularity
+    # 2015-W53 is Monday 2015-12-28 .. Sunday 2016-01-03: its rows cross the calendar year
+    week53 = corpus.rows("2015-W53")
+    assert sorted(set(week53["date"].dt.strftime("%Y-%m-%d"))) == [f"2015-12-{d}" for d in range(28, 32)] + [
+        f"2016-01-0{d}" for d in range(1, 4)]
+    assert len(week53) == sum(d % 3 + 1 for d in range(4, 11))
+    assert set(corpus.rows("2015")["day"]) == {f"2015-12-{d}" for d in range(24, 32)}  # the calendar year, not the ISO one
+    assert corpus.rows("2016-02-29")["text"].tolist() == ["a leap day"]
+    assert corpus.rows("2016-Q1")["text"].str.contains("end of Q1").any()
+    assert corpus.rows("2016-Q2")["text"].tolist() == ["start of Q2"]
+    counts = corpus.counts("week", ["2015-W52", "2015-W53", "2016-W02"]).set_index("period")
+    assert counts.loc["2015-W53", "total"] == len(week53) and counts.loc["2016-W02", "total"] == 0
+    assert (counts["granularity"] == "week").all()
+

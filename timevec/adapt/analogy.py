@@ -22,7 +22,7 @@ from timevec.adapt.interpolation import EvaluateWeights, Term, task_higher, valu
 from timevec.config import AnalogyConfig, ExperimentConfig
 from timevec.data.examples import EvalSplit
 from timevec.evaluate.gains import better
-from timevec.periods import Period, latest_before
+from timevec.periods import GRANULARITIES, Granularity, Period, latest_before
 from timevec.results import analogy_frame
 from timevec.weights.vectors import TimeVector
 
@@ -52,14 +52,22 @@ def reference_grid(cfg: AnalogyConfig) -> list[tuple[float, float, float]]:
     return [(float(a), float(b), float(c)) for a, b, c in itertools.product(cfg.alpha1, cfg.alpha2, cfg.alpha3)]
 
 
+def _analogy_granularity(config: ExperimentConfig) -> Granularity:
+    """``year``, or for a study without years and months its coarsest granularity (quarter, week or day)."""
+    if {"year", "month"} & set(config.granularities):
+        return "year"
+    return min(config.granularities, key=GRANULARITIES.index)
+
+
 def analogy_pairs(config: ExperimentConfig, stored: set[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
     """The (j, k) pairs to search and the reasons other pairs were left out.
 
     j: ``analogy.source_periods`` or the first configured YEAR; k: every later configured year.
-    A pair needs τ_task(j), τ_lm(j) and τ_lm(k) stored.
+    A pair needs τ_task(j), τ_lm(j) and τ_lm(k) stored. A study of quarters, weeks or days alone (no
+    years, no months) has no yearly vectors: its own periods, those of its coarsest granularity, stand in.
     """
     task = config.analogy.task
-    years = config.period_list("year")
+    years = config.period_list(_analogy_granularity(config))
     sources = config.analogy.source_periods or years[:1]
     pairs: list[tuple[str, str]] = []
     skipped: list[str] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from timevec.config.sections import (
     TASKS,
@@ -43,7 +43,7 @@ from timevec.config.stages import (
     SignMethod,
 )
 from timevec.errors import ConfigError
-from timevec.periods import Granularity
+from timevec.periods import Granularity, Period, PeriodError, check_granularity
 
 __all__ = [
     "TASKS", "AnalogyConfig", "BaseConfig", "CapConfig", "ConfigError", "CorpusConfig", "EvaluationConfig",
@@ -67,12 +67,20 @@ class ExperimentConfig(_Strict):
                              "never by a local path.")
     corpus: CorpusConfig = Field(description="Where the dated records come from and which columns mean what.")
     granularities: list[Granularity] = Field(default_factory=lambda: ["year"],  # type: ignore[arg-type]  # the literals are the list's type
-                                             description="`[year]`, `[month]` or both: a time vector per year, per month, or both")
-    periods: PeriodRange = Field(description="The periods of the study: `{start: \"YYYY\", end: \"YYYY\"}`, whole years. For "
-                                 "monthly runs only a bound may be a month (`\"2017-11\"`), so a monthly study can be extended "
-                                 "one month at a time (see [Adding a new period](GUIDE.md#adding-a-new-period)).")
+                                             description="any of `year`, `quarter`, `month`, `week` (ISO weeks: "
+                                             "`2015-W53`) and `day`: a time vector per year, per month, …, or several "
+                                             "granularities side by side")
+    periods: PeriodRange = Field(description="The periods of the study: `{start: \"YYYY\", end: \"YYYY\"}`, whole years (of "
+                                 "ISO weeks in a weekly study: 2016 is 2016-W01..2016-W52). For monthly runs only a bound may be "
+                                 "a month (`\"2017-11\"`), so a monthly study can be extended one month at a time (see [Adding "
+                                 "a new period](GUIDE.md#adding-a-new-period)); so may a quarter, ISO week or day bound "
+                                 "(`\"2017-Q2\"`, `\"2017-W05\"`, `\"2017-03-09\"`) for runs of that granularity only.")
     month_periods: PeriodRange | None = Field(None, description="A narrower range for monthly runs, which use it when given "
                                               "(the same form as `periods`).")
+    exclude_periods: list[str] = Field(default_factory=list, description="Periods of the study left out of every stage "
+                                       "(training, evaluation and all that follows), e.g. a week the corpus barely covers. "
+                                       "When the stages start, the `corpus.min_examples` rule adds every period too small "
+                                       "for a task here, printing one line per period, task and count.")
     tasks: list[Task] = Field(default_factory=lambda: ["lm"],  # type: ignore[arg-type]  # the literals are the list's type
                               description="`lm` (perplexity; next-block for T5, next-token for decoder-only), `classification` "
                               "(macro-F1, labels scored by likelihood; needs `corpus.label_column`), `summarization` (ROUGE-L; "
@@ -115,6 +123,14 @@ class ExperimentConfig(_Strict):
         if "year" in self.granularities and self.periods.has_month_bounds():
             raise ValueError(f"periods: month bounds ({self.periods.start}, {self.periods.end}) are for monthly runs only; "
                              "with granularity year give years here and the months in month_periods")
+        bound = self.periods.bound_granularity()
+        if bound is not None and set(self.granularities) != {bound}:
+            raise ValueError(f"periods: {bound} bounds ({self.periods.start}, {self.periods.end}) are for runs of granularity "
+                             f"{bound} only; with granularities {', '.join(self.granularities)} give years here")
+        if self.month_periods is not None and self.month_periods.bound_granularity() not in (None, "month"):
+            raise ValueError(f"month_periods: bounds ({self.month_periods.start}, {self.month_periods.end}) are years or "
+                             "months")
+        self._check_excluded()
         if "classification" in self.tasks and not self.corpus.label_column:
             raise ValueError("tasks includes classification but corpus.label_column is not set")
         if "summarization" in self.tasks and not (
@@ -129,11 +145,41 @@ class ExperimentConfig(_Strict):
             self.training.for_task(self.tasks[0], granularity)
         return self
 
-    def period_list(self, granularity: Granularity) -> list[str]:
-        """The periods of one granularity that this study trains and tests on."""
+    @field_validator("exclude_periods")
+    @classmethod
+    def _normal_periods(cls, value: list[str]) -> list[str]:
+        try:
+            return [str(Period.parse(p)) for p in value]
+        except PeriodError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _check_excluded(self) -> None:
+        """Every excluded period is one of the study's, and each granularity keeps at least one period."""
+        ranges = {g: self._period_range(g) for g in self.granularities}
+        for period in self.exclude_periods:
+            if not any(period in r for r in ranges.values()):
+                raise ValueError(f"exclude_periods: {period} is not a period of the study "
+                                 f"({', '.join(f'{g} {r[0]}..{r[-1]}' for g, r in ranges.items())})")
+        for granularity, periods in ranges.items():
+            if not set(periods) - set(self.exclude_periods):
+                raise ValueError(f"exclude_periods leaves no {granularity} period of {periods[0]}..{periods[-1]}")
+
+    def _period_range(self, granularity: Granularity) -> list[str]:
         if granularity == "month" and self.month_periods is not None:
             return self.month_periods.periods("month")
         return self.periods.periods(granularity)
+
+    def period_list(self, granularity: Granularity) -> list[str]:
+        """The periods of one granularity that this study trains and tests on: its range, less ``exclude_periods``.
+
+        Every stage takes the study's periods from here, so a period left out (by hand or by the
+        ``corpus.min_examples`` rule, :mod:`timevec.data.min_examples`) is left out of all of them alike.
+        """
+        periods = self._period_range(check_granularity(granularity))
+        if not self.exclude_periods:
+            return periods
+        excluded = set(self.exclude_periods)
+        return [p for p in periods if p not in excluded]
 
     def all_periods(self) -> list[str]:
         return [p for g in self.granularities for p in self.period_list(g)]
@@ -168,6 +214,8 @@ def _validate(data: Any, origin: str) -> ExperimentConfig:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "literal_error":  # say what was given: "Input should be 'lm' or …, got 'translation'"
+                message += f", got {err['input']!r}"
             problems.append(f"  {where}: {message}")
         raise ConfigError(f"{origin}: invalid config\n" + "\n".join(problems)) from None
 

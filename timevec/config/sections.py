@@ -160,10 +160,15 @@ class CorpusConfig(_Strict):
         "report", description="rows with missing/unparseable dates: count and report them, or fail"
     )
     min_rows_per_period: int = Field(1, ge=1, description="a period with fewer train or test rows is an error")
+    min_examples: int = Field(
+        0, ge=0, description="a period whose train or test split has fewer rows a task can use (lm: rows; classification: "
+        "labelled rows; summarization: rows with both summary columns) is dropped from the study when the stages start, "
+        "one printed line per period, task and count, and listed in `exclude_periods` (every task keeps the same periods); "
+        "0: no period is dropped, and one below `min_rows_per_period` is an error")
     split: SplitConfig = Field(SplitConfig(), description="fractions of each period's rows held out (by a stable hash of each "
                                "row's key); the rest is train")
     caps: CapConfig = Field(CapConfig(), description="row caps per period, after splitting (rows per year, spread evenly over "
-                            "its months)")
+                            "its months: a weekly or daily study keeps about a 52nd or 365th of the cap per period)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options; never credentials")
 
     @field_validator("storage_options")
@@ -363,11 +368,15 @@ class RayConfig(_Strict):
 
 
 class PeriodRange(_Strict):
-    """Bounds are years (whole years of periods) or, for monthly runs only, months ("2017-03"), so
-    that a monthly study can be extended one month at a time (ARCHITECTURE §12)."""
+    """Bounds are years (whole years of periods) or, for runs of one finer granularity only, periods of
+    it ("2017-03", "2017-Q2", "2017-W05", "2017-03-09"), so that a study can be extended one month (week,
+    …) at a time (ARCHITECTURE §12). A year bound of a weekly study means that ISO year's weeks: 2016 is
+    2016-W01..2016-W52 (2016-01-01..03 are in 2015-W53)."""
 
-    start: str = Field(description="the first period: a year `\"YYYY\"`, or (monthly runs only) a month `\"YYYY-MM\"`")
-    end: str = Field(description="the last period, included: a year, or (monthly runs only) a month")
+    start: str = Field(description="the first period: a year `\"YYYY\"`, or (runs of one finer granularity only) a period "
+                                   "of it: a month `\"YYYY-MM\"`, quarter `\"YYYY-Qn\"`, ISO week `\"YYYY-Www\"` or day "
+                                   "`\"YYYY-MM-DD\"`")
+    end: str = Field(description="the last period, included: a year, or (runs of one finer granularity only) a period of it")
 
     @field_validator("start", "end")
     @classmethod
@@ -380,20 +389,29 @@ class PeriodRange(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> PeriodRange:
+        finer = {Period.parse(b).granularity for b in (self.start, self.end)} - {"year"}
+        if len(finer) > 1:
+            raise ValueError(f"periods.start {self.start} and periods.end {self.end} are of two granularities "
+                             f"({' and '.join(sorted(finer))}): a bound is a year or a period of the study's one finer granularity")
         try:
-            self.periods("month")
+            self.periods(self.bound_granularity() or "month")
         except PeriodError:
             raise ValueError(f"periods.end {self.end} is before periods.start {self.start}") from None
         return self
 
+    def bound_granularity(self) -> Granularity | None:
+        """The granularity of a bound that is not a year (at most one, checked), or None for two years."""
+        finer = [Period.parse(b).granularity for b in (self.start, self.end) if Period.parse(b).granularity != "year"]
+        return finer[0] if finer else None
+
     def has_month_bounds(self) -> bool:
-        return Period.parse(self.start).granularity == "month" or Period.parse(self.end).granularity == "month"
+        return self.bound_granularity() == "month"
 
     def periods(self, granularity: Granularity) -> list[str]:
-        """Every period of ``granularity`` between the bounds (whole years, or from/to a month bound)."""
+        """Every period of ``granularity`` between the bounds (whole years, or from/to a bound of that granularity)."""
         if granularity == "year":
             return [str(p) for p in period_range(self.start, self.end)]
-        first = self.start if Period.parse(self.start).granularity == "month" else f"{self.start}-01"
-        last = self.end if Period.parse(self.end).granularity == "month" else f"{self.end}-12"
+        start, end = Period.parse(self.start), Period.parse(self.end)
+        first = start if start.granularity == granularity else Period.first_of_year(start.year, granularity)
+        last = end if end.granularity == granularity else Period.last_of_year(end.year, granularity)
         return [str(p) for p in period_range(first, last)]
-

@@ -60,7 +60,9 @@ class AnalogyConfig(_Strict):
         "Optuna's TPE over the same grid"
     )
     num_samples: int = Field(40, ge=1, description="trials for the optuna searcher")
-    source_periods: list[str] | None = Field(None, description="the periods j; default: the first period (k: every later year)")
+    source_periods: list[str] | None = Field(None, description="the periods j; default: the first period (k: every later year; "
+                                                     "in a study of quarters, weeks or days alone: every later period of "
+                                                     "its coarsest granularity)")
     max_concurrent_trials: int = Field(2, ge=1, description="Ray Tune trials at once")
 
     @field_validator("source_periods")

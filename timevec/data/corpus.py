@@ -51,7 +51,7 @@ class Corpus:
         return sorted(self.records[granularity].unique(), key=Period.parse)
 
     def rows(self, period: str, split: Split | None = None) -> pd.DataFrame:
-        """The records of one period (a year or a month), optionally one split of it."""
+        """The records of one period (of any granularity), optionally one split of it."""
         parsed = Period.parse(period)
         frame = self.records[self.records[parsed.granularity] == str(parsed)]
         if split is not None:
@@ -82,6 +82,19 @@ class Corpus:
         out = table.reset_index()
         out.insert(1, "granularity", granularity)
         return out
+
+    def usable_rows(self, task: str, period: str, split: Split) -> int:
+        """How many rows of one split of one period ``task`` can use: lm every row (its text is non-empty),
+        classification the labelled ones, summarization those with both summary columns non-empty (what
+        :func:`timevec.data.examples.task_examples` keeps)."""
+        rows = self.rows(period, split)
+        if task == "classification":
+            return int(rows["label"].notna().sum())
+        if task == "summarization":
+            filled = (rows["summary_source"].fillna("").astype(str).str.strip() != "") & (
+                rows["summary_target"].fillna("").astype(str).str.strip() != "")
+            return int(filled.sum())
+        return len(rows)
 
     def check_periods(self, periods: list[str], min_rows: int = 1) -> None:
         """Fail, naming them, if any wanted period has too few rows in train or test."""
@@ -221,6 +234,7 @@ def canonicalize(raw: pd.DataFrame, cfg: CorpusConfig, origin: str) -> Corpus:
         frame = frame.loc[~duplicated]
     frame["year"] = frame["date"].dt.strftime("%Y")
     frame["month"] = frame["date"].dt.strftime("%Y-%m")
+    _finer_periods(frame)
     if cfg.split_column:
         frame["split"] = _own_splits(pd.Series(raw[cfg.split_column].to_numpy()[frame["row"].to_numpy()]), origin,
                                      cfg.split_column)
@@ -229,6 +243,20 @@ def canonicalize(raw: pd.DataFrame, cfg: CorpusConfig, origin: str) -> Corpus:
     frame = _apply_caps(frame, cfg)
     frame = frame.sort_values(["date", "key"]).reset_index(drop=True)
     return Corpus(source=origin, records=frame, bad_rows=bad_rows)
+
+
+def _finer_periods(frame: pd.DataFrame) -> None:
+    """The quarter, ISO week and day columns of each dated row, spelt as :class:`~timevec.periods.Period` spells them.
+
+    A row goes to the period that contains its date; for weeks that is its ISO week, whose year is the ISO
+    year (2016-01-01 is in ``2015-W53``). Vectorised, not :meth:`Period.of_date` per row, for corpora of
+    millions of rows; ``tests/test_corpus.py`` checks the two agree.
+    """
+    dates = frame["date"].dt
+    frame["quarter"] = dates.strftime("%Y") + "-Q" + dates.quarter.astype(str)
+    iso = dates.isocalendar()
+    frame["week"] = iso["year"].astype(int).map("{:04d}".format) + "-W" + iso["week"].astype(int).map("{:02d}".format)
+    frame["day"] = dates.strftime("%Y-%m-%d")
 
 
 def _apply_caps(frame: pd.DataFrame, cfg: CorpusConfig) -> pd.DataFrame:
