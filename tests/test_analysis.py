@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from scipy import stats
 from timevec.adapt import summaries
 from timevec.analyze import analysis as an
 from timevec.analyze import misalignment, similarity
-from timevec.periods import Period
+from timevec.periods import Period, period_range
 
 PERIODS = ["2014", "2015", "2016"]
 # rows = train period, cols = test period
@@ -296,3 +297,53 @@ def test_analogy_summary_and_headline(cells: pd.DataFrame) -> None:
     assert h["lm/year 2012→2015 best α by period"] == "2013: 0.3, 2014: 0.7"
     assert any(k.startswith("classification analogy gain vs task_j_scaled") for k in h)
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in h.values())
+
+
+# ---- the stripes at each granularity's own cycle (issue 39) -----------------------------------------------------
+
+#: 2015-W01..2016-W52: 105 ISO weeks (2015 has 53), gaps up to 104, so one cycle of 52 with neighbours both sides
+WEEKS = [str(p) for p in period_range("2015-W01", "2016-W52")]
+
+
+def test_stripe_test_finds_a_planted_52_week_stripe() -> None:
+    striped = _synthetic_rel(WEEKS, "week", lambda g: 0.05 * abs(g) - (4.0 if g != 0 and abs(g) % 52 == 0 else 0),
+                             seed=4, noise=0.5)
+    row = misalignment.stripe_test(striped).iloc[0]
+    assert (row.granularity, row.stripe_gaps, row.window, row.reason) == ("week", "52", 3, "")
+    assert row.n_stripe == 2 * (105 - 52) and row.difference < -3.0 and row.p < 1e-6
+    gap = striped.gap.abs()
+    near = striped.degradation_pct[(gap % 52 != 0) & ((gap - 52).abs() <= 3)]
+    assert row.n_other == len(near) and row.mean_other == pytest.approx(near.mean())
+    found = findings_table_rows(striped)
+    assert (found.finding, found.panel, found.holds) == ("seasonal stripes", "lm/week", "yes")
+
+
+def test_stripe_test_finds_no_52_week_stripe_where_there_is_none() -> None:
+    draws = [misalignment.stripe_test(_synthetic_rel(WEEKS, "week", lambda g: 0.05 * abs(g), seed=s, noise=0.5)).iloc[0]
+             for s in range(10)]
+    assert all(r.stripe_gaps == "52" and r.reason == "" for r in draws)
+    assert sum(r.difference < 0 and r.p < 0.05 for r in draws) <= 2
+    assert findings_table_rows(_synthetic_rel(WEEKS, "week", lambda g: 0.05 * abs(g), seed=0, noise=0.5)).holds != "yes"
+
+
+def test_stripes_of_quarters_and_weekdays_and_too_short_data() -> None:
+    quarters = [str(p) for p in period_range("2010-Q1", "2015-Q4")]
+    row = misalignment.stripe_test(_synthetic_rel(quarters, "quarter", lambda g: abs(g) - (3.0 if g and g % 4 == 0 else 0),
+                                                  seed=5, noise=0.3)).iloc[0]
+    assert (row.stripe_gaps, row.window) == ("4,8,12,16,20", 1) and row.difference < -2.0 and row.p < 1e-6
+    days = [str(p) for p in period_range("2016-02-01", "2016-03-31")]  # the same weekday 7, 14, … days apart
+    row = misalignment.stripe_test(_synthetic_rel(days, "day", lambda g: 0.1 * abs(g) - (2.0 if g and g % 7 == 0 else 0),
+                                                  seed=6, noise=0.3)).iloc[0]
+    assert row.granularity == "day" and row.stripe_gaps.startswith("7,14,21") and row.difference < -1.5 and row.p < 1e-6
+    short = misalignment.stripe_test(_synthetic_rel(WEEKS[:50], "week", lambda g: abs(g))).iloc[0]  # less than one cycle
+    assert math.isnan(short.p) and short.reason == "no |gap| that is a multiple of 52 with neighbours on both sides (max |gap| 49)"
+    yearly = misalignment.stripe_test(_synthetic_rel(YEARS, "year", lambda g: abs(g))).iloc[0]  # a year has no cycle
+    assert (yearly.granularity, yearly.reason) == ("month", "no monthly cells")
+
+
+def findings_table_rows(rel: pd.DataFrame) -> Any:
+    """The findings row the stripes of ``rel`` give (the verdict a reader sees)."""
+    from timevec.analyze.findings import _stripe_rows
+
+    (row,) = _stripe_rows(misalignment.stripe_test(rel))
+    return pd.Series(row)

@@ -19,8 +19,9 @@ import pandas as pd
 from timevec.adapt.selection import analogy_protocols, interpolation_protocols
 from timevec.adapt.summaries import analogy_summary, interpolation_best
 from timevec.analyze.findings import findings_table
-from timevec.analyze.misalignment import DecayFit, decay_fit, diagonal_summary, relative_change, stripe_test
+from timevec.analyze.misalignment import NO_CYCLE, DecayFit, decay_fit, diagonal_summary, relative_change, stripe_test
 from timevec.analyze.similarity import Key, grouped_similarity, similarity_table, similarity_vs_degradation
+from timevec.periods import CYCLE
 
 __all__ = ["Analysis", "analyze", "headline"]
 
@@ -59,8 +60,7 @@ def headline(*, diagonal: pd.DataFrame | None = None,
         fit = decay.fit if isinstance(decay, DecayFit) else decay
         for r in fit.itertuples(index=False):
             p = f"{r.task}/{r.granularity}"
-            unit = "year" if r.granularity == "year" else "month"
-            out[f"{p} decay slope % per {unit}"] = _num(r.slope)
+            out[f"{p} decay slope % per {r.granularity}"] = _num(r.slope)
             out[f"{p} decay R²"] = _num(r.r2)
             out[f"{p} decay p"] = _sig(r.p)
             out[f"{p} decay n"] = int(r.n)
@@ -82,19 +82,20 @@ def headline(*, diagonal: pd.DataFrame | None = None,
                 out[f"{r.task}/{r.granularity} {label} Pearson r"] = _num(r.pearson_r)
                 out[f"{r.task}/{r.granularity} {label} Pearson p"] = _sig(r.pearson_p)
     if stripes is not None and len(stripes):
-        if (stripes["reason"] == "no monthly cells").all():
-            out["12-month stripes"] = "n/a: no monthly cells"
+        if (stripes["reason"] == NO_CYCLE).all():
+            out["12-month stripes"] = f"n/a: {NO_CYCLE}"
         for r in stripes.itertuples(index=False):
-            p = f"{r.task}/month"
-            if r.reason == "no monthly cells":
-                continue  # a yearly-only task: said once above when no task has months
+            p = f"{r.task}/{r.granularity}"
+            if r.reason == NO_CYCLE:
+                continue  # a yearly-only task: said once above when no task has a granularity with a cycle
+            label = f"{CYCLE[r.granularity]}-{r.granularity} stripe"  # "12-month stripe", "52-week stripe"
             if r.reason and math.isnan(float(r.difference)):
-                out[f"{p} 12-month stripes"] = f"n/a: {r.reason}"
+                out[f"{p} {label}s"] = f"n/a: {r.reason}"
                 continue
-            out[f"{p} 12-month stripe difference (degradation points)"] = _num(r.difference)
-            out[f"{p} 12-month stripe p"] = _sig(r.p)
+            out[f"{p} {label} difference (degradation points)"] = _num(r.difference)
+            out[f"{p} {label} p"] = _sig(r.p)
             if r.reason:
-                out[f"{p} 12-month stripe note"] = r.reason
+                out[f"{p} {label} note"] = r.reason
     if interpolation is not None and not interpolation.empty:
         for (task, gran, first, last), grp in interpolation.groupby(
                 ["task", "granularity", "first", "last"], sort=False):

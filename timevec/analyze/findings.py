@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from timevec import results
+from timevec.analyze.misalignment import NO_CYCLE
 
 if TYPE_CHECKING:
     from timevec.analyze.analysis import Analysis
@@ -50,6 +51,10 @@ PAPER_CLAIMS: dict[str, tuple[str, str]] = {
     "decay with the gap": ("slope > 0", "performance degrades roughly linearly with the gap between train and test period"),
     "cosine vs degradation": ("r < 0", "vectors that are more similar (cosine) degrade less on each other's period"),
     "12-month stripes": ("stripe < other", "monthly vectors 12, 24 … months apart degrade less than their neighbours"),
+    "seasonal stripes": ("stripe < other (by analogy)",
+                         "the monthly stripes at the granularity's own cycle: quarterly vectors 4, 8 … quarters apart, "
+                         "weekly ones 52, 104 … ISO weeks apart, daily ones 7, 14 … days apart (the same weekday) degrade "
+                         "less than their neighbours; the paper tested months only"),
     "interpolation beats both ends": ("most middle periods",
                                       "interpolating τ_first→τ_last beats both end vectors on the periods in between"),
     "interpolation vs latest vector": ("> 0; often ≤ 0 (Madaan 2025)",
@@ -69,7 +74,8 @@ PAPER_CLAIMS: dict[str, tuple[str, str]] = {
 
 
 #: the side of the line the paper's result lies on, where it is not "above" (gains, slopes, shares)
-_SIDES = {"cosine vs degradation": "below", "12-month stripes": "below", "forecast vs latest vector": "below"}
+_SIDES = {"cosine vs degradation": "below", "12-month stripes": "below", "seasonal stripes": "below",
+          "forecast vs latest vector": "below"}
 
 
 def verdict(low: float, high: float, line: float, paper_side: str) -> str:
@@ -102,7 +108,7 @@ def _fmt(v: float, unit: str) -> str:
         return "n/a"
     if unit == "share":
         return f"{v:.0%}"
-    if unit in ("%", "% per year", "% per month"):
+    if unit == "%" or unit.startswith("% per "):
         return f"{v:+.2f}"
     return f"{v:+.3f}" if unit in ("r", "points") else f"{v:.3g}"
 
@@ -137,7 +143,7 @@ def _diagonal_rows(diagonal: pd.DataFrame) -> list[dict[str, Any]]:
 def _decay_rows(fit: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for r in fit.itertuples(index=False):
-        unit = f"% per {'year' if r.granularity == 'year' else 'month'}"
+        unit = f"% per {r.granularity}"
         holds = "n/a" if math.isnan(float(r.slope)) else verdict(float(r.slope_low), float(r.slope_high), 0.0, "above")
         note = r.reason or f"R² {float(r.r2):.2f}, n {int(r.n)} cells"
         rows.append(_row("decay with the gap", f"{r.task}/{r.granularity}", float(r.slope), float(r.slope_low),
@@ -165,11 +171,12 @@ def _similarity_rows(sim: dict[str, Any] | None) -> list[dict[str, Any]]:
 def _stripe_rows(stripes: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for r in stripes.itertuples(index=False):
-        if r.reason == "no monthly cells":
+        if r.reason == NO_CYCLE:
             continue
         d = float(r.difference)
         holds = "n/a" if math.isnan(d) else verdict(float(r.low), float(r.high), 0.0, "below")
-        rows.append(_row("12-month stripes", f"{r.task}/month", d, float(r.low), float(r.high), "points", holds,
+        finding = "12-month stripes" if r.granularity == "month" else "seasonal stripes"
+        rows.append(_row(finding, f"{r.task}/{r.granularity}", d, float(r.low), float(r.high), "points", holds,
                          r.reason or "degradation points, stripe − other"))
     return rows
 

@@ -1,11 +1,10 @@
 """Temporal misalignment: the all-pairs cells as relative change, the diagonal, decay with the gap, stripes.
 
 The paper's first finding (Nylund et al. 2023, §3): a model does best on its own period and
-degrades roughly linearly with the gap; monthly models show 12-month stripes. Pure functions of
+degrades roughly linearly with the gap; monthly models show 12-month stripes (and quarters, ISO weeks and
+days the stripes of their own cycle: :func:`stripe_test`). Pure functions of
 the cells table, so that the same numbers come out of a laptop and a cluster, each testable on a
 hand-computed case. Torch-free and Ray-free.
-
-Sign conventions (used by every function and figure):
 
 Sign conventions (used by every function and figure):
 
@@ -14,7 +13,7 @@ Sign conventions (used by every function and figure):
 * ``degradation_pct`` is ``pct_change`` signed so that POSITIVE means WORSE whatever the metric:
   perplexity keeps its sign, macro-F1 and ROUGE-L are negated. Comparisons across tasks, decay fits
   and correlations use it so that a single reading ("up is bad") holds everywhere.
-* ``gap`` is ``test_period - train_period`` in the granularity's units (years or months); a positive
+* ``gap`` is ``test_period - train_period`` in the granularity's steps (years, quarters, months, weeks, days); a positive
   gap means the model is evaluated on a later period than it was trained on.
 * ``gain*`` columns are improvements: POSITIVE means BETTER than the baseline they name.
 """
@@ -29,17 +28,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from timevec.periods import Period, sort_periods
+from timevec.periods import CYCLE, Period, sort_periods
 
 log = logging.getLogger(__name__)
 
 GROUP = ["task", "granularity", "metric"]  # one all-pairs matrix
 
-__all__ = ["GROUP", "DecayFit", "decay_fit", "diagonal_summary", "relative_change", "stripe_test"]
+__all__ = ["GROUP", "NO_CYCLE", "DecayFit", "decay_fit", "diagonal_summary", "relative_change", "stripe_test"]
 
 
 def _period_gap(train: str, test: str) -> float:
-    """Signed gap test − train; NaN when the two cannot be compared (a year vs a month)."""
+    """Signed gap test − train; NaN when the two cannot be compared (two granularities: a year vs a month)."""
     try:
         return float(Period.parse(train).distance(test))
     except ValueError:
@@ -64,7 +63,7 @@ def relative_change(cells: pd.DataFrame) -> pd.DataFrame:
     another, while "x% worse than the average model on this year" is comparable across years.
 
     Adds ``column_mean``, ``pct_change`` (metric direction), ``degradation_pct`` (positive = worse)
-    and ``gap`` (test − train in years or months). The base row is excluded: it is not one of the
+    and ``gap`` (test − train in the granularity's steps). The base row is excluded: it is not one of the
     vectors whose misalignment is being measured.
     """
     rel = _trained(cells)
@@ -88,7 +87,7 @@ def relative_change(cells: pd.DataFrame) -> pd.DataFrame:
     rel["gap"] = [_period_gap(a, b) for a, b in zip(rel["train_period"], rel["test_period"])]
     n_bad = int(np.isnan(rel["gap"]).sum())
     if n_bad:
-        log.warning("%d cells mix a year and a month in train/test period; their gap is NaN", n_bad)
+        log.warning("%d cells mix two granularities (e.g. a year and a month) in train/test period; their gap is NaN", n_bad)
     return rel.reset_index(drop=True)
 
 
@@ -163,7 +162,8 @@ def decay_fit(rel: pd.DataFrame) -> DecayFit:
     """Degradation against the absolute gap, per (task, granularity, metric), with a linear fit.
 
     The paper reports that yearly performance decays near-linearly with the gap; the slope
-    (percent degradation per year or month), intercept and R² quantify that claim on our data.
+    (percent degradation per step of the granularity: per year, month, week, …), intercept and R²
+    quantify that claim on our data.
     The fit runs on every off- and on-diagonal cell (not on the per-gap means) so that ``n`` and
     ``p`` reflect the real number of observations. A group with fewer than 3 cells or a single
     distinct gap cannot be
@@ -212,17 +212,30 @@ def decay_fit(rel: pd.DataFrame) -> DecayFit:
     return DecayFit(by_gap, fit)
 
 
-def stripe_test(rel: pd.DataFrame, window: int = 3, period: int = 12) -> pd.DataFrame:
-    """Are models better on test months a whole number of years away? (the paper's monthly stripes)
+#: the reason of a task's row when none of its cells has a granularity with a cycle (only years)
+NO_CYCLE = "no monthly cells"
 
-    For each monthly (task, metric) group, cells whose |gap| is a positive multiple of ``period``
-    (12) are compared with cells at neighbouring gaps (within ``window`` months of such a multiple,
-    the multiples themselves excluded). Restricting the comparison to neighbours matters because
-    degradation grows with the gap: comparing with ALL other gaps would mix the seasonal effect with
-    the overall decay. A multiple is used only when the data has gaps on both sides of it, so the
-    neighbourhood is symmetric and the decay trend cancels.
 
-    ``difference`` = mean_stripe − mean_other in degradation points (NEGATIVE = the stripe months
+def stripe_test(rel: pd.DataFrame, window: int = 3, period: int | None = None) -> pd.DataFrame:
+    """Are models better on test periods a whole cycle away? (the paper's monthly stripes, per granularity)
+
+    Each granularity has its own cycle (:data:`timevec.periods.CYCLE`): 12 months, 4 quarters, 52 ISO
+    weeks, 7 days (the weekdays); ``period`` overrides it. A year has none: a task with only yearly
+    cells gets one row whose reason says so (``no monthly cells``). Weeks: an ISO year has 52 or 53
+    weeks, so the same week number one year on is 52 or 53 weeks away; the stripes are the gaps that
+    are multiples of 52 (a 53-week year shifts the next stripe by one week, which the neighbours'
+    window absorbs only as noise — a fixed cycle keeps the test the same test in every year).
+
+    For each (task, granularity with a cycle, metric) group, cells whose |gap| is a positive multiple
+    of the cycle are compared with cells at neighbouring gaps (within ``window`` steps of such a
+    multiple, the multiples themselves excluded; the window stays under half the cycle, so 1 for
+    quarters). Restricting the comparison to neighbours matters because degradation grows with the
+    gap: comparing with ALL other gaps would mix the seasonal effect with the overall decay. A
+    multiple is used only when the data has gaps on both sides of it, so the neighbourhood is
+    symmetric and the decay trend cancels; data spanning less than one cycle and a bit is not tested
+    (the row's reason says so).
+
+    ``difference`` = mean_stripe − mean_other in degradation points (NEGATIVE = the stripe periods
     are better, i.e. seasonal similarity); ``p`` is Welch's t-test (unequal variances). Groups with
     too little data get NaN and a ``reason``; yearly-only tasks get a row saying so.
     """
@@ -232,49 +245,53 @@ def stripe_test(rel: pd.DataFrame, window: int = 3, period: int = 12) -> pd.Data
     if rel.empty:
         return pd.DataFrame(columns=cols)
     data = rel.dropna(subset=["degradation_pct", "gap"])
-    monthly_tasks = set(data.loc[data["granularity"] == "month", "task"])
-    for task in sorted(set(rel["task"]) - monthly_tasks):
+    cyclic = data.loc[data["granularity"].map(lambda g: CYCLE.get(g) is not None)]
+    for task in sorted(set(rel["task"]) - set(cyclic["task"])):
         rows.append({"task": task, "granularity": "month", "metric": "", "stripe_gaps": "",
                      "n_stripe": 0, "n_other": 0, "mean_stripe": math.nan, "mean_other": math.nan,
                      "difference": math.nan, "low": math.nan, "high": math.nan, "t": math.nan, "p": math.nan, "window": window,
-                     "reason": "no monthly cells"})
-    monthly = data.loc[data["granularity"] == "month"]
-    for (task, metric), grp in (monthly.groupby(["task", "metric"], sort=True)
-                                if not monthly.empty else []):
-        abs_gap = grp["gap"].abs().astype(int).to_numpy()
-        deg = grp["degradation_pct"].to_numpy(dtype=float)
-        present = set(abs_gap.tolist())
-        max_gap = max(present) if present else 0
-        multiples = [m for m in range(period, max_gap + 1, period)
-                     if m in present
-                     and any(m - d in present for d in range(1, window + 1))
-                     and any(m + d in present for d in range(1, window + 1))]
-        row: dict[str, Any] = {"task": task, "granularity": "month", "metric": metric,
-                               "stripe_gaps": ",".join(map(str, multiples)), "n_stripe": 0,
-                               "n_other": 0, "mean_stripe": math.nan, "mean_other": math.nan,
-                               "difference": math.nan, "low": math.nan, "high": math.nan, "t": math.nan,
-                               "p": math.nan, "window": window, "reason": ""}
-        if not multiples:
-            row["reason"] = (f"no |gap| that is a multiple of {period} with neighbours on both "
-                             f"sides (max |gap| {max_gap})")
-            rows.append(row)
-            continue
-        stripe_mask = np.isin(abs_gap, multiples)
-        near = np.zeros_like(stripe_mask)
-        for m in multiples:
-            near |= (np.abs(abs_gap - m) <= window) & (abs_gap % period != 0)
-        s, o = deg[stripe_mask], deg[near]
-        row.update(n_stripe=int(len(s)), n_other=int(len(o)),
-                   mean_stripe=float(s.mean()) if len(s) else math.nan,
-                   mean_other=float(o.mean()) if len(o) else math.nan)
-        row["difference"] = row["mean_stripe"] - row["mean_other"]
-        if len(s) < 2 or len(o) < 2:
-            row["reason"] = f"too few cells for a t-test ({len(s)} stripe, {len(o)} other)"
-        elif np.var(s) == 0 and np.var(o) == 0:
-            row["reason"] = "no variance in either group; t-test undefined"
-        else:
-            res = stats.ttest_ind(s, o, equal_var=False)
-            ci = res.confidence_interval(0.95)  # of mean_stripe − mean_other (Welch)
-            row.update(t=float(res.statistic), p=float(res.pvalue), low=float(ci.low), high=float(ci.high))
-        rows.append(row)
+                     "reason": NO_CYCLE})
+    for (task, granularity, metric), grp in (cyclic.groupby(["task", "granularity", "metric"], sort=True)
+                                             if not cyclic.empty else []):
+        rows.append(_stripe_row(grp, task, granularity, metric, window, period or CYCLE[granularity] or 0))
     return pd.DataFrame(rows, columns=cols)
+
+
+def _stripe_row(grp: pd.DataFrame, task: str, granularity: str, metric: str, window: int, period: int) -> dict[str, Any]:
+    """The stripe test of one (task, granularity, metric) group at cycle ``period``."""
+    window = max(1, min(window, (period - 1) // 2))  # under half a cycle: each neighbour is nearest its own multiple
+    abs_gap = grp["gap"].abs().astype(int).to_numpy()
+    deg = grp["degradation_pct"].to_numpy(dtype=float)
+    present = set(abs_gap.tolist())
+    max_gap = max(present) if present else 0
+    multiples = [m for m in range(period, max_gap + 1, period)
+                 if m in present
+                 and any(m - d in present for d in range(1, window + 1))
+                 and any(m + d in present for d in range(1, window + 1))]
+    row: dict[str, Any] = {"task": task, "granularity": granularity, "metric": metric,
+                           "stripe_gaps": ",".join(map(str, multiples)), "n_stripe": 0,
+                           "n_other": 0, "mean_stripe": math.nan, "mean_other": math.nan,
+                           "difference": math.nan, "low": math.nan, "high": math.nan, "t": math.nan,
+                           "p": math.nan, "window": window, "reason": ""}
+    if not multiples:
+        row["reason"] = (f"no |gap| that is a multiple of {period} with neighbours on both "
+                         f"sides (max |gap| {max_gap})")
+        return row
+    stripe_mask = np.isin(abs_gap, multiples)
+    near = np.zeros_like(stripe_mask)
+    for m in multiples:
+        near |= (np.abs(abs_gap - m) <= window) & (abs_gap % period != 0)
+    s, o = deg[stripe_mask], deg[near]
+    row.update(n_stripe=int(len(s)), n_other=int(len(o)),
+               mean_stripe=float(s.mean()) if len(s) else math.nan,
+               mean_other=float(o.mean()) if len(o) else math.nan)
+    row["difference"] = row["mean_stripe"] - row["mean_other"]
+    if len(s) < 2 or len(o) < 2:
+        row["reason"] = f"too few cells for a t-test ({len(s)} stripe, {len(o)} other)"
+    elif np.var(s) == 0 and np.var(o) == 0:
+        row["reason"] = "no variance in either group; t-test undefined"
+    else:
+        res = stats.ttest_ind(s, o, equal_var=False)
+        ci = res.confidence_interval(0.95)  # of mean_stripe − mean_other (Welch)
+        row.update(t=float(res.statistic), p=float(res.pvalue), low=float(ci.low), high=float(ci.high))
+    return row

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -56,8 +56,9 @@ except ImportError:  # the `probe` extra
 
 from timevec.config import ConfigError, ExperimentConfig
 from timevec.data.corpus import Corpus, CorpusError, load_corpus
+from timevec.data.min_examples import apply_min_examples
 from timevec.data.models import Example, collate, is_encoder_decoder
-from timevec.periods import Period, fractional_year, period_midpoint
+from timevec.periods import GRANULARITIES, Period, fractional_year, period_midpoint
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,12 @@ class ProbeTexts:
     year_period: list[str]  # "YYYY" of each text
     month_period: list[str]  # "YYYY-MM" of each text
     train: np.ndarray  # bool: in the probes' fit; the rest is the held-out test
+    finer_period: dict[str, list[str]] = field(default_factory=dict)  # quarter, week, day -> the period of each text
 
     def period_of(self, granularity: str) -> np.ndarray:
-        return np.asarray(self.year_period if granularity == "year" else self.month_period)
+        if granularity == "year":
+            return np.asarray(self.year_period)
+        return np.asarray(self.month_period if granularity == "month" else self.finer_period[granularity])
 
 
 def draw_texts(corpus: Corpus, periods: Sequence[str], per_period: int, test_fraction: float, seed: int) -> ProbeTexts:
@@ -112,6 +116,7 @@ def draw_texts(corpus: Corpus, periods: Sequence[str], per_period: int, test_fra
         year_period=frame["year"].astype(str).tolist(),
         month_period=frame["month"].astype(str).tolist(),
         train=train,
+        finer_period={g: frame[g].astype(str).tolist() for g in ("quarter", "week", "day")},
     )
 
 
@@ -257,8 +262,9 @@ def probe_model_rows(
 
 
 def _text_periods(config: ExperimentConfig) -> list[str]:
-    """The periods texts are drawn from: the study's years (its months when it has no yearly runs)."""
-    return config.period_list("year" if "year" in config.granularities else "month")
+    """The periods texts are drawn from: those of the study's coarsest granularity (its years; its months when it
+    has no yearly runs; its weeks in a weekly study)."""
+    return config.period_list(min(config.granularities, key=GRANULARITIES.index))
 
 
 def run_probe(config: ExperimentConfig, store, corpus: Corpus | None = None) -> pd.DataFrame:
@@ -273,6 +279,7 @@ def run_probe(config: ExperimentConfig, store, corpus: Corpus | None = None) -> 
     seed = config.seed if cfg.seed is None else cfg.seed
     require_base(store)
     corpus = corpus if corpus is not None else load_corpus(config.corpus)
+    config = apply_min_examples(config, corpus)  # not run by the pipeline: the study's periods as its stages saw them
     texts = draw_texts(corpus, _text_periods(config), cfg.texts_per_period, cfg.test_fraction, seed)
     model, tokenizer = base_from_store(config.base, store)
     device = pick_device()
