@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tests.components import require, require_that
-from timevec.periods import Period
+from timevec.periods import Period, period_range
 from timevec.report import build_report
 
 CHROMIUM = "/usr/bin/chromium"
@@ -215,3 +215,94 @@ def test_html_renders_in_chromium(report_dir: Path) -> None:
     assert "cosine vs degradation Pearson r" in headline_text
     # nothing but the page itself and its data: URIs was requested
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
+
+
+# ---- hundreds of periods (issue 39): the heatmaps scale and their axes label a readable few -----------------------
+
+WEEKS_200 = [str(p) for p in period_range("2014-W01", "2017-W44")][:200]
+
+
+def _weekly_cells() -> pd.DataFrame:
+    """200 ISO weeks of one task: degradation growing with the gap, a base row."""
+    rng = np.random.default_rng(2)
+    index = {p: i for i, p in enumerate(WEEKS_200)}
+    rows = [dict(task="lm", granularity="week", vector="base", train_period=None, test_period=b, metric="perplexity",
+                 value=40.0, higher_is_better=False, n_examples=50, n_tokens=5000, seconds=0.5) for b in WEEKS_200]
+    rows += [dict(task="lm", granularity="week", vector=f"lm/{a}", train_period=a, test_period=b, metric="perplexity",
+                  value=20 + 0.05 * abs(index[a] - index[b]) + rng.normal(0, 0.2), higher_is_better=False,
+                  n_examples=50, n_tokens=5000, seconds=0.5) for a in WEEKS_200 for b in WEEKS_200]
+    return pd.DataFrame(rows)
+
+
+def _is_period(text: str) -> bool:
+    try:
+        return bool(Period.parse(text))
+    except ValueError:  # "base", the colour bar's numbers
+        return False
+
+
+def _svg_tick_labels(fig) -> dict[str, list[tuple[float, str]]]:
+    """Each axis of ``fig`` as drawn in SVG: (position along the axis, label text) of every labelled tick."""
+    import io
+    import re
+    import xml.etree.ElementTree as ET
+
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # real <text> elements, not glyph paths
+        fig.savefig(buf, format="svg")
+    svg = "{http://www.w3.org/2000/svg}"
+    axes: dict[str, list[tuple[float, str]]] = {}
+    for axis in ET.fromstring(buf.getvalue()).iter(f"{svg}g"):
+        if not (axis.get("id") or "").startswith("matplotlib.axis_"):
+            continue
+        for tick in axis:
+            kind = (tick.get("id") or "").split("_")[0]
+            if kind not in ("xtick", "ytick"):
+                continue  # the axis' own label ("test period")
+            for text in tick.iter(f"{svg}text"):  # placed by x/y, or (rotated labels) by a translate
+                moved = re.match(r"translate\(([-\d.]+) ([-\d.]+)\)", text.get("transform", ""))
+                x, y = map(float, moved.groups()) if moved else (float(text.get("x", "nan")), float(text.get("y", "nan")))
+                axes.setdefault(f"{axis.get('id')} {kind}", []).append((x if kind == "xtick" else y, text.text or ""))
+    return axes
+
+
+def test_a_report_of_200_weekly_periods_keeps_its_axes_readable(tmp_path: Path) -> None:
+    import struct
+    from html.parser import HTMLParser
+
+    from timevec.report.structure import matrix_figure
+
+    written: dict[str, bytes] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    build_report({"cells": _weekly_cells()}, None, None, written.__setitem__, tables.__setitem__, "weekly study")
+    png = written["reports/matrix_lm_week.png"]
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk: the heatmap grows up to 16 × 16 in, no more
+    assert 1200 <= width <= 1600 and 1200 <= height <= 1600
+
+    alts: list[str] = []
+
+    class Images(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                alts.append(dict(attrs)["alt"])
+
+    Images().feed(written["reports/index.html"].decode())  # the page's DOM holds the figures
+    assert {"matrix_lm_week", "pct_change_lm_week", "decay_lm_week"} <= set(alts)
+
+    # the same heatmap drawn from the numbers the report wrote beside it, as SVG: every axis labels ≤ 24 weeks,
+    # on the calendar (weeks 1, 14, 27, 40 of each ISO year), and no two labels closer than their font
+    table = tables["fig_matrix_lm_week"]
+    cells = table[table["vector"] != "base"].pivot(index="train_period", columns="test_period", values="value")
+    cells = cells.reindex(index=WEEKS_200, columns=WEEKS_200)
+    base = table[table["vector"] == "base"].set_index("test_period")["value"].reindex(WEEKS_200)
+    fig = matrix_figure(cells.to_numpy(), base.to_numpy(), WEEKS_200, WEEKS_200, "lm (week)", "perplexity", False)
+    axes = _svg_tick_labels(fig)
+    period_axes = {name: labels for name, labels in axes.items() if labels and all(map(_is_period, (t for _, t in labels)))}
+    assert sorted(name.split()[1] for name in period_axes) == ["xtick", "ytick"]  # test periods across, train down
+    for name, labels in period_axes.items():
+        assert 8 <= len(labels) <= 24, (name, len(labels))
+        assert {Period.parse(text).week for _, text in labels} == {1, 14, 27, 40}, name
+        positions = sorted(pos for pos, _ in labels)
+        assert min(b - a for a, b in zip(positions, positions[1:])) >= 8.0, name  # 8 px labels never overlap

@@ -8,7 +8,7 @@ import pandas as pd
 
 from timevec import periods
 from timevec.adapt import summaries
-from timevec.report.plotting import Figure, WriteTable, new_figure, set_ticks, to_png
+from timevec.report.plotting import MAX_WIDTH, Figure, WriteTable, new_figure, set_ticks, to_png
 
 
 def interpolation_figures(interp: pd.DataFrame, summary: pd.DataFrame, out: list[Figure],
@@ -95,7 +95,7 @@ def adaptation_figures(table: pd.DataFrame, kind: str, out: list[Figure], write_
         metric = str(grp["metric"].iloc[0])
         pers = periods.sort_periods(grp["period"].astype(str))
         methods = [m for m in ("in_period", "previous", "next", "latest", "base") if (grp["method"] == m).any()]
-        fig = new_figure(max(6.0, 1.5 + 0.35 * len(pers) * len(methods) / 2), 4.0)
+        fig = new_figure(min(MAX_WIDTH, max(6.0, 1.5 + 0.35 * len(pers) * len(methods) / 2)), 4.0)
         ax = fig.add_subplot(1, 1, 1)
         x = np.arange(len(pers))
         width = 0.8 / max(len(methods), 1)
@@ -131,7 +131,7 @@ def analogy_figures(summary: pd.DataFrame, out: list[Figure], write_table: Write
                      if b != "base" and g[f"gain_vs_{b}{suffix}"].notna().any()]
         if g.empty or not baselines:
             continue
-        fig = new_figure(max(6.0, 1.2 + 0.9 * len(g) * max(len(baselines), 1) / 3), 4.2)
+        fig = new_figure(min(MAX_WIDTH, max(6.0, 1.2 + 0.9 * len(g) * max(len(baselines), 1) / 3)), 4.2)
         ax = fig.add_subplot(1, 1, 1)
         x = np.arange(len(g))
         width = 0.8 / len(baselines)

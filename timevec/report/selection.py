@@ -13,7 +13,7 @@ import pandas as pd
 
 from timevec import periods
 from timevec.report.adaptation import gain_unit
-from timevec.report.plotting import Figure, WriteTable, new_figure, set_ticks, to_png
+from timevec.report.plotting import MAX_WIDTH, Figure, WriteTable, new_figure, set_ticks, to_png
 
 #: interpolation methods drawn, in order (the latest vector is the zero line)
 _INTERPOLATION_METHODS = ("oracle", "time_proportional", "leave_one_out", "midpoint", "uniform_soup", "in_period")
@@ -42,7 +42,7 @@ def interpolation_protocol_figures(protocols: pd.DataFrame, out: list[Figure], w
         for m in methods:
             sel = grp.loc[grp["method"] == m].set_index(grp.loc[grp["method"] == m, "test_period"].astype(str))
             series[m] = [float(sel[f"gain_vs_latest{suffix}"].get(t, np.nan)) for t in targets]
-        fig = new_figure(max(6.5, 1.5 + 0.3 * len(targets) * len(methods)), 4.2)
+        fig = new_figure(min(MAX_WIDTH, max(6.5, 1.5 + 0.3 * len(targets) * len(methods))), 4.2)
         ax = fig.add_subplot(1, 1, 1)
         _bars(ax, targets, series)
         set_ticks(ax, targets, None)
@@ -78,7 +78,7 @@ def analogy_protocol_figures(protocols: pd.DataFrame, out: list[Figure], write_t
             series[f"{method} ({selection.replace('_', '-')})"] = [index.get(p, np.nan) for p in pairs]
         if not series:
             continue
-        fig = new_figure(max(6.5, 1.5 + 0.3 * len(pairs) * len(series)), 4.2)
+        fig = new_figure(min(MAX_WIDTH, max(6.5, 1.5 + 0.3 * len(pairs) * len(series))), 4.2)
         ax = fig.add_subplot(1, 1, 1)
         _bars(ax, labels, series)
         ax.set_xticks(np.arange(len(labels)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import pandas as pd
 from timevec import periods
 from timevec.analyze import analysis as an
 from timevec.analyze import misalignment, similarity
+from timevec.periods import CYCLE, UNITS
 from timevec.report.plotting import (
     Figure,
     WriteTable,
@@ -25,6 +27,49 @@ from timevec.report.plotting import (
     to_png,
     year_formatter,
 )
+
+#: a granularity's adjective, for captions ("in monthly matrices")
+_ADJECTIVE = {"year": "yearly", "quarter": "quarterly", "month": "monthly", "week": "weekly", "day": "daily"}
+
+
+def matrix_figure(mat: np.ndarray, base: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
+                  metric: str, higher: bool) -> Any:
+    """The raw all-pairs heatmap (train periods × test periods) with the base model as a separate top row.
+
+    Its size grows with the periods up to 16 × 16 inches, and the axes label at most ~24 periods each
+    (:func:`~timevec.report.plotting.tick_positions`), so a weekly study's 200 periods stay readable.
+    """
+    has_base = bool(np.isfinite(base).any())
+    allv = np.concatenate([mat[np.isfinite(mat)], base[np.isfinite(base)]])
+    vmin, vmax = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 1.0)
+    # the colour map runs light → dark toward BETTER, whichever the metric's direction
+    cmap = "viridis" if higher else "viridis_r"
+    w = min(16.0, 3.5 + 0.32 * len(cols))
+    h = min(16.0, 2.8 + 0.3 * len(rows) + (0.6 if has_base else 0))
+    fig = new_figure(w, h)
+    if has_base:
+        gs = fig.add_gridspec(2, 1, height_ratios=[1, max(len(rows), 1)])
+        ax_b = fig.add_subplot(gs[0])
+        ax = fig.add_subplot(gs[1], sharex=ax_b)
+        bm = base[None, :]
+        im_b = ax_b.imshow(bm, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                           interpolation="nearest")
+        annotate(ax_b, im_b, bm, ".3g")
+        ax_b.set_yticks([0])
+        ax_b.set_yticklabels(["base"], fontsize=8)
+        ax_b.tick_params(labelbottom=False)
+        ax_b.set_title(title)
+    else:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.set_title(title)
+    im = ax.imshow(mat, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                   interpolation="nearest")
+    annotate(ax, im, mat, ".3g")
+    set_ticks(ax, cols, rows)
+    ax.set_xlabel("test period")
+    ax.set_ylabel("train period (time vector)")
+    fig.colorbar(im, ax=fig.axes, label=metric, shrink=0.9)
+    return fig
 
 
 def matrix_figures(cells: pd.DataFrame, rel: pd.DataFrame, out: list[Figure],
@@ -41,39 +86,8 @@ def matrix_figures(cells: pd.DataFrame, rel: pd.DataFrame, out: list[Figure],
                              & (cells["metric"] == metric) & cells["train_period"].isna()]
         base = base_sel.groupby(base_sel["test_period"].astype(str))["value"].first()
         base = base.reindex(cols)
-        has_base = bool(base.notna().any())
-        mat = raw.to_numpy(dtype=float)
-        allv = np.concatenate([mat[np.isfinite(mat)], base.to_numpy(dtype=float)[
-            np.isfinite(base.to_numpy(dtype=float))]])
-        vmin, vmax = (float(allv.min()), float(allv.max())) if allv.size else (0.0, 1.0)
-        # the colour map runs light → dark toward BETTER, whichever the metric's direction
-        cmap = "viridis" if higher else "viridis_r"
-        w = min(16.0, 3.5 + 0.32 * len(cols))
-        h = min(16.0, 2.8 + 0.3 * len(rows) + (0.6 if has_base else 0))
-        fig = new_figure(w, h)
-        if has_base:
-            gs = fig.add_gridspec(2, 1, height_ratios=[1, max(len(rows), 1)])
-            ax_b = fig.add_subplot(gs[0])
-            ax = fig.add_subplot(gs[1], sharex=ax_b)
-            bm = base.to_numpy(dtype=float)[None, :]
-            im_b = ax_b.imshow(bm, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
-                               interpolation="nearest")
-            annotate(ax_b, im_b, bm, ".3g")
-            ax_b.set_yticks([0])
-            ax_b.set_yticklabels(["base"], fontsize=8)
-            ax_b.tick_params(labelbottom=False)
-            ax_b.set_title(f"{task} ({gran}): {metric} "
-                           f"({'higher' if higher else 'lower'} is better)")
-        else:
-            ax = fig.add_subplot(1, 1, 1)
-            ax.set_title(f"{task} ({gran}): {metric} ({'higher' if higher else 'lower'} is better)")
-        im = ax.imshow(mat, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
-                       interpolation="nearest")
-        annotate(ax, im, mat, ".3g")
-        set_ticks(ax, cols, rows)
-        ax.set_xlabel("test period")
-        ax.set_ylabel("train period (time vector)")
-        fig.colorbar(im, ax=fig.axes, label=metric, shrink=0.9)
+        title = f"{task} ({gran}): {metric} ({'higher' if higher else 'lower'} is better)"
+        fig = matrix_figure(raw.to_numpy(dtype=float), base.to_numpy(dtype=float), rows, cols, title, metric, higher)
         name = f"matrix_{tag}"
         # with each cell's bootstrap interval (NaN for a cells table from before the bounds)
         columns = ["task", "granularity", "vector", "train_period", "test_period", "metric", "value", "low", "high",
@@ -91,7 +105,7 @@ def matrix_figures(cells: pd.DataFrame, rel: pd.DataFrame, out: list[Figure],
         pm = pct.to_numpy(dtype=float)
         lim = float(np.nanmax(np.abs(pm))) if np.isfinite(pm).any() else 1.0
         lim = lim or 1.0
-        fig = new_figure(w, min(16.0, 2.8 + 0.3 * len(rows)))
+        fig = new_figure(min(16.0, 3.5 + 0.32 * len(cols)), min(16.0, 2.8 + 0.3 * len(rows)))
         ax = fig.add_subplot(1, 1, 1)
         # red = worse for both directions: positive % change is bad for perplexity, good for F1
         im = ax.imshow(pm, aspect="auto", cmap="RdBu" if higher else "RdBu_r", vmin=-lim,
@@ -110,16 +124,15 @@ def matrix_figures(cells: pd.DataFrame, rel: pd.DataFrame, out: list[Figure],
             f"{metric} of each {task} vector relative to the mean of its test {gran} column (the "
             "paper's % change). Red is worse than average, blue better, for either metric "
             "direction. Look for a blue diagonal and red far from it"
-            + ("; in monthly matrices, bluer diagonals 12, 24, … months off the main one "
-               "(seasonal similarity)." if gran == "month"
-               else ".")), to_png(fig)))
+            + (f"; in {_ADJECTIVE[gran]} matrices, bluer diagonals {cycle}, {2 * cycle}, … {UNITS[gran]} off "
+               "the main one (seasonal similarity)." if (cycle := CYCLE.get(gran)) else ".")), to_png(fig)))
 
 
 def decay_figures(decay: misalignment.DecayFit, rel: pd.DataFrame, out: list[Figure],
                    write_table: WriteTable) -> None:
     for fit in decay.fit.itertuples(index=False):
         tag = f"{fit.task}_{fit.granularity}"
-        unit = "years" if fit.granularity == "year" else "months"
+        unit = UNITS[fit.granularity]
         bg = decay.by_gap.loc[(decay.by_gap["task"] == fit.task)
                               & (decay.by_gap["granularity"] == fit.granularity)
                               & (decay.by_gap["metric"] == fit.metric)].copy()
@@ -213,11 +226,11 @@ def similarity_figures(gram: np.ndarray, keys: Sequence[similarity.Key], res: an
             columns={"cosine": "cosine_centred"}), on=["task", "train_period", "test_period"],
         how="left")
     write_table("fig_similarity_vs_degradation", pairs)
-    # one row of panels per (task, granularity): gaps in years and months do not share a scale
+    # one row of panels per (task, granularity): gaps in years, months or weeks do not share a scale
     pair_groups = list(pairs.groupby(["task", "granularity", "metric"], sort=True))
     fig = new_figure(11.0, 4.3 * len(pair_groups))
     for row, ((task, gran, _metric), grp) in enumerate(pair_groups):
-        unit = "years" if gran == "year" else "months"
+        unit = UNITS[gran]
         sc = None
         axes = []
         for k, (col, lbl) in enumerate((("cosine", "cosine of τ"),
