@@ -187,11 +187,13 @@ def _run_replicates(config: ExperimentConfig, replicates: list[tuple[int, Experi
 
 
 def _run_one(config: ExperimentConfig, stages: list[str], functions: Mapping[str, StageFunction]) -> StageResult:
+    from timevec.data.min_examples import apply_min_examples
     from timevec.store import VectorStore
     from timevec.train.continual import for_mode
     from timevec.train.loop import check_store_base
 
     config = for_mode(config)  # training.mode continual: the mode's own store (timevec.train.continual)
+    config = apply_min_examples(config)  # corpus.min_examples: periods too small for a task leave every stage, named
     store = VectorStore.from_config(config.store)
     if store.exists():
         check_store_base(config, store)
