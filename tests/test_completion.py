@@ -88,7 +88,7 @@ def test_completion_recovers_a_synthetic_matrix_from_30_percent_of_its_cells() -
         assert np.array_equal(done.estimate[~missing], full[~missing])
         assert np.all(np.isnan(done.low[~missing])) and np.all(done.low[missing] < done.estimate[missing])
     assert 0.27 < np.mean(share) < 0.33  # measured 0.30
-    # against the values with their noise (σ of it), as a bench compares: measured 1.35–1.44 σ, mean 1.39 σ
+    # against the values with their noise (σ of it), as a bench compares: measured 1.35–1.44 σ, mean 1.40 σ
     # (against the noiseless signal ≈ 1.0 σ); the naive baseline ≈ 8.5 σ (it knows no gap)
     assert np.mean(rmse) < 1.5 * sigma and max(rmse) < 1.6 * sigma
     assert np.mean(baseline) > 5 * np.mean(rmse)
