@@ -27,7 +27,8 @@ import harness
 import numpy as np
 import pandas as pd
 
-from timevec.analyze.completion import complete_cells, design_cells
+from timevec.analyze.completion import complete_cells
+from timevec.evaluate.design import design_cells
 from timevec.periods import Period
 from timevec.store import VectorStore
 

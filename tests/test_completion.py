@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from timevec.analyze.completion import complete_cells, complete_matrix, design_cells
+from timevec.analyze.completion import complete_cells, complete_matrix
+from timevec.evaluate.design import design_cells
 from timevec.periods import Period, period_range
 
 YEARS = [str(p) for p in period_range("1950", "2009")]

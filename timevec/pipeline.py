@@ -41,14 +41,43 @@ def gram_of_store(store: VectorStore) -> tuple[Any, list[tuple[str, str]]]:
     return (store.gram(keys) if keys else None), keys
 
 
+def complete(config: ExperimentConfig, store: VectorStore) -> StageResult:
+    """The complete stage: every cell the evaluation design left out, estimated from the evaluated ones with an
+    interval (:mod:`timevec.analyze.completion`), into the cells table as rows with ``estimated`` true; the
+    estimates of an earlier run are replaced, an evaluated cell is never estimated."""
+    import math
+
+    import pandas as pd
+
+    from timevec import results as r
+    from timevec.analyze.completion import complete_cells
+
+    cells = r.cells_frame(r.read_table(store, r.CELLS_TABLE))
+    evaluated = cells[~cells["estimated"]].drop_duplicates(r.CELL_KEY, keep="last")
+    wanted = evaluated["task"].isin(config.tasks) & evaluated["granularity"].isin(config.granularities)
+    estimated = complete_cells(evaluated[wanted], level=config.evaluation.confidence, seed=config.seed)
+    r.write_table(store, r.CELLS_TABLE, pd.concat([evaluated, estimated], ignore_index=True))
+    vectors = evaluated[evaluated["vector"] != "base"]
+    counts = pd.concat([vectors.assign(estimated=False), estimated]).groupby(["task", "granularity", "metric"])
+    summary = counts["estimated"].agg(evaluated=lambda e: int((~e).sum()), estimated="sum").reset_index()
+    share = estimated["high"].sub(estimated["low"]).div(2)
+    return {"tables": {"cells evaluated and estimated (evaluation.design)": summary},
+            "headline": {"cells estimated": int(len(estimated)),
+                         "median half-width of an estimate": float(share.median()) if len(share) else math.nan}}
+
+
 def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     """The analyze stage: similarity, degradation, decay, stripes and the headline into the store."""
     from timevec import results as r
     from timevec.analyze import analysis
+    from timevec.analyze.findings import mark_completed
 
     # in key order, not the order the actors finished in: the pooled statistics then sum in one order, and the
     # analysis of the same cells is the same bit for bit whichever run computed them
-    cells = r.read_table(store, r.CELLS_TABLE).sort_values(r.CELL_KEY, kind="stable").reset_index(drop=True)
+    # (a table written before a column of the cells existed reads with it; a cell both estimated and since evaluated
+    # counts once, evaluated)
+    cells = r.cells_frame(r.read_table(store, r.CELLS_TABLE)).sort_values(r.CELL_KEY, kind="stable")
+    cells = cells[~(cells["estimated"] & cells.duplicated(r.CELL_KEY, keep=False))].reset_index(drop=True)
     gram, keys = gram_of_store(store)
     optional = {name: r.read_table(store, name) for name in REGISTRY["analyze"].reads  # what the stage declares it reads
                 if name != r.CELLS_TABLE and store.has_table(name)}
@@ -63,15 +92,16 @@ def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
     if result.similarity is not None:
         r.write_table(store, r.SIMILARITY_TABLE, result.similarity)
         r.write_table(store, r.SIMILARITY_CENTRED_TABLE, result.similarity_centred)
-    r.write_table(store, r.FINDINGS_TABLE, result.findings)
+    findings = mark_completed(result.findings, cells)  # the findings read off estimated cells say so
+    r.write_table(store, r.FINDINGS_TABLE, findings)
     r.write_table(store, r.INTERPOLATION_PROTOCOLS_TABLE, result.interpolation_protocols)
     r.write_table(store, r.ANALOGY_PROTOCOLS_TABLE, result.analogy_protocols)
     tables = {"diagonal (own period best?)": result.diagonal, "decay with the gap": result.decay.fit}
     if config.groups.analyze:
         tables.update(_analyze_groups(store, result.rel, result.headline))
     store.write_bytes(r.HEADLINE_FILE, json.dumps(result.headline, indent=2, default=str).encode())
-    return {"tables": tables, "headline": result.headline, "findings": result.findings,
-            "findings_file": write_findings_text(store, r.FINDINGS_TEXT_FILE, result.findings)}
+    return {"tables": tables, "headline": result.headline, "findings": findings,
+            "findings_file": write_findings_text(store, r.FINDINGS_TEXT_FILE, findings)}
 
 
 def write_findings_text(store: VectorStore, name: str, findings: pd.DataFrame) -> str:

@@ -78,6 +78,11 @@ def _continual_only(config: ExperimentConfig) -> str | None:
     return None if mode == "continual" else f"training.mode is {mode}, not continual"
 
 
+def _full_design(config: ExperimentConfig) -> str | None:
+    design = config.evaluation.design
+    return "evaluation.design is full: every cell is evaluated" if design == "full" else None
+
+
 def _forecast_horizon(config: ExperimentConfig) -> str | None:
     from timevec.adapt.forecast import check_horizon
     from timevec.errors import ConfigError
@@ -110,6 +115,10 @@ register(Stage(
     "evaluate", "evaluate the all-pairs (train vector × test period) matrix into results/cells.parquet (resumable)",
     "evaluation", f"{_RAY}:evaluate_stage", writes=("cells",),
 ))  # fmt: skip
+register(Stage(
+    "complete", "estimate the cells evaluation.design left out, each with an interval, into results/cells.parquet "
+    "(estimated: true)", "evaluation", f"{_CORE}:complete", reads=("cells",), skip=_full_design,
+))  # fmt: skip  (its rows go into the evaluate stage's table: the table's writer, and its schema's column `estimated`)
 register(Stage(
     "forgetting", "training.mode continual: forgetting of continual vs independent vs merged updating into "
     "results/forgetting.parquet", "training", f"{_RAY}:forgetting_stage", writes=("merged_cells", "forgetting"),

@@ -6,14 +6,7 @@ periods differ in difficulty, vectors in quality, and a vector degrades smoothly
 between its period and the test period — so a designed fraction of its cells, plus a model of that
 structure, gives every other cell as an estimate with a calibrated interval. Torch-free and Ray-free.
 
-**The design** (:func:`design_cells`): every cell with ``|gap| <= band`` (the diagonal band, where the
-structure changes fastest), plus each other cell with probability ``fraction``, decided by a hash of
-``(seed, train period, test period)`` — so a cell's random choice never depends on the other periods,
-and the design of a matrix extended by later periods contains the earlier design: adding a period
-evaluates only the design's new cells. Every row and column then gets at least two cells (needed to
-identify its effect): a row ``i`` whose cells at test periods ``<= i`` number fewer than two gets the
-nearest of those, then the nearest later ones; a column ``j`` likewise counts train periods ``<= j``.
-Counting only earlier periods is what keeps the top-ups stable when later periods are added.
+**The design** — which cells are evaluated — is :mod:`timevec.evaluate.design`'s (the evaluate stage follows it).
 
 **The model** (:func:`complete_matrix`), on the metric's scale — log for perplexity (vectors and
 test periods act multiplicatively on it), as-is for scores — standardised by the evaluated cells'
@@ -50,8 +43,6 @@ default, so that appending them to the evaluated rows gives the whole matrix and
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -61,70 +52,20 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from timevec import results
+from timevec.evaluate.design import gaps_of
 from timevec.periods import Period
 
-__all__ = ["LOG_METRICS", "Completion", "FitConfig", "complete_cells", "complete_matrix", "design_cells", "grid"]
+__all__ = ["LOG_METRICS", "Completion", "FitConfig", "complete_cells", "complete_matrix", "grid"]
 
 logger = logging.getLogger("timevec.analyze")
 
 #: metrics completed on the log scale (positive, and effects act multiplicatively)
 LOG_METRICS = frozenset({"perplexity"})
 #: the columns of :func:`complete_cells`'s rows: the cells schema's, then ``estimated``
-_CELL_COLUMNS = ["task", "granularity", "vector", "train_period", "test_period", "metric", "value", "low", "high",
-                 "higher_is_better", "n_examples", "n_tokens", "seconds"]
 _RIDGE = 1e-3  # on the standardised scale: identifies μ, a, b, f without shrinking them noticeably
 _MAX_ITER, _TOL = 100, 1e-4
 _MIN_CELLS = 5
-
-
-# ----------------------------------------------------------------------------- the design
-
-
-def _uniform(seed: int, train: str, test: str) -> float:
-    """A uniform number in [0, 1) that depends only on (seed, train period, test period)."""
-    digest = hashlib.blake2b(f"{seed}|{train}|{test}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-def _gaps(train_periods: Sequence[str], test_periods: Sequence[str]) -> np.ndarray:
-    """``gaps[i, j]``: test period j minus train period i, in the granularity's units."""
-    train = [Period.parse(p) for p in train_periods]
-    return np.array([[t.distance(s) for s in test_periods] for t in train], dtype=np.int64)
-
-
-def design_cells(train_periods: Iterable[str], test_periods: Iterable[str], band: int, fraction: float,
-                 seed: int) -> set[tuple[str, str]]:
-    """The ``(train period, test period)`` cells to evaluate: the band ``|gap| <= band``, a hashed
-    random ``fraction`` of the others, and top-ups so that every row and column has two (module doc)."""
-    if band < 0 or not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"band must be >= 0 and fraction in [0, 1], got band={band}, fraction={fraction}")
-    rows = [str(p) for p in sorted({Period.parse(p) for p in train_periods})]
-    cols = [str(p) for p in sorted({Period.parse(p) for p in test_periods})]
-    gaps = _gaps(rows, cols)
-    chosen = {(rows[i], cols[j]) for i, j in zip(*np.nonzero(np.abs(gaps) <= band))}
-    chosen |= {(r, c) for r, c in itertools.product(rows, cols)
-               if (r, c) not in chosen and _uniform(seed, r, c) < fraction}
-    for i, r in enumerate(rows):  # test periods up to the row's own count (gap <= 0); later ones are appended
-        _top_up(chosen, [(r, cols[j]) for j in range(len(cols))], gaps[i, :], earlier=gaps[i, :] <= 0)
-    for j, c in enumerate(cols):  # train periods up to the column's own count (gap >= 0)
-        _top_up(chosen, [(rows[i], c) for i in range(len(rows))], -gaps[:, j], earlier=gaps[:, j] >= 0)
-    return chosen
-
-
-def _top_up(chosen: set[tuple[str, str]], line: list[tuple[str, str]], gaps: np.ndarray, earlier: np.ndarray) -> None:
-    """Give one row (column) two cells: walk its earlier side nearest first, then its later side nearest
-    first, adding cells until two are counted; a later-side cell already chosen counts as it is passed
-    (counting all of them would count periods added later, and change the earlier design)."""
-    needed = 2 - sum(1 for cell, e in zip(line, earlier) if e and cell in chosen)
-    order = sorted(range(len(line)), key=lambda k: (not earlier[k], abs(int(gaps[k]))))
-    for k in order:
-        if needed <= 0:
-            break
-        if line[k] not in chosen:
-            chosen.add(line[k])
-            needed -= 1
-        elif not earlier[k]:
-            needed -= 1
 
 
 # ----------------------------------------------------------------------------- the model
@@ -291,7 +232,7 @@ def complete_matrix(values: np.ndarray, train_periods: Sequence[str], test_perio
     raw = np.log(values) if log_scale else values
     centre, spread = float(np.mean(raw[mask])), float(np.std(raw[mask])) or 1.0
     y = np.where(mask, (raw - centre) / spread, 0.0)
-    layout = _Layout.of(_gaps(train_periods, test_periods))
+    layout = _Layout.of(gaps_of(train_periods, test_periods))
     configs = list(configs) if configs is not None else grid()
 
     fold_of = _folds(mask, folds, seed)
@@ -358,7 +299,7 @@ def complete_cells(cells: pd.DataFrame, *, include_evaluated: bool = False, leve
             done = complete_matrix(matrix.to_numpy(), train, test, log_scale=metric in log_metrics, level=level,
                                    folds=folds, seed=seed, configs=configs)
         if include_evaluated:
-            out.append(group[_CELL_COLUMNS].assign(estimated=False))
+            out.append(group.assign(estimated=False))
         if done is None:
             continue
         names = group.drop_duplicates("train_period").set_index("train_period")["vector"]
@@ -369,12 +310,4 @@ def complete_cells(cells: pd.DataFrame, *, include_evaluated: bool = False, leve
             "value": done.estimate[i, j], "low": done.low[i, j], "high": done.high[i, j],
             "higher_is_better": bool(group["higher_is_better"].iloc[0]), "n_examples": 0, "n_tokens": 0,
             "seconds": 0.0, "estimated": True}))
-    if not out:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _DTYPES.items()})
-    result = pd.concat(out, ignore_index=True)[list(_DTYPES)]
-    return result.astype(_DTYPES)
-
-
-_DTYPES = {**{c: "object" for c in _CELL_COLUMNS}, "value": "float64", "low": "float64", "high": "float64",
-           "higher_is_better": "bool", "n_examples": "int64", "n_tokens": "int64", "seconds": "float64",
-           "estimated": "bool"}
+    return results.cells_frame(pd.concat(out, ignore_index=True) if out else [])

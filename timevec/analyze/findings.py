@@ -37,8 +37,8 @@ from timevec.analyze.misalignment import NO_CYCLE
 if TYPE_CHECKING:
     from timevec.analyze.analysis import Analysis
 
-__all__ = ["FINDINGS_COLUMNS", "PAPER_CLAIMS", "PROTOCOL_WORDS", "findings_table", "format_findings", "text_table",
-           "verdict"]
+__all__ = ["COMPLETED", "FINDINGS_COLUMNS", "MATRIX_FINDINGS", "PAPER_CLAIMS", "PROTOCOL_WORDS", "findings_table",
+           "format_findings", "mark_completed", "text_table", "verdict"]
 
 #: ``line``/``side``: the verdict's threshold and the paper's side of it (``above``/``below``), kept so
 #: that the same verdict can be drawn again over seeds (:mod:`timevec.train.replicates`).
@@ -288,6 +288,29 @@ def _analogy_rows(protocols: pd.DataFrame | None) -> list[dict[str, Any]]:
             rows.append(_row(finding, panel, mean, low, high, "points",
                              "n/a" if math.isnan(mean) else verdict(low, high, 0.0, "above"), f"{how}; {n} (j, k) pairs"))
     return rows
+
+
+#: The findings read off the train × test matrix of cells: on a completed matrix (``evaluation.design: band``) they
+#: say so (:func:`mark_completed`).
+MATRIX_FINDINGS = ("own period best", "decay with the gap", "cosine vs degradation", "12-month stripes",
+                   "seasonal stripes")
+COMPLETED = "completed matrix"
+
+
+def mark_completed(findings: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The findings, each one read off the matrix noting ``completed matrix: k of n cells estimated`` when the
+    complete stage estimated k of its n cells (:mod:`timevec.analyze.completion`); unchanged when every cell was
+    evaluated."""
+    vectors = cells[cells["vector"] != "base"]
+    estimated = int(vectors["estimated"].sum()) if "estimated" in vectors else 0
+    if not estimated:
+        return findings
+    text = f"{COMPLETED}: {estimated} of {len(vectors)} cells estimated (evaluation.design)"
+    rows = findings["finding"].isin(MATRIX_FINDINGS)
+    notes = findings.loc[rows, "note"].fillna("").astype(str)
+    marked = findings.copy()
+    marked.loc[rows, "note"] = [f"{n}; {text}" if n else text for n in notes]
+    return marked
 
 
 def findings_table(analysis: Analysis) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from timevec.analyze.findings import PAPER_CLAIMS, PROTOCOL_WORDS, text_table, verdict
+from timevec.analyze.findings import COMPLETED, MATRIX_FINDINGS, PAPER_CLAIMS, PROTOCOL_WORDS, text_table, verdict
 
 __all__ = ["ADAPTATION_FINDINGS", "adaptation_cells", "adaptation_vs_latest", "cell_text", "format_verdict", "gain_side",
            "no_interval_reason", "paper_findings"]
@@ -226,6 +226,10 @@ def format_verdict(findings: pd.DataFrame, full_table: str | None = None) -> str
         return "Verdict: no findings — the store holds no cells yet"
     where = f"; all {len(findings)} rows: {full_table}" if full_table else ""
     lines = [f"Verdict (95 % intervals over this run's test periods and cells{where})", ""]
+    noted = [m.group(0) for m in findings["note"].fillna("").astype(str).map(lambda n: re.search(f"{COMPLETED}: [^;]*", n))
+             if m]
+    if noted:  # the findings read off the matrix used estimated cells: say so before any of them
+        lines[1:1] = [f"On a {noted[0]}: the findings {', '.join(MATRIX_FINDINGS)} are read off it"]
     paper = paper_findings(findings)
     lines += text_table(["the paper's finding", "the paper", "holds", "panels", "why not settled"],
                          [[r["finding"], r["paper"], r["holds"], r["panels"], r["why"]] for r in paper.to_dict("records")])

@@ -24,6 +24,16 @@ class EvaluationConfig(_Strict):
     )
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="confidence of the cells' bootstrap intervals")
     bootstrap_seed: int = Field(0, ge=0, description="seed of the resample indices (shared by every cell of a split)")
+    design: Literal["full", "band"] = Field(
+        "full", description="which cells of each (task, granularity) matrix the evaluate stage evaluates: `full` every "
+        "one; `band` every cell with |train period − test period| ≤ `design_band` periods plus a seeded `design_fraction` "
+        "of the others, at least two a row and a column (`timevec.evaluate.design`); the `complete` stage "
+        "then estimates the rest, each with an interval, as cells rows with `estimated` true"
+    )
+    design_band: int = Field(1, ge=0, description="`design: band`: the diagonal band evaluated, in periods of gap")
+    design_fraction: float = Field(0.2, ge=0.0, le=1.0, description="`design: band`: the share of the cells outside the "
+                                   "band evaluated (a hash of the seed and the cell's periods decides each one, so adding "
+                                   "a period evaluates only its new cells)")
 
 
 def _alpha_grid(start: float, stop: float, step: float) -> list[float]:

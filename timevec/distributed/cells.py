@@ -163,7 +163,8 @@ def run_cells(
     check_store_base(config, store)  # names both bases when the architecture/vocabulary or weights differ
     stats = CellRunStats()
     existing = read_cells(store, table)
-    done = set(map(tuple, existing[CELL_KEY].itertuples(index=False, name=None)))
+    evaluated = existing[~existing["estimated"]]  # an estimated cell is not done: a full design evaluates it
+    done = set(map(tuple, evaluated[CELL_KEY].itertuples(index=False, name=None)))
     stored = [key for task in config.tasks for key in store.list_vectors(task)]
     items, stats.cells_skipped = plan_cells(config, stored, done, include_base)
     stats.items = len(items)

@@ -22,6 +22,7 @@ import torch
 from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit
 from timevec.data.models import base_from_store
+from timevec.evaluate.design import design_cells
 from timevec.evaluate.metrics import evaluate
 from timevec.periods import Period
 from timevec.store import StoreError, VectorStore
@@ -71,20 +72,25 @@ def plan_cells(
     """The work of a run: one item per (vector, missing test periods); returns (items, cells skipped).
 
     Vectors are the stored ones whose period is a configured period of that granularity (a store
-    may hold more than one study's vectors); test periods are every configured period.
+    may hold more than one study's vectors); test periods are every configured period, or under
+    ``evaluation.design: band`` those of the design (:mod:`timevec.evaluate.design`; the base: every one).
     """
     items: list[WorkItem] = []
     skipped = 0
+    cfg = config.evaluation
     for task in config.tasks:
         for granularity in config.granularities:
             periods = config.period_list(granularity)
             wanted = set(periods)
+            designed = (None if cfg.design == "full" else
+                        design_cells(periods, periods, cfg.design_band, cfg.design_fraction, config.seed))
             sources: list[str | None] = [None] if include_base else []
             sources += [p for t, p in stored if t == task and p in wanted]
             for period in sources:
                 name = vector_name(task, period)
-                missing = tuple(p for p in periods if (task, granularity, name, p) not in done)
-                skipped += len(periods) - len(missing)
+                tests = periods if designed is None or period is None else [p for p in periods if (period, p) in designed]
+                missing = tuple(p for p in tests if (task, granularity, name, p) not in done)
+                skipped += len(tests) - len(missing)
                 if missing:
                     items.append(WorkItem(task, granularity, period, missing))
     return items, skipped

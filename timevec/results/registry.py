@@ -93,7 +93,8 @@ def _declare(*tables: Table) -> dict[str, Table]:
 
 
 TABLES: dict[str, Table] = _declare(
-    Table(s.CELLS_TABLE, "evaluate", s.CELLS_SCHEMA, tuple(s.CELL_KEY), added=s.CELLS_ADDED_COLUMNS),
+    Table(s.CELLS_TABLE, "evaluate", s.CELLS_SCHEMA, tuple(s.CELL_KEY), fill=(("estimated", False),),
+          added=s.CELLS_ADDED_COLUMNS),
     Table(s.INTERPOLATION_TABLE, "interpolate", s.INTERPOLATION_SCHEMA, tuple(s.INTERPOLATION_KEY), fill=(("split", "test"),)),
     Table(s.INTERPOLATION_BEST_TABLE, "interpolate", s.INTERPOLATION_BEST_SCHEMA,
           ("task", "granularity", "first", "last", "test_period")),
@@ -105,7 +106,8 @@ TABLES: dict[str, Table] = _declare(
           fill=(("method", "analogy"),)),
     Table(s.ANALOGY_BEST_TABLE, "analogy", s.ANALOGY_BEST_SCHEMA, ("task", "source_period", "target_period", "method", "split")),
     Table(s.GROUP_SWAPS_TABLE, "groups", s.GROUP_SWAPS_SCHEMA, tuple(s.GROUP_SWAPS_KEY)),
-    Table(s.MERGED_CELLS_TABLE, "forgetting", s.CELLS_SCHEMA, tuple(s.CELL_KEY), added=s.CELLS_ADDED_COLUMNS),
+    Table(s.MERGED_CELLS_TABLE, "forgetting", s.CELLS_SCHEMA, tuple(s.CELL_KEY), fill=(("estimated", False),),
+          added=s.CELLS_ADDED_COLUMNS),
     Table(s.FORGETTING_TABLE, "forgetting", s.FORGETTING_SCHEMA, ("task", "granularity", "mode", "test_period", "train_period")),
     Table(s.INTERPOLATION_PROTOCOLS_TABLE, "analyze", s.INTERPOLATION_PROTOCOL_SCHEMA),
     Table(s.ANALOGY_PROTOCOLS_TABLE, "analyze", s.ANALOGY_PROTOCOL_SCHEMA),

@@ -128,19 +128,23 @@ CELL_KEY = ["task", "granularity", "vector", "test_period"]
 CELLS_SCHEMA = schema(
     "task granularity vector train_period test_period metric value:f64 "
     "low:f64 high:f64 "  # the bootstrap interval of value (timevec.evaluate.bootstrap); NaN: none
-    "higher_is_better:bool n_examples:i64 n_tokens:i64 seconds:f64"
+    "higher_is_better:bool n_examples:i64 n_tokens:i64 seconds:f64 "
+    "estimated:bool"  # true: not evaluated, estimated by the complete stage (timevec.analyze.completion); low/high its interval
 )
 CELLS_COLUMNS = CELLS_SCHEMA.names
 #: Columns added to the cells table after stores were first written (a store written before lacks
 #: them): readers fill them with NaN (:func:`cells_frame`), appends add them to the old rows.
-CELLS_ADDED_COLUMNS = ("low", "high")
+CELLS_ADDED_COLUMNS = ("low", "high", "estimated")
 
 
 def cell_values(cells: pd.DataFrame | None) -> dict[tuple[str, str, str, str], float]:
-    """The cells as ``(task, granularity, source, test period) -> value``; source ``"base"`` or the
-    train period; a cell written twice keeps its last value. Empty for no cells."""
+    """The evaluated cells as ``(task, granularity, source, test period) -> value``; source ``"base"`` or the
+    train period; a cell written twice keeps its last value; estimated cells (the complete stage's) are left out.
+    Empty for no cells."""
     if cells is None or cells.empty:
         return {}
+    if "estimated" in cells:  # an estimate is never taken for a cell's value: a stage that needs it evaluates it
+        cells = cells[~cells["estimated"].astype(object).fillna(False).astype(bool)]
     sources = cells["train_period"].where(cells["train_period"].notna(), "base").astype(str)
     keys = zip(cells["task"].astype(str), cells["granularity"].astype(str), sources, cells["test_period"].astype(str))
     return dict(zip(keys, cells["value"].astype(float)))
