@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import time
-from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,16 +19,15 @@ import torch
 
 from timevec.config import ExperimentConfig, TrainingConfig
 from timevec.data.corpus import Corpus
-from timevec.data.examples import task_examples
 from timevec.data.models import (
     IGNORE,
     Example,
-    base_from_store,
     float_parameters,
     is_encoder_decoder,
 )
 from timevec.store import VectorStore
 from timevec.train import continual
+from timevec.train.cache import PROCESS_CACHE, RunCache, examples_digest
 from timevec.train.loop import (
     TrainResult,
     batch_indices,
@@ -65,22 +63,17 @@ def tokens_before(examples: Sequence[Example], cfg: TrainingConfig, steps: int, 
     return total
 
 
-def examples_digest(examples: Sequence[Example]) -> str:
-    digest = hashlib.sha256()
-    for e in examples:
-        digest.update(array("i", e.input_ids).tobytes())
-        digest.update(b"|")
-        digest.update(array("i", e.labels).tobytes())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
 class RunJob:
     """Everything one run needs, built from the store and the corpus (shared by trials and workers).
 
     ``shard=(rank, world)`` gives a data-parallel worker its share of every global batch (the
     config's ``batch_size`` stays the EFFECTIVE batch of the run; the workers together see the
     very batches one worker would).
+
+    θ_pre, its tokenizer and the example sets come from ``cache`` (the process's
+    :data:`~timevec.train.cache.PROCESS_CACHE` by default): a process's later runs read and build
+    none of them again, and start from θ_pre bit for bit all the same. ``self.base`` is the
+    cache's θ_pre (read-only); :meth:`finish` gives the model back to the cache.
     """
 
     def __init__(
@@ -90,23 +83,25 @@ class RunJob:
         corpus: Corpus,
         run: RunSpec,
         shard: tuple[int, int] = (0, 1),
+        cache: RunCache | None = None,
     ) -> None:
         self.config, self.store, self.run = config, store, run
+        self.cache = cache if cache is not None else PROCESS_CACHE
         self.began = time.perf_counter()
-        self.model, self.tokenizer = base_from_store(config.base, store)
-        self.base = {name: p.detach().clone() for name, p in float_parameters(self.model).items()}
+        loads = self.cache.stats.base_loads
+        self.model, self.tokenizer, self.base = self.cache.base(config.base, store)
+        self.base_loaded = self.cache.stats.base_loads > loads  # read θ_pre from the store (a process's first run)
         self.encoder_decoder = is_encoder_decoder(self.model)
         self.training = config.training.for_task(run.task, run.granularity)
         steps = continual.run_steps(config, run, self.training.steps)  # equal_steps: the chain's total so far
         if steps != self.training.steps:
             self.training = self.training.model_copy(update={"steps": steps})
-        examples = task_examples(
-            run.task, corpus, run.period, "train", self.tokenizer, self.encoder_decoder,
-            self.training.max_length, self.training.seed,
-        )
+        examples, digest = self._examples(corpus, run.period)
         if not examples:
             raise ValueError(f"run {run.key}: no training examples in period {run.period}")
-        examples = self._continue_chain(corpus, examples)
+        mixed = self._continue_chain(corpus, examples)
+        if mixed is not examples:
+            examples, digest = mixed, examples_digest(mixed)
         self.total_examples = len(examples)
         self.steps = total_steps(len(examples), self.training)  # the run's steps, as one device would count them
         rank, world = shard
@@ -118,7 +113,7 @@ class RunJob:
                     "run": run.as_dict(),
                     "training": self.training.model_dump(mode="json"),
                     "base": store.base_fingerprint,
-                    "examples": examples_digest(examples),
+                    "examples": digest,
                     "world": world,
                     "start": self.start,
                 },
@@ -132,11 +127,17 @@ class RunJob:
         self.examples = examples  # every worker holds all of them and takes its share of each batch
         self.cpu_seconds = 0.0
 
+    def _examples(self, corpus: Corpus, period: str) -> tuple[list[Example], str]:
+        """The run's task on ``period``'s train split, and their digest (through the cache)."""
+        cfg = self.training
+        return self.cache.examples(self.config.base, self.run.task, corpus, period, "train", self.tokenizer,
+                                   self.encoder_decoder, cfg.max_length, cfg.seed)
+
     def _continue_chain(self, corpus: Corpus, examples: list[Example]) -> list[Example]:
         """Continual mode: start from θ_pre + τ_{t−1} read from the store, and mix in the replay.
 
         Sets ``start`` (what the manifest and the checkpoint fingerprint record about the start).
-        Independent mode: nothing changes.
+        Independent mode: nothing changes (``examples`` itself is returned).
         """
         run, store, cfg = self.run, self.store, self.training
         self.replayed = 0
@@ -152,9 +153,7 @@ class RunJob:
             WeightPatcher(self.model).apply(store.get_vector(run.task, before))  # θ_pre + τ_{t−1}, as evaluated
         if before is not None and self.config.training.replay > 0:
             periods = self.config.period_list(run.granularity)
-            pool = [e for p in periods[: periods.index(run.period)]
-                    for e in task_examples(run.task, corpus, p, "train", self.tokenizer, self.encoder_decoder,
-                                           cfg.max_length, cfg.seed)]
+            pool = [e for p in periods[: periods.index(run.period)] for e in self._examples(corpus, p)[0]]
             examples, self.replayed = continual.mix_replay(examples, pool, self.config.training.replay, cfg.seed)
         self.start = continual.start_manifest(self.config, run, store, self.replayed)
         return examples
@@ -190,7 +189,26 @@ class RunJob:
         extra: dict[str, Any] | None = None,
         write: bool = True,
     ) -> dict[str, Any]:
-        """τ = θ_run − θ_pre into the store (with its manifest); returns the run's final metrics."""
+        """τ = θ_run − θ_pre into the store (with its manifest); returns the run's final metrics.
+
+        The run is over then: its model goes back to the cache (the next run of the process gets
+        it with θ_pre copied in), so neither ``model`` nor ``self.model`` may be used afterwards.
+        """
+        try:
+            return self._finish(model, result, start_step, resume_meta, tokens, extra, write)
+        finally:
+            self.cache.give_back(self.model)
+
+    def _finish(
+        self,
+        model: torch.nn.Module,
+        result: TrainResult,
+        start_step: int,
+        resume_meta: dict | None,
+        tokens: int,
+        extra: dict[str, Any] | None,
+        write: bool,
+    ) -> dict[str, Any]:
         first_loss = (resume_meta or {}).get("first_loss", result.first_loss) if start_step else result.first_loss
         final_loss = result.final_loss
         if math.isnan(final_loss) and resume_meta:  # resumed at the very end: nothing left to train
@@ -207,6 +225,7 @@ class RunJob:
             "train_seconds": result.seconds,
             "tokens_per_second": (result.tokens * self.world) / result.seconds if result.seconds > 0 else 0.0,
             "cpu_seconds": self.cpu_seconds,
+            "base_loaded": self.base_loaded,
         }
         if write:
             tensors = {name: p.detach() for name, p in float_parameters(model).items()}
