@@ -139,6 +139,31 @@ def test_the_same_config_gives_bit_identical_vectors_another_seed_does_not(finis
     assert not all(torch.equal(a[n], c[n]) for n in a.names)  # the seed is what a replicate varies
 
 
+class RunsByProcess(tune.Callback):
+    """Each finished run's trial process (its PID) and whether it read θ_pre from the store, in completion order."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, bool]] = []
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        result = trial.last_result or {}
+        self.runs.append((result["pid"], result["base_loaded"]))
+
+
+def test_a_reused_trial_process_reads_the_base_once(ray_session: str, base_store: Path, tmp_path: Path) -> None:
+    """Tune hands a finished trial's process the next run (``reuse_actors``); the process keeps θ_pre
+    (timevec/train/cache.py), so only its first run reads it from the store."""
+    config = tiny(tmp_path, base_store, "tasks=[lm, classification]", "training.steps=2")
+    seen = RunsByProcess()
+    table = run_fleet(config, progress=False, callbacks=[seen])
+    assert set(table["status"]) == {"done"} and len(seen.runs) == len(table) == 8, table.to_string()
+    by_process: dict[int, list[bool]] = {}
+    for pid, loaded in seen.runs:
+        by_process.setdefault(pid, []).append(loaded)
+    assert len(by_process) < len(seen.runs), f"no trial process ran a second run: {seen.runs}"
+    assert all(loads == [True] + [False] * (len(loads) - 1) for loads in by_process.values()), by_process
+
+
 class KillTrialOnce(tune.Callback):
     """SIGKILLs the real trial process once, when the driver processes the result of step ``at``.
 

@@ -49,8 +49,17 @@ class FleetContext:
     memory: int = 0  # bytes each run's process (each Train worker) declares to Ray
 
 
+#: the corpus a reused trial process last read, by its object's id: a Ray object never changes, so
+#: the next run of the process skips deserialising it again (seconds for a large corpus)
+_CORPUS: dict[bytes, Corpus] = {}
+
+
 def _corpus(ctx: FleetContext) -> Corpus:
-    return ray.get(ctx.corpus_ref)
+    key = ctx.corpus_ref.binary()
+    if key not in _CORPUS:
+        _CORPUS.clear()
+        _CORPUS[key] = ray.get(ctx.corpus_ref)
+    return _CORPUS[key]
 
 
 def _skipped(run: RunSpec) -> dict[str, Any]:
