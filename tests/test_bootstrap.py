@@ -172,7 +172,7 @@ def test_evaluate_returns_an_interval_around_the_value(model_and_tokenizer):
         assert evaluate(model, split, EVAL, tokenizer=tokenizer) == result  # deterministic, bounds included
         none = evaluate(model, split, off, tokenizer=tokenizer)
         assert math.isnan(none["low"]) and math.isnan(none["high"]) and none["value"] == result["value"]
-    assert list(result) == ["metric", "value", "low", "high", "higher_is_better", "n_examples", "n_tokens"]
+    assert list(result) == ["metric", "value", "low", "high", "halfwidth", "higher_is_better", "n_examples", "n_tokens"]
 
 
 # ----------------------------------------------------------------------------- tables
@@ -191,7 +191,7 @@ def test_old_cells_table_is_read_and_appended_to(new_store: Callable[..., Vector
     store.write_table(results.CELLS_TABLE, pa.Table.from_pandas(old_rows[old_schema.names], schema=old_schema,
                                                                 preserve_index=False))
     read = read_cells(store)
-    assert list(read.columns) == results.CELLS_COLUMNS and read[["low", "high"]].isna().all().all()
+    assert list(read.columns) == results.CELLS_COLUMNS and read[["low", "high", "halfwidth"]].isna().all().all()
     # the appender the cells stage uses: the old rows get NaN bounds, the table the new schema
     append_cells(store, [_row("lm/2015", "2014", 25.0, 24.0, 26.5)])
     stored = store.read_table(results.CELLS_TABLE)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -17,10 +19,11 @@ from timevec.data.models import (
     float_parameters,
     load_tokenizer,
 )
-from timevec.distributed.cells import read_cells, run_cells
+from timevec.distributed.cells import read_cell_examples, read_cells, run_cells
 from timevec.evaluate.cells import CellEvaluator
 from timevec.evaluate.metrics import evaluate
-from timevec.results import CELL_KEY, CELLS_SCHEMA, CELLS_TABLE, TABLES
+from timevec.evaluate.sequential import example_order
+from timevec.results import CELL_EXAMPLES_TABLE, CELL_KEY, CELLS_SCHEMA, CELLS_TABLE, TABLES
 from timevec.results import CELLS_COLUMNS as COLUMNS
 from timevec.store import StoreError, VectorStore
 from timevec.weights.vectors import TimeVector
@@ -156,3 +159,33 @@ def test_rerun_computes_only_missing_cells_and_names_a_broken_vector(ray_session
         ("base", "2016"), ("lm/2015", "2015"), ("lm/2015", "2016")
     ]  # only the deleted cells were computed again, with the same values
     assert merged["value"].to_numpy() == pytest.approx(merged["value_old"].to_numpy(), rel=1e-6)
+
+
+def test_cells_to_a_target_precision_store_the_examples_they_scored(ray_session, study, tmp_path):
+    """evaluation.target_halfwidth: every cell stops after its first block here (a loose target); the cells record
+    the examples scored and the half-width, and cell_examples holds their statistics, whose value is the cell's."""
+    config, store, _, splits = study
+    shutil.copytree(store.url, tmp_path / "store", ignore=shutil.ignore_patterns("results"))
+    config = config.model_copy(update={
+        "store": config.store.model_copy(update={"url": str(tmp_path / "store")}),
+        "evaluation": config.evaluation.model_copy(update={"target_halfwidth": 1000.0, "block_examples": 2}),
+    })
+    target_store = VectorStore.from_config(config.store)
+    cells, _ = run_cells(config, target_store)
+    assert len(cells) == 12 and (cells["n_examples"] == 2).all()  # 2 of the 6 examples of each split
+    assert ((cells["halfwidth"] > 0) & (cells["halfwidth"] <= 1000.0)).all()
+    examples = read_cell_examples(target_store, config.evaluation.bootstrap_samples, config.evaluation.bootstrap_seed)
+    assert len(examples) == 12
+    for row in cells.itertuples(index=False):
+        stats = examples[(row.task, row.granularity, row.vector, row.test_period)]
+        assert len(stats) == 2 and stats.value() == row.value
+        interval = stats.interval(config.evaluation.confidence)
+        assert (interval.low, interval.high) == (row.low, row.high)
+    # the first two examples of the split's seeded order, the same for every vector
+    split = splits[("lm", "year")]["2015"]
+    order = example_order(split.n_examples, config.evaluation.bootstrap_seed, "lm", "2015")
+    counts = [sum(t != -100 for t in split.examples[i].labels) - 1 for i in order[:2]]  # decoder-only: not the 1st
+    for vector in ("base", "lm/2014", "lm/2016"):
+        assert examples[("lm", "year", vector, "2015")].tokens.tolist() == counts
+    # the study's own store (the target off) has no cell_examples: every cell scored every example
+    assert not store.has_table(CELL_EXAMPLES_TABLE)

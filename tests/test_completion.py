@@ -146,11 +146,12 @@ def test_complete_cells_fills_each_group_and_completes_perplexity_on_the_log_sca
     out = complete_cells(frame)
     n_missing = 100 - len(design)
     assert list(out.columns) == ["task", "granularity", "vector", "train_period", "test_period", "metric", "value",
-                                 "low", "high", "higher_is_better", "n_examples", "n_tokens", "seconds", "estimated"]
+                                 "low", "high", "halfwidth", "higher_is_better", "n_examples", "n_tokens", "seconds",
+                                 "estimated"]
     assert dict(out.dtypes.astype(str)) == {
         "task": "object", "granularity": "object", "vector": "object", "train_period": "object",
         "test_period": "object", "metric": "object", "value": "float64", "low": "float64", "high": "float64",
-        "higher_is_better": "bool", "n_examples": "int64", "n_tokens": "int64", "seconds": "float64",
+        "halfwidth": "float64", "higher_is_better": "bool", "n_examples": "int64", "n_tokens": "int64", "seconds": "float64",
         "estimated": "bool"}
     assert len(out) == 2 * n_missing and out["estimated"].all()
     assert (out["n_examples"] == 0).all() and (out["n_tokens"] == 0).all() and (out["seconds"] == 0.0).all()

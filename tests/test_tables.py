@@ -26,10 +26,13 @@ def test_every_declared_schema_is_well_formed() -> None:
         assert declared.schema is not None, declared.name
         names = declared.schema.names
         assert len(names) == len(set(names)), declared.name
-        assert {str(f.type) for f in declared.schema} <= {"string", "double", "int64", "bool"}, declared.name
+        assert {str(f.type) for f in declared.schema} <= {"string", "double", "int64", "bool", "list<item: double>",
+                                                          "list<item: int64>", "list<item: string>"}, declared.name
         assert set(declared.added) <= set(names) and {c for c, _ in declared.fill} <= set(names), declared.name
     assert results.schema("a b:f64 c:i64 d:bool").equals(
         pa.schema([("a", pa.string()), ("b", pa.float64()), ("c", pa.int64()), ("d", pa.bool_())]))
+    assert results.schema("e:list<f64> f:list<i64> g:list<str>").equals(
+        pa.schema([("e", pa.list_(pa.float64())), ("f", pa.list_(pa.int64())), ("g", pa.list_(pa.string()))]))
 
 
 @pytest.mark.parametrize("new_store", ["local"], indirect=True)
@@ -86,3 +89,4 @@ def test_builders_fix_columns_dtypes_and_the_declared_fills() -> None:
     old = pd.DataFrame([{k: v for k, v in _cell().items() if k not in ("low", "high")}])  # a table from before low/high
     cells = results.cells_frame(old)
     assert list(cells.columns) == results.CELLS_COLUMNS and math.isnan(cells.loc[0, "low"])
+    assert math.isnan(cells.loc[0, "halfwidth"])

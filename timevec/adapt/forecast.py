@@ -32,6 +32,10 @@ Design choices, and why:
 - **Baselines come from the all-pairs table when it holds them** (``known``, as
   :func:`timevec.adapt.interpolation.period_baselines`): base, latest and in_period on p*'s test split are cells
   (base, p*), (p_n, p*), (p*, p*); only what is absent is evaluated.
+- **Gains on the examples both scored.** Under ``evaluation.target_halfwidth`` a row and the latest
+  vector's may have scored different prefixes of p*'s seeded example order (:mod:`timevec.evaluate.sequential`);
+  ``gain_vs_latest`` and its paired interval are then computed on the shorter prefix
+  (:func:`timevec.evaluate.per_example.on_common_prefix`), while ``value`` is the row's own.
 - **One work item is one (task, granularity, method)** over its held-out periods: λ is chosen once,
   and periods whose coefficients coincide (latest, ema, soup, scaled_latest) share one evaluation.
   Rows are keyed by :data:`~timevec.results.FORECAST_KEY` (task, granularity, method, target,
@@ -69,6 +73,7 @@ from timevec.data.examples import EvalSplit
 from timevec.errors import TimevecError
 from timevec.evaluate.bootstrap import interval_of
 from timevec.evaluate.gains import better, gain, gain_pct
+from timevec.evaluate.per_example import on_common_prefix
 from timevec.periods import sort_periods
 from timevec.results import FORECAST_KEY
 
@@ -216,13 +221,16 @@ def choose_scale(
     """scaled_latest's λ: the best λ·τ_{n−1} on p_n's validation split; returns (λ, [(λ, value)]).
 
     The step from p_{n−1} to p_n is the last one whose outcome is known when p* begins, so it is the
-    one λ is fitted on. Ties keep the first (smallest) λ of the grid.
+    one λ is fitted on. Ties keep the first (smallest) λ of the grid. The values compared (and returned)
+    are on the examples every λ scored (:func:`timevec.evaluate.per_example.on_common_prefix`).
     """
     past = sort_periods(past)
     if validation.period != past[-1] or validation.split != "validation":
         raise ValueError(f"λ is chosen on {past[-1]}'s validation split, got {validation.period}'s {validation.split} split")
     previous = load_vector(past[-2])
-    trace = [(float(lam), value_of(evaluate_weights([(float(lam), previous)], [validation]))) for lam in sorted(lambdas)]
+    grid = [float(lam) for lam in sorted(lambdas)]
+    rows = [evaluate_weights([(lam, previous)], [validation])[0] for lam in grid]
+    trace = [(lam, float(row["value"])) for lam, row in zip(grid, on_common_prefix(rows))]  # target_halfwidth
     best_lam, best = trace[0]
     for lam, value in trace[1:]:
         if better(value, best, higher):
@@ -424,19 +432,23 @@ def evaluate_item(
     for t in targets:
         if t not in values:
             continue
-        value = values[t]
+        value, row, ref, base_value = values[t], rows_of.get(t), ref_rows.get(t), reference[t]
+        if row is not None and ref is not None:  # the gain on the examples both scored (target_halfwidth)
+            row, ref = on_common_prefix([row, ref])
+            value_on, base_value = float(row["value"]), float(ref["value"])
+        else:
+            value_on = value
         rows.append({
             "task": item.task, "granularity": item.granularity, "method": item.method,
             "selection": ORACLE if item.method == "in_period" else PAST_ONLY, "target_period": t,
             "horizon": _steps(latest, t), "history": history_of(item.method, item.past, t, params),
             "param": _param(item.method, item.past, t, params), "split": "test", "metric": task_metric(item.task),
             "value": value, "higher_is_better": higher,
-            "gain_vs_latest": gain(value, reference[t], higher), "gain_vs_latest_pct": gain_pct(value, reference[t], higher),
+            "gain_vs_latest": gain(value_on, base_value, higher),
+            "gain_vs_latest_pct": gain_pct(value_on, base_value, higher),
         })
-        rows[-1]["gain_vs_latest_low"], rows[-1]["gain_vs_latest_high"] = _gain_interval(
-            rows_of.get(t), ref_rows.get(t), higher, pct=False)
-        rows[-1]["gain_vs_latest_pct_low"], rows[-1]["gain_vs_latest_pct_high"] = _gain_interval(
-            rows_of.get(t), ref_rows.get(t), higher, pct=True)
+        rows[-1]["gain_vs_latest_low"], rows[-1]["gain_vs_latest_high"] = _gain_interval(row, ref, higher, pct=False)
+        rows[-1]["gain_vs_latest_pct_low"], rows[-1]["gain_vs_latest_pct_high"] = _gain_interval(row, ref, higher, pct=True)
     return rows
 
 

@@ -31,6 +31,7 @@ from timevec.config import ConfigError
 from timevec.data.examples import EvalSplit
 from timevec.evaluate.bootstrap import interval_of
 from timevec.evaluate.gains import gain
+from timevec.evaluate.per_example import on_common_prefix
 from timevec.param_groups import GROUPS, param_group
 from timevec.periods import Period, PeriodError, sort_periods
 from timevec.weights.vectors import TimeVector
@@ -117,7 +118,11 @@ def evaluate_swaps(evaluate_weights: EvaluateWeights, load_vector: LoadVector, i
     example draws (:func:`timevec.evaluate.bootstrap.replicates`), the share recomputed per draw
     (draws where the gap is 0 are left out). The ends are therefore evaluated, not read from
     ``known`` (cells carry no replicates; the values are the same, bit for bit); an evaluator without
-    ``keep_replicates`` gives NaN bounds, and its ends come from ``known`` where it has them.
+    ``keep_replicates`` gives NaN bounds, and its ends come from ``known`` where it has them. Under
+    ``evaluation.target_halfwidth`` the three may have scored different prefixes of k's seeded example order:
+    ``gain_vs_source``, the share and its interval use the shortest
+    (:func:`timevec.evaluate.per_example.on_common_prefix`); ``value``, ``value_source`` and ``value_target``
+    are each evaluation's own.
     """
     tau_j, tau_k = load_vector(item.source), load_vector(item.target)
 
@@ -138,8 +143,10 @@ def evaluate_swaps(evaluate_weights: EvaluateWeights, load_vector: LoadVector, i
     for group in item.groups:
         row = evaluate(swap_terms(tau_j, tau_k, group))
         higher = bool(row["higher_is_better"])
-        closed, gap = gain(row["value"], v_source, higher), gain(v_target, v_source, higher)
-        low, high = _share_interval(row, ends[item.source], ends[item.target], higher, confidence)
+        swap, source, target = on_common_prefix([row, ends[item.source], ends[item.target]])  # target_halfwidth
+        closed = gain(swap["value"], source["value"], higher)
+        gap = gain(target["value"], source["value"], higher)
+        low, high = _share_interval(swap, source, target, higher, confidence)
         rows.append({
             "task": item.task, "granularity": item.granularity, "source_period": item.source,
             "target_period": item.target, "group": group, "n_tensors": int(n_tensors.get(group, 0)),

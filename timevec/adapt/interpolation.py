@@ -44,6 +44,7 @@ import pandas as pd
 from timevec.data.examples import EvalSplit
 from timevec.evaluate.gains import better, gain
 from timevec.evaluate.metrics import METRICS
+from timevec.evaluate.per_example import on_common_prefix
 from timevec.periods import Period, latest_before, sort_periods
 from timevec.results import INTERPOLATION_KEY, alpha_key, with_split
 from timevec.weights.vectors import TimeVector
@@ -284,7 +285,8 @@ def greedy_soup(
 
     Start from the period's own vector (the nearest neighbour when it is not stored); try the
     other stored vectors in order of distance (:func:`neighbour_order`) and keep a candidate only if
-    the uniform average of the members plus it is strictly better on ``period``'s VALIDATION split.
+    the uniform average of the members plus it is strictly better on ``period``'s VALIDATION split (on the
+    examples both scored: :func:`timevec.evaluate.per_example.on_common_prefix`).
     The final soup is then evaluated once on the test split. Selection never sees test data.
     """
     candidates = neighbour_order(period, stored)
@@ -296,16 +298,18 @@ def greedy_soup(
         members = [candidates.pop(0)]
     else:
         raise ValueError(f"no stored vector near {period} to start a soup from")
-    best = value_of(evaluate_weights(_average(load_vector, members), [validation]))
-    start = best
+    best_row = evaluate_weights(_average(load_vector, members), [validation])[0]
+    best = start = value_of([best_row])
     trace: list[tuple[str, float, bool]] = []
     for candidate in candidates:
         tried = members + [candidate]
-        value = value_of(evaluate_weights(_average(load_vector, tried), [validation]))
-        accepted = better(value, best, higher)
+        row = evaluate_weights(_average(load_vector, tried), [validation])[0]
+        value = value_of([row])
+        mine, theirs = on_common_prefix([row, best_row])  # on the examples both scored (target_halfwidth)
+        accepted = better(mine["value"], theirs["value"], higher)
         trace.append((candidate, value, accepted))
         if accepted:
-            members, best = tried, value
+            members, best, best_row = tried, value, row
     test_value = value_of(evaluate_weights(_average(load_vector, members), [test])) if test is not None else math.nan
     log.info("soup %s: members %s (validation %.4g from %.4g)", period, _members(members), best, start)
     return SoupResult(period, sort_periods(members), best, test_value, start, trace)

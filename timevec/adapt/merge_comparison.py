@@ -9,7 +9,8 @@ every configured period:
   :func:`timevec.adapt.interpolation.interpolation_ends`).
 
 Each row's ``gain_vs_task_arithmetic`` is :func:`timevec.evaluate.gains.gain` against task arithmetic on the
-same combination and period (positive: the method is better). Table name and columns:
+same combination and period (positive: the method is better), on the examples both scored
+(:func:`timevec.evaluate.per_example.on_common_prefix`: under ``evaluation.target_halfwidth``). Table name and columns:
 :data:`timevec.results.MERGE_METHODS_TABLE`, :data:`~timevec.results.MERGE_METHODS_COLUMNS`. One
 :class:`~timevec.evaluate.cells.CellEvaluator` holds θ_pre throughout (its ``merge`` is switched per method
 and put back); each vector is read once. Ray-free; ``bench/merge_methods.py`` prints and writes it.
@@ -28,6 +29,7 @@ from timevec.config import ExperimentConfig
 from timevec.data.examples import prepare_eval_sets
 from timevec.evaluate.cells import CellEvaluator, Splits
 from timevec.evaluate.gains import gain
+from timevec.evaluate.per_example import on_common_prefix
 from timevec.periods import Period, sort_periods
 from timevec.results import merge_methods_frame
 from timevec.store import VectorStore
@@ -93,15 +95,17 @@ def merge_comparison(
                             "task": task, "granularity": granularity, "combination": combination, "method": method.label,
                             "period": str(result["test_period"]), "metric": result["metric"], "value": float(result["value"]),
                             "higher": bool(result["higher_is_better"]), "baseline": method.is_task_arithmetic,
+                            "evaluated": result,
                         })
                 log.info("merge comparison: %s/%s %s over %s done", task, granularity, combination, ",".join(sort_periods(periods)))
             del vectors
     finally:
         evaluator.merge = saved
-    reference = {(r["task"], r["granularity"], r["combination"], r["period"]): r["value"] for r in rows if r["baseline"]}
+    reference = {(r["task"], r["granularity"], r["combination"], r["period"]): r["evaluated"] for r in rows if r["baseline"]}
     for r in rows:
-        r["gain_vs_task_arithmetic"] = gain(r["value"], reference[(r["task"], r["granularity"], r["combination"], r["period"])],
-                                            r["higher"])
+        # on the examples both scored (evaluation.target_halfwidth; with it off, on every example)
+        mine, theirs = on_common_prefix([r["evaluated"], reference[(r["task"], r["granularity"], r["combination"], r["period"])]])
+        r["gain_vs_task_arithmetic"] = gain(mine["value"], theirs["value"], r["higher"])
     return merge_methods_frame(rows)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from timevec.config.sections import Task, _Strict
 from timevec.param_groups import GROUPS
@@ -23,7 +23,19 @@ class EvaluationConfig(_Strict):
         "(`timevec.evaluate.bootstrap`); 0: off, NaN bounds"
     )
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="confidence of the cells' bootstrap intervals")
-    bootstrap_seed: int = Field(0, ge=0, description="seed of the resample indices (shared by every cell of a split)")
+    bootstrap_seed: int = Field(0, ge=0, description="seed of the resample indices and, under `target_halfwidth`, of each "
+                                "test split's example order (both shared by every cell of a split)")
+    target_halfwidth: float | None = Field(
+        None, gt=0.0, description="evaluate each cell to this precision: it scores its test split in blocks of "
+        "`block_examples`, in one seeded order per split (the same for every vector), until the bootstrap half-width of "
+        "its value at `confidence` is at most this — percent of the value for perplexity, points (0–100) for macro-F1 "
+        "and ROUGE-L (a half-width of 0, resamples that all agree, does not stop a cell) — or the split (at most "
+        "`max_examples`) is used up; comparisons of two cells use the examples both scored "
+        "(`timevec.evaluate.sequential`). null: every example"
+    )
+    block_examples: int = Field(16, ge=2, description="`target_halfwidth`: examples scored between two checks of the "
+                                "half-width (also the fewest a cell scores); a block is batched on its own, so one "
+                                "smaller than `batch_size` leaves its batches part empty")
     design: Literal["full", "band"] = Field(
         "full", description="which cells of each (task, granularity) matrix the evaluate stage evaluates: `full` every "
         "one; `band` every cell with |train period − test period| ≤ `design_band` periods plus a seeded `design_fraction` "
@@ -34,6 +46,13 @@ class EvaluationConfig(_Strict):
     design_fraction: float = Field(0.2, ge=0.0, le=1.0, description="`design: band`: the share of the cells outside the "
                                    "band evaluated (a hash of the seed and the cell's periods decides each one, so adding "
                                    "a period evaluates only its new cells)")
+
+    @model_validator(mode="after")
+    def _target_needs_bootstrap(self) -> EvaluationConfig:
+        if self.target_halfwidth is not None and self.bootstrap_samples == 0:
+            raise ValueError("evaluation.target_halfwidth needs the bootstrap (evaluation.bootstrap_samples > 0): the "
+                             "half-width is the bootstrap interval's")
+        return self
 
 
 def _alpha_grid(start: float, stop: float, step: float) -> list[float]:

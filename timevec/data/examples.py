@@ -24,7 +24,7 @@ import io
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from timevec.config import TASKS, EvaluationConfig, ExperimentConfig
@@ -110,6 +110,20 @@ class EvalSplit:
         if self.task == "summarization":
             return len(self.references)
         return len(self.examples)
+
+    def subset(self, indices: Iterable[int]) -> EvalSplit:
+        """The split of the evaluated units at ``indices``, in that order (a classified text keeps all its
+        candidates): what one block of a sequential evaluation scores (:mod:`timevec.evaluate.sequential`)."""
+        idx = [int(i) for i in indices]
+        if self.task == "classification":
+            k = len(self.candidates)
+            return replace(self, examples=tuple(e for i in idx for e in self.examples[i * k : (i + 1) * k]),
+                           gold=tuple(self.gold[i] for i in idx))
+        if self.task == "summarization":
+            return replace(self, examples=tuple(self.examples[i] for i in idx),
+                           prompts=tuple(self.prompts[i] for i in idx) if self.prompts else (),
+                           references=tuple(self.references[i] for i in idx))
+        return replace(self, examples=tuple(self.examples[i] for i in idx))
 
 
 def spread(n: int, cap: int | None) -> list[int]:

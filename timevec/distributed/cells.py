@@ -38,8 +38,16 @@ Cells table schema (``results/cells.parquet``; other stages read it): ``task`` s
 str|None, ``test_period`` str, ``metric`` str (perplexity|macro_f1|rougeL), ``value`` float,
 ``low``/``high`` float (the bootstrap interval of ``value`` over the test examples,
 :mod:`timevec.evaluate.bootstrap`; NaN when off, and in rows of a table written before the bounds
-existed), ``higher_is_better`` bool, ``n_examples`` int, ``n_tokens`` int, ``seconds`` float
-(wall time of that cell's forward passes, metric and interval).
+existed), ``halfwidth`` float (the interval's half-width: percent of ``value`` for perplexity, points for
+macro-F1 and ROUGE-L), ``higher_is_better`` bool, ``n_examples`` int (the examples scored), ``n_tokens``
+int, ``seconds`` float (wall time of that cell's forward passes, metric and interval).
+
+Under ``evaluation.target_halfwidth`` (:mod:`timevec.evaluate.sequential`) each cell scores a prefix of
+its split's seeded order, as long as its own precision needs; the stage then also writes what each
+cell's metric needs of every scored example to ``results/cell_examples.parquet`` (same key, one row per
+cell: :class:`~timevec.evaluate.per_example.ExampleStats`), so that later comparisons of two cells can use
+the examples both scored (:func:`read_cell_examples`). A table computed with the target off is not
+recomputed when the target is set (the key has no precision): remove it to re-evaluate.
 """
 
 from __future__ import annotations
@@ -59,13 +67,14 @@ from timevec.distributed.actor_pool import Attempt, Failure, PoolActor, drive, f
 from timevec.distributed.combinations import stage_store
 from timevec.distributed.runtime import worker_device
 from timevec.evaluate.cells import BASE, CellEvaluator, SplitKey, WorkItem, plan_cells
+from timevec.evaluate.per_example import EXAMPLES, ExampleStats
 from timevec.periods import Period
-from timevec.results import CELL_KEY, CELLS_TABLE, cells_frame
+from timevec.results import CELL_EXAMPLES_TABLE, CELL_KEY, CELLS_TABLE, cells_frame
 from timevec.store import StoreError, VectorStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CellRunStats", "append_cells", "read_cells", "run_cells"]
+__all__ = ["CellRunStats", "append_cells", "example_rows", "read_cell_examples", "read_cells", "run_cells"]
 
 # ----------------------------------------------------------------------------- the actor
 
@@ -88,7 +97,8 @@ class _CellActor(PoolActor):
 
     def work(self, item: WorkItem, splits: Any) -> dict[str, list[dict[str, Any]]]:
         self.evaluator.splits = splits
-        return {CELLS_TABLE: self.evaluator.evaluate_item(item)}
+        rows = self.evaluator.evaluate_item(item)
+        return {CELLS_TABLE: rows, CELL_EXAMPLES_TABLE: example_rows(rows)}
 
     def stats(self) -> dict[str, float]:
         return {**self.evaluator.stats.as_dict(), "ready_at": self._ready_at}
@@ -134,6 +144,21 @@ def read_cells(store: VectorStore, table: str = CELLS_TABLE) -> pd.DataFrame:
         return cells_frame([])
     frame = cells_frame(results.read_table(store, table))
     return frame.drop_duplicates(CELL_KEY, keep="last").reset_index(drop=True)
+
+
+def example_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``cell_examples`` rows of cells rows that carry per-example statistics (none with the target off)."""
+    return [{**{k: row[k] for k in CELL_KEY}, **row[EXAMPLES].as_row()} for row in rows if row.get(EXAMPLES) is not None]
+
+
+def read_cell_examples(store: VectorStore, samples: int, seed: int) -> dict[tuple[str, str, str, str], ExampleStats]:
+    """Every cell's per-example statistics by ``(task, granularity, vector, test_period)`` (last row wins), resampled
+    with ``samples``/``seed`` (``evaluation.bootstrap_samples``/``bootstrap_seed``); empty when the stage wrote none."""
+    frame = results.read_table(store, CELL_EXAMPLES_TABLE, default=None)
+    if frame is None:
+        return {}
+    return {tuple(str(row[k]) for k in CELL_KEY): ExampleStats.from_row(row, samples, seed)  # type: ignore[misc]
+            for row in frame.to_dict("records")}
 
 
 def append_cells(store: VectorStore, rows: list[dict[str, Any]], table: str = CELLS_TABLE) -> None:
@@ -242,6 +267,9 @@ def _compute(
         append_cells(store, rows, table)
         log.info("cells: %d rows appended to %s", len(rows), table)
 
+    def append_examples(rows: list[dict[str, Any]]) -> None:
+        results.append_table(store, CELL_EXAMPLES_TABLE, results.cell_examples_frame(rows))
+
     def failed(failure: Failure) -> None:
         item = failure.item
         log.error("vector %s (%s) failed: %s", item.vector, item.granularity, failure.text)
@@ -255,7 +283,7 @@ def _compute(
             raise StoreError(f"an evaluation actor could not load the base from {store}: {error}") from None
 
     outcome = drive(
-        _CellActor, (config, store), config.ray, items, splits, {CELLS_TABLE: append},
+        _CellActor, (config, store), config.ray, items, splits, {CELLS_TABLE: append, CELL_EXAMPLES_TABLE: append_examples},
         desc="cells", unit="vector", flush_rows=flush_rows, flush_seconds=flush_seconds,
         on_failure=failed, on_setup_error=setup_failed, collect="stats",
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +34,8 @@ from timevec.data.models import (
     is_encoder_decoder,
     token_losses,
 )
-from timevec.evaluate import bootstrap
+from timevec.evaluate.per_example import EXAMPLES, ExampleStats
+from timevec.evaluate.sequential import example_order, halfwidth, to_precision
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +282,33 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
+def _example_stats(
+    model: PreTrainedModel, split: EvalSplit, eval_cfg: EvaluationConfig, device: torch.device,
+    tokenizer: PreTrainedTokenizerBase | None,
+) -> tuple[ExampleStats, int, float]:
+    """Every example of ``split`` scored, in its order: (their statistics, the scored or generated token
+    count, the metric over the whole split). The value is computed as it always was (the statistics'
+    own :meth:`~ExampleStats.value` may differ from it in the last bit for perplexity)."""
+    metric, _ = METRICS[split.task]
+    samples, seed = eval_cfg.bootstrap_samples, eval_cfg.bootstrap_seed
+    if split.task == "lm":
+        sums, counts = _score(model, split.examples, split, eval_cfg.batch_size, device)
+        n_tokens = int(counts.sum())
+        value = math.exp(float(sums.sum()) / n_tokens) if n_tokens else math.inf
+        stats = ExampleStats(metric, loss=sums.numpy(), tokens=counts.numpy(), samples=samples, seed=seed)
+        return stats, n_tokens, value
+    if split.task == "classification":
+        pred, n_tokens = classify(model, split, eval_cfg.batch_size, device)
+        stats = ExampleStats(metric, gold=split.gold, pred=tuple(pred), samples=samples, seed=seed)
+        return stats, n_tokens, macro_f1(list(split.gold), pred)
+    if tokenizer is None:
+        raise EvaluationError("summarization needs the tokenizer to decode the generated summaries")
+    hypotheses, n_tokens = _generate(model, split, tokenizer, eval_cfg, device)
+    scores = rouge_l_scores(list(split.references), hypotheses)
+    value = sum(scores) / len(scores) if scores else 0.0  # = rouge_l(references, hypotheses)
+    return ExampleStats(metric, score=np.asarray(scores, dtype=np.float64), samples=samples, seed=seed), n_tokens, value
+
+
 def evaluate(
     model: PreTrainedModel,
     split: EvalSplit,
@@ -292,17 +319,24 @@ def evaluate(
 ) -> dict:
     """The task metric of ``model`` (as it is now) on ``split``.
 
-    Returns ``{metric, value, low, high, higher_is_better, n_examples, n_tokens}``: perplexity =
+    Returns ``{metric, value, low, high, halfwidth, higher_is_better, n_examples, n_tokens}``: perplexity =
     exp(total loss / total tokens) over the whole split (lm); macro-F1 of likelihood-scored labels
     (classification); mean ROUGE-L F of greedy summaries (summarization; needs ``tokenizer`` to
     decode). ``low``/``high``: the percentile bootstrap interval of ``value`` over the split's
     examples (:mod:`timevec.evaluate.bootstrap`; ``eval_cfg.bootstrap_samples`` resamples at
-    ``eval_cfg.confidence``), NaN when it is off or the split has fewer than 2 examples.
-    ``keep_replicates``: also ``replicates``, the B resampled values (:func:`bootstrap.replicates`:
+    ``eval_cfg.confidence``), NaN when it is off or the split has fewer than 2 examples; ``halfwidth``:
+    its half-width, in percent of the value for perplexity and in points for macro-F1 and ROUGE-L
+    (:func:`timevec.evaluate.sequential.halfwidth`).
+    ``keep_replicates``: also ``replicates``, the B resampled values (:func:`timevec.evaluate.bootstrap.replicates`:
     the same draws for every cell of the split, so functions of several cells can be bootstrapped paired).
     ``n_tokens`` counts the tokens the model scored (lm, classification: over every candidate) or
     generated (summarization). The model is put in eval mode and left on its device; ``device``
     defaults to the model's.
+
+    With ``eval_cfg.target_halfwidth`` set, the examples are scored in blocks in the split's seeded
+    order until that precision is reached (:func:`timevec.evaluate.sequential.to_precision`):
+    ``n_examples`` counts the examples scored, and ``examples`` holds their
+    :class:`~timevec.evaluate.per_example.ExampleStats`, for comparisons on a common prefix.
     """
     if split.encoder_decoder != is_encoder_decoder(model):
         raise EvaluationError(
@@ -311,33 +345,25 @@ def evaluate(
         )
     device = torch.device(device) if device is not None else _model_device(model)
     metric, higher = METRICS[split.task]
-    resamples: dict[str, Any] = dict(samples=eval_cfg.bootstrap_samples, confidence=eval_cfg.confidence, seed=eval_cfg.bootstrap_seed)
+    target = eval_cfg.target_halfwidth if split.n_examples > 0 else None
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            if split.task == "lm":
-                sums, counts = _score(model, split.examples, split, eval_cfg.batch_size, device)
-                n_tokens = int(counts.sum())
-                value = math.exp(float(sums.sum()) / n_tokens) if n_tokens else math.inf
-                interval = bootstrap.perplexity_interval(sums.numpy(), counts.numpy(), **resamples)
-                loss, tokens = sums.numpy().astype(np.float64), counts.numpy().astype(np.int64)
-                statistic, n_stat = (lambda w: bootstrap.perplexity_of(loss, tokens, w)), len(loss)
-            elif split.task == "classification":
-                pred, n_tokens = classify(model, split, eval_cfg.batch_size, device)
-                value = macro_f1(list(split.gold), pred)
-                interval = bootstrap.macro_f1_interval(list(split.gold), pred, **resamples)
-                g, p, labels = bootstrap.encode_labels(list(split.gold), pred)
-                statistic, n_stat = (lambda w: bootstrap.macro_f1_of(g, p, len(labels), w)), len(g)
+            if target is None:
+                stats, n_tokens, value = _example_stats(model, split, eval_cfg, device, tokenizer)
+                interval = stats.interval(eval_cfg.confidence)
             else:
-                if tokenizer is None:
-                    raise EvaluationError("summarization needs the tokenizer to decode the generated summaries")
-                hypotheses, n_tokens = _generate(model, split, tokenizer, eval_cfg, device)
-                scores = rouge_l_scores(list(split.references), hypotheses)
-                value = sum(scores) / len(scores) if scores else 0.0  # = rouge_l(references, hypotheses)
-                interval = bootstrap.mean_interval(scores, **resamples)
-                x = np.asarray(scores, dtype=np.float64)
-                statistic, n_stat = (lambda w: bootstrap.mean_of(x, w)), len(x)
+                tokens = [0]
+
+                def score(indices: np.ndarray) -> ExampleStats:
+                    block, n, _ = _example_stats(model, split.subset(indices), eval_cfg, device, tokenizer)
+                    tokens[0] += n
+                    return block
+
+                order = example_order(split.n_examples, eval_cfg.bootstrap_seed, split.task, split.period, split.split)
+                stats, interval = to_precision(order, eval_cfg.block_examples, target, score, eval_cfg.confidence)
+                n_tokens, value = tokens[0], stats.value()
     finally:
         if was_training:
             model.train()
@@ -346,11 +372,13 @@ def evaluate(
         "value": float(value),
         "low": interval.low,
         "high": interval.high,
+        "halfwidth": halfwidth(metric, float(value), interval),
         "higher_is_better": higher,
-        "n_examples": split.n_examples,
+        "n_examples": len(stats),
         "n_tokens": n_tokens,
     }
+    if target is not None:
+        out[EXAMPLES] = stats
     if keep_replicates:
-        out["replicates"] = bootstrap.replicates(statistic, n_stat, eval_cfg.bootstrap_samples,
-                                                 eval_cfg.bootstrap_seed)
+        out["replicates"] = stats.replicates()
     return out

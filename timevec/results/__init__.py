@@ -11,6 +11,7 @@ batches (resumable stages) always concatenate. Torch-free and Ray-free.
 | table | written by | one row is |
 | --- | --- | --- |
 | ``cells`` | evaluate | one (vector or base, test period) evaluation |
+| ``cell_examples`` | evaluate | what one cell's metric needs of each example it scored (``evaluation.target_halfwidth``) |
 | ``interpolation`` | interpolate | one α of (1−α)·τ_first + α·τ_last on one test period |
 | ``interpolation_best`` | interpolate | the best α of one middle period, against every baseline |
 | ``soups`` / ``patching`` | interpolate | a greedy time soup / a patched period, or one of its baselines |

@@ -27,7 +27,7 @@ _D = TypeVar("_D")
 
 __all__ = [
     "FIGURE_TABLE_PREFIX", "TABLES", "Table", "append_table", "read_table", "table", "write_table",
-    "analogy_best_frame", "analogy_frame", "cells_frame", "forecast_frame", "forgetting_frame", "group_norms_frame",
+    "analogy_best_frame", "analogy_frame", "cell_examples_frame", "cells_frame", "forecast_frame", "forgetting_frame", "group_norms_frame",
     "group_sim_deg_frame", "group_similarity_frame", "group_swaps_frame", "interpolation_frame", "merge_methods_frame",
     "patching_frame", "probe_frame", "soup_frame",
 ]
@@ -95,6 +95,7 @@ def _declare(*tables: Table) -> dict[str, Table]:
 TABLES: dict[str, Table] = _declare(
     Table(s.CELLS_TABLE, "evaluate", s.CELLS_SCHEMA, tuple(s.CELL_KEY), fill=(("estimated", False),),
           added=s.CELLS_ADDED_COLUMNS),
+    Table(s.CELL_EXAMPLES_TABLE, "evaluate", s.CELL_EXAMPLES_SCHEMA, tuple(s.CELL_KEY)),
     Table(s.INTERPOLATION_TABLE, "interpolate", s.INTERPOLATION_SCHEMA, tuple(s.INTERPOLATION_KEY), fill=(("split", "test"),)),
     Table(s.INTERPOLATION_BEST_TABLE, "interpolate", s.INTERPOLATION_BEST_SCHEMA,
           ("task", "granularity", "first", "last", "test_period")),
@@ -181,6 +182,7 @@ def _builder(name: str) -> Callable[[Iterable[dict[str, Any]] | pd.DataFrame], p
 
 
 cells_frame = _builder(s.CELLS_TABLE)
+cell_examples_frame = _builder(s.CELL_EXAMPLES_TABLE)
 interpolation_frame = _builder(s.INTERPOLATION_TABLE)
 soup_frame = _builder(s.SOUPS_TABLE)
 patching_frame = _builder(s.PATCHING_TABLE)

@@ -19,6 +19,8 @@ __all__ = [
     "CELL_KEY",
     "cell_values",
     "CELLS_TABLE",
+    "CELL_EXAMPLES_SCHEMA",
+    "CELL_EXAMPLES_TABLE",
     "DECAY_BY_GAP_TABLE",
     "DECAY_FIT_TABLE",
     "DIAGONAL_TABLE",
@@ -66,7 +68,8 @@ __all__ = [
 ]
 
 #: A column's type in a schema spec (:func:`schema`): a bare name is a string column.
-_TYPES = {"": pa.string(), "f64": pa.float64(), "i64": pa.int64(), "bool": pa.bool_()}
+_TYPES = {"": pa.string(), "f64": pa.float64(), "i64": pa.int64(), "bool": pa.bool_(),
+          "list<f64>": pa.list_(pa.float64()), "list<i64>": pa.list_(pa.int64()), "list<str>": pa.list_(pa.string())}
 
 
 def schema(spec: str) -> pa.Schema:
@@ -128,13 +131,23 @@ CELL_KEY = ["task", "granularity", "vector", "test_period"]
 CELLS_SCHEMA = schema(
     "task granularity vector train_period test_period metric value:f64 "
     "low:f64 high:f64 "  # the bootstrap interval of value (timevec.evaluate.bootstrap); NaN: none
-    "higher_is_better:bool n_examples:i64 n_tokens:i64 seconds:f64 "
+    "halfwidth:f64 "  # its half-width: % of value (perplexity), points (macro-F1, ROUGE-L) (timevec.evaluate.sequential)
+    "higher_is_better:bool n_examples:i64 n_tokens:i64 seconds:f64 "  # n_examples: the examples scored
     "estimated:bool"  # true: not evaluated, estimated by the complete stage (timevec.analyze.completion); low/high its interval
 )
 CELLS_COLUMNS = CELLS_SCHEMA.names
 #: Columns added to the cells table after stores were first written (a store written before lacks
 #: them): readers fill them with NaN (:func:`cells_frame`), appends add them to the old rows.
-CELLS_ADDED_COLUMNS = ("low", "high", "estimated")
+CELLS_ADDED_COLUMNS = ("low", "high", "halfwidth", "estimated")
+#: What each cell's metric needs of every example it scored, in the split's seeded order: written by the
+#: cells stage under ``evaluation.target_halfwidth`` (when cells may score different examples), so that two
+#: cells are compared on the examples both scored (timevec.evaluate.per_example). One row per cell; the
+#: lists its metric does not use are null (perplexity: loss, tokens; macro_f1: gold, pred; rougeL: score).
+CELL_EXAMPLES_TABLE = "cell_examples"
+CELL_EXAMPLES_SCHEMA = schema(
+    "task granularity vector test_period metric n_examples:i64 "
+    "loss:list<f64> tokens:list<i64> gold:list<str> pred:list<str> score:list<f64>"
+)
 
 
 def cell_values(cells: pd.DataFrame | None) -> dict[tuple[str, str, str, str], float]:
