@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from timevec import results
 from timevec.analyze.completion import complete_cells, complete_matrix
 from timevec.evaluate.design import design_cells
 from timevec.periods import Period, period_range
@@ -145,14 +146,13 @@ def test_complete_cells_fills_each_group_and_completes_perplexity_on_the_log_sca
                        _cells("classification", "macro_f1", True, f1, periods, design)], ignore_index=True)
     out = complete_cells(frame)
     n_missing = 100 - len(design)
-    assert list(out.columns) == ["task", "granularity", "vector", "train_period", "test_period", "metric", "value",
-                                 "low", "high", "halfwidth", "higher_is_better", "n_examples", "n_tokens", "seconds",
-                                 "estimated"]
-    assert dict(out.dtypes.astype(str)) == {
-        "task": "object", "granularity": "object", "vector": "object", "train_period": "object",
-        "test_period": "object", "metric": "object", "value": "float64", "low": "float64", "high": "float64",
-        "halfwidth": "float64", "higher_is_better": "bool", "n_examples": "int64", "n_tokens": "int64", "seconds": "float64",
-        "estimated": "bool"}
+    assert list(out.columns) == results.CELLS_COLUMNS  # the cells table's own columns, estimated last
+    assert {c: str(out[c].dtype) for c in ("value", "low", "high", "higher_is_better", "n_examples", "n_tokens",
+                                           "seconds", "estimated")} == {
+        "value": "float64", "low": "float64", "high": "float64", "higher_is_better": "bool", "n_examples": "int64",
+        "n_tokens": "int64", "seconds": "float64", "estimated": "bool"}
+    assert all(isinstance(v, str) for c in ("task", "granularity", "vector", "train_period", "test_period", "metric")
+               for v in out[c])
     assert len(out) == 2 * n_missing and out["estimated"].all()
     assert (out["n_examples"] == 0).all() and (out["n_tokens"] == 0).all() and (out["seconds"] == 0.0).all()
     assert (out["vector"] == out["task"] + "/" + out["train_period"]).all()

@@ -67,11 +67,12 @@ def test_each_skip_rule_says_why_its_stage_does_not_apply() -> None:
     from timevec.config import load_config
 
     tiny = ROOT / "timevec" / "demo" / "tiny.yaml"
-    applies = load_config(tiny, ["training.mode=continual", "groups.swaps=true"])
+    applies = load_config(tiny, ["training.mode=continual", "groups.swaps=true", "evaluation.design=band"])
     assert {name: stage.skip_reason(applies) for name, stage in REGISTRY.items()} == dict.fromkeys(STAGES)
     short = load_config(tiny, ["periods.end='2015'", "tasks=[classification]"])
     reasons = {name: stage.skip_reason(short) for name, stage in REGISTRY.items() if stage.skip_reason(short)}
     assert reasons == {
+        "complete": "evaluation.design is full: every cell is evaluated",
         "forgetting": "training.mode is independent, not continual",
         "forecast": "forecast.horizon = 2 holds out 2 of the 2 year period(s) (2014–2015) and leaves 0 past period(s); "
                     "forecasting needs at least 2: lower forecast.horizon or add periods",

@@ -113,7 +113,7 @@ register(Stage(
 ))  # fmt: skip
 register(Stage(
     "evaluate", "evaluate the all-pairs (train vector × test period) matrix into results/cells.parquet (resumable)",
-    "evaluation", f"{_RAY}:evaluate_stage", writes=("cells",),
+    "evaluation", f"{_RAY}:evaluate_stage", writes=("cells", "cell_examples"),
 ))  # fmt: skip
 register(Stage(
     "complete", "estimate the cells evaluation.design left out, each with an interval, into results/cells.parquet "
