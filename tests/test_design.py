@@ -73,3 +73,19 @@ def test_the_complete_stage_applies_only_to_a_design(tmp_path):
     full = tiny_config(tmp_path / "s", SMALL)
     assert REGISTRY["complete"].skip_reason(full) == "evaluation.design is full: every cell is evaluated"
     assert REGISTRY["complete"].skip_reason(tiny_config(tmp_path / "s", [*SMALL, *DESIGN])) is None
+
+
+def test_a_period_added_to_a_designed_study_evaluates_only_the_designs_new_cells(tmp_path, ray_session):
+    """Issue 38: 'Adding a period evaluates only the design's new cells' (the hashed choice of a cell never depends
+    on the other periods, and the top-ups count only earlier periods)."""
+    earlier = tiny_config(tmp_path / "store", [*SMALL, *DESIGN, "periods.end='2016'"])
+    store, _ = build_store(earlier, {("lm", y): int(y) for y in YEARS})
+    first, _ = run_cells(earlier, store)
+    later = tiny_config(tmp_path / "store", [*SMALL, *DESIGN])
+    cells, stats = run_cells(later, store)
+    before = design_cells(YEARS[:-1], YEARS[:-1], band=0, fraction=0.25, seed=later.seed)
+    after = design_cells(YEARS, YEARS, band=0, fraction=0.25, seed=later.seed)
+    assert before <= after and _keys(first) == before
+    assert stats.cells_computed == len(after - before) + 1  # the new row's and column's designed cells, the base's one
+    assert stats.cells_skipped == len(before) + len(YEARS) - 1  # every earlier cell reused, the base's included
+    assert _keys(cells) == after
