@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -168,14 +171,14 @@ def test_every_figure_has_png_and_table(report_dir: Path) -> None:
     assert "synthetic study" in html and "Generated " in html
 
 
-def test_html_renders_in_chromium(report_dir: Path) -> None:
+@contextlib.contextmanager
+def _chromium_page(index: Path, requests: list[str]) -> Iterator[Any]:
+    """``index`` loaded in headless Chromium (the chromium component), every URL it requests put in ``requests``."""
     require_that(os.path.exists(CHROMIUM), "chromium", f"{CHROMIUM} not installed")
     try:
         from playwright import sync_api
     except ImportError as exc:
         require("chromium", f"playwright not importable: {exc}")
-    index = report_dir / "reports" / "index.html"
-    requests: list[str] = []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
@@ -186,19 +189,28 @@ def test_html_renders_in_chromium(report_dir: Path) -> None:
             page = browser.new_page()
             page.on("request", lambda r: requests.append(r.url))
             page.goto(index.as_uri(), wait_until="load")
-            images = page.evaluate(
-                "() => Array.from(document.images).map(i => "
-                "({alt: i.alt, ok: i.complete, w: i.naturalWidth, h: i.naturalHeight}))")
-            tables = page.evaluate("() => Array.from(document.querySelectorAll('table')).map(t => t.id)")
-            verdict_text = page.locator("#verdict-findings").inner_text()
-            page.locator("#findings > summary").click()  # every findings row is folded below the verdict
-            findings = page.locator("#findings-table tbody tr").count()
-            findings_text = page.locator("#findings-table").inner_text()
-            page.get_by_text("Headline numbers", exact=True).click()  # the raw numbers are folded
-            rows = page.locator("#headline-table tbody tr").count()
-            headline_text = page.locator("#headline-table").inner_text()
+            yield page
         finally:
             browser.close()
+
+
+_IMAGES = ("() => Array.from(document.images).map(i => "
+           "({alt: i.alt, ok: i.complete, w: i.naturalWidth, h: i.naturalHeight, shown: i.getBoundingClientRect().width}))")
+
+
+def test_html_renders_in_chromium(report_dir: Path) -> None:
+    index = report_dir / "reports" / "index.html"
+    requests: list[str] = []
+    with _chromium_page(index, requests) as page:
+        images = page.evaluate(_IMAGES)
+        tables = page.evaluate("() => Array.from(document.querySelectorAll('table')).map(t => t.id)")
+        verdict_text = page.locator("#verdict-findings").inner_text()
+        page.locator("#findings > summary").click()  # every findings row is folded below the verdict
+        findings = page.locator("#findings-table tbody tr").count()
+        findings_text = page.locator("#findings-table").inner_text()
+        page.get_by_text("Headline numbers", exact=True).click()  # the raw numbers are folded
+        rows = page.locator("#headline-table tbody tr").count()
+        headline_text = page.locator("#headline-table").inner_text()
     assert {i["alt"] for i in images} == EXPECTED
     bad = [i for i in images if not (i["ok"] and i["w"] > 0 and i["h"] > 0)]
     assert not bad, f"images that did not render: {bad}"
@@ -290,6 +302,19 @@ def test_a_report_of_200_weekly_periods_keeps_its_axes_readable(tmp_path: Path) 
 
     Images().feed(written["reports/index.html"].decode())  # the page's DOM holds the figures
     assert {"matrix_lm_week", "pct_change_lm_week", "decay_lm_week"} <= set(alts)
+    # and headless Chromium renders every figure of the page, none wider than the page shows it
+    index = tmp_path / "reports" / "index.html"
+    index.parent.mkdir(parents=True)
+    for rel, data in written.items():
+        (tmp_path / rel).write_bytes(data)
+    requests: list[str] = []
+    with _chromium_page(index, requests) as page:
+        images = page.evaluate(_IMAGES)
+        viewport = page.evaluate("() => document.documentElement.clientWidth")
+    assert {i["alt"] for i in images} == set(alts)
+    assert all(i["ok"] and i["w"] > 0 and i["h"] > 0 for i in images), images
+    assert all(0 < i["shown"] <= viewport for i in images), (viewport, images)  # scaled to the page, never cut off
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
 
     # the same heatmap drawn from the numbers the report wrote beside it, as SVG: every axis labels ≤ 24 weeks,
     # on the calendar (weeks 1, 14, 27, 40 of each ISO year), and no two labels closer than their font
