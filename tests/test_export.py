@@ -178,6 +178,35 @@ def test_analogy_export_reloads_with_the_study_cell(adapted, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_the_model_for_the_next_period_is_the_forecast_the_held_out_periods_chose_past_only(adapted, tmp_path) -> None:
+    """Issue 39: `timevec export best:…,period=next` names the past-only choice for the period after the study's."""
+    from timevec.adapt.export import resolve
+    from timevec.adapt.forecast import ForecastParams, forecast_coefficients
+    from timevec.config import ConfigError
+
+    config, _, store = adapted
+    table = store.read_table(FORECAST_TABLE)
+    held = table[(table["task"] == "lm") & (table["selection"] == "past-only") & (table["split"] == "test")
+                 & ~table["method"].isin(["base", "latest"])]
+    gains = held.groupby("method")["gain_vs_latest_pct"].mean().dropna()
+    recipe = resolve(config, store, "best:task=lm,period=next")
+    assert recipe.target == "2018" and recipe.task == "lm"  # the period after the last stored lm vector, 2017
+    if gains.max() > 0:  # the method that beat the latest vector most on the held-out years, from every stored year
+        method = gains.idxmax()
+        assert recipe.kind == "forecast" and recipe.params["method"] == method
+        expected = forecast_coefficients(method, ["2015", "2016", "2017"], "2018", ForecastParams.from_config(config.forecast))
+        assert [(c, p) for c, _, p in recipe.terms] == expected
+        assert f"{method} beat the latest vector most" in recipe.selection
+    else:  # no forecast beat it there: the latest vector itself
+        assert recipe.kind == "vector" and recipe.terms == [(1.0, "lm", "2017")]
+        assert "no forecast beat the latest vector" in recipe.selection
+    assert recipe.selection.startswith("past-only: on the study's held-out")
+    empty = VectorStore(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="no lm vector of granularity year"):
+        resolve(config, empty, "best:task=lm,period=next")
+
+
+@pytest.mark.slow
 def test_forecast_export_reloads_with_the_study_cell(adapted, tmp_path: Path) -> None:
     config, overrides, store = adapted
     table = store.read_table(FORECAST_TABLE)

@@ -28,7 +28,10 @@ Recipes (``timevec export CONFIG SPEC``; :func:`parse_spec`), built by the study
 - ``forecast:task=lm,method=taylor,target=2018`` (a held-out period: from the study's past periods;
   a later period: from every stored period before it — the model for next year);
 - ``best:task=lm,protocol=time_proportional,period=2015`` (``kind=analogy`` for the analogy's
-  ``oracle``/``past_only``), read from the protocol tables.
+  ``oracle``/``past_only``), read from the protocol tables;
+- ``best:task=lm,period=next`` (``granularity=`` default the config's first): the model for the period after
+  the study's last, chosen past-only from the forecast table — the forecast method with the best mean gain
+  over the latest vector on the held-out periods, from every stored period; the latest vector if none beats it.
 
 A combination whose vectors are not all in the store is refused (:class:`~timevec.errors.ConfigError`,
 exit 2) naming every missing vector, before anything is loaded or written. The directory appears only
@@ -148,6 +151,8 @@ def resolve(config: ExperimentConfig, store, spec: str) -> Recipe:
         rows = _records(_rows(_table(store, "cells"), vector="base"))
         return Recipe("base", spec, [], "θ_pre, the base model", "none: no coefficients", study_rows=rows)
     task = _need(params, "task", spec)
+    if kind == "best" and params.get("period") == "next":
+        return _best_next(config, store, spec, task, params.get("granularity", config.granularities[0]), params)
     granularity = params.get("granularity", Period.parse(params["period"]).granularity if "period" in params else "year")
     if kind == "vector":
         period = str(Period.parse(params["period"]))
@@ -243,6 +248,35 @@ def _best_analogy(config, store, spec, task, protocol, k, params) -> Recipe:
     recipe = _analogy(store, spec, task, str(row["source_period"]), k, (float(row["alpha1"]), float(row["alpha2"]), float(row["alpha3"])),
                       f"{protocol}: the grid point best on {row['chosen_on']}'s validation split")
     recipe.protocol_rows = _records(table)
+    return recipe
+
+
+def _best_next(config, store, spec, task, granularity, params) -> Recipe:
+    """The model for the period after the study's last, chosen past-only: the forecast method with the best mean
+    gain over the latest vector on the study's held-out periods (the forecast table's test rows), built from every
+    stored period; the latest vector itself when no method beats it there."""
+    stored = sort_periods(_stored(store, task, granularity))
+    if not stored:
+        raise ConfigError(f"export: {spec!r}: no {task} vector of granularity {granularity} in {store.url}")
+    target = str(Period.parse(stored[-1]).shift(1))
+    rows = _rows(_table(store, "forecast"), task=task, granularity=granularity, selection="past-only", split="test")
+    gains = (rows.loc[~rows["method"].isin(["base", "latest"])].groupby("method")["gain_vs_latest_pct"].mean().dropna()
+             if rows is not None and not rows.empty else None)
+    if gains is None or gains.empty:
+        raise ConfigError(f"export: {spec!r}: no past-only forecast of {task}/{granularity} in results/forecast of "
+                          f"{store.url} to choose from (run the forecast stage)")
+    method, gain = str(gains.idxmax()), float(gains.max())
+    held_out = sort_periods(set(rows["target_period"].astype(str)))
+    why = (f"past-only: on the study's held-out {', '.join(held_out)}, {{}} (mean gain over the latest vector of "
+           f"each method: {', '.join(f'{m} {g:+.3g} %' for m, g in gains.sort_values(ascending=False).items())})")
+    if gain <= 0:
+        recipe = Recipe("vector", spec, [(1.0, task, stored[-1])], f"θ_pre + τ_{task}({stored[-1]}), the latest vector",
+                        why.format(f"no forecast beat the latest vector (best: {method} {gain:+.3g} %)"), target=target,
+                        task=task)
+    else:
+        recipe = _forecast(config, store, spec, task, granularity, method, target, params)
+        recipe.selection = why.format(f"{method} beat the latest vector most ({gain:+.3g} %)")
+    recipe.protocol_rows = _records(rows)
     return recipe
 
 
