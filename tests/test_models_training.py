@@ -18,7 +18,7 @@ from timevec.data.models import (
     prompt_examples,
     token_losses,
 )
-from timevec.train.loop import batch_indices, train
+from timevec.train.loop import batch_indices, train, wrap_lora
 
 TINY = TinyModel(d_model=32, num_layers=1, num_heads=2, d_ff=64, max_positions=64)
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Make it great again, tremendous. " * 4] * 8
@@ -110,6 +110,34 @@ def test_a_few_steps_lower_the_loss_and_resume_is_exact(base):
     resumed, _ = train(build_model(base, tokenizer), examples, cfg, tokenizer.pad_token_id, resume=states[0])
     for (name, a), b in zip(float_parameters(model).items(), float_parameters(resumed).values()):
         assert torch.equal(a, b), name
+
+
+def test_a_lora_checkpoint_holds_the_adapters_only_and_resume_is_exact(base):
+    """The frozen weights are the run's start, rebuilt on resume: a LoRA checkpoint does not copy them."""
+    tokenizer = load_tokenizer(base)
+    examples = lm_examples(TEXTS, tokenizer, base.arch == "t5", 32)
+    targets = ["q", "v"] if base.arch == "t5" else ["c_attn"]
+    cfg = TrainingConfig(lr=1e-2, steps=6, batch_size=4, checkpoint_every=3,
+                         lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": targets})
+    states = []
+    model, _ = train(build_model(base, tokenizer), examples, cfg, tokenizer.pad_token_id,
+                     report=lambda m, s: states.append(copy.deepcopy(s)) if s else None)
+    assert [s["step"] for s in states] == [3, 6]
+    wrapped = wrap_lora(build_model(base, tokenizer), cfg)
+    adapters = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in n for n in adapters) and set(states[0]["model"]) == adapters
+    # (a copy per resume: the optimizer adopts the state's tensors and updates them in place)
+    resumed, _ = train(build_model(base, tokenizer), examples, cfg, tokenizer.pad_token_id, resume=copy.deepcopy(states[0]))
+    for (name, a), b in zip(float_parameters(model).items(), float_parameters(resumed).values()):
+        assert torch.equal(a, b), name
+    # a checkpoint with every tensor (as they were written before) resumes the same way
+    whole = copy.deepcopy({**states[0], "model": {**wrapped.state_dict(), **states[0]["model"]}})
+    resumed, _ = train(build_model(base, tokenizer), examples, cfg, tokenizer.pad_token_id, resume=whole)
+    assert all(torch.equal(a, b) for a, b in zip(float_parameters(model).values(), float_parameters(resumed).values()))
+    # ... and one that lacks an adapter is refused
+    lacking = {**states[0], "model": dict(list(states[0]["model"].items())[1:])}
+    with pytest.raises(ValueError, match="lacks"):
+        train(build_model(base, tokenizer), examples, cfg, tokenizer.pad_token_id, resume=lacking)
 
 
 def test_lora_run_is_merged_before_tau(base):

@@ -41,7 +41,7 @@ from timevec.train.devices import cpu_threads
 
 log = logging.getLogger(__name__)
 
-TrainState = dict  # {"model": state_dict, "optimizer": ..., "scheduler": ..., "step": int}
+TrainState = dict  # {"model": state_dict (LoRA: its trainable tensors only), "optimizer": ..., "scheduler": ..., "step": int}
 ReportHook = Callable[[dict, "TrainState | None"], None]
 
 
@@ -161,6 +161,33 @@ def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
     return merged
 
 
+def model_state(model: torch.nn.Module, lora: bool) -> dict[str, torch.Tensor]:
+    """The model's part of a checkpoint: its state dict; with LoRA only the tensors that train.
+
+    A LoRA run's frozen weights are its start (θ_pre, or θ_pre + τ_{t−1} in a continual chain),
+    which a resumed run rebuilds exactly — the checkpoint's fingerprint names that start — so
+    writing them again would only copy θ_pre (540 MB for SmolLM2) into every checkpoint; the
+    adapters are a few MB.
+    """
+    state = model.state_dict()
+    if not lora:
+        return state
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {name: t for name, t in state.items() if name in trainable}
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], lora: bool) -> None:
+    """A checkpoint's model tensors into ``model``: all of them, or (LoRA) at least every trainable one."""
+    if not lora:
+        model.load_state_dict(state)
+        return
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    lacking = sorted(trainable.intersection(missing))
+    if unexpected or lacking:
+        raise ValueError(f"checkpoint does not fit the LoRA model: lacks {lacking[:3]}, unexpected {sorted(unexpected)[:3]}")
+
+
 def train(
     model: PreTrainedModel,
     examples: Sequence[Example],
@@ -199,7 +226,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps))
     start = 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        load_model_state(model, resume["model"], lora=cfg.lora is not None)
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         start = int(resume["step"])
@@ -252,7 +279,7 @@ def train(
             state = None
             if checkpoint:
                 state = {
-                    "model": model.state_dict(),
+                    "model": model_state(model, lora=cfg.lora is not None),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "step": done,
