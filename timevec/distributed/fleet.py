@@ -38,7 +38,8 @@ it restores the ORIGINAL run set, resources, concurrency and callbacks, so a re-
 not pick up new periods or a new cluster size; and an experiment whose trials all "finished" but
 whose vectors are missing would still need a fresh experiment.
 
-Checkpoints are a directory with ``train_state.pt`` (model, optimizer, scheduler and step, saved
+Checkpoints are a directory with ``train_state.pt`` (model — with LoRA only the adapters: the
+frozen weights are the run's start, rebuilt on resume —, optimizer, scheduler and step, saved
 with ``torch.save``) and ``meta.json``. Metrics are reported every step (at most one per
 ``ray.report_interval_s``, the newest), from a thread beside the
 loop (``Reporter``: Ray's report blocks); a checkpoint only when the training loop hands a state
