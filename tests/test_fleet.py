@@ -144,10 +144,14 @@ class RunsByProcess(tune.Callback):
 
     def __init__(self) -> None:
         self.runs: list[tuple[int, bool]] = []
+        self.stats_kept: list[int] = []
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
         self.runs.append((result["pid"], result["base_loaded"]))
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.stats_kept = [len(t.metric_analysis) for t in trials]
 
 
 def test_a_reused_trial_process_reads_the_base_once(ray_session: str, base_store: Path, tmp_path: Path) -> None:
@@ -162,6 +166,8 @@ def test_a_reused_trial_process_reads_the_base_once(ray_session: str, base_store
         by_process.setdefault(pid, []).append(loaded)
     assert len(by_process) < len(seen.runs), f"no trial process ran a second run: {seen.runs}"
     assert all(loads == [True] + [False] * (len(loads) - 1) for loads in by_process.values()), by_process
+    # the driver keeps no per-metric statistics of finished runs (ForgetFinishedStats), only their last result
+    assert seen.stats_kept == [0] * 8
 
 
 class KillTrialOnce(tune.Callback):

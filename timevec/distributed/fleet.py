@@ -87,7 +87,7 @@ from ray import tune
 from timevec.config import ExperimentConfig
 from timevec.data.corpus import load_corpus
 from timevec.distributed.checkpoints import drop_checkpoints
-from timevec.distributed.fleet_callbacks import FleetProgress, LossCurves
+from timevec.distributed.fleet_callbacks import FleetProgress, ForgetFinishedStats, LossCurves
 from timevec.distributed.fleet_trials import (
     DRIVER_MEMORY,
     FleetContext,
@@ -176,7 +176,7 @@ class _Submission:
                 **self.ctx.storage.run_config(),
                 failure_config=tune.FailureConfig(max_failures=rc.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[tracker, *loggers, *self.callbacks],
+                callbacks=[tracker, *loggers, *self.callbacks, ForgetFinishedStats()],  # last: after every reader
                 verbose=0,
             ),
         )

@@ -20,7 +20,7 @@ from timevec.train.progress import log as progress_log
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FleetProgress", "LossCurves"]
+__all__ = ["FleetProgress", "ForgetFinishedStats", "LossCurves"]
 
 
 class FleetProgress(tune.Callback):
@@ -159,3 +159,25 @@ class LossCurves(TBXLoggerCallback):
         self._flushed.pop(trial, None)
         if writer is not None:
             writer.close()
+
+
+class ForgetFinishedStats(tune.Callback):
+    """Drops a finished trial's per-metric statistics, which Tune's driver keeps for every trial.
+
+    For each numeric field of each result Tune keeps a trial's max, min, mean and last-5/-10 means
+    (``Trial.run_metadata.metric_analysis`` and ``metric_n_steps``): ≈ 45 kB per run of the fleet's
+    ≈ 25 fields, plus their JSON for the experiment's state file — the larger part of what the driver
+    grows by per run (bench/fleet.py --warm: 1,000 runs). Only "best trial" queries read them, which
+    the fleet never makes (it reads each trial's last result, which stays). Best effort: if a Ray
+    version keeps them elsewhere, nothing is dropped.
+    """
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        metadata = getattr(trial, "run_metadata", None)
+        for name in ("metric_analysis", "metric_n_steps"):
+            stats = getattr(metadata, name, None)
+            if isinstance(stats, dict):
+                stats.clear()
+        invalidate = getattr(metadata, "invalidate_cache", None)
+        if callable(invalidate):
+            invalidate()  # its JSON for the state file, rebuilt without them
