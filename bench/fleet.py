@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fleet.py [--config timevec/demo/tiny.yaml] [--runs 24] [--steps 400]
                                     [--concurrency 2] [--trainer-runs 2]
+    .venv/bin/python bench/fleet.py --warm [--warm-runs 100,1000] [--warm-plain 10] [--real-runs 5]
 
 On a local cluster (``num_cpus = concurrency``, one torch thread per run) it trains N monthly runs
 of the tiny config (24 = every month of 2014–2015; ``--config timevec/demo/demo.yaml`` for the
@@ -16,6 +17,15 @@ demo's model, corpus and steps per run: the demo's scale) and prints, measured s
     the fleets run back to back between the two plain halves;
 (c) start-up: a few short runs with ``workers_per_run=0`` (in-trial) and ``=1`` (a Train V2
     ``TorchTrainer`` per run).
+
+With ``--warm``, instead:
+
+(d) runs at Ray's own overhead (bench/warm_runs.py): the overhead per run beyond the training loop of
+    a fleet whose trial processes are reused for run after run and keep θ_pre, its tokenizer and the
+    example sets (timevec/train/cache.py), against a fresh process per run — a micro model at
+    ``--warm-runs`` runs per fleet (and the Tune driver's peak RSS at each count), SmolLM2 over
+    ``--real-runs`` runs in one trial process (0: skip) — goals ≤ 0.15 s (micro) and ≤ 1 s
+    (SmolLM2) per run after a process's first, and the driver's memory flat from 100 to 1,000 runs.
 
 The plain baseline runs with the same concurrency (``concurrency`` processes, one thread each),
 half of the runs BEFORE the fleet and half AFTER it, so that a machine shared with other work
@@ -37,6 +47,7 @@ import harness
 import psutil
 import ray
 import torch
+import warm_runs
 from ray import tune
 from ray_start import start_ray
 
@@ -147,9 +158,16 @@ def main() -> int:
     parser.add_argument("--workdir", help="where stores go (default: a temporary directory)")
     parser.add_argument("--report-intervals", default="0.5,0",
                         help="ray.report_interval_s of each fleet run, comma-separated (0: report every step)")
+    parser.add_argument("--warm", action="store_true", help="section (d) only: warm trial processes vs a fresh process per run")
+    parser.add_argument("--warm-runs", default="100,1000", help="(d) micro fleets' run counts, comma-separated")
+    parser.add_argument("--warm-plain", type=int, default=10, help="(d) micro runs in fresh processes (the baseline)")
+    parser.add_argument("--real-runs", type=int, default=5, help="(d) SmolLM2 runs in one trial process (0: skip)")
     args = parser.parse_args()
     harness.output_block()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.warm:
+        return warm_runs.main([int(n) for n in args.warm_runs.split(",")], args.warm_plain, args.real_runs,
+                              args.concurrency, Path(args.workdir) if args.workdir else None)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="timevec-bench-fleet-"))
     years = max(1, -(-args.runs // 12))
