@@ -34,7 +34,7 @@ Design, and why:
   :mod:`timevec.distributed.actor_pool`'s, shared with the interpolation stage.
 
 Cells table schema (``results/cells.parquet``; other stages read it): ``task`` str,
-``granularity`` str (year|month), ``vector`` str (``"lm/2014"`` or ``"base"``), ``train_period``
+``granularity`` str (year|quarter|month|week|day), ``vector`` str (``"lm/2014"`` or ``"base"``), ``train_period``
 str|None, ``test_period`` str, ``metric`` str (perplexity|macro_f1|rougeL), ``value`` float,
 ``low``/``high`` float (the bootstrap interval of ``value`` over the test examples,
 :mod:`timevec.evaluate.bootstrap`; NaN when off, and in rows of a table written before the bounds
