@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from timevec.config import ExperimentConfig, load_config
 from timevec.data.corpus import Corpus, load_corpus
 from timevec.store import VectorStore
 from timevec.train.cache import RunCache, base_key, rows_digest
+from timevec.train.devices import cpu_threads
 from timevec.train.loop import prepare_base, wrap_lora
 from timevec.train.plan import RunSpec
 from timevec.train.run import RunJob
@@ -51,6 +53,14 @@ config = load_config(sys.argv[1], sys.argv[4:])
 run_one(config, RunSpec(sys.argv[2], sys.argv[3], config.granularities[0]), load_corpus(config.corpus),
         VectorStore.from_config(config.store))
 """
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """This process trains on one thread, as the fresh processes do (FRESH_RUN): a CPU matmul summed over 2
+    threads is not bitwise the one over 1, and pytest's process otherwise takes the machine's default."""
+    with cpu_threads(1):
+        yield
 
 
 def fresh_process_run(source: Path, overrides: list[str], run: RunSpec) -> None:
