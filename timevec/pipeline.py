@@ -58,12 +58,12 @@ def complete(config: ExperimentConfig, store: VectorStore) -> StageResult:
     estimated = complete_cells(evaluated[wanted], level=config.evaluation.confidence, seed=config.seed)
     r.write_table(store, r.CELLS_TABLE, pd.concat([evaluated, estimated], ignore_index=True))
     vectors = evaluated[evaluated["vector"] != "base"]
-    counts = pd.concat([vectors.assign(estimated=False), estimated]).groupby(["task", "granularity", "metric"])
+    counts = pd.concat([vectors, estimated]).groupby(["task", "granularity", "metric"])
     summary = counts["estimated"].agg(evaluated=lambda e: int((~e).sum()), estimated="sum").reset_index()
-    share = estimated["high"].sub(estimated["low"]).div(2)
+    halfwidths = estimated["high"].sub(estimated["low"]).div(2)
     return {"tables": {"cells evaluated and estimated (evaluation.design)": summary},
             "headline": {"cells estimated": int(len(estimated)),
-                         "median half-width of an estimate": float(share.median()) if len(share) else math.nan}}
+                         "median half-width of an estimate": float(halfwidths.median()) if len(halfwidths) else math.nan}}
 
 
 def analyze(config: ExperimentConfig, store: VectorStore) -> StageResult:
