@@ -162,12 +162,14 @@ def main() -> int:
     parser.add_argument("--warm-runs", default="100,1000", help="(d) micro fleets' run counts, comma-separated")
     parser.add_argument("--warm-plain", type=int, default=10, help="(d) micro runs in fresh processes (the baseline)")
     parser.add_argument("--real-runs", type=int, default=5, help="(d) SmolLM2 runs in one trial process (0: skip)")
+    parser.add_argument("--real-store", default="dense,factors",
+                        help="(d) how the SmolLM2 runs store τ (training.lora.store), comma-separated: each measured in turn")
     args = parser.parse_args()
     harness.output_block()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.warm:
         return warm_runs.main([int(n) for n in args.warm_runs.split(",")], args.warm_plain, args.real_runs,
-                              args.concurrency, Path(args.workdir) if args.workdir else None)
+                              args.concurrency, Path(args.workdir) if args.workdir else None, args.real_store.split(","))
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="timevec-bench-fleet-"))
     years = max(1, -(-args.runs // 12))

@@ -99,9 +99,10 @@ def micro_config(store_url: Path, concurrency: int) -> ExperimentConfig:
     return ExperimentConfig.model_validate(data)
 
 
-def real_config(store_url: Path) -> ExperimentConfig:
+def real_config(store_url: Path, lora_store: str = "dense") -> ExperimentConfig:
     return load_config(SMOKE, [
         f"store.url={store_url}", "tasks=[lm]", "granularities=[quarter]", "training.steps=3",
+        f"training.lora.store={lora_store}",
         # one thread: on a shared machine two threads of one run wait on each other (4x slower steps)
         "ray.num_cpus=2", "ray.cpus_per_run=1", "ray.max_concurrent_runs=1", "ray.torch_threads=1",
     ])
@@ -281,25 +282,28 @@ def micro(sizes: list[int], plain: int, concurrency: int, work: Path) -> None:
               f"+{(large['rss_peak'] - large['rss_before']) / 2**20:.0f} vs +{(small['rss_peak'] - small['rss_before']) / 2**20:.0f} MiB")
 
 
-def real(real_runs: int, work: Path) -> None:
-    """SmolLM2: ``real_runs`` runs in one trial process against runs 2… in fresh processes."""
-    config = real_config(work / "real-base")
-    prepare_base(config, load_corpus(config.corpus), VectorStore.from_config(config.store))
-    planned = plan_runs(config)[:real_runs]
-    lora = config.training.lora
-    print(f"  SmolLM2-135M-Instruct (LoRA r {lora.r if lora else '-'}, {config.training.steps} steps, "
-          f"{config.training.batch_size} x {config.training.max_length} tokens), one run at a time, "
-          f"{config.ray.torch_threads} thread(s):")
-    fresh_config = with_store(config, _copy_store(work, "real-base", "real-fresh"))
-    later = planned[1:]
-    first = fresh_runs(fresh_config, later[: len(later) // 2], 1, work)
-    out = fleet(with_store(config, _copy_store(work, "real-base", "real-fleet")), planned, config.ray.num_cpus)
-    fresh = first + fresh_runs(fresh_config, later[len(later) // 2 :], 1, work)
-    fresh_mean = _fresh_line(f"fresh processes (runs 2–{len(planned)})", fresh, harness.load_note())
-    _fleet_lines(f"fleet of {len(planned)} runs", out, fresh_mean)
+def real(real_runs: int, work: Path, lora_stores: list[str]) -> None:
+    """SmolLM2: ``real_runs`` runs in one trial process against runs 2… in fresh processes, for each way
+    of storing a LoRA run's τ (``training.lora.store``: dense, the merged τ of every weight; factors)."""
+    for lora_store in lora_stores:
+        config = real_config(work / "real-base", lora_store)
+        prepare_base(config, load_corpus(config.corpus), VectorStore.from_config(config.store))
+        planned = plan_runs(config)[:real_runs]
+        lora = config.training.lora
+        print(f"  SmolLM2-135M-Instruct (LoRA r {lora.r if lora else '-'}, τ stored {lora_store} in {config.store.dtype}, "
+              f"{config.training.steps} steps, {config.training.batch_size} x {config.training.max_length} tokens), "
+              f"one run at a time, {config.ray.torch_threads} thread(s):")
+        fresh_config = with_store(config, _copy_store(work, "real-base", f"real-fresh-{lora_store}"))
+        later = planned[1:]
+        first = fresh_runs(fresh_config, later[: len(later) // 2], 1, work)
+        out = fleet(with_store(config, _copy_store(work, "real-base", f"real-fleet-{lora_store}")), planned, config.ray.num_cpus)
+        fresh = first + fresh_runs(fresh_config, later[len(later) // 2 :], 1, work)
+        fresh_mean = _fresh_line(f"fresh processes (runs 2–{len(planned)})", fresh, harness.load_note())
+        _fleet_lines(f"fleet of {len(planned)} runs", out, fresh_mean)
 
 
-def main(sizes: list[int], plain: int, real_runs: int, concurrency: int, work: Path | None) -> int:
+def main(sizes: list[int], plain: int, real_runs: int, concurrency: int, work: Path | None,
+         lora_stores: list[str] | None = None) -> int:
     """Print section (d); ``sizes``: the micro fleets' run counts, ``plain``: micro runs in fresh processes."""
     work = work or Path(tempfile.mkdtemp(prefix="timevec-bench-warm-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -309,5 +313,5 @@ def main(sizes: list[int], plain: int, real_runs: int, concurrency: int, work: P
     if sizes:
         micro(sizes, plain, concurrency, work)
     if real_runs:
-        real(real_runs, work)
+        real(real_runs, work, lora_stores or ["dense", "factors"])
     return 0

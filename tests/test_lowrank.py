@@ -187,3 +187,32 @@ def test_a_tiny_lora_run_stores_factors_equal_to_its_merged_tau(tmp_path: Path) 
     dense_bytes = 4 * merged.n_params
     assert sum(s["bytes"] for s in manifest["shards"]) < dense_bytes / 5
     json.dumps(manifest)  # the manifest is plain JSON
+
+
+def test_a_lora_run_reads_only_what_it_trained_and_stores_the_full_difference(tmp_path: Path) -> None:
+    """A LoRA run from θ_pre computes τ over the weights it can have changed (its adapters' targets),
+    and what it stores (dense) equals θ_merged − θ_pre over EVERY weight, bit for bit; a full
+    fine-tune compares every weight."""
+    lora = "training.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [c_attn]}"
+    config = load_config(TINY, [f"store.url={tmp_path / 'store'}", "base.pretrain.steps=0", "training.steps=3",
+                                "store.dtype=float32", lora])
+    corpus = load_corpus(config.corpus)
+    store = VectorStore.from_config(config.store)
+    prepare_base(config, corpus, store)
+    job = RunJob(config, store, corpus, RunSpec("lm", "2015", "year"))
+    model, result = job.fit(None, None, torch.device("cpu"))
+    params = float_parameters(model)
+    full = TimeVector.between({n: p.detach().clone() for n, p in params.items()}, job.base)
+    changed = job._changed(model, params)
+    assert changed is not None and 0 < len(changed) < len(full)
+    assert all(n.endswith("attn.c_attn.weight") for n in changed)
+    assert {n for n, t in full.items() if t.any()} <= changed
+    job.finish(model, result, 0, None, result.tokens)
+    stored = store.get_vector("lm", "2015")
+    assert list(stored.tensors) == list(full.tensors)
+    assert all(torch.equal(stored[n], full[n]) for n in full), "the stored τ differs from θ_merged − θ_pre"
+    plain = RunJob(config.model_copy(update={"training": config.training.model_copy(update={"lora": None})}),
+                   store, corpus, RunSpec("lm", "2014", "year"))
+    model, _ = plain.fit(None, None, torch.device("cpu"))
+    assert plain._changed(model, float_parameters(model)) is None
+    plain.cache.give_back(plain.model)

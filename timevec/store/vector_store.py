@@ -305,9 +305,9 @@ class VectorStore(StoreScans, ResultFiles):
     # ------------------------------------------------------------------ writing vectors
 
     def put_vector(
-        self, task: str, period: str, vector: TimeVector | Mapping[str, torch.Tensor], manifest: dict | None = None
+        self, task: str, period: str, vector: TimeVector | LowRankVector | Mapping[str, torch.Tensor], manifest: dict | None = None
     ) -> dict[str, Any]:
-        """Write a vector: shards first, the manifest LAST; returns the manifest.
+        """Write a vector (dense, or the low-rank kind): shards first, the manifest LAST; returns the manifest.
 
         ``manifest`` (run config, train metrics, kind full/lora_merged, seed, …) is stored under
         ``"run"``. An existing vector under the same key is replaced (its manifest is removed

@@ -36,7 +36,7 @@ from timevec.train.loop import (
     train,
 )
 from timevec.train.plan import RunSpec
-from timevec.weights.lowrank import from_lora_run
+from timevec.weights.lowrank import LowRankVector, from_lora_run
 from timevec.weights.vectors import TimeVector, WeightPatcher
 
 __all__ = ["RunJob", "examples_digest", "run_one", "tokens_before"]
@@ -142,6 +142,7 @@ class RunJob:
         run, store, cfg = self.run, self.store, self.training
         self.replayed = 0
         before = continual.predecessor(self.config, run)
+        self.from_base = before is None  # the model holds θ_pre itself (a chain's run starts from θ_pre + τ_{t−1})
         if before is not None:
             if not store.has_vector(run.task, before):
                 raise ValueError(f"run {run.key} (training.mode continual): its predecessor vector {run.task}/{before} "
@@ -228,8 +229,9 @@ class RunJob:
             "base_loaded": self.base_loaded,
         }
         if write:
-            tensors = {name: p.detach() for name, p in float_parameters(model).items()}
-            vector = TimeVector.between(tensors, self.base)
+            params = {name: p.detach() for name, p in float_parameters(model).items()}
+            changed = self._changed(model, params)
+            vector: TimeVector | LowRankVector
             lora = self.training.lora
             kind = "lora_merged" if lora is not None else "full"
             factor_check: dict[str, Any] = {}
@@ -237,8 +239,12 @@ class RunJob:
                 factors = getattr(model, "timevec_lora_factors", None)
                 if not factors:
                     raise RuntimeError(f"run {self.run.key}: training.lora.store is 'factors' but the model has no LoRA factors")
-                vector, err = from_lora_run(factors, vector)  # type: ignore[assignment]  # the store takes either kind
+                names = params.keys() if changed is None else changed  # the rest is zero: not even materialised
+                merged = TimeVector.between({n: params[n] for n in names}, {n: self.base[n] for n in names})
+                vector, err = from_lora_run(factors, merged, {n: p.shape for n, p in params.items()})
                 kind, factor_check = "lora_factors", {"factor_max_rel_error": err}
+            else:
+                vector = TimeVector.between(params, self.base, changed)
             manifest = {
                 "task": self.run.task,
                 "period": self.run.period,
@@ -260,6 +266,21 @@ class RunJob:
             self.store.put_vector(self.run.task, self.run.period, vector, manifest=manifest)
         metrics["wall_seconds"] = time.perf_counter() - self.began
         return metrics
+
+
+    def _changed(self, model: torch.nn.Module, params: dict[str, torch.Tensor]) -> set[str] | None:
+        """The parameters this run can have changed, when construction says so; None: any of them.
+
+        A LoRA run that started from θ_pre itself trains its adapters and what peft leaves trainable
+        (modules_to_save, still ``requires_grad`` after the merge); the merge writes its adapters'
+        target weights and nothing else, so every other weight is θ_pre bit for bit and its τ is
+        zero (tests/test_run_cache checks this against the full difference). A full fine-tune or a
+        continual chain's run (started from θ_pre + τ_{t−1}) is compared everywhere.
+        """
+        factors = getattr(model, "timevec_lora_factors", None)
+        if self.training.lora is None or not self.from_base or factors is None:
+            return None
+        return set(factors) | {name for name, p in params.items() if p.requires_grad}
 
 
 def run_one(

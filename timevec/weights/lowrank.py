@@ -324,15 +324,19 @@ def lora_factors(model: torch.nn.Module) -> dict[str, Factor]:
     return out
 
 
-def from_lora_run(factors: Mapping[str, Factor], merged: TimeVector) -> tuple[LowRankVector, float]:
+def from_lora_run(
+    factors: Mapping[str, Factor], merged: TimeVector, shapes: Mapping[str, Sequence[int]] | None = None
+) -> tuple[LowRankVector, float]:
     """The run's τ as a :class:`LowRankVector`, and the largest relative error of its factors.
 
     ``merged`` is the run's dense τ (θ_merged − θ_pre). Every parameter with a factor is checked
     against it (``max |τ − sBA| / max |τ|``, which for a faithful factorisation is fp32 rounding of
     the merge); any other parameter that changed is kept dense (modules_to_save, a head); the rest
-    is exactly zero and not stored.
+    is exactly zero and not stored. ``shapes``: every parameter of the base, when ``merged`` holds
+    only those the run can have changed (:meth:`timevec.train.run.RunJob`: a LoRA run's targets);
+    the rest is zero by construction and never materialised. Default: ``merged``'s own.
     """
-    shapes = {n: tuple(t.shape) for n, t in merged.items()}
+    shapes = {n: tuple(s) for n, s in shapes.items()} if shapes is not None else {n: tuple(t.shape) for n, t in merged.items()}
     dense: dict[str, torch.Tensor] = {}
     worst = 0.0
     for name, tensor in merged.items():

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import math
 import numbers
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -95,12 +95,17 @@ class TimeVector:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def between(cls, finetuned: TensorMap, base: TensorMap) -> TimeVector:
+    def between(cls, finetuned: TensorMap, base: TensorMap, changed: Collection[str] | None = None) -> TimeVector:
         """``finetuned − base`` over every floating-point tensor of ``base``, computed in fp32.
 
         Both sides must have the same floating-point tensor names and shapes; a mismatch is a
         :class:`VectorError` naming the tensor, because a silently skipped tensor would make every
         later cosine and every patched model subtly wrong.
+
+        ``changed``: the only tensors that can differ, when the caller knows it by construction (a
+        LoRA run started from θ_pre trains its adapters and nothing else, and the merge writes the
+        target modules alone): the others are zero without being read. That spares a real base's
+        run a pass over all its weights (≈ 0.2 s for SmolLM2's 135 M); None compares every tensor.
         """
         base_names = [n for n, t in base.items() if t.dtype.is_floating_point]
         ft_names = {n for n, t in finetuned.items() if t.dtype.is_floating_point}
@@ -110,6 +115,9 @@ class TimeVector:
         extra = sorted(ft_names.difference(base_names))
         if extra:
             raise VectorError(f"fine-tuned weights have tensor {extra[0]!r} that the base lacks" + _more(extra))
+        unknown = sorted(set(changed).difference(base_names)) if changed is not None else []
+        if unknown:
+            raise VectorError(f"changed tensor {unknown[0]!r} is not a tensor of the base" + _more(unknown))
         out: dict[str, torch.Tensor] = {}
         for name in base_names:
             b, f = base[name], finetuned[name]
@@ -117,7 +125,10 @@ class TimeVector:
                 raise VectorError(
                     f"tensor {name!r}: fine-tuned shape {tuple(f.shape)} != base shape {tuple(b.shape)}"
                 )
-            out[name] = _fp32_cpu(f) - _fp32_cpu(b)
+            if changed is None or name in changed:
+                out[name] = _fp32_cpu(f) - _fp32_cpu(b)
+            else:
+                out[name] = torch.zeros(b.shape, dtype=torch.float32)
         return cls(out)
 
     @classmethod
