@@ -145,13 +145,15 @@ class RunsByProcess(tune.Callback):
     def __init__(self) -> None:
         self.runs: list[tuple[int, bool]] = []
         self.stats_kept: list[int] = []
+        self.experiments: list[int] = []  # the trials of each Tune experiment, as it ends
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
         self.runs.append((result["pid"], result["base_loaded"]))
 
     def on_experiment_end(self, trials, **info) -> None:
-        self.stats_kept = [len(t.metric_analysis) for t in trials]
+        self.stats_kept += [len(t.metric_analysis) for t in trials]
+        self.experiments.append(len(trials))
 
 
 def test_a_reused_trial_process_reads_the_base_once(ray_session: str, base_store: Path, tmp_path: Path) -> None:
@@ -168,6 +170,19 @@ def test_a_reused_trial_process_reads_the_base_once(ray_session: str, base_store
     assert all(loads == [True] + [False] * (len(loads) - 1) for loads in by_process.values()), by_process
     # the driver keeps no per-metric statistics of finished runs (ForgetFinishedStats), only their last result
     assert seen.stats_kept == [0] * 8
+
+
+def test_a_fleet_larger_than_runs_per_experiment_runs_in_parts(ray_session: str, base_store: Path, tmp_path: Path) -> None:
+    """Eight runs, at most three an experiment: three Tune experiments one after the other (so Tune's driver
+    never holds more than three trials), every vector stored, each part's processes reading θ_pre once."""
+    config = tiny(tmp_path, base_store, "tasks=[lm, classification]", "training.steps=2", "ray.runs_per_experiment=3")
+    seen = RunsByProcess()
+    table = run_fleet(config, progress=False, callbacks=[seen])
+    assert set(table["status"]) == {"done"} and len(table) == 8, table.to_string()
+    assert seen.experiments == [3, 3, 2]
+    store = VectorStore.from_config(config.store)
+    assert all(store.has_vector(r.task, r.period) for r in table.itertuples())
+    assert sum(loaded for _, loaded in seen.runs) == len({pid for pid, _ in seen.runs})  # one read per process
 
 
 class KillTrialOnce(tune.Callback):

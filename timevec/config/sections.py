@@ -308,6 +308,11 @@ class RayConfig(_Strict):
         "runs on a node than fit; null: estimated from θ_pre (process + 5x θ_pre for a full fine-tune, 2x with LoRA)",
     )
     max_concurrent_runs: int = Field(2, ge=1, description="fine-tune runs at once")
+    runs_per_experiment: int | None = Field(
+        200, ge=1, description="a fleet larger than this runs as consecutive Tune experiments of at most this many runs, so "
+        "Tune's driver holds at most this many trials (≈ 45 kB each) whatever the fleet's size; each starts its trial "
+        "processes anew (one cold run each); null: one experiment",
+    )
     max_failures: int = Field(2, ge=0, description="retries of a failed fine-tune run (Ray's `FailureConfig`), and of an evaluation item "
                               "that ran out of memory (on a fresh actor)")
     eval_actors: int = Field(2, ge=1, description="evaluation actors, each holding θ_pre once")

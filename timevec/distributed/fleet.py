@@ -2,7 +2,9 @@
 
 ``run_fleet`` turns a config into vectors. It loads the corpus once, makes sure the store holds
 θ_pre (``prepare_base``), skips every run whose vector is already complete in the store, and runs
-the rest as ONE Tune experiment — Ray's documented pattern for many trainings under Train V2:
+the rest as ONE Tune experiment (a fleet of more than ``ray.runs_per_experiment`` runs: consecutive
+experiments of that many, which bounds the Tune driver's memory) — Ray's documented pattern for many
+trainings under Train V2:
 
 - ``ray.workers_per_run == 0`` (default; one device per run): the trial trains in the trial
   process itself, with ``tune.with_resources({"cpu": cpus_per_run, "gpu": gpus_per_run})``
@@ -151,9 +153,21 @@ class _Submission:
         self.progress, self.callbacks = progress, callbacks
 
     def __call__(self, todo: list[RunSpec], skipped: int) -> None:
-        """Train ``todo`` in one Tune experiment; each run's row lands in ``rows``."""
-        rc, store, rows = self.ctx.config.ray, self.store, self.rows
+        """Train ``todo`` in Tune experiments of at most ``ray.runs_per_experiment`` runs, one after the other.
+
+        Why in parts: Tune's driver keeps every trial of an experiment to its end (≈ 45 kB each, measured by
+        bench/fleet.py --warm), so one experiment of a thousand runs grows the driver by tens of MiB; parts
+        bound it by the part's size. A part starts its trial processes anew, so each pays one cold run
+        (θ_pre read) — 1 in ``runs_per_experiment`` runs per process. Each run's row lands in ``rows``.
+        """
+        size = self.ctx.config.ray.runs_per_experiment or len(todo) or 1
         tracker = FleetProgress(total=len(todo), skipped=skipped, verbose=self.progress)
+        for first in range(0, len(todo), size):
+            self._experiment(todo[first : first + size], tracker)
+
+    def _experiment(self, todo: list[RunSpec], tracker: FleetProgress) -> None:
+        """One Tune experiment over ``todo``; the fleet's progress callback carries over from part to part."""
+        rc, store, rows = self.ctx.config.ray, self.store, self.rows
         loggers: list[tune.Callback] = []
         try:
             loggers.append(LossCurves())

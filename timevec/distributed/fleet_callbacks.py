@@ -73,7 +73,8 @@ class FleetProgress(tune.Callback):
             progress_log.info("%s", self.line())
 
     def setup(self, **info: Any) -> None:  # type: ignore[override]  # Tune calls setup(**info)
-        self._began = time.monotonic()
+        if self._began is None:  # a fleet in parts (ray.runs_per_experiment) sets up once per part
+            self._began = time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = self._key(trial)
