@@ -173,13 +173,13 @@ def test_a_reused_trial_process_reads_the_base_once(ray_session: str, base_store
 
 
 def test_a_fleet_larger_than_runs_per_experiment_runs_in_parts(ray_session: str, base_store: Path, tmp_path: Path) -> None:
-    """Eight runs, at most three an experiment: three Tune experiments one after the other (so Tune's driver
+    """Eight runs, at most three an experiment: three Tune experiments (2, 3, 3) one after the other (so Tune's driver
     never holds more than three trials), every vector stored, each part's processes reading θ_pre once."""
     config = tiny(tmp_path, base_store, "tasks=[lm, classification]", "training.steps=2", "ray.runs_per_experiment=3")
     seen = RunsByProcess()
     table = run_fleet(config, progress=False, callbacks=[seen])
     assert set(table["status"]) == {"done"} and len(table) == 8, table.to_string()
-    assert seen.experiments == [3, 3, 2]
+    assert seen.experiments == [2, 3, 3]
     store = VectorStore.from_config(config.store)
     assert all(store.has_vector(r.task, r.period) for r in table.itertuples())
     assert sum(loaded for _, loaded in seen.runs) == len({pid for pid, _ in seen.runs})  # one read per process

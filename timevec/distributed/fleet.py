@@ -161,9 +161,10 @@ class _Submission:
         (θ_pre read) — 1 in ``runs_per_experiment`` runs per process. Each run's row lands in ``rows``.
         """
         size = self.ctx.config.ray.runs_per_experiment or len(todo) or 1
+        parts = -(-len(todo) // size)  # as few as the bound allows, of sizes that differ by one at most (202 at 200: 101 + 101)
         tracker = FleetProgress(total=len(todo), skipped=skipped, verbose=self.progress)
-        for first in range(0, len(todo), size):
-            self._experiment(todo[first : first + size], tracker)
+        for part in range(parts):
+            self._experiment(todo[part * len(todo) // parts : (part + 1) * len(todo) // parts], tracker)
 
     def _experiment(self, todo: list[RunSpec], tracker: FleetProgress) -> None:
         """One Tune experiment over ``todo``; the fleet's progress callback carries over from part to part."""
