@@ -22,7 +22,9 @@ Micro model: an embedded GPT-2 of d_model 8 (bench/paper_scale.py's), 2 steps of
 per DAY of the demo corpus (every tweet kept, a quarter of them held out for test; the days of
 2013–2017 with ≥ 4 train texts and a test one: 1,053), so that a thousand runs exist. Each fleet
 runs in a fresh driver process (its own local Ray), whose RSS is sampled every 50 ms: before
-``run_fleet`` and its peak during it. SmolLM2-135M-Instruct (the preset, LoRA r 8 as
+``run_fleet`` and its peak during it. The fleets run as the config says (``ray.runs_per_experiment``, 200 by
+default: a fleet of 1,000 is 5 Tune experiments one after the other), and the largest once more as ONE
+experiment, for what the parts cost in makespan and save in memory. SmolLM2-135M-Instruct (the preset, LoRA r 8 as
 jobs/configs/smollm2-smoke.yaml trains it), one run at a time on 1 thread, quarterly LM runs of
 2016–2017: ``--real-runs`` runs in one trial process against the same runs but the first in fresh
 processes. Half of each fresh-process sample runs before the fleets, half after, so that a shared
@@ -271,10 +273,17 @@ def micro(sizes: list[int], plain: int, concurrency: int, work: Path) -> None:
     first = fresh_runs(fresh_config, runs[:half], concurrency, work)
     fleets = [(n, fleet(with_store(config, _copy_store(work, "micro-base", f"micro-fleet-{n}")), runs[:n], concurrency))
               for n in sizes]
+    # the largest fleet once more as ONE Tune experiment (ray.runs_per_experiment null): what the parts cost and save
+    n = max(sizes)
+    whole = config.model_copy(update={"ray": config.ray.model_copy(update={"runs_per_experiment": None})})
+    one = fleet(with_store(whole, _copy_store(work, "micro-base", f"micro-fleet-{n}-one")), runs[:n], concurrency)
     fresh = first + fresh_runs(fresh_config, runs[half:plain], concurrency, work)
     fresh_mean = _fresh_line(f"fresh processes ({plain} runs)", fresh, harness.load_note())
+    parts = config.ray.runs_per_experiment
     for n, out in fleets:
-        _fleet_lines(f"fleet of {n} runs", out, fresh_mean)
+        _fleet_lines(f"fleet of {n} runs ({-(-n // parts) if parts else 1} Tune experiment(s): ray.runs_per_experiment {parts})",
+                     out, fresh_mean)
+    _fleet_lines(f"fleet of {n} runs as one Tune experiment (ray.runs_per_experiment null)", one, fresh_mean)
     if len(fleets) > 1:
         (a, small), (b, large) = fleets[0], fleets[-1]
         print(f"    Tune driver peak RSS, {b} vs {a} runs: {large['rss_peak'] / 2**20:.0f} vs {small['rss_peak'] / 2**20:.0f} MiB, "
