@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/analogy.py --prepare-only --trained-store DIR   # once: train (b)'s vectors, landscapes
     .venv/bin/python bench/analogy.py --trained-store DIR [--seeds 5] [--tune-grid 3x2x2] [--study CONFIG] [--quick]
+    .venv/bin/python bench/analogy.py --scheduler [--scheduler-grid tiny|4x3x3|reference]   # (d) alone
 
 Three measurements, printed side by side in one run:
 
@@ -22,6 +23,14 @@ Three measurements, printed side by side in one run:
 (c) **Tune per-trial overhead**, ``reuse_actors`` on vs off, with the stage's real trainable
     (:class:`AnalogyTrial`) on a tiny split, ``max_concurrent_trials=2``: wall time per trial minus the
     trial's own work.
+(d) **full vs successive halving** (``analogy.scheduler: full | asha``): the stage itself
+    (:func:`timevec.distributed.analogy.run_analogy`, on a local Ray of 2 CPUs) run twice on the same
+    store — the tiny demo config (classification, its 2 × 2 × 2 grid unless ``--scheduler-grid``
+    names another) with seeded random vectors — with ASHA at its defaults (``grace_examples`` 16,
+    ``reduction_factor`` 3). Printed side by side: the examples the search scored (validation, and
+    test for the points that completed; the baselines' evaluations, the same in both, are not
+    counted), the points stopped, the stage's wall time (baselines included), and the chosen α with
+    its validation and test values.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import numpy as np
 import torch
 
 from timevec.adapt import analogy as task_analogy
-from timevec.config import ExperimentConfig, TrainingConfig, load_config
+from timevec.config import AnalogyConfig, ExperimentConfig, TrainingConfig, load_config
 from timevec.data.corpus import load_corpus
 from timevec.data.examples import prepare_split, task_examples
 from timevec.data.models import base_id, build_model, float_parameters, load_tokenizer
@@ -314,6 +323,74 @@ def bench_tune(tmp: str, shape: tuple[int, int, int]) -> list[dict]:
     return out
 
 
+# ----------------------------------------------------------------------------- (d)
+
+
+def bench_scheduler(tmp: str, grid: str) -> list[dict]:
+    """The analogy stage under ``analogy.scheduler: full`` and ``asha`` on one store (tiny demo config)."""
+    import ray
+
+    from timevec.distributed.analogy import ANALOGY_BEST_TABLE, ANALOGY_TABLE, run_analogy
+
+    root = os.path.join(tmp, "scheduler-store")
+    shapes = {"tiny": None, "reference": (9, 6, 6)}
+    shape = shapes[grid] if grid in shapes else tuple(int(x) for x in grid.split("x"))
+    overrides = ["periods.start='2016'", "periods.end='2017'", "ray.eval_actors=2", "analogy.max_concurrent_trials=2"]
+    if shape is not None:  # a sub-grid of the paper's reference grid (AnalogyConfig's defaults)
+        reference = AnalogyConfig()
+        grids = (reference.alpha1, reference.alpha2, reference.alpha3)
+        overrides += [f"analogy.alpha{i + 1}={list(g[:n])}" for i, (g, n) in enumerate(zip(grids, shape))]
+    base = load_config(TINY, [f"store.url={root}", "ray.max_failures=0", *overrides])
+    # scale 0.3: the random tiny model's macro-F1 varies over the grid (tests/test_analogy.py's study)
+    store = random_store(base, [("classification", "2016"), ("lm", "2017"), ("lm", "2016")], scale=0.3)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    out = []
+    try:
+        for scheduler in ("full", "asha"):
+            config = base.with_overrides([f"analogy.scheduler={scheduler}", f"ray.storage_path={os.path.join(tmp, scheduler)}"])
+            began = time.perf_counter()
+            run_analogy(config, store)
+            wall = time.perf_counter() - began
+            table = store.read_table(ANALOGY_TABLE)
+            points = table[(table["method"] == "analogy") & (table["split"] == "validation")]
+            best = store.read_table(ANALOGY_BEST_TABLE)
+            best = best[best["method"] == "analogy"].set_index("split")
+            complete = int((~points["stopped"]).sum())
+            n_val = int(points["validation_examples"].max())
+            out.append({"scheduler": scheduler, "points": len(points), "stopped": int(points["stopped"].sum()),
+                        "validation_examples": int(points["validation_examples"].sum()),
+                        "test_examples": complete * n_test(config, store), "n_validation": n_val, "wall_s": wall,
+                        "alpha": tuple(float(best.loc["test", f"alpha{i}"]) for i in (1, 2, 3)),
+                        "validation": float(best.loc["validation", "value"]), "test": float(best.loc["test", "value"])})
+    finally:
+        ray.shutdown()
+    return out
+
+
+def n_test(config: ExperimentConfig, store: VectorStore) -> int:
+    """The examples of the pair's test split (2017's classification test set, as the stage prepares it)."""
+    from timevec.data.examples import prepare_eval_sets
+
+    sets = prepare_eval_sets(config, {("classification", "year"): ["2017"]}, ("test",), store=store, keep_empty=True)
+    return sets["test"][("classification", "year")]["2017"].n_examples
+
+
+def print_scheduler(rows: list[dict], seconds: float) -> None:
+    print(f"\n(d) the analogy stage, full vs ASHA (grace_examples 16, reduction_factor 3), 1 pair, "
+          f"{rows[0]['points']} points, {rows[0]['n_validation']} validation examples   [{seconds:.0f} s]")
+    print(f"{'scheduler':>9s} {'stopped':>7s} {'val ex':>7s} {'test ex':>7s} {'all ex':>7s} {'wall s':>7s} "
+          f"{'chosen α':>18s} {'validation':>10s} {'test':>8s}")
+    for r in rows:
+        alpha = "(" + ", ".join(f"{a:g}" for a in r["alpha"]) + ")"
+        print(f"{r['scheduler']:>9s} {r['stopped']:7d} {r['validation_examples']:7d} {r['test_examples']:7d} "
+              f"{r['validation_examples'] + r['test_examples']:7d} {r['wall_s']:7.1f} {alpha:>18s} "
+              f"{r['validation']:10.4f} {r['test']:8.4f}")
+    full, asha = rows
+    total = [r["validation_examples"] + r["test_examples"] for r in rows]
+    print(f"asha: {100 * total[1] / total[0]:.0f}% of full's examples, {100 * asha['wall_s'] / full['wall_s']:.0f}% of its wall "
+          f"time; same α: {asha['alpha'] == full['alpha']}")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -327,11 +404,20 @@ def main() -> None:
                         help="train (b)'s vectors and evaluate its landscapes into --trained-store, then stop")
     parser.add_argument("--study", help="(b) on an existing study's store instead (its YAML config, e.g. the demo's); "
                         "landscapes are cached in --trained-store when given")
+    parser.add_argument("--scheduler", action="store_true", help="(d) alone: the stage, full vs asha")
+    parser.add_argument("--scheduler-grid", default="tiny",
+                        help="(d)'s grid: tiny (the demo's 2x2x2), reference (9x6x6) or n1xn2xn3 (a sub-grid of the reference)")
     args = parser.parse_args()
     harness.output_block()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     began = time.perf_counter()
+    if args.scheduler:
+        with tempfile.TemporaryDirectory(prefix="bench-analogy-") as tmp:
+            rows = bench_scheduler(tmp, args.scheduler_grid)
+        print_scheduler(rows, time.perf_counter() - began)
+        print(f"\ntotal {time.perf_counter() - began:.0f} s; {harness.load_note()} on {os.cpu_count()} cores")
+        return
     if args.prepare_only:
         if not args.trained_store:
             parser.error("--prepare-only needs --trained-store")
@@ -349,6 +435,8 @@ def main() -> None:
         shape = tuple(int(x) for x in args.tune_grid.split("x"))
         tune_rows = bench_tune(tmp, shape)  # type: ignore[arg-type]
         t3 = time.perf_counter()
+        scheduler_rows = bench_scheduler(tmp, args.scheduler_grid)
+        t4 = time.perf_counter()
     print(f"\n(a) weight combination vs evaluation per trial (1 torch thread)   [{t1 - t0:.0f} s]")
     print(f"{'setting':48s} {'params':>9s} {'texts':>9s} {'patch ms':>9s} {'eval ms':>10s} {'patch/eval':>10s}")
     for r in combo:
@@ -380,6 +468,7 @@ def main() -> None:
     print(f"reuse_actors=True: {off['per_trial_s'] / on['per_trial_s']:.1f}x less wall time per trial overall, "
           f"{off['steady_s'] / on['steady_s']:.1f}x after the first result "
           "(steady = time between the first and last result / (trials - 1), 2 trials at a time)")
+    print_scheduler(scheduler_rows, t4 - t3)
     print(f"\ntotal {time.perf_counter() - began:.0f} s; {harness.load_note()} on {os.cpu_count()} cores")
 
 

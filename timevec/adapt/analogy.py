@@ -89,21 +89,31 @@ def analogy_pairs(config: ExperimentConfig, stored: set[tuple[str, str]]) -> tup
 
 @dataclass(frozen=True)
 class AnalogyPoint:
-    """One evaluated grid point: validation and test values of θ_pre + the analogy's terms."""
+    """One evaluated grid point: validation and test values of θ_pre + the analogy's terms.
+
+    ``validation_examples``: the validation examples it was scored on (NaN: not recorded); ``stopped``:
+    successive halving (``analogy.scheduler: asha``) stopped it before the whole validation split, so
+    ``validation`` is a partial value that no choice may read, and ``test`` is NaN (never scored).
+    """
 
     alpha1: float
     alpha2: float
     alpha3: float
     validation: float
     test: float
+    validation_examples: float = math.nan
+    stopped: bool = False
 
 
 def select_best(points: Sequence[AnalogyPoint], higher: bool) -> AnalogyPoint:
-    """The point with the best VALIDATION value (ties: the first in grid order); test never selects."""
-    if not points:
-        raise ValueError("no analogy points to select from")
-    best = points[0]
-    for point in points[1:]:
+    """The point with the best VALIDATION value (ties: the first in grid order) among the points scored on
+    the whole validation split (a stopped point is never chosen); test never selects."""
+    complete = [p for p in points if not p.stopped]
+    if not complete:
+        raise ValueError(f"no analogy points to select from ({len(points)} point(s), all stopped early)" if points
+                         else "no analogy points to select from")
+    best = complete[0]
+    for point in complete[1:]:
         if better(point.validation, best.validation, higher):
             best = point
     return best
@@ -116,10 +126,14 @@ def analogy_grid_frame(
 
     ``method`` ``analogy`` (the searched grid) or ``task_j_scaled`` (the α₁·τ_task(j) points the
     baseline evaluates): both are kept so that a point chosen on one pair can be read on another.
+    A stopped point (successive halving) has NaN on both splits: its partial validation value is no
+    result, and every reader's choice skips NaN.
     """
     return analogy_frame(
         {"task": task, "source_period": j, "target_period": k, "method": method, "alpha1": p.alpha1,
-         "alpha2": p.alpha2, "alpha3": p.alpha3, "split": split, "metric": metric, "value": float(value)}
+         "alpha2": p.alpha2, "alpha3": p.alpha3, "split": split, "metric": metric,
+         "value": math.nan if p.stopped else float(value), "validation_examples": float(p.validation_examples),
+         "stopped": bool(p.stopped)}
         for p in points for split, value in (("validation", p.validation), ("test", p.test))
     )
 
@@ -135,9 +149,11 @@ class AnalogyVectors:
     in_period: TimeVector | None = None  # τ_task(k), the oracle
 
 
-def _both(evaluate_weights: EvaluateWeights, terms: Sequence[Term], validation: EvalSplit, test: EvalSplit) -> tuple[float, float, str]:
+def _both(evaluate_weights: EvaluateWeights, terms: Sequence[Term], validation: EvalSplit, test: EvalSplit
+          ) -> tuple[float, float, str, float]:
+    """Validation and test values, the metric, and the validation examples scored."""
     rows = evaluate_weights(list(terms), [validation, test])
-    return value_of(rows, 0), value_of(rows, 1), rows[0]["metric"]
+    return value_of(rows, 0), value_of(rows, 1), rows[0]["metric"], float(rows[0].get("n_examples", math.nan))
 
 
 def analogy_baselines(
@@ -167,22 +183,24 @@ def analogy_baselines(
                          "alpha2": 0.0, "alpha3": 0.0, "split": split, "metric": metric, "value": float(value),
                          "higher_is_better": higher, "vector": vector, "note": note})
 
-    v, t, metric = _both(evaluate_weights, [], validation, test)
+    v, t, metric, _ = _both(evaluate_weights, [], validation, test)
     add("base", 0.0, v, t, metric, "base")
-    v, t, _ = _both(evaluate_weights, [(1.0, vectors.task_j)], validation, test)
+    v, t, _, _ = _both(evaluate_weights, [(1.0, vectors.task_j)], validation, test)
     add("task_j", 1.0, v, t, metric, f"{task}/{j}")
-    scaled = [AnalogyPoint(float(a), 0.0, 0.0, *_both(evaluate_weights, [(float(a), vectors.task_j)], validation, test)[:2])
-              for a in alpha1_grid]
+    scaled = []
+    for a in alpha1_grid:
+        v, t, _, n = _both(evaluate_weights, [(float(a), vectors.task_j)], validation, test)
+        scaled.append(AnalogyPoint(float(a), 0.0, 0.0, v, t, validation_examples=n))
     best = select_best(scaled, higher)
     add("task_j_scaled", best.alpha1, best.validation, best.test, metric, f"{task}/{j}")
     if vectors.latest is not None:
         period, vec = vectors.latest
-        v, t, _ = _both(evaluate_weights, [(1.0, vec)], validation, test)
+        v, t, _, _ = _both(evaluate_weights, [(1.0, vec)], validation, test)
         add("latest", 1.0, v, t, metric, f"{task}/{period}", "" if period != j else "latest task vector before k is τ_task(j)")
     else:
         add("latest", math.nan, math.nan, math.nan, metric, "", "no task vector stored before k")
     if vectors.in_period is not None:
-        v, t, _ = _both(evaluate_weights, [(1.0, vectors.in_period)], validation, test)
+        v, t, _, _ = _both(evaluate_weights, [(1.0, vectors.in_period)], validation, test)
         add("in_period", 1.0, v, t, metric, f"{task}/{k}", "oracle: needs labelled data of k")
     else:
         add("in_period", math.nan, math.nan, math.nan, metric, "", f"{task}/{k} not stored")
@@ -190,13 +208,17 @@ def analogy_baselines(
 
 
 def analogy_best_rows(task: str, j: str, k: str, metric: str, points: Sequence[AnalogyPoint]) -> list[dict[str, Any]]:
-    """The ``analogy`` rows of :data:`~timevec.results.ANALOGY_BEST_COLUMNS`: the best grid point by validation, both splits."""
+    """The ``analogy`` rows of :data:`~timevec.results.ANALOGY_BEST_COLUMNS`: the best grid point by validation, both
+    splits, among the points scored on the whole validation split (successive halving's stopped points are not)."""
     best = select_best(points, task_higher(task))
+    stopped = sum(p.stopped for p in points)
+    note = (f"best of {len(points)} points on validation" if not stopped else
+            f"best of {len(points) - stopped} points scored on the whole validation split ({stopped} stopped early)")
     return [
         {"task": task, "source_period": j, "target_period": k, "method": "analogy", "alpha1": best.alpha1,
          "alpha2": best.alpha2, "alpha3": best.alpha3, "split": split, "metric": metric, "value": float(value),
          "higher_is_better": task_higher(task), "vector": f"{task}/{j} + lm/{k} - lm/{j}",
-         "note": f"best of {len(points)} points on validation"}
+         "note": note}
         for split, value in (("validation", best.validation), ("test", best.test))
     ]
 

@@ -93,6 +93,17 @@ class AnalogyConfig(_Strict):
                                                      "in a study of quarters, weeks or days alone: every later period of "
                                                      "its coarsest granularity)")
     max_concurrent_trials: int = Field(2, ge=1, description="Ray Tune trials at once")
+    scheduler: Literal["full", "asha"] = Field(
+        "full", description="`full`: every point scores the whole validation and test splits; `asha`: successive halving "
+        "(Ray Tune's ASHA) with validation examples as the resource: every point scores its first `grace_examples` of the "
+        "validation split's seeded order, the clearly worse are stopped at each rung, the rest continue; only points that "
+        "scored the whole validation split are chosen, and only they are scored on test"
+    )
+    grace_examples: int = Field(16, ge=1, description="`asha`: validation examples every point scores before it can be "
+                                "stopped (the first rung; the whole split when it has fewer)")
+    reduction_factor: float = Field(3.0, gt=1.0, description="`asha`: rung r is at grace_examples·reduction_factor^r "
+                                    "examples; a point passes a rung when it is in the best 1/reduction_factor of the "
+                                    "points recorded there")
 
     @field_validator("source_periods")
     @classmethod

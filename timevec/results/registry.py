@@ -104,7 +104,7 @@ TABLES: dict[str, Table] = _declare(
     Table(s.FORECAST_TABLE, "forecast", s.FORECAST_SCHEMA, tuple(s.FORECAST_KEY)),
     Table(s.ANALOGY_TABLE, "analogy", s.ANALOGY_SCHEMA,
           ("task", "source_period", "target_period", "method", "alpha1", "alpha2", "alpha3", "split"),
-          fill=(("method", "analogy"),)),
+          fill=(("method", "analogy"), ("stopped", False)), added=s.ANALOGY_ADDED_COLUMNS),
     Table(s.ANALOGY_BEST_TABLE, "analogy", s.ANALOGY_BEST_SCHEMA, ("task", "source_period", "target_period", "method", "split")),
     Table(s.GROUP_SWAPS_TABLE, "groups", s.GROUP_SWAPS_SCHEMA, tuple(s.GROUP_SWAPS_KEY)),
     Table(s.MERGED_CELLS_TABLE, "forgetting", s.CELLS_SCHEMA, tuple(s.CELL_KEY), fill=(("estimated", False),),

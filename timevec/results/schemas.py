@@ -37,6 +37,7 @@ __all__ = [
     "STRIPES_TABLE",
     "ANALOGY_BEST_COLUMNS",
     "ANALOGY_BEST_TABLE",
+    "ANALOGY_ADDED_COLUMNS",
     "ANALOGY_COLUMNS",
     "ANALOGY_METHODS",
     "ANALOGY_TABLE",
@@ -243,10 +244,16 @@ FORECAST_KEY = ["task", "granularity", "method", "target_period", "horizon", "hi
 
 #: ``method``: ``analogy`` (a grid point) or ``task_j_scaled`` (α₁·τ_task(j) alone, α₂ = α₃ = 0), so that
 #: either can be selected on one pair and applied to another (past-only selection).
+#: ``validation_examples``: the validation examples the point was scored on (NaN: written before it was
+#: recorded); ``stopped``: ASHA (``analogy.scheduler: asha``) stopped the point before the whole validation
+#: split — its ``value`` is NaN on both splits (a partial validation value is never a result, and is never chosen).
 ANALOGY_SCHEMA = schema(
-    "task source_period target_period method alpha1:f64 alpha2:f64 alpha3:f64 split metric value:f64"
+    "task source_period target_period method alpha1:f64 alpha2:f64 alpha3:f64 split metric value:f64 "
+    "validation_examples:f64 stopped:bool"
 )
 ANALOGY_COLUMNS = ANALOGY_SCHEMA.names
+#: Columns of ``analogy`` added after stores were first written (older tables read as null / ``stopped`` false).
+ANALOGY_ADDED_COLUMNS = ("validation_examples", "stopped")
 ANALOGY_BEST_SCHEMA = schema(
     "task source_period target_period method alpha1:f64 alpha2:f64 alpha3:f64 split metric value:f64 "
     "higher_is_better:bool vector note "
