@@ -27,10 +27,10 @@ Three measurements, printed side by side in one run:
     (:func:`timevec.distributed.analogy.run_analogy`, on a local Ray of 2 CPUs) run twice on the same
     store — the tiny demo config (classification, its 2 × 2 × 2 grid unless ``--scheduler-grid``
     names another) with seeded random vectors — with ASHA at its defaults (``grace_examples`` 16,
-    ``reduction_factor`` 3). Printed side by side: the examples the search scored (validation, and
-    test for the points that completed; the baselines' evaluations, the same in both, are not
-    counted), the points stopped, the stage's wall time (baselines included), and the chosen α with
-    its validation and test values.
+    ``reduction_factor`` 3; ``--grace-examples``/``--reduction-factor`` change them). Printed side by
+    side: the examples the search scored (validation, and test for the points that completed; the
+    baselines' evaluations, the same in both, are not counted), the points stopped, the stage's wall
+    time (baselines included), and the chosen α with its validation and test values.
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def bench_tune(tmp: str, shape: tuple[int, int, int]) -> list[dict]:
 # ----------------------------------------------------------------------------- (d)
 
 
-def bench_scheduler(tmp: str, grid: str) -> list[dict]:
+def bench_scheduler(tmp: str, grid: str, grace: int = 16, factor: float = 3.0) -> list[dict]:
     """The analogy stage under ``analogy.scheduler: full`` and ``asha`` on one store (tiny demo config)."""
     import ray
 
@@ -335,7 +335,8 @@ def bench_scheduler(tmp: str, grid: str) -> list[dict]:
     root = os.path.join(tmp, "scheduler-store")
     shapes = {"tiny": None, "reference": (9, 6, 6)}
     shape = shapes[grid] if grid in shapes else tuple(int(x) for x in grid.split("x"))
-    overrides = ["periods.start='2016'", "periods.end='2017'", "ray.eval_actors=2", "analogy.max_concurrent_trials=2"]
+    overrides = ["periods.start='2016'", "periods.end='2017'", "ray.eval_actors=2", "analogy.max_concurrent_trials=2",
+                 f"analogy.grace_examples={grace}", f"analogy.reduction_factor={factor}"]
     if shape is not None:  # a sub-grid of the paper's reference grid (AnalogyConfig's defaults)
         reference = AnalogyConfig()
         grids = (reference.alpha1, reference.alpha2, reference.alpha3)
@@ -360,7 +361,7 @@ def bench_scheduler(tmp: str, grid: str) -> list[dict]:
             out.append({"scheduler": scheduler, "points": len(points), "stopped": int(points["stopped"].sum()),
                         "validation_examples": int(points["validation_examples"].sum()),
                         "test_examples": complete * n_test(config, store), "n_validation": n_val, "wall_s": wall,
-                        "alpha": tuple(float(best.loc["test", f"alpha{i}"]) for i in (1, 2, 3)),
+                        "grace": grace, "factor": factor, "alpha": tuple(float(best.loc["test", f"alpha{i}"]) for i in (1, 2, 3)),
                         "validation": float(best.loc["validation", "value"]), "test": float(best.loc["test", "value"])})
     finally:
         ray.shutdown()
@@ -376,7 +377,7 @@ def n_test(config: ExperimentConfig, store: VectorStore) -> int:
 
 
 def print_scheduler(rows: list[dict], seconds: float) -> None:
-    print(f"\n(d) the analogy stage, full vs ASHA (grace_examples 16, reduction_factor 3), 1 pair, "
+    print(f"\n(d) the analogy stage, full vs ASHA (grace_examples {rows[1]['grace']}, reduction_factor {rows[1]['factor']:g}), 1 pair, "
           f"{rows[0]['points']} points, {rows[0]['n_validation']} validation examples   [{seconds:.0f} s]")
     print(f"{'scheduler':>9s} {'stopped':>7s} {'val ex':>7s} {'test ex':>7s} {'all ex':>7s} {'wall s':>7s} "
           f"{'chosen α':>18s} {'validation':>10s} {'test':>8s}")
@@ -407,6 +408,8 @@ def main() -> None:
     parser.add_argument("--scheduler", action="store_true", help="(d) alone: the stage, full vs asha")
     parser.add_argument("--scheduler-grid", default="tiny",
                         help="(d)'s grid: tiny (the demo's 2x2x2), reference (9x6x6) or n1xn2xn3 (a sub-grid of the reference)")
+    parser.add_argument("--grace-examples", type=int, default=16, help="(d): analogy.grace_examples of the asha run")
+    parser.add_argument("--reduction-factor", type=float, default=3.0, help="(d): analogy.reduction_factor of the asha run")
     args = parser.parse_args()
     harness.output_block()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -414,7 +417,7 @@ def main() -> None:
     began = time.perf_counter()
     if args.scheduler:
         with tempfile.TemporaryDirectory(prefix="bench-analogy-") as tmp:
-            rows = bench_scheduler(tmp, args.scheduler_grid)
+            rows = bench_scheduler(tmp, args.scheduler_grid, args.grace_examples, args.reduction_factor)
         print_scheduler(rows, time.perf_counter() - began)
         print(f"\ntotal {time.perf_counter() - began:.0f} s; {harness.load_note()} on {os.cpu_count()} cores")
         return
@@ -435,7 +438,7 @@ def main() -> None:
         shape = tuple(int(x) for x in args.tune_grid.split("x"))
         tune_rows = bench_tune(tmp, shape)  # type: ignore[arg-type]
         t3 = time.perf_counter()
-        scheduler_rows = bench_scheduler(tmp, args.scheduler_grid)
+        scheduler_rows = bench_scheduler(tmp, args.scheduler_grid, args.grace_examples, args.reduction_factor)
         t4 = time.perf_counter()
     print(f"\n(a) weight combination vs evaluation per trial (1 torch thread)   [{t1 - t0:.0f} s]")
     print(f"{'setting':48s} {'params':>9s} {'texts':>9s} {'patch ms':>9s} {'eval ms':>10s} {'patch/eval':>10s}")
