@@ -212,3 +212,26 @@ def test_optuna_under_asha_chooses_a_completed_point_and_resumes(ray_session, cl
     assert len(dirs) == 6
     run_analogy(asha, store)
     assert len(_trial_dirs(asha, store)) == 6  # stopped samples count as done: no sample is drawn again
+
+
+def test_an_older_analogy_table_reads_and_is_extended(tmp_path):
+    """A table written before ``validation_examples``/``stopped``: its rows of other pairs are kept, as not stopped."""
+    import pyarrow as pa
+
+    from timevec.adapt.analogy import AnalogyPoint, analogy_grid_frame
+    from timevec.distributed.analogy import _replace_rows
+    from timevec.store import VectorStore
+
+    store = VectorStore(str(tmp_path / "store"))
+    old = analogy_grid_frame("lm", "2015", "2016", "perplexity", [AnalogyPoint(1.0, 0.1, 0.2, 30.0, 31.0)])
+    store.write_table(ANALOGY_TABLE, pa.Table.from_pandas(old.drop(columns=["validation_examples", "stopped"]),
+                                                          preserve_index=False))
+    new = analogy_grid_frame("lm", "2015", "2017", "perplexity", [
+        AnalogyPoint(1.0, 0.1, 0.2, 20.0, 21.0, validation_examples=32), AnalogyPoint(1.4, 0.1, 0.2, 90.0, math.nan, 4, True)])
+    _replace_rows(store, ANALOGY_TABLE, new, {"task": "lm", "source_period": "2015", "target_period": "2017"})
+    table = store.read_table(ANALOGY_TABLE)
+    assert list(table.columns) == results.ANALOGY_COLUMNS
+    older = table[table["target_period"] == "2016"]
+    assert list(older["value"]) == [30.0, 31.0] and not older["stopped"].any() and older["validation_examples"].isna().all()
+    stopped = table[table["stopped"]]
+    assert len(stopped) == 2 and stopped["value"].isna().all() and (stopped["validation_examples"] == 4).all()
