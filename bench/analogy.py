@@ -277,7 +277,7 @@ def bench_tune(tmp: str, shape: tuple[int, int, int]) -> list[dict]:
     import ray
     from ray import tune
 
-    from timevec.distributed import analogy as dist
+    from timevec.distributed import analogy_trial as dist
 
     root = os.path.join(tmp, "tune-store")
     config = config_for(root, ["periods.start='2016'", "periods.end='2017'", "evaluation.max_examples=4"])

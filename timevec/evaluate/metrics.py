@@ -282,7 +282,7 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def _example_stats(
+def example_stats(
     model: PreTrainedModel, split: EvalSplit, eval_cfg: EvaluationConfig, device: torch.device,
     tokenizer: PreTrainedTokenizerBase | None,
 ) -> tuple[ExampleStats, int, float]:
@@ -351,13 +351,13 @@ def evaluate(
     try:
         with torch.inference_mode():
             if target is None:
-                stats, n_tokens, value = _example_stats(model, split, eval_cfg, device, tokenizer)
+                stats, n_tokens, value = example_stats(model, split, eval_cfg, device, tokenizer)
                 interval = stats.interval(eval_cfg.confidence)
             else:
                 tokens = [0]
 
                 def score(indices: np.ndarray) -> ExampleStats:
-                    block, n, _ = _example_stats(model, split.subset(indices), eval_cfg, device, tokenizer)
+                    block, n, _ = example_stats(model, split.subset(indices), eval_cfg, device, tokenizer)
                     tokens[0] += n
                     return block
 
