@@ -267,14 +267,13 @@ class RunJob:
         metrics["wall_seconds"] = time.perf_counter() - self.began
         return metrics
 
-
     def _changed(self, model: torch.nn.Module, params: dict[str, torch.Tensor]) -> set[str] | None:
         """The parameters this run can have changed, when construction says so; None: any of them.
 
         A LoRA run that started from θ_pre itself trains its adapters and what peft leaves trainable
         (modules_to_save, still ``requires_grad`` after the merge); the merge writes its adapters'
         target weights and nothing else, so every other weight is θ_pre bit for bit and its τ is
-        zero (tests/test_run_cache checks this against the full difference). A full fine-tune or a
+        zero (tests/test_lowrank checks the stored τ against the full difference). A full fine-tune or a
         continual chain's run (started from θ_pre + τ_{t−1}) is compared everywhere.
         """
         factors = getattr(model, "timevec_lora_factors", None)
