@@ -21,9 +21,9 @@ Printed per budget, full vs budgeted and budgeted / full:
   pipeline's ``stage X: done in N s`` lines): the wall time, and the examples evaluated — the cells
   table's ``n_examples`` summed over its evaluated rows (``estimated`` rows, the complete stage's,
   count 0). The other stages' tables record no examples: "not counted" (their row counts are shown
-  instead, as evaluations). The α searches (interpolation's α grid, the analogy grid) are not budgeted
-  by a search yet (no ASHA): every grid point is evaluated as configured; ``evaluation.*`` applies to
-  each of their evaluations as to a cell's;
+  instead, as evaluations). Interpolation's α grid is evaluated at every point; the analogy grid too,
+  unless a budget sets ``analogy.scheduler=asha`` (successive halving over validation examples);
+  ``evaluation.*`` applies to each of their evaluations as to a cell's;
 - every finding of the two verdicts (``results/findings.parquet``, one row per finding × panel, and
   the verdict's one row per finding): holds full vs budgeted, the point value full [low, high] vs
   budgeted, and whether the budgeted point lies inside the full run's interval;
@@ -156,8 +156,8 @@ def print_stages(full: dict, budget: dict, full_store: Path, budget_store: Path)
             print(times + f"not counted (rows written: {stage_rows(full_store, stage)} → {stage_rows(budget_store, stage)})")
     print(f"{'all of them':<12} {total_f:>8.1f} {total_b:>9.1f} {ratio(total_b, total_f):>6}   "
           f"counted: {fc['examples']} → {bc['examples']} ({ratio(bc['examples'], fc['examples'])})")
-    print("(the α searches — interpolation's α grid, the analogy grid — are not budgeted by their search yet: "
-          "no ASHA; every grid point is evaluated, each evaluation under the run's evaluation.* like a cell)")
+    print("(the α searches' examples are not counted: interpolation's α grid is evaluated at every point; the analogy "
+          "grid too, unless the budget sets analogy.scheduler=asha; each evaluation under the run's evaluation.* like a cell)")
     return fc["examples"], bc["examples"]
 
 
