@@ -32,8 +32,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
 from ray import tune
 
 from timevec.adapt import analogy as task_analogy
@@ -41,7 +39,6 @@ from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit
 from timevec.distributed.runtime import eval_actor_device
 from timevec.evaluate.cells import CellEvaluator
-from timevec.evaluate.metrics import example_stats
 from timevec.evaluate.per_example import ExampleStats
 from timevec.store import VectorStore
 from timevec.weights.vectors import TimeVector
@@ -204,17 +201,6 @@ def evaluate_point(loaded: LoadedPair, payload: AnalogyPayload, a1: float, a2: f
     }
 
 
-def _block_stats(evaluator: CellEvaluator, split: EvalSplit, indices: np.ndarray) -> ExampleStats:
-    """The per-example statistics of ``split``'s examples at ``indices`` under the model as it is now."""
-    began, cpu = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        stats, _, _ = example_stats(evaluator.model, split.subset(indices), evaluator.config.evaluation, evaluator.device,
-                                     evaluator.tokenizer)
-    evaluator.stats.forward_seconds += time.perf_counter() - began
-    evaluator.stats.forward_cpu_seconds += time.process_time() - cpu
-    return stats
-
-
 def score_rung(loaded: LoadedPair, payload: AnalogyPayload, a1: float, a2: float, a3: float,
                scored: ExampleStats | None) -> tuple[dict[str, float], ExampleStats]:
     """One ASHA step of a point: its validation examples up to the next rung (``payload.rungs``) in the seeded
@@ -227,15 +213,11 @@ def score_rung(loaded: LoadedPair, payload: AnalogyPayload, a1: float, a2: float
     patch0, forward0 = stats.patch_seconds, stats.forward_seconds
     terms = task_analogy.analogy_terms(a1, loaded.task_j, a2, loaded.lm_k, a3, loaded.lm_j)
     test_row: dict[str, Any] | None = None
-    began = time.perf_counter()
-    with evaluator.patcher.applied_combination(terms, evaluator.merge):
-        stats.patch_seconds += time.perf_counter() - began
-        block = _block_stats(evaluator, payload.validation, np.asarray(payload.order[done:end]))
+    with evaluator.patched(terms):
+        block = evaluator.score_examples(payload.validation, payload.order[done:end])
         scored = block if scored is None else scored + block
         if end == payload.rungs[-1]:
             test_row = evaluator.evaluate_split(payload.test)
-        began = time.perf_counter()  # the restore, on leaving the block
-    stats.patch_seconds += time.perf_counter() - began
     out: dict[str, float] = {"alpha1": a1, "alpha2": a2, "alpha3": a3, VALIDATION: scored.value(), EXAMPLES: len(scored),
                              "patch_seconds": stats.patch_seconds - patch0, "eval_seconds": stats.forward_seconds - forward0}
     if test_row is not None:

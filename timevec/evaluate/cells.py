@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,8 @@ from timevec.config import ExperimentConfig
 from timevec.data.examples import EvalSplit
 from timevec.data.models import base_from_store
 from timevec.evaluate.design import design_cells
-from timevec.evaluate.metrics import evaluate
+from timevec.evaluate.metrics import evaluate, example_stats
+from timevec.evaluate.per_example import ExampleStats
 from timevec.periods import Period
 from timevec.store import StoreError, VectorStore
 from timevec.train.devices import pick_device
@@ -173,17 +174,33 @@ class CellEvaluator:
         Rows carry ``task``, ``test_period`` and the metric columns; the caller adds what names the
         weights (vector, α, …). An empty combination evaluates θ_pre itself.
         """
-        splits = list(splits)
         rows: list[dict[str, Any]] = []
+        with self.patched(combination):
+            for split in splits:
+                rows.append({"task": split.task, "test_period": split.period, **self.evaluate_split(split, keep_replicates)})
+        return rows
+
+    @contextmanager
+    def patched(self, combination: Sequence[tuple[float, TimeVector]]) -> Iterator[None]:
+        """θ_pre + Σ cᵢ·τᵢ (or :attr:`merge` of ≥ 2 terms) in the model inside the block, θ_pre restored exactly on
+        leaving it (even on error); patching and restoring count as ``patch_seconds``. An empty combination is θ_pre."""
         patched = self.patcher.applied_combination(list(combination), self.merge) if combination else nullcontext()
         began = time.perf_counter()
         with patched:
             self.stats.patch_seconds += time.perf_counter() - began
-            for split in splits:
-                rows.append({"task": split.task, "test_period": split.period, **self.evaluate_split(split, keep_replicates)})
+            yield
             began = time.perf_counter()  # the restore, on leaving the block
         self.stats.patch_seconds += time.perf_counter() - began
-        return rows
+
+    def score_examples(self, split: EvalSplit, indices: Sequence[int]) -> ExampleStats:
+        """The per-example statistics of ``split``'s examples at ``indices`` (in that order) under the model as it is
+        now: one block of an evaluation in blocks (the analogy search's successive halving); forward time as for a split."""
+        began, cpu = time.perf_counter(), time.process_time()
+        with torch.inference_mode():
+            stats, _, _ = example_stats(self.model, split.subset(indices), self.config.evaluation, self.device, self.tokenizer)
+        self.stats.forward_seconds += time.perf_counter() - began
+        self.stats.forward_cpu_seconds += time.process_time() - cpu
+        return stats
 
     def read_vector(self, task: str, period: str) -> TimeVector:
         """τ from the store (verified against its manifest and the base fingerprint), in its own
